@@ -1,0 +1,422 @@
+package appliance
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/konsult/konsult/hal/led"
+	"github.com/konsult/konsult/hal/shutter"
+	"github.com/konsult/konsult/media/gate"
+)
+
+// State is the unit's call state.
+type State string
+
+const (
+	Idle    State = "idle"
+	Joining State = "joining"
+	InCall  State = "in_call"
+	Leaving State = "leaving"
+	Fault   State = "fault"
+)
+
+// Action is what a button or a command asks for.
+type Action string
+
+const (
+	ActJoin       Action = "join"  // join; in a call it hangs up (the JOIN button toggles)
+	ActLeave      Action = "leave" // hang up; in Fault it acknowledges a call error
+	ActPrivacy    Action = "privacy"
+	ActPrivacyOn  Action = "privacy_on"
+	ActPrivacyOff Action = "privacy_off"
+	ActMute       Action = "mute"
+	ActMuteOn     Action = "mute_on"
+	ActMuteOff    Action = "mute_off"
+)
+
+// ParseAction accepts the names above.
+func ParseAction(s string) (Action, error) {
+	switch a := Action(s); a {
+	case ActJoin, ActLeave, ActPrivacy, ActPrivacyOn, ActPrivacyOff, ActMute, ActMuteOn, ActMuteOff:
+		return a, nil
+	}
+	return "", fmt.Errorf("unknown action %q: use one of join, leave, privacy, privacy_on, privacy_off, mute, mute_on, mute_off", s)
+}
+
+// Inputs to the core. Everything the unit learns arrives as one of these.
+type (
+	inAction struct {
+		act    Action
+		source string // "button:join", "api", "fleet"
+	}
+	// inShutterDone reports a finished move; seq matches effShutter.seq.
+	inShutterDone struct {
+		seq  uint64
+		open bool
+		err  error
+	}
+	inShutterFault struct {
+		kind    string
+		detail  string
+		cleared bool
+	}
+	inJoinDone struct {
+		attempt uint64
+		call    Call
+		err     error
+	}
+	inLeaveDone struct {
+		call Call
+		err  error
+	}
+	inCallEnded struct {
+		call Call
+		err  error
+	}
+	inMediaFault struct { // camera or mic lost; cleared when it returns
+		device  string
+		detail  string
+		cleared bool
+	}
+)
+
+// Effects the core asks the loop to carry out, in order.
+type (
+	effGate    struct{ state gate.State }
+	effShutter struct {
+		seq  uint64
+		open bool
+	}
+	effJoin  struct{ attempt uint64 }
+	effLeave struct{ call Call }
+	effLED   struct{ state led.State }
+	effEvent struct{ ev Event }
+)
+
+// LED patterns. Derived from the gate and the state, never set on their own.
+var (
+	ledOff     = led.State{Pattern: led.Off}
+	ledLive    = led.State{Pattern: led.Solid, Color: led.Red}
+	ledPrivate = led.State{Pattern: led.Pulse, Color: led.Amber} // in a call, nothing leaving
+	ledBusy    = led.State{Pattern: led.SlowBlink, Color: led.White}
+	ledFault   = led.State{Pattern: led.FastBlink, Color: led.Red}
+)
+
+// LEDName names a pattern for status and events.
+func LEDName(s led.State) string {
+	switch s {
+	case ledOff:
+		return "off"
+	case ledLive:
+		return "live"
+	case ledPrivate:
+		return "in_call_private"
+	case ledBusy:
+		return "busy"
+	case ledFault:
+		return "fault"
+	}
+	return fmt.Sprintf("pattern-%d-color-%d", s.Pattern, s.Color)
+}
+
+// core is the decision logic, free of goroutines and I/O so it can be driven
+// through thousands of random event sequences in tests. The Machine owns one
+// and is the only caller.
+type core struct {
+	now func() time.Time
+
+	state   State
+	privacy bool
+	mute    bool
+
+	// Shutter: the target the core last commanded, and whether the sensors
+	// confirmed that target. Video needs target open AND confirmed.
+	shutterSeq        uint64
+	shutterTargetOpen bool
+	shutterConfirmed  bool
+
+	hwFaults    map[string]string // shutter faults by kind
+	mediaFaults map[string]string // lost devices
+	callErr     string            // sticky until JOIN or LEAVE
+
+	attempt uint64 // current join attempt; 0 = none pending
+	joined  bool   // the conference said we are in
+	call    Call
+	leaving int // leaves in flight
+
+	gate gate.State
+	led  led.State
+	effs []any
+}
+
+func newCore(now func() time.Time) *core {
+	return &core{
+		now:              now,
+		state:            Idle,
+		hwFaults:         map[string]string{},
+		mediaFaults:      map[string]string{},
+		shutterConfirmed: true, // starts commanded closed; the first close confirms
+		led:              ledOff,
+	}
+}
+
+func (c *core) emit(e Event) {
+	e.At = c.now()
+	c.effs = append(c.effs, effEvent{e})
+}
+
+// handle decides on one input and returns the effects in the order they must
+// happen. The gate effect, when there is one, always comes before any
+// shutter-close effect, so the gate is shut before the shutter moves.
+func (c *core) handle(in any) []any {
+	c.effs = c.effs[:0]
+	prev := c.state
+	switch in := in.(type) {
+	case inAction:
+		c.onAction(in)
+	case inShutterDone:
+		c.onShutterDone(in)
+	case inShutterFault:
+		c.onShutterFault(in)
+	case inMediaFault:
+		c.onMediaFault(in)
+	case inJoinDone:
+		c.onJoinDone(in)
+	case inLeaveDone:
+		c.leaving--
+		if in.err != nil {
+			c.emit(Event{Type: "call", Detail: "leave", Reason: in.err.Error()})
+		}
+	case inCallEnded:
+		if in.call != nil && in.call == c.call {
+			reason := "the conference ended the call"
+			if in.err != nil {
+				reason = in.err.Error()
+			}
+			c.failCall(reason)
+		}
+	}
+	c.settle()
+	if c.state != prev {
+		c.emit(Event{Type: "state", State: c.state})
+	}
+	out := make([]any, len(c.effs))
+	copy(out, c.effs)
+	return out
+}
+
+func (c *core) onAction(in inAction) {
+	switch in.act {
+	case ActJoin:
+		switch c.state {
+		case Idle:
+			c.startJoin()
+		case Fault:
+			if len(c.hwFaults) == 0 && len(c.mediaFaults) == 0 {
+				c.callErr = ""
+				c.startJoin()
+			}
+		case Joining, InCall:
+			c.leave("hung up")
+		}
+	case ActLeave:
+		switch c.state {
+		case Joining, InCall:
+			c.leave("hung up")
+		case Fault:
+			c.callErr = ""
+		}
+	case ActPrivacy:
+		c.setPrivacy(!c.privacy)
+	case ActPrivacyOn:
+		c.setPrivacy(true)
+	case ActPrivacyOff:
+		c.setPrivacy(false)
+	case ActMute:
+		c.mute = !c.mute
+	case ActMuteOn:
+		c.mute = true
+	case ActMuteOff:
+		c.mute = false
+	}
+}
+
+func (c *core) setPrivacy(on bool) {
+	c.privacy = on
+	// settle() shuts the gate first, then moves the shutter to match.
+}
+
+func (c *core) startJoin() {
+	c.attempt++
+	c.joined = false
+	c.state = Joining
+	c.effs = append(c.effs, effJoin{attempt: c.attempt})
+}
+
+// leave hangs up: the gate shuts (in settle, before the shutter moves), the
+// conference is told, and the shutter closes.
+func (c *core) leave(why string) {
+	c.attempt = 0
+	c.joined = false
+	if c.call != nil {
+		c.effs = append(c.effs, effLeave{call: c.call})
+		c.leaving++
+		c.emit(Event{Type: "call", Detail: "left", Meeting: c.call.ID(), Reason: why})
+		c.call = nil
+	}
+	c.state = Leaving
+}
+
+func (c *core) failCall(reason string) {
+	if c.state == Joining || c.state == InCall {
+		c.leave(reason)
+	}
+	c.callErr = reason
+	c.emit(Event{Type: "fault", Detail: "call", Reason: reason})
+}
+
+func (c *core) onJoinDone(in inJoinDone) {
+	if in.attempt != c.attempt || c.state != Joining || c.joined {
+		// A join that finished after the user gave up: hang it up at once.
+		if in.err == nil && in.call != nil {
+			c.effs = append(c.effs, effLeave{call: in.call})
+			c.leaving++
+		}
+		return
+	}
+	if in.err != nil {
+		c.failCall(fmt.Sprintf("join failed: %v", in.err))
+		return
+	}
+	c.call = in.call
+	c.joined = true
+	c.emit(Event{Type: "call", Detail: "joined", Meeting: in.call.ID()})
+}
+
+func (c *core) onShutterDone(in inShutterDone) {
+	if in.seq != c.shutterSeq {
+		return // superseded by a newer move
+	}
+	if in.err != nil {
+		c.shutterConfirmed = false
+		// Same keys as the shutter's own fault reports, so one problem is
+		// one fault, cleared by whichever report comes first.
+		key := "timeout"
+		if errors.Is(in.err, shutter.ErrDisagree) {
+			key = "sensors_disagree"
+		}
+		if _, known := c.hwFaults[key]; !known {
+			c.hwFaults[key] = fmt.Sprintf("shutter did not %s: %v", openClose(in.open), in.err)
+			c.emit(Event{Type: "fault", Detail: "shutter", Reason: c.hwFaults[key]})
+		}
+		return
+	}
+	c.shutterConfirmed = true
+	c.emit(Event{Type: "shutter", Detail: map[bool]string{true: "opened", false: "closed"}[in.open]})
+	if !in.open {
+		// A confirmed close ends a failed move; the other faults clear when
+		// the shutter reports them cleared.
+		delete(c.hwFaults, "timeout")
+	}
+}
+
+func openClose(open bool) string {
+	if open {
+		return "open"
+	}
+	return "close"
+}
+
+func (c *core) onShutterFault(in inShutterFault) {
+	if in.cleared {
+		if _, ok := c.hwFaults[in.kind]; ok {
+			delete(c.hwFaults, in.kind)
+			c.emit(Event{Type: "fault_cleared", Detail: "shutter", Reason: in.kind})
+		}
+		return
+	}
+	c.hwFaults[in.kind] = in.detail
+	// The shutter is no longer where we think: nothing it says is confirmed.
+	c.shutterConfirmed = false
+	c.emit(Event{Type: "fault", Detail: "shutter", Reason: in.detail})
+}
+
+func (c *core) onMediaFault(in inMediaFault) {
+	if in.cleared {
+		if _, ok := c.mediaFaults[in.device]; ok {
+			delete(c.mediaFaults, in.device)
+			c.emit(Event{Type: "fault_cleared", Detail: in.device})
+		}
+		return
+	}
+	c.mediaFaults[in.device] = in.detail
+	c.emit(Event{Type: "fault", Detail: in.device, Reason: in.detail})
+}
+
+// settle brings state, gate, shutter and LED in line after any change. It is
+// the single place the privacy invariants are enforced.
+func (c *core) settle() {
+	hw := len(c.hwFaults) > 0 || len(c.mediaFaults) > 0
+	if hw && (c.state == Joining || c.state == InCall) {
+		c.leave("fault")
+		c.callErr = ""
+	}
+
+	// Gate first: compute from the facts as they stand now.
+	wantOpen := (c.state == Joining || c.state == InCall) && !c.privacy && !hw
+	shutterOpen := c.shutterTargetOpen && c.shutterConfirmed
+	if c.state == Joining && c.joined && (shutterOpen || !wantOpen) {
+		c.state = InCall
+	}
+	g := gate.State{
+		Video: c.state == InCall && shutterOpen && !c.privacy && !hw,
+		Audio: c.state == InCall && !c.mute && !c.privacy && !hw,
+	}
+	if g != c.gate {
+		c.gate = g
+		c.effs = append(c.effs, effGate{state: g})
+		c.emit(Event{Type: "gate", Gate: &g})
+	}
+
+	// Then the shutter, which only ever moves after the gate has shut.
+	if wantOpen != c.shutterTargetOpen {
+		c.shutterTargetOpen = wantOpen
+		c.shutterConfirmed = false
+		c.shutterSeq++
+		c.effs = append(c.effs, effShutter{seq: c.shutterSeq, open: wantOpen})
+		c.emit(Event{Type: "shutter", Detail: map[bool]string{true: "opening", false: "closing"}[wantOpen]})
+	}
+
+	if c.state == Leaving && c.leaving <= 0 && !c.shutterTargetOpen && c.shutterConfirmed {
+		c.state = Idle
+	}
+	if c.state == Leaving && c.leaving <= 0 && !c.shutterTargetOpen && hw {
+		c.state = Idle // settles to Fault below
+	}
+	if c.state == Idle && (hw || c.callErr != "") {
+		c.state = Fault
+	}
+	if c.state == Fault && !hw && c.callErr == "" {
+		c.state = Idle
+	}
+
+	var l led.State
+	switch {
+	case c.state == Fault || hw || c.callErr != "":
+		l = ledFault
+	case g.Live():
+		l = ledLive
+	case c.state == InCall:
+		l = ledPrivate
+	case c.state == Joining || c.state == Leaving:
+		l = ledBusy
+	default:
+		l = ledOff
+	}
+	if l != c.led {
+		c.led = l
+		c.effs = append(c.effs, effLED{state: l})
+		c.emit(Event{Type: "led", LED: LEDName(l)})
+	}
+}

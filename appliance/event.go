@@ -1,0 +1,22 @@
+package appliance
+
+import (
+	"time"
+
+	"github.com/konsult/konsult/media/gate"
+)
+
+// Event is one thing the unit reports: to the local API's event stream, to
+// the log and (later) to the fleet. Invariant 7: an event never carries a
+// secret or a person's name; meetings appear by pseudonymous id only.
+type Event struct {
+	Seq     uint64      `json:"seq"`
+	At      time.Time   `json:"at"`
+	Type    string      `json:"type"` // state, gate, led, shutter, call, fault, fault_cleared, button, action
+	State   State       `json:"state,omitempty"`
+	Gate    *gate.State `json:"gate,omitempty"`
+	LED     string      `json:"led,omitempty"`
+	Detail  string      `json:"detail,omitempty"`
+	Reason  string      `json:"reason,omitempty"`
+	Meeting string      `json:"meeting,omitempty"` // pseudonymous meeting id
+}

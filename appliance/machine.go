@@ -1,0 +1,493 @@
+// Package appliance is the room unit's brain: the one place that decides.
+//
+// Buttons, the local API, the fleet, the shutter and the conference report
+// to a Machine; the Machine decides (in core, a pure state machine) and
+// tells the gate, the shutter, the LED and the conference what to do. The
+// privacy gate and the LED are derived from the same facts in one function
+// (core.settle), which is what makes invariants 1–4 of DESIGN.md hold.
+package appliance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/konsult/konsult/hal/button"
+	"github.com/konsult/konsult/hal/led"
+	"github.com/konsult/konsult/hal/shutter"
+	"github.com/konsult/konsult/media/gate"
+)
+
+// Shutter is what the appliance needs of hal/shutter.
+type Shutter interface {
+	Open(ctx context.Context) error
+	Close(ctx context.Context) error
+}
+
+// LED is what the appliance needs of hal/led.
+type LED interface {
+	Set(led.State) error
+}
+
+// Conference joins meetings. media/ implements it (the simulated local sink,
+// WHIP, LiveKit). It must obey the *gate.Gate it was built with: no frame
+// reaches an encoder unless the gate admits it.
+type Conference interface {
+	Join(ctx context.Context) (Call, error)
+}
+
+// Call is one joined meeting.
+type Call interface {
+	// ID is a pseudonymous meeting id, safe for events and logs.
+	ID() string
+	// Leave hangs up and releases the session at the server.
+	Leave(ctx context.Context) error
+	// Ended yields one value if the call ends by itself (server gone,
+	// network lost for longer than the grace time), and is closed once the
+	// call is over either way, so a watcher never outlives the call.
+	Ended() <-chan error
+}
+
+// Config wires a Machine.
+type Config struct {
+	Gate          *gate.Gate
+	Shutter       Shutter
+	ShutterFaults <-chan shutter.Fault // may be nil
+	LED           LED
+	Conference    Conference
+	JoinTimeout   time.Duration // default 20s
+	LeaveTimeout  time.Duration // default 5s
+	Logger        *slog.Logger
+	Now           func() time.Time
+}
+
+// JoinWith adapts a connector whose Join returns its own call type.
+func JoinWith[C Call](join func(context.Context) (C, error)) Conference {
+	return joinFunc[C](join)
+}
+
+type joinFunc[C Call] func(context.Context) (C, error)
+
+func (f joinFunc[C]) Join(ctx context.Context) (Call, error) {
+	c, err := f(ctx)
+	if err != nil {
+		return nil, err // not a typed nil inside a non-nil Call
+	}
+	return c, nil
+}
+
+// Machine runs the unit. Create with New, start with Run.
+type Machine struct {
+	cfg  Config
+	log  *slog.Logger
+	in   chan any
+	core *core
+
+	shutterReq chan effShutter
+
+	joinCancel  context.CancelFunc
+	joinAttempt uint64
+
+	mu     sync.Mutex
+	status Status
+	seq    uint64
+	subs   map[chan Event]struct{}
+	ready  chan struct{}
+}
+
+// Status is a snapshot for roomctl and the local API.
+type Status struct {
+	State     State      `json:"state"`
+	Since     time.Time  `json:"since"`
+	Gate      gate.State `json:"gate"`
+	LED       string     `json:"led"`
+	Privacy   bool       `json:"privacy"`
+	Mute      bool       `json:"mute"`
+	Shutter   string     `json:"shutter"` // closed, closing, opening, open, unconfirmed
+	Meeting   string     `json:"meeting,omitempty"`
+	Faults    []string   `json:"faults,omitempty"`
+	LastError string     `json:"last_error,omitempty"`
+}
+
+// New builds a Machine. Nothing moves until Run.
+func New(cfg Config) *Machine {
+	if cfg.JoinTimeout == 0 {
+		cfg.JoinTimeout = 20 * time.Second
+	}
+	if cfg.LeaveTimeout == 0 {
+		cfg.LeaveTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	m := &Machine{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		in:         make(chan any, 64),
+		core:       newCore(cfg.Now),
+		shutterReq: make(chan effShutter, 1),
+		subs:       map[chan Event]struct{}{},
+		ready:      make(chan struct{}),
+	}
+	m.snapshot()
+	return m
+}
+
+// Do asks for an action, as a button or command would. It never blocks for
+// long: the machine decides in its own goroutine.
+func (m *Machine) Do(ctx context.Context, a Action, source string) error {
+	m.publish(Event{Type: "action", Detail: string(a), Reason: source})
+	return m.post(ctx, inAction{act: a, source: source})
+}
+
+// Button maps a debounced button event to an action. Actions fire on the
+// press (Down), not the release, so the gate reacts within a debounce time.
+func (m *Machine) Button(ctx context.Context, ev button.Event) error {
+	m.publish(Event{Type: "button", Detail: ev.Button + ":" + ev.Kind.String()})
+	if ev.Kind != button.Down {
+		return nil
+	}
+	a, ok := map[string]Action{"join": ActJoin, "leave": ActLeave, "privacy": ActPrivacy, "mute": ActMute}[ev.Button]
+	if !ok {
+		return nil
+	}
+	return m.post(ctx, inAction{act: a, source: "button:" + ev.Button})
+}
+
+// DeviceLost reports that the camera or microphone disappeared (cleared=false)
+// or came back (cleared=true).
+func (m *Machine) DeviceLost(ctx context.Context, device, detail string, cleared bool) error {
+	return m.post(ctx, inMediaFault{device: device, detail: detail, cleared: cleared})
+}
+
+func (m *Machine) post(ctx context.Context, in any) error {
+	select {
+	case m.in <- in:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Ready is closed once Run has closed the shutter and is taking events.
+func (m *Machine) Ready() <-chan struct{} { return m.ready }
+
+// Run decides until ctx ends, then fails closed: gate shut, call left,
+// shutter closed, LED off. The error reports a shutter that did not confirm
+// closed on the way out.
+func (m *Machine) Run(ctx context.Context) error {
+	workerCtx, stopWorker := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); m.shutterWorker(workerCtx) }()
+	if m.cfg.ShutterFaults != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case f, ok := <-m.cfg.ShutterFaults:
+					if !ok {
+						return
+					}
+					_ = m.post(workerCtx, inShutterFault{kind: faultName(f.Kind), detail: f.Detail, cleared: f.Cleared})
+				case <-workerCtx.Done():
+					return
+				}
+			}
+		}()
+	}
+
+	// Start from a known state: gate shut, LED off, shutter commanded closed.
+	m.cfg.Gate.Set(gate.State{})
+	m.setLED(ledOff)
+	m.core.shutterSeq++
+	m.core.shutterConfirmed = false
+	m.requestShutter(effShutter{seq: m.core.shutterSeq, open: false})
+	m.snapshot()
+	close(m.ready)
+
+	for {
+		select {
+		case in := <-m.in:
+			m.apply(m.core.handle(in))
+			m.snapshot()
+		case <-ctx.Done():
+			err := m.failClosed()
+			stopWorker()
+			wg.Wait()
+			return err
+		}
+	}
+}
+
+func faultName(k shutter.FaultKind) string {
+	switch k {
+	case shutter.Timeout:
+		return "timeout"
+	case shutter.SensorsDisagree:
+		return "sensors_disagree"
+	case shutter.MovedByItself:
+		return "moved_by_itself"
+	}
+	return fmt.Sprintf("fault-%d", k)
+}
+
+func (m *Machine) apply(effs []any) {
+	for _, e := range effs {
+		switch e := e.(type) {
+		case effGate:
+			// Synchronous: returns once no frame of a closed kind is in an encoder.
+			m.cfg.Gate.Set(e.state)
+		case effShutter:
+			m.requestShutter(e)
+		case effLED:
+			m.setLED(e.state)
+		case effJoin:
+			m.startJoin(e.attempt)
+		case effLeave:
+			go m.leave(e.call)
+		case effEvent:
+			m.publish(e.ev)
+		}
+	}
+	// A join the core no longer waits for is cancelled at once.
+	if m.joinCancel != nil && m.core.attempt != m.joinAttempt {
+		m.joinCancel()
+		m.joinCancel = nil
+	}
+}
+
+func (m *Machine) setLED(s led.State) {
+	if err := m.cfg.LED.Set(s); err != nil {
+		m.log.Error("set LED", "pattern", LEDName(s), "err", err)
+	}
+}
+
+func (m *Machine) requestShutter(r effShutter) {
+	select { // only the loop sends, so replacing the pending request is safe
+	case <-m.shutterReq:
+	default:
+	}
+	m.shutterReq <- r
+}
+
+// shutterWorker moves the shutter one request at a time; a newer request
+// cancels a move in progress (a close never waits behind an open).
+func (m *Machine) shutterWorker(ctx context.Context) {
+	var req effShutter
+	have := false
+	for {
+		if !have {
+			select {
+			case req = <-m.shutterReq:
+			case <-ctx.Done():
+				return
+			}
+		}
+		have = false
+		moveCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func(r effShutter) {
+			if r.open {
+				done <- m.cfg.Shutter.Open(moveCtx)
+			} else {
+				done <- m.cfg.Shutter.Close(moveCtx)
+			}
+		}(req)
+		select {
+		case err := <-done:
+			cancel()
+			_ = m.post(ctx, inShutterDone{seq: req.seq, open: req.open, err: err})
+		case next := <-m.shutterReq:
+			cancel()
+			<-done
+			req, have = next, true
+		case <-ctx.Done():
+			cancel()
+			<-done
+			return
+		}
+	}
+}
+
+func (m *Machine) startJoin(attempt uint64) {
+	if m.joinCancel != nil {
+		m.joinCancel()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.JoinTimeout)
+	m.joinCancel, m.joinAttempt = cancel, attempt
+	go func() {
+		defer cancel()
+		call, err := m.cfg.Conference.Join(ctx)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer from the conference server within %s: check the server address and the network", m.cfg.JoinTimeout)
+		}
+		_ = m.post(context.Background(), inJoinDone{attempt: attempt, call: call, err: err})
+		if err == nil && call != nil {
+			if end, ok := <-call.Ended(); ok {
+				_ = m.post(context.Background(), inCallEnded{call: call, err: end})
+			}
+		}
+	}()
+}
+
+func (m *Machine) leave(c Call) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.LeaveTimeout)
+	defer cancel()
+	err := c.Leave(ctx)
+	if err != nil {
+		err = fmt.Errorf("leave meeting %s: %w", c.ID(), err)
+	}
+	_ = m.post(context.Background(), inLeaveDone{call: c, err: err})
+}
+
+// failClosed is the shutdown path: invariant 4.
+func (m *Machine) failClosed() error {
+	m.cfg.Gate.Set(gate.State{})
+	if m.joinCancel != nil {
+		m.joinCancel()
+	}
+	left := make(chan struct{})
+	if c := m.core.call; c != nil {
+		go func() {
+			defer close(left)
+			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.LeaveTimeout)
+			defer cancel()
+			if err := c.Leave(ctx); err != nil {
+				m.log.Warn("leave on shutdown", "meeting", c.ID(), "err", err)
+			}
+		}()
+	} else {
+		close(left)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := m.cfg.Shutter.Close(ctx)
+	select { // a connector that ignores its context must not stop the shutdown
+	case <-left:
+	case <-time.After(m.cfg.LeaveTimeout):
+		m.log.Warn("leave on shutdown did not finish in time; exiting anyway", "timeout", m.cfg.LeaveTimeout)
+	}
+	m.setLED(ledOff)
+	m.core.state, m.core.gate, m.core.led, m.core.call = Idle, gate.State{}, ledOff, nil
+	m.core.shutterTargetOpen, m.core.shutterConfirmed = false, err == nil
+	m.snapshot()
+	if err != nil {
+		return fmt.Errorf("close shutter on shutdown: %w", err)
+	}
+	return nil
+}
+
+func (m *Machine) snapshot() {
+	c := m.core
+	s := Status{
+		State:     c.state,
+		Gate:      c.gate,
+		LED:       LEDName(c.led),
+		Privacy:   c.privacy,
+		Mute:      c.mute,
+		LastError: c.callErr,
+	}
+	switch {
+	case c.shutterTargetOpen && c.shutterConfirmed:
+		s.Shutter = "open"
+	case c.shutterTargetOpen:
+		s.Shutter = "opening"
+	case c.shutterConfirmed:
+		s.Shutter = "closed"
+	default:
+		s.Shutter = "closing"
+	}
+	if c.call != nil {
+		s.Meeting = c.call.ID()
+	}
+	for _, v := range c.hwFaults {
+		s.Faults = append(s.Faults, "shutter: "+v)
+	}
+	for k, v := range c.mediaFaults {
+		s.Faults = append(s.Faults, k+": "+v)
+	}
+	sort.Strings(s.Faults)
+	m.mu.Lock()
+	if m.status.State != s.State || m.status.Since.IsZero() {
+		s.Since = m.cfg.Now()
+	} else {
+		s.Since = m.status.Since
+	}
+	m.status = s
+	m.mu.Unlock()
+}
+
+// Status returns the latest snapshot.
+func (m *Machine) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status
+}
+
+// Subscribe returns a stream of events. A subscriber that falls more than
+// buf events behind loses the oldest (the stream is for watching, not for
+// accounting); cancel ends it.
+func (m *Machine) Subscribe(buf int) (<-chan Event, func()) {
+	ch := make(chan Event, buf+1)
+	m.mu.Lock()
+	// Start every stream with where the unit is now, so a watcher needs no
+	// separate status call and knows the stream is live.
+	st := m.status
+	ch <- Event{Seq: m.seq, At: m.cfg.Now(), Type: "hello", State: st.State, Gate: &st.Gate, LED: st.LED}
+	m.subs[ch] = struct{}{}
+	m.mu.Unlock()
+	return ch, func() {
+		m.mu.Lock()
+		if _, ok := m.subs[ch]; ok {
+			delete(m.subs, ch)
+			close(ch)
+		}
+		m.mu.Unlock()
+	}
+}
+
+func (m *Machine) publish(e Event) {
+	m.mu.Lock()
+	m.seq++
+	e.Seq = m.seq
+	if e.At.IsZero() {
+		e.At = m.cfg.Now()
+	}
+	for ch := range m.subs {
+		for {
+			select {
+			case ch <- e:
+			default:
+				select { // full: drop the oldest and retry
+				case <-ch:
+				default:
+				}
+				continue
+			}
+			break
+		}
+	}
+	m.mu.Unlock()
+	attrs := []any{"seq", e.Seq, "type", e.Type}
+	if e.State != "" {
+		attrs = append(attrs, "state", e.State)
+	}
+	if e.Gate != nil {
+		attrs = append(attrs, "video", e.Gate.Video, "audio", e.Gate.Audio)
+	}
+	for _, kv := range [][2]string{{"led", e.LED}, {"detail", e.Detail}, {"reason", e.Reason}, {"meeting", e.Meeting}} {
+		if kv[1] != "" {
+			attrs = append(attrs, kv[0], kv[1])
+		}
+	}
+	m.log.Info("event", attrs...)
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/localapi"
+)
+
+const usage = `usage: roomctl [--socket PATH | --http URL] COMMAND [ARGS]
+
+Commands:
+  status [--json]            the unit's state, privacy gate, LED, shutter and pins
+  watch [--json]             live events until Ctrl-C
+  press BUTTON               press and release a button (simulated board): join, leave, privacy, mute
+  hold BUTTON DURATION       hold a button, e.g. "hold privacy 3s" (simulated board)
+  do ACTION                  ask for an action as the fleet would: join, leave, privacy, privacy_on,
+                             privacy_off, mute, mute_on, mute_off
+  fault NAME on|off          inject a fault (simulated board): stuck_shutter, sensor_disagree,
+                             bouncy_buttons, shutter_drift, join_fails, call_drop, camera_lost
+  doctor [--json]            check the wiring; each failure names the pin and the fix
+`
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("roomctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", localapi.DefaultSocket(), "roomd's unix socket")
+	httpURL := fs.String("http", "", "roomd's loopback HTTP API instead of the socket, e.g. http://127.0.0.1:8787")
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage, "\nFlags:\n"); fs.PrintDefaults() }
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command given")
+	}
+	target := *socket
+	if *httpURL != "" {
+		target = *httpURL
+	}
+	c := localapi.Dial(target)
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	jsonOut := len(rest) > 0 && rest[len(rest)-1] == "--json"
+	if jsonOut {
+		rest = rest[:len(rest)-1]
+	}
+	switch cmd {
+	case "status":
+		return status(ctx, c, stdout, jsonOut)
+	case "watch":
+		return watch(ctx, c, stdout, jsonOut)
+	case "press":
+		if len(rest) != 1 {
+			return errors.New("usage: roomctl press BUTTON (join, leave, privacy, mute)")
+		}
+		return c.Press(ctx, rest[0], 100)
+	case "hold":
+		if len(rest) != 2 {
+			return errors.New("usage: roomctl hold BUTTON DURATION, e.g. roomctl hold privacy 3s")
+		}
+		d, err := time.ParseDuration(rest[1])
+		if err != nil {
+			return fmt.Errorf("hold: %q is not a duration: write it like 3s or 500ms", rest[1])
+		}
+		return c.Press(ctx, rest[0], int(d.Milliseconds()))
+	case "do":
+		if len(rest) != 1 {
+			return errors.New("usage: roomctl do ACTION")
+		}
+		return c.Action(ctx, rest[0])
+	case "fault":
+		if len(rest) != 2 || (rest[1] != "on" && rest[1] != "off") {
+			return errors.New("usage: roomctl fault NAME on|off")
+		}
+		return c.Fault(ctx, rest[0], rest[1] == "on")
+	case "doctor":
+		return doctor(ctx, c, stdout, jsonOut)
+	}
+	return fmt.Errorf("unknown command %q: see roomctl --help", cmd)
+}
+
+type statusView struct {
+	appliance.Status
+	Version string `json:"version"`
+	Board   string `json:"board"`
+	Pins    []struct {
+		Role   string `json:"role"`
+		Line   string `json:"line"`
+		Header int    `json:"header"`
+		Level  string `json:"level"`
+	} `json:"pins"`
+	Sim *struct {
+		Shutter struct {
+			Position string `json:"Position"`
+		} `json:"shutter"`
+		Faults []string `json:"faults"`
+		Media  struct {
+			VideoFrames uint64 `json:"video_frames"`
+			AudioChunks uint64 `json:"audio_chunks"`
+			LastIsSlate bool   `json:"last_is_slate"`
+		} `json:"media"`
+	} `json:"sim"`
+}
+
+func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) error {
+	if jsonOut {
+		var raw json.RawMessage
+		if err := c.Status(ctx, &raw); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintf(w, "%s\n", raw)
+		return err
+	}
+	var s statusView
+	if err := c.Status(ctx, &s); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("state", fmt.Sprintf("%s (since %s)", s.State, s.Since.Local().Format("15:04:05")))
+	row("camera out", yesNo(s.Gate.Video))
+	row("mic out", yesNo(s.Gate.Audio))
+	row("LED", s.LED)
+	row("shutter", s.Shutter)
+	row("privacy", onOff(s.Privacy))
+	row("mute", onOff(s.Mute))
+	if s.Meeting != "" {
+		row("meeting", s.Meeting)
+	}
+	for _, f := range s.Faults {
+		row("FAULT", f)
+	}
+	if s.LastError != "" {
+		row("last error", s.LastError)
+	}
+	row("board", s.Board+"  (roomd "+s.Version+")")
+	if s.Sim != nil {
+		row("sim shutter", s.Sim.Shutter.Position)
+		if len(s.Sim.Faults) > 0 {
+			row("sim faults", strings.Join(s.Sim.Faults, ", "))
+		}
+		row("sim sink", fmt.Sprintf("%d video frames, %d audio chunks sent; last picture is slate: %v",
+			s.Sim.Media.VideoFrames, s.Sim.Media.AudioChunks, s.Sim.Media.LastIsSlate))
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintln(tw, "ROLE\tLINE\tHEADER\tLEVEL")
+	for _, p := range s.Pins {
+		h := "-"
+		if p.Header != 0 {
+			h = strconv.Itoa(p.Header)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Role, p.Line, h, p.Level)
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "YES"
+	}
+	return "no"
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func watch(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) error {
+	enc := json.NewEncoder(w)
+	return c.Events(ctx, func(ev appliance.Event) bool {
+		if jsonOut {
+			return enc.Encode(ev) == nil
+		}
+		_, err := fmt.Fprintln(w, formatEvent(ev))
+		return err == nil
+	})
+}
+
+func formatEvent(ev appliance.Event) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s  %-13s", ev.At.Local().Format("15:04:05.000"), ev.Type)
+	if ev.State != "" {
+		fmt.Fprintf(&b, " %s", ev.State)
+	}
+	if ev.Gate != nil {
+		fmt.Fprintf(&b, " camera=%s mic=%s", yesNo(ev.Gate.Video), yesNo(ev.Gate.Audio))
+	}
+	for _, s := range []string{ev.LED, ev.Detail} {
+		if s != "" {
+			fmt.Fprintf(&b, " %s", s)
+		}
+	}
+	if ev.Meeting != "" {
+		fmt.Fprintf(&b, " meeting=%s", ev.Meeting)
+	}
+	if ev.Reason != "" {
+		fmt.Fprintf(&b, " (%s)", ev.Reason)
+	}
+	return b.String()
+}
+
+func doctor(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) error {
+	checks, err := c.Doctor(ctx)
+	if err != nil {
+		return err
+	}
+	if jsonOut {
+		return json.NewEncoder(w).Encode(checks)
+	}
+	failed := 0
+	for _, ch := range checks {
+		mark := "ok  "
+		if !ch.OK {
+			mark = "FAIL"
+			failed++
+		}
+		fmt.Fprintf(w, "%s  %-16s %s\n", mark, ch.Name, ch.Detail)
+		if ch.Fix != "" {
+			fmt.Fprintf(w, "      %-16s fix: %s\n", "", ch.Fix)
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d check(s) failed", failed)
+	}
+	return nil
+}

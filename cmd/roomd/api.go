@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"periph.io/x/conn/v3/gpio"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/hal/board"
+	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/simconf"
+)
+
+// status is what GET /v1/status returns.
+type status struct {
+	appliance.Status
+	Version string     `json:"version"`
+	Board   string     `json:"board"`
+	Pins    []pinState `json:"pins"`
+	Sim     *simStatus `json:"sim,omitempty"`
+}
+
+type pinState struct {
+	Role   string `json:"role"`
+	Line   string `json:"line"`
+	Header int    `json:"header,omitempty"`
+	Level  string `json:"level"`
+}
+
+type simStatus struct {
+	Shutter sim.ShutterState `json:"shutter"`
+	Faults  []string         `json:"faults"`
+	Media   simconf.Stats    `json:"media"`
+}
+
+func (u *unit) Status() any {
+	s := status{Status: u.machine.Status(), Version: Version, Board: u.boardName()}
+	for _, r := range board.Roles() {
+		line := u.profile.Pins[r]
+		if line == "" {
+			continue
+		}
+		ps := pinState{Role: string(r), Line: line, Header: u.profile.Header[line], Level: "?"}
+		if p := u.pinFor(r); p != nil {
+			ps.Level = p.Read().String()
+		}
+		s.Pins = append(s.Pins, ps)
+	}
+	if u.simBoard != nil {
+		ss := &simStatus{Shutter: u.simBoard.Shutter(), Media: u.simConf.Stats(), Faults: []string{}}
+		for f, on := range u.simBoard.Faults() {
+			if on {
+				ss.Faults = append(ss.Faults, string(f))
+			}
+		}
+		sort.Strings(ss.Faults)
+		s.Sim = ss
+	}
+	return s
+}
+
+func (u *unit) pinFor(r board.Role) gpio.PinIO {
+	switch r {
+	case board.Shutter:
+		return u.pins.Actuator
+	case board.ShutterOpen:
+		return u.pins.OpenSensor
+	case board.ShutterClosed:
+		return u.pins.ClosedSensor
+	case board.LED, board.LEDRed, board.LEDGreen, board.LEDBlue:
+		var p gpio.PinOut
+		switch r {
+		case board.LED:
+			p = u.pins.LED.Single
+		case board.LEDRed:
+			p = u.pins.LED.R
+		case board.LEDGreen:
+			p = u.pins.LED.G
+		case board.LEDBlue:
+			p = u.pins.LED.B
+		}
+		if io, ok := p.(gpio.PinIO); ok {
+			return io
+		}
+		return nil
+	}
+	return u.pins.Buttons[r]
+}
+
+func (u *unit) Subscribe(buf int) (<-chan appliance.Event, func()) { return u.machine.Subscribe(buf) }
+
+func (u *unit) Do(ctx context.Context, a appliance.Action, source string) error {
+	return u.machine.Do(ctx, a, source)
+}
+
+func (u *unit) Sim() localapi.Sim {
+	if u.simBoard == nil {
+		return nil
+	}
+	return simControls{u}
+}
+
+type simControls struct{ u *unit }
+
+func (s simControls) Press(ctx context.Context, button string, hold time.Duration) error {
+	line := s.u.profile.Pins[board.Role(button)]
+	isButton := false
+	for _, r := range board.ButtonRoles() {
+		isButton = isButton || string(r) == button
+	}
+	if !isButton || line == "" {
+		return fmt.Errorf("no button %q on this unit: use one of %s", button, strings.Join(s.u.buttonNames(), ", "))
+	}
+	return s.u.simBoard.Press(ctx, line, hold)
+}
+
+// Conference-side faults the simulated unit can take besides the board's.
+const (
+	faultJoinFails  = "join_fails"  // the next JOIN is refused by the "server"
+	faultCallDrop   = "call_drop"   // the "server" ends the current call
+	faultCameraLost = "camera_lost" // the camera disappears (on) or comes back (off)
+)
+
+func (s simControls) SetFault(fault string, on bool) error {
+	u := s.u
+	switch fault {
+	case faultJoinFails:
+		if on {
+			u.simConf.FailNextJoin(fmt.Errorf("401 token rejected (injected fault)"))
+		} else {
+			u.simConf.FailNextJoin(nil)
+		}
+		return nil
+	case faultCallDrop:
+		if on && !u.simConf.Drop(fmt.Errorf("the conference server went away (injected fault)")) {
+			return fmt.Errorf("call_drop: there is no call to drop")
+		}
+		return nil
+	case faultCameraLost:
+		return u.machine.DeviceLost(context.Background(), "camera", "camera disconnected (injected fault): check its cable", !on)
+	}
+	err := u.simBoard.SetFault(sim.Fault(fault), on)
+	if err != nil {
+		return fmt.Errorf("%w; the simulated conference also takes %s, %s, %s", err, faultJoinFails, faultCallDrop, faultCameraLost)
+	}
+	return nil
+}
+
+func (u *unit) buttonNames() []string {
+	var out []string
+	for _, r := range board.ButtonRoles() {
+		if u.profile.Pins[r] != "" {
+			out = append(out, string(r))
+		}
+	}
+	return out
+}
+
+// Doctor checks the wiring as far as software can see it; each failure names
+// the pin and the likely fix.
+func (u *unit) Doctor(ctx context.Context) []localapi.Check {
+	var out []localapi.Check
+	where := func(line string) string {
+		if h := u.profile.Header[line]; h != 0 {
+			return fmt.Sprintf("%s (header pin %d)", line, h)
+		}
+		return line
+	}
+	for _, r := range board.ButtonRoles() {
+		p := u.pins.Buttons[r]
+		if p == nil {
+			continue
+		}
+		c := localapi.Check{Name: "button " + string(r), OK: p.Read() == gpio.High}
+		if c.OK {
+			c.Detail = where(p.Name()) + " reads released"
+		} else {
+			c.Detail = where(p.Name()) + " reads pressed at rest"
+			c.Fix = "if nobody is pressing it: the line is shorted to ground or the button is wired normally-closed; buttons go between the pin and ground (active-low, pull-up)"
+		}
+		out = append(out, c)
+	}
+	st := u.machine.Status()
+	if u.pins.OpenSensor != nil && u.pins.ClosedSensor != nil {
+		o, cl := u.pins.OpenSensor.Read() == gpio.Low, u.pins.ClosedSensor.Read() == gpio.Low
+		c := localapi.Check{Name: "shutter sensors"}
+		switch {
+		case o && cl:
+			c.Detail = fmt.Sprintf("both the open sensor %s and the closed sensor %s are active", where(u.pins.OpenSensor.Name()), where(u.pins.ClosedSensor.Name()))
+			c.Fix = "a sensor is stuck or shorted to ground, or both switches are wired to the same line; each switch goes between its own pin and ground"
+		case st.Shutter == "closed" && !cl:
+			c.Detail = fmt.Sprintf("the shutter should be closed but the closed sensor %s is not active (open sensor active: %v)", where(u.pins.ClosedSensor.Name()), o)
+			c.Fix = "check the closed switch and its wire to ground; if the shutter is visibly open, check the actuator " + where(u.pins.Actuator.Name()) + " and its relay"
+		case st.Shutter == "open" && !o:
+			c.Detail = fmt.Sprintf("the shutter should be open but the open sensor %s is not active", where(u.pins.OpenSensor.Name()))
+			c.Fix = "check the open switch and its wire to ground"
+		default:
+			c.OK = true
+			c.Detail = fmt.Sprintf("open sensor %s active=%v, closed sensor %s active=%v; shutter %s", where(u.pins.OpenSensor.Name()), o, where(u.pins.ClosedSensor.Name()), cl, st.Shutter)
+		}
+		out = append(out, c)
+	} else {
+		out = append(out, localapi.Check{Name: "shutter sensors", OK: false,
+			Detail: "no open/closed sensors configured: the unit cannot confirm the shutter is closed",
+			Fix:    "wire a switch for each end stop to ground and set pins shutter_open and shutter_closed"})
+	}
+	out = append(out, localapi.Check{Name: "shutter actuator", OK: true,
+		Detail: where(u.pins.Actuator.Name()) + " drives the shutter open when high; released or low = closed by the spring"})
+	ledDetail := "pulse by PWM"
+	if !u.led.HasPWM() {
+		ledDetail = "no PWM on this pin: pulse is shown as a heartbeat blink"
+	}
+	out = append(out, localapi.Check{Name: "led", OK: true, Detail: ledDetail + "; now " + st.LED})
+	if len(st.Faults) > 0 {
+		out = append(out, localapi.Check{Name: "faults", OK: false, Detail: strings.Join(st.Faults, "; "),
+			Fix: "the unit stays in fault (LED fast red blink) until the cause is gone"})
+	}
+	if u.simConf != nil {
+		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
+	} else {
+		out = append(out, localapi.Check{Name: "conference", OK: false, Detail: "no conference server configured", Fix: "add a [conference] section to the config"})
+	}
+	return out
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"periph.io/x/conn/v3/gpio"
+	"periph.io/x/conn/v3/gpio/gpioreg"
+	"periph.io/x/host/v3"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/hal/board"
+	"github.com/konsult/konsult/hal/button"
+	"github.com/konsult/konsult/hal/led"
+	"github.com/konsult/konsult/hal/shutter"
+	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/simconf"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=...".
+var Version = "dev"
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	start := time.Now()
+	fs := flag.NewFlagSet("roomd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", "", "config file (TOML); built-in defaults when empty")
+	simulate := fs.Bool("sim", false, "run on the simulated board and the local simulated conference")
+	socket := fs.String("socket", "", "override api.socket")
+	httpAddr := fs.String("http", "", "override api.http (\"off\" to disable)")
+	printDefaults := fs.Bool("print-default-config", false, "print the built-in config and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: roomd [--sim] [--config FILE]\n\nThe Konsult room unit daemon. Flags:\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q: roomd takes flags only (see roomd --help)", fs.Arg(0))
+	}
+	if *printDefaults {
+		_, err := io.WriteString(stdout, defaultConfig)
+		return err
+	}
+	cfg, err := loadConfig(*configPath)
+	if err != nil {
+		return err
+	}
+	if *socket != "" {
+		cfg.API.Socket = *socket
+	}
+	if *httpAddr == "off" {
+		cfg.API.HTTP = ""
+	} else if *httpAddr != "" {
+		cfg.API.HTTP = *httpAddr
+	}
+	if cfg.API.Socket == "" {
+		cfg.API.Socket = localapi.DefaultSocket()
+	}
+	log := newLogger(cfg, stderr)
+
+	u, err := openUnit(cfg, *simulate, log)
+	if err != nil {
+		return err
+	}
+	defer u.halt()
+
+	var listeners []net.Listener
+	ul, err := localapi.ListenUnix(cfg.API.Socket)
+	if err != nil {
+		return fmt.Errorf("local API: %w", err)
+	}
+	listeners = append(listeners, ul)
+	if cfg.API.HTTP != "" {
+		hl, err := localapi.ListenLoopback(cfg.API.HTTP)
+		if err != nil {
+			ul.Close()
+			return fmt.Errorf("local API (api.http): %w", err)
+		}
+		listeners = append(listeners, hl)
+	}
+	srv := &http.Server{Handler: localapi.Handler(u, log), ReadHeaderTimeout: 5 * time.Second}
+	for _, l := range listeners {
+		go func() { _ = srv.Serve(l) }()
+	}
+
+	runCtx, stopMachine := context.WithCancel(context.Background())
+	defer stopMachine()
+	machineDone := make(chan error, 1)
+	go func() { machineDone <- u.machine.Run(runCtx) }()
+	u.pumpButtons(runCtx)
+
+	select {
+	case <-u.machine.Ready():
+	case <-ctx.Done():
+	}
+	addrs := make([]string, len(listeners))
+	for i, l := range listeners {
+		addrs[i] = l.Addr().String()
+	}
+	log.Info("ready", "version", Version, "board", u.boardName(), "sim", *simulate,
+		"api", strings.Join(addrs, ","), "startup", time.Since(start).Round(time.Microsecond).String())
+	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", u.boardName(), strings.Join(addrs, " "))
+
+	<-ctx.Done()
+	log.Info("stopping: closing the shutter and leaving any call")
+	stopMachine()
+	runErr := <-machineDone
+	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shutCtx)
+	st := u.machine.Status()
+	attrs := []any{"shutter", st.Shutter, "led", st.LED, "gate_video", st.Gate.Video, "gate_audio", st.Gate.Audio}
+	if u.simBoard != nil {
+		sh := u.simBoard.Shutter()
+		attrs = append(attrs, "sim_shutter", sh.Position, "sim_actuator", sh.Actuator.String())
+	}
+	log.Info("stopped", attrs...)
+	return runErr
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.Log.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// unit is everything roomd owns, and what the local API serves.
+type unit struct {
+	cfg     *Config
+	log     *slog.Logger
+	profile board.Profile
+	pins    board.Pins
+	buttons []*button.Button
+	led     *led.LED
+	shutter *shutter.Shutter
+	gate    *gate.Gate
+	machine *appliance.Machine
+
+	simBoard *sim.Board          // nil on hardware
+	simConf  *simconf.Conference // nil on hardware
+
+	wg sync.WaitGroup
+}
+
+func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
+	profile, err := board.Lookup(cfg.Unit.Board)
+	if err != nil {
+		return nil, fmt.Errorf("config unit.board: %w", err)
+	}
+	overrides := make(map[board.Role]string, len(cfg.Pins))
+	for k, v := range cfg.Pins {
+		overrides[board.Role(k)] = v
+	}
+	if profile, err = profile.With(overrides); err != nil {
+		return nil, fmt.Errorf("config [pins]: %w", err)
+	}
+	if miss := profile.Missing(); len(miss) > 0 {
+		return nil, fmt.Errorf("config [pins]: role %s has no pin: set it under [pins], e.g. %s = \"GPIO17\"", miss[0], miss[0])
+	}
+	u := &unit{cfg: cfg, log: log, profile: profile, gate: gate.New()}
+
+	var byName func(string) gpio.PinIO
+	if simulate {
+		u.simBoard = sim.New(sim.Config{
+			Actuator:     wired(profile.Pins[board.Shutter]),
+			OpenSensor:   wired(profile.Pins[board.ShutterOpen]),
+			ClosedSensor: wired(profile.Pins[board.ShutterClosed]),
+			Travel:       cfg.Sim.Travel.Duration,
+			Lines:        simLines(),
+		})
+		byName = u.simBoard.ByName
+	} else {
+		if _, err := host.Init(); err != nil {
+			return nil, fmt.Errorf("initialise GPIO drivers: %w", err)
+		}
+		byName = gpioreg.ByName
+	}
+	if u.pins, err = board.Open(profile, byName); err != nil {
+		u.halt()
+		return nil, fmt.Errorf("board %s: %w", profile.Name, err)
+	}
+	if cfg.Shutter.RequireSensors && (u.pins.OpenSensor == nil || u.pins.ClosedSensor == nil) {
+		u.halt()
+		return nil, errors.New("config: the shutter has no open and closed sensors, so roomd cannot confirm it is closed: wire them and set pins shutter_open and shutter_closed, or set shutter.require_sensors = false to accept an unconfirmed shutter")
+	}
+	if err := u.openHAL(); err != nil {
+		u.halt()
+		return nil, err
+	}
+
+	var conf appliance.Conference
+	if simulate {
+		u.simConf = simconf.New(simconf.Config{Gate: u.gate, JoinDelay: cfg.Sim.JoinDelay.Duration})
+		conf = appliance.JoinWith(u.simConf.Join)
+	} else {
+		conf = noConference{}
+	}
+	u.machine = appliance.New(appliance.Config{
+		Gate:          u.gate,
+		Shutter:       u.shutter,
+		ShutterFaults: u.shutter.Faults(),
+		LED:           u.led,
+		Conference:    conf,
+		JoinTimeout:   cfg.Call.JoinTimeout.Duration,
+		LeaveTimeout:  cfg.Call.LeaveTimeout.Duration,
+		Logger:        log,
+	})
+	return u, nil
+}
+
+// simLines is the simulated board's header: the Raspberry Pi's GPIO0–GPIO27,
+// and nothing else, so a misspelt pin fails in --sim as it would on the unit.
+func simLines() []string {
+	lines := make([]string, 0, 28)
+	for i := 0; i <= 27; i++ {
+		lines = append(lines, fmt.Sprintf("GPIO%d", i))
+	}
+	return lines
+}
+
+// wired maps an unset role to the simulated board's "not wired".
+func wired(line string) string {
+	if line == "" {
+		return sim.NotWired
+	}
+	return line
+}
+
+func (u *unit) openHAL() error {
+	var err error
+	for _, role := range board.ButtonRoles() {
+		pin, ok := u.pins.Buttons[role]
+		if !ok || pin == nil {
+			continue
+		}
+		b, err := button.New(pin, button.Config{
+			Name:      string(role),
+			Debounce:  u.cfg.Buttons.Debounce.Duration,
+			LongPress: u.cfg.Buttons.LongPress.Duration,
+		})
+		if err != nil {
+			return fmt.Errorf("button %s on %s: %w", role, pin.Name(), err)
+		}
+		u.buttons = append(u.buttons, b)
+	}
+	if u.led, err = led.New(u.pins.LED); err != nil {
+		return fmt.Errorf("LED: %w", err)
+	}
+	sc := shutter.Config{Actuator: u.pins.Actuator, Timeout: u.cfg.Shutter.Timeout.Duration}
+	if u.pins.OpenSensor != nil {
+		sc.OpenSensor = u.pins.OpenSensor
+	}
+	if u.pins.ClosedSensor != nil {
+		sc.ClosedSensor = u.pins.ClosedSensor
+	}
+	if u.shutter, err = shutter.New(sc); err != nil {
+		return fmt.Errorf("shutter: %w", err)
+	}
+	return nil
+}
+
+func (u *unit) pumpButtons(ctx context.Context) {
+	for _, b := range u.buttons {
+		u.wg.Add(1)
+		go func() {
+			defer u.wg.Done()
+			for ev := range b.Events() {
+				if err := u.machine.Button(ctx, ev); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// halt releases every pin: buttons stop, LED off, shutter actuator released
+// (closed by the wiring).
+func (u *unit) halt() {
+	for _, b := range u.buttons {
+		_ = b.Halt()
+	}
+	u.wg.Wait()
+	if u.led != nil {
+		_ = u.led.Halt()
+	}
+	if u.shutter != nil {
+		_ = u.shutter.Halt()
+	}
+	if u.simBoard != nil {
+		_ = u.simBoard.Halt()
+	}
+}
+
+func (u *unit) boardName() string {
+	if u.simBoard != nil {
+		return "sim(" + u.profile.Name + ")"
+	}
+	return u.profile.Name
+}
+
+// noConference is the connector until one is configured: JOIN is refused
+// with the reason instead of pretending.
+type noConference struct{}
+
+func (noConference) Join(context.Context) (appliance.Call, error) {
+	return nil, errors.New("no conference server is configured: add a [conference] section to the config, or run roomd --sim for the local simulated conference")
+}
