@@ -120,7 +120,10 @@ func New(pin gpio.PinIn, cfg Config) (*Button, error) {
 		stop:   make(chan struct{}),
 		done:   make(chan struct{}),
 	}
-	go b.run()
+	// Read the starting level here, not in the goroutine: a press that lands
+	// between New returning and the goroutine starting must count as a press,
+	// not as "held since start".
+	go b.run(pin.Read() == active)
 	return b, nil
 }
 
@@ -199,12 +202,12 @@ func (b *Button) settle(lastEdge time.Time) (gpio.Level, time.Time, bool) {
 	return b.pin.Read(), lastEdge, true
 }
 
-func (b *Button) run() {
+func (b *Button) run(heldAtStart bool) {
 	defer close(b.done)
 
 	// A button already held at start (stuck, or pressed during boot) is
 	// ignored until it is released, so it cannot fire a spurious press.
-	down := b.pin.Read() == b.active
+	down := heldAtStart
 	ignore := down
 	var downAt time.Time
 	longSent := false

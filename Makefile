@@ -1,0 +1,48 @@
+# Konsult room unit. `make run` and `make test` are the README's two commands.
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.Version=$(VERSION)
+CACHE   := $(CURDIR)/.cache
+export PATH := $(CACHE)/bin:$(PATH)
+
+.PHONY: run test setup bench lint build clean
+
+## run: the room unit on simulated hardware with built-in defaults
+run:
+	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/roomd --sim
+
+## setup: install what the tests need (apt packages, LiveKit, livekit-client, linters)
+setup:
+	bash .ci/setup
+
+## test: set up, then the whole suite with the race detector; real parts are required
+test: setup
+	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -race -count=1 -timeout 20m ./...
+
+## bench: the benchmarks, printed as a table (raw output in .cache/bench.txt)
+bench:
+	@mkdir -p $(CACHE)
+	@{ $(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/... && \
+	   $(GO) test -run '^$$' -bench . ./appliance/... ./hal/... ./media/gate/...; } > $(CACHE)/bench.txt 2>&1 || { cat $(CACHE)/bench.txt; exit 1; }
+	@awk '/^pkg:/ {pkg=$$2} /^Benchmark/ { \
+	    line=sprintf("%-58s %12s ns/op", $$1, $$3); \
+	    for (i=5; i<NF; i+=2) line=line sprintf("  %s %s", $$i, $$(i+1)); \
+	    print line }' $(CACHE)/bench.txt
+
+## lint: gofmt, go vet, staticcheck
+lint: setup
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+
+## build: roomd and roomctl for linux/amd64 and linux/arm64 into bin/
+build:
+	for arch in amd64 arm64; do \
+	  for cmd in roomd roomctl; do \
+	    CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/linux-$$arch/$$cmd ./cmd/$$cmd || exit 1; \
+	  done; \
+	done
+	@ls -l bin/linux-*/
+
+clean:
+	rm -rf bin
