@@ -23,7 +23,7 @@ test: setup
 bench:
 	@mkdir -p $(CACHE)
 	@{ $(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/... && \
-	   $(GO) test -run '^$$' -bench . ./appliance/... ./hal/... ./media/gate/...; } > $(CACHE)/bench.txt 2>&1 || { cat $(CACHE)/bench.txt; exit 1; }
+	   $(GO) test -run '^$$' -bench . -benchtime 200x ./hal/... ./media/gate/...; } > $(CACHE)/bench.txt 2>&1 || { cat $(CACHE)/bench.txt; exit 1; }
 	@awk '/^pkg:/ {pkg=$$2} /^Benchmark/ { \
 	    line=sprintf("%-58s %12s ns/op", $$1, $$3); \
 	    for (i=5; i<NF; i+=2) line=line sprintf("  %s %s", $$i, $$(i+1)); \

@@ -241,11 +241,16 @@ func faultName(k shutter.FaultKind) string {
 }
 
 func (m *Machine) apply(effs []any) {
+	// The gate first, whatever order the core listed things in: nothing else
+	// (a hang-up, a shutter move) may happen while it is still open.
+	for _, e := range effs {
+		if g, ok := e.(effGate); ok {
+			// Synchronous: returns once no frame of a closed kind is in an encoder.
+			m.cfg.Gate.Set(g.state)
+		}
+	}
 	for _, e := range effs {
 		switch e := e.(type) {
-		case effGate:
-			// Synchronous: returns once no frame of a closed kind is in an encoder.
-			m.cfg.Gate.Set(e.state)
 		case effShutter:
 			m.requestShutter(e)
 		case effLED:
@@ -339,10 +344,20 @@ func (m *Machine) startJoin(attempt uint64) {
 	}()
 }
 
+// leave hangs up. A connector that does not return within LeaveTimeout is
+// reported as such and the unit moves on: the gate is already shut and the
+// shutter closing, so nothing leaves the room meanwhile.
 func (m *Machine) leave(c Call) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.LeaveTimeout)
 	defer cancel()
-	err := c.Leave(ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Leave(ctx) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(m.cfg.LeaveTimeout + time.Second):
+		err = fmt.Errorf("no answer within %s", m.cfg.LeaveTimeout)
+	}
 	if err != nil {
 		err = fmt.Errorf("leave meeting %s: %w", c.ID(), err)
 	}

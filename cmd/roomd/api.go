@@ -23,6 +23,16 @@ type status struct {
 	Board   string     `json:"board"`
 	Pins    []pinState `json:"pins"`
 	Sim     *simStatus `json:"sim,omitempty"`
+	Media   *mediaOut  `json:"media,omitempty"`
+}
+
+// mediaOut is what the conference connector handed to its encoders.
+type mediaOut struct {
+	VideoFrames uint64 `json:"video_frames"`
+	Slates      uint64 `json:"slates"`
+	AudioChunks uint64 `json:"audio_chunks"`
+	Silences    uint64 `json:"silences"`
+	LastIsSlate bool   `json:"last_is_slate"`
 }
 
 type pinState struct {
@@ -51,8 +61,17 @@ func (u *unit) Status() any {
 		}
 		s.Pins = append(s.Pins, ps)
 	}
+	if u.lk != nil {
+		if n := u.lk.Counters(); n != nil {
+			s.Media = &mediaOut{VideoFrames: n.VideoFrames.Load(), Slates: n.Slates.Load(),
+				AudioChunks: n.AudioChunks.Load(), Silences: n.Silences.Load(), LastIsSlate: n.LastIsSlate.Load()}
+		}
+	}
 	if u.simBoard != nil {
-		ss := &simStatus{Shutter: u.simBoard.Shutter(), Media: u.simConf.Stats(), Faults: []string{}}
+		ss := &simStatus{Shutter: u.simBoard.Shutter(), Faults: []string{}}
+		if u.simConf != nil {
+			ss.Media = u.simConf.Stats()
+		}
 		for f, on := range u.simBoard.Faults() {
 			if on {
 				ss.Faults = append(ss.Faults, string(f))
@@ -128,6 +147,9 @@ const (
 
 func (s simControls) SetFault(fault string, on bool) error {
 	u := s.u
+	if u.simConf == nil && (fault == faultJoinFails || fault == faultCallDrop) {
+		return fmt.Errorf("%s needs the simulated conference; this unit uses a real server (stop the server to test that)", fault)
+	}
 	switch fault {
 	case faultJoinFails:
 		if on {
@@ -220,9 +242,15 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 		out = append(out, localapi.Check{Name: "faults", OK: false, Detail: strings.Join(st.Faults, "; "),
 			Fix: "the unit stays in fault (LED fast red blink) until the cause is gone"})
 	}
-	if u.simConf != nil {
+	switch {
+	case u.lk != nil:
+		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "LiveKit over WHIP at " + u.cfg.Conference.URL + ", room " + u.cfg.Conference.Room})
+		for _, ch := range u.lk.Encoders() {
+			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
+		}
+	case u.simConf != nil:
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
-	} else {
+	default:
 		out = append(out, localapi.Check{Name: "conference", OK: false, Detail: "no conference server configured", Fix: "add a [conference] section to the config"})
 	}
 	return out

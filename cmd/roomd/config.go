@@ -33,6 +33,22 @@ type Config struct {
 		JoinTimeout  Duration `toml:"join_timeout"`
 		LeaveTimeout Duration `toml:"leave_timeout"`
 	} `toml:"call"`
+	Conference struct {
+		Connector        string   `toml:"connector"`
+		URL              string   `toml:"url"`
+		Room             string   `toml:"room"`
+		Identity         string   `toml:"identity"`
+		APIKey           string   `toml:"api_key"`
+		APISecret        string   `toml:"api_secret"`
+		Token            string   `toml:"token"`
+		AllowedHosts     []string `toml:"allowed_hosts"`
+		VideoCodec       string   `toml:"video_codec"`
+		Width            int      `toml:"width"`
+		Height           int      `toml:"height"`
+		FPS              int      `toml:"fps"`
+		VideoBitrateKbps int      `toml:"video_bitrate_kbps"`
+		AudioBitrateKbps int      `toml:"audio_bitrate_kbps"`
+	} `toml:"conference"`
 	API struct {
 		Socket string `toml:"socket"`
 		HTTP   string `toml:"http"`
@@ -124,8 +140,22 @@ func (c *Config) validate() error {
 		pos("sim.travel", c.Sim.Travel, 0, 10*time.Second),
 		pos("sim.join_delay", c.Sim.JoinDelay, 0, time.Minute),
 		oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"),
+		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip"),
+		oneOf("conference.video_codec", c.Conference.VideoCodec, "auto", "H264", "VP8"),
+		intRange("conference.width", c.Conference.Width, 160, 3840),
+		intRange("conference.height", c.Conference.Height, 120, 2160),
+		intRange("conference.fps", c.Conference.FPS, 1, 60),
+		intRange("conference.video_bitrate_kbps", c.Conference.VideoBitrateKbps, 100, 20000),
+		intRange("conference.audio_bitrate_kbps", c.Conference.AudioBitrateKbps, 6, 510),
 		oneOf("log.format", c.Log.Format, "text", "json"),
 	)
+}
+
+func intRange(key string, v, min, max int) error {
+	if v < min || v > max {
+		return fmt.Errorf("%s = %d is out of range: use a value from %d to %d", key, v, min, max)
+	}
+	return nil
 }
 
 func oneOf(key, v string, valid ...string) error {

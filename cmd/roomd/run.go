@@ -25,6 +25,7 @@ import (
 	"github.com/konsult/konsult/hal/shutter"
 	"github.com/konsult/konsult/hal/sim"
 	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/simconf"
 )
 
@@ -153,8 +154,9 @@ type unit struct {
 	gate    *gate.Gate
 	machine *appliance.Machine
 
-	simBoard *sim.Board          // nil on hardware
-	simConf  *simconf.Conference // nil on hardware
+	simBoard *sim.Board             // nil on hardware
+	simConf  *simconf.Conference    // the local simulated conference, when no server is configured
+	lk       *livekit.WHIPConnector // when [conference] connector = "livekit-whip"
 
 	wg sync.WaitGroup
 }
@@ -206,10 +208,24 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 	}
 
 	var conf appliance.Conference
-	if simulate {
+	switch c := cfg.Conference; {
+	case c.Connector == "livekit-whip":
+		u.lk, err = livekit.NewWHIP(livekit.Config{
+			URL: c.URL, Room: c.Room, Identity: c.Identity,
+			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
+		}, livekit.Media{
+			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
+			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
+		}, u.gate, log)
+		if err != nil {
+			u.halt()
+			return nil, fmt.Errorf("config [conference]: %w", err)
+		}
+		conf = appliance.JoinWith(u.lk.Join)
+	case simulate:
 		u.simConf = simconf.New(simconf.Config{Gate: u.gate, JoinDelay: cfg.Sim.JoinDelay.Duration})
 		conf = appliance.JoinWith(u.simConf.Join)
-	} else {
+	default:
 		conf = noConference{}
 	}
 	u.machine = appliance.New(appliance.Config{

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,7 +40,7 @@ func (s *syncBuffer) String() string {
 // unitUnderTest is roomd --sim running in this process, driven only through
 // its local API, as roomctl would.
 type unitUnderTest struct {
-	t      *testing.T
+	t      testing.TB
 	api    *localapi.Client
 	events chan appliance.Event
 	done   chan error
@@ -47,7 +48,7 @@ type unitUnderTest struct {
 	logs   *syncBuffer
 }
 
-func startUnit(t *testing.T, configTOML string) *unitUnderTest {
+func startUnit(t testing.TB, configTOML string) *unitUnderTest {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "roomd.sock")
@@ -126,9 +127,20 @@ func (u *unitUnderTest) waitFor(what string, timeout time.Duration, match func(a
 				return seen
 			}
 		case <-deadline:
-			u.t.Fatalf("no %s within %s; events: %s", what, timeout, describe(seen))
+			if os.Getenv("KONSULT_DUMP") != "" {
+				_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+			}
+			u.t.Fatalf("no %s within %s; events: %s\nroomd log tail:\n%s", what, timeout, describe(seen), tail(u.logs.String(), 25))
 		}
 	}
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func describe(evs []appliance.Event) string {

@@ -1,0 +1,206 @@
+package livekit
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/encoder"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/whip"
+)
+
+// Config names the LiveKit server, the room and the unit's credential.
+// APIKey/APISecret (preferred) mint a short-lived token for every join;
+// Token is a fixed access token instead. Neither is ever logged.
+type Config struct {
+	URL          string // e.g. https://livekit.clinic.example (or http://127.0.0.1:7880 on the unit itself)
+	Room         string
+	Identity     string
+	APIKey       string
+	APISecret    string
+	Token        string
+	AllowedHosts []string      // if set, the server's host must be on it
+	TokenTTL     time.Duration // default 10 minutes
+	// DisconnectGrace is how long a lost connection may last before the
+	// call counts as ended. Default 5 s.
+	DisconnectGrace time.Duration
+}
+
+// Media says what to capture and how to encode it.
+type Media struct {
+	Width, Height, FPS int
+	VideoCodec         string // "auto", "H264", "VP8"
+	VideoBitRate       int    // bits/s
+	AudioBitRate       int
+}
+
+// WHIPConnector publishes the unit's camera and microphone into a LiveKit
+// room through LiveKit's WHIP endpoint (/whip/v1).
+type WHIPConnector struct {
+	cfg   Config
+	media Media
+	gate  *gate.Gate
+	log   *slog.Logger
+	video encoder.Choice
+	audio encoder.Choice
+
+	mu       sync.Mutex
+	counters *capture.Counters
+}
+
+// NewWHIP checks the configuration and chooses encoders; it sends nothing.
+func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnector, error) {
+	if cfg.URL == "" || cfg.Room == "" || cfg.Identity == "" {
+		return nil, errors.New("conference: url, room and identity are all needed")
+	}
+	if cfg.Token == "" && (cfg.APIKey == "" || cfg.APISecret == "") {
+		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 10 * time.Minute
+	}
+	if cfg.DisconnectGrace == 0 {
+		cfg.DisconnectGrace = 5 * time.Second
+	}
+	vc, err := encoder.Choose(encoder.Video, m.VideoCodec)
+	if err != nil {
+		return nil, fmt.Errorf("conference: %w", err)
+	}
+	ac, err := encoder.Choose(encoder.Audio, "opus")
+	if err != nil {
+		return nil, fmt.Errorf("conference: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
+	return &WHIPConnector{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac}, nil
+}
+
+// Encoders reports the encoder choice for doctor.
+func (c *WHIPConnector) Encoders() []encoder.Choice { return []encoder.Choice{c.video, c.audio} }
+
+// Counters are what the current (or last) call handed to the encoders.
+func (c *WHIPConnector) Counters() *capture.Counters {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counters
+}
+
+func (c *WHIPConnector) token() (string, error) {
+	if c.cfg.APIKey != "" {
+		return JoinToken(c.cfg.APIKey, c.cfg.APISecret, c.cfg.Identity, c.cfg.Room, c.cfg.TokenTTL)
+	}
+	return c.cfg.Token, nil
+}
+
+// Join publishes into the room and returns once media flows (ICE and DTLS
+// connected) or fails with a reason a person can act on.
+func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
+	tok, err := c.token()
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	endpoint := strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1"
+	client, err := whip.New(whip.Config{Endpoint: endpoint, Token: tok, AllowedHosts: c.cfg.AllowedHosts, Logger: c.log})
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	vb, err := c.video.Chosen.Video(encoder.Settings{BitRate: c.media.VideoBitRate, KeyFrameInterval: 2 * c.media.FPS})
+	if err != nil {
+		return nil, fmt.Errorf("join: video encoder: %w", err)
+	}
+	ab, err := c.audio.Chosen.Audio(encoder.Settings{BitRate: c.media.AudioBitRate})
+	if err != nil {
+		return nil, fmt.Errorf("join: audio encoder: %w", err)
+	}
+	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab})
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	c.mu.Lock()
+	c.counters = capt.Counters
+	c.mu.Unlock()
+
+	pc, err := c.newPeerConnection(client, capt)
+	if err != nil {
+		capt.Close()
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), log: c.log, grace: c.cfg.DisconnectGrace}
+	pc.OnConnectionStateChange(call.onState)
+	sess, err := client.Publish(ctx, pc)
+	if err != nil {
+		call.close()
+		return nil, fmt.Errorf("join room: %w", err)
+	}
+	call.sess = sess
+	if err := sess.WaitConnected(ctx); err != nil {
+		call.close()
+		return nil, fmt.Errorf("join room: %w", err)
+	}
+	call.connected.Store(true)
+	return call, nil
+}
+
+func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Capture) (*webrtc.PeerConnection, error) {
+	me := &webrtc.MediaEngine{}
+	capt.Selector().Populate(me)
+	ir := &interceptor.Registry{}
+	if err := webrtc.RegisterDefaultInterceptors(me, ir); err != nil {
+		return nil, fmt.Errorf("webrtc interceptors: %w", err)
+	}
+	se := webrtc.SettingEngine{}
+	if isLoopbackURL(c.cfg.URL) {
+		// A server on this machine (make run, tests): offer loopback
+		// candidates only, and no mDNS names it could not resolve.
+		se.SetIncludeLoopbackCandidate(true)
+		se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	}
+	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
+	pc, err := api.NewPeerConnection(webrtc.Configuration{ICEServers: client.ICEServers(), BundlePolicy: webrtc.BundlePolicyMaxBundle})
+	if err != nil {
+		return nil, fmt.Errorf("new peer connection: %w", err)
+	}
+	for _, t := range capt.Tracks() {
+		if _, err := pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+			pc.Close()
+			return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
+		}
+	}
+	return pc, nil
+}
+
+func isLoopbackURL(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+func newMeetingID() string {
+	var b [5]byte
+	_, _ = rand.Read(b[:])
+	return "m-" + hex.EncodeToString(b[:])
+}
