@@ -91,6 +91,7 @@ type Machine struct {
 
 	joinCancel  context.CancelFunc
 	joinAttempt uint64
+	joins       sync.WaitGroup // join attempts still running
 
 	mu     sync.Mutex
 	status Status
@@ -329,9 +330,19 @@ func (m *Machine) startJoin(attempt uint64) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.JoinTimeout)
 	m.joinCancel, m.joinAttempt = cancel, attempt
+	m.joins.Add(1)
 	go func() {
+		defer m.joins.Done()
 		defer cancel()
 		call, err := m.cfg.Conference.Join(ctx)
+		if err == nil && call != nil && ctx.Err() != nil {
+			// Connected just as the join was given up (LEAVE, shutdown):
+			// hang up here, nobody is waiting for this call any more.
+			lctx, lcancel := context.WithTimeout(context.Background(), m.cfg.LeaveTimeout)
+			_ = call.Leave(lctx)
+			lcancel()
+			return
+		}
 		if errors.Is(err, context.DeadlineExceeded) {
 			err = fmt.Errorf("no answer from the conference server within %s: check the server address and the network", m.cfg.JoinTimeout)
 		}
@@ -390,6 +401,14 @@ func (m *Machine) failClosed() error {
 	case <-left:
 	case <-time.After(m.cfg.LeaveTimeout):
 		m.log.Warn("leave on shutdown did not finish in time; exiting anyway", "timeout", m.cfg.LeaveTimeout)
+	}
+	// A join given up above releases its camera and microphone on its way out.
+	joined := make(chan struct{})
+	go func() { m.joins.Wait(); close(joined) }()
+	select {
+	case <-joined:
+	case <-time.After(m.cfg.LeaveTimeout):
+		m.log.Warn("a join attempt did not finish in time; exiting anyway", "timeout", m.cfg.LeaveTimeout)
 	}
 	m.setLED(ledOff)
 	m.core.state, m.core.gate, m.core.led, m.core.call = Idle, gate.State{}, ledOff, nil

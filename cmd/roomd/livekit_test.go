@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"testing"
@@ -108,6 +110,9 @@ func TestCallAtRealFarEnd(t *testing.T) {
 		t.Fatalf("after leave: shutter %s LED %s", st.Sim.Shutter.Position, st.LED)
 	}
 	if open := capture.DevicesOpen(); len(open) > 0 {
+		if os.Getenv("KONSULT_DUMP") != "" {
+			_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+		}
 		t.Fatalf("camera/microphone still open after LEAVE: %v", open)
 	}
 }

@@ -98,6 +98,9 @@ func startUnit(t testing.TB, configTOML string) *unitUnderTest {
 	t.Cleanup(func() {
 		evCancel()
 		u.shutdown()
+		if t.Failed() {
+			t.Logf("roomd log tail:\n%s", tail(u.logs.String(), 40))
+		}
 	})
 	return u
 }

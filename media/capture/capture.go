@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/pion/mediadevices"
 	"github.com/pion/mediadevices/pkg/codec"
@@ -41,7 +43,32 @@ type Capture struct {
 	done     chan struct{}
 
 	stopOnce, closeOnce sync.Once
+	reading             atomic.Int32 // pipelines whose encoder has started reading and not ended
 }
+
+// track counts a video pipeline as reading from the encoder's first read on.
+// It must be the outermost transform: a read blocked on a shut gate counts.
+func (c *Capture) track() video.TransformFunc {
+	return func(r video.Reader) video.Reader {
+		var once sync.Once
+		return video.ReaderFunc(func() (image.Image, func(), error) {
+			once.Do(func() { c.reading.Add(1) })
+			return r.Read()
+		})
+	}
+}
+
+func (c *Capture) trackAudio() audio.TransformFunc {
+	return func(r audio.Reader) audio.Reader {
+		var once sync.Once
+		return audio.ReaderFunc(func() (wave.Audio, func(), error) {
+			once.Do(func() { c.reading.Add(1) })
+			return r.Read()
+		})
+	}
+}
+
+func (c *Capture) readerEnded() { c.reading.Add(-1) }
 
 // Open opens the devices and inserts the gate before the encoders.
 func Open(cfg Config) (*Capture, error) {
@@ -63,10 +90,10 @@ func Open(cfg Config) (*Capture, error) {
 	}
 	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{})}
 	for _, t := range stream.GetVideoTracks() {
-		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), GateVideo(cfg.Gate, cfg.Width, cfg.Height, c.done, c.Counters))
+		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
-		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), GateAudio(cfg.Gate, c.done, c.Counters))
+		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())
 	}
 	return c, nil
 }
@@ -105,16 +132,30 @@ func (c *Capture) Selector() *mediadevices.CodecSelector { return c.selector }
 // Tracks are the camera and microphone tracks.
 func (c *Capture) Tracks() []mediadevices.Track { return c.stream.GetTracks() }
 
-// Stop makes the pipelines end at their next read. Call it, then stop
-// whatever reads the tracks (close the PeerConnection), then Close: a test
-// camera whose driver is closed under a pending read never returns.
-func (c *Capture) Stop() {
+// Stop ends the pipelines and returns once each track's reader has ended
+// (or after wait, for a track nobody is reading). Then close whatever reads
+// the tracks (the PeerConnection), then Close.
+//
+// The order matters twice over. A test camera whose driver is closed under a
+// pending read never returns. And mediadevices' track unbind (run by
+// PeerConnection.Close) deadlocks if its encoder loop ends on its own at the
+// same moment; once that loop has ended first, unbind returns at once.
+func (c *Capture) Stop(wait time.Duration) {
 	c.stopOnce.Do(func() { close(c.done) })
+	if c.reading.Load() <= 0 {
+		return // no encoder ever started: nothing to wait for
+	}
+	deadline := time.Now().Add(wait)
+	for c.reading.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// The encoder loop ends right after its read fails; let it finish.
+	time.Sleep(20 * time.Millisecond)
 }
 
 // Close stops the pipelines if needed and releases the devices.
 func (c *Capture) Close() {
-	c.Stop()
+	c.stopOnce.Do(func() { close(c.done) })
 	c.closeOnce.Do(func() {
 		for _, t := range c.stream.GetTracks() {
 			_ = t.Close()

@@ -17,7 +17,9 @@ import (
 	"image"
 	"image/color"
 	"io"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pion/mediadevices/pkg/io/audio"
 	"github.com/pion/mediadevices/pkg/io/video"
@@ -34,6 +36,11 @@ type Counters struct {
 	Silences    atomic.Uint64
 	LastIsSlate atomic.Bool
 }
+
+// SlatesPerClose is how many slate frames follow each close, one frame
+// interval apart: one frame can be skipped by an encoder's rate control or
+// lost on the way, and the far end must still end on the slate.
+const SlatesPerClose = 3
 
 // SlateColor is the privacy slate: a uniform dark slate grey.
 var SlateColor = color.YCbCr{Y: 60, Cb: 132, Cr: 124}
@@ -53,16 +60,35 @@ func Slate(w, h int) image.Image {
 
 // GateVideo returns the transform that puts g before the video encoder. done
 // ends a wait on a shut gate (the call is over).
-func GateVideo(g *gate.Gate, w, h int, done <-chan struct{}, n *Counters) video.TransformFunc {
+// ended, if not nil, is called once when the reader first returns an error
+// (the call is over).
+func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, ended func()) video.TransformFunc {
 	slate := Slate(w, h)
+	interval := time.Second / 30
+	if fps > 0 {
+		interval = time.Second / time.Duration(fps)
+	}
 	return func(r video.Reader) video.Reader {
-		slateDue := true // the gate starts shut: one slate lets the encoder start
-		return video.ReaderFunc(func() (image.Image, func(), error) {
+		slatesDue := SlatesPerClose // the gate starts shut: the slate lets the encoder start
+		var once sync.Once
+		return video.ReaderFunc(func() (img image.Image, release func(), err error) {
+			defer func() {
+				if err != nil && ended != nil {
+					once.Do(ended)
+				}
+			}()
 			for {
 				changed := g.Changed()
 				if !g.State().Video {
-					if slateDue {
-						slateDue = false
+					if slatesDue > 0 {
+						if slatesDue < SlatesPerClose {
+							select { // pace the repeats like camera frames
+							case <-time.After(interval):
+							case <-done:
+								return nil, func() {}, io.EOF
+							}
+						}
+						slatesDue--
 						n.Slates.Add(1)
 						n.LastIsSlate.Store(true)
 						return slate, func() {}, nil
@@ -74,7 +100,7 @@ func GateVideo(g *gate.Gate, w, h int, done <-chan struct{}, n *Counters) video.
 						return nil, func() {}, io.EOF
 					}
 				}
-				img, release, err := r.Read()
+				img, release, err = r.Read()
 				if err != nil {
 					return nil, func() {}, err
 				}
@@ -84,7 +110,7 @@ func GateVideo(g *gate.Gate, w, h int, done <-chan struct{}, n *Counters) video.
 					continue
 				}
 				rel()
-				slateDue = true
+				slatesDue = SlatesPerClose
 				n.VideoFrames.Add(1)
 				n.LastIsSlate.Store(false)
 				return img, release, nil
@@ -94,11 +120,17 @@ func GateVideo(g *gate.Gate, w, h int, done <-chan struct{}, n *Counters) video.
 }
 
 // GateAudio returns the transform that puts g before the audio encoder.
-func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters) audio.TransformFunc {
+func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func()) audio.TransformFunc {
 	return func(r audio.Reader) audio.Reader {
 		silence := wave.Audio(wave.NewFloat32Interleaved(wave.ChunkInfo{Channels: 1, Len: 960, SamplingRate: 48000}))
 		silenceDue := true
-		return audio.ReaderFunc(func() (wave.Audio, func(), error) {
+		var once sync.Once
+		return audio.ReaderFunc(func() (chunk wave.Audio, release func(), err error) {
+			defer func() {
+				if err != nil && ended != nil {
+					once.Do(ended)
+				}
+			}()
 			for {
 				changed := g.Changed()
 				if !g.State().Audio {
@@ -114,7 +146,7 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters) audio.TransformF
 						return nil, func() {}, io.EOF
 					}
 				}
-				chunk, release, err := r.Read()
+				chunk, release, err = r.Read()
 				if err != nil {
 					return nil, func() {}, err
 				}

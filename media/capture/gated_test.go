@@ -26,7 +26,8 @@ func TestGateVideo(t *testing.T) {
 	done := make(chan struct{})
 	var n Counters
 	cam := &camera{}
-	r := GateVideo(g, 64, 48, done, &n)(video.Reader(cam))
+	var endedCalls atomic.Int64
+	r := GateVideo(g, 64, 48, 30, done, &n, func() { endedCalls.Add(1) })(video.Reader(cam))
 
 	frames := make(chan image.Image, 100)
 	errs := make(chan error, 1)
@@ -41,13 +42,14 @@ func TestGateVideo(t *testing.T) {
 		}
 	}()
 
-	// Shut from the start: one slate (so an encoder can start), then nothing,
+	// Shut from the start: the slate (so an encoder can start), then nothing,
 	// and the camera is never read.
-	first := <-frames
-	if _, isSlate := first.(*image.YCbCr); !isSlate || n.Slates.Load() != 1 {
-		t.Fatalf("first frame on a shut gate is %T, slates %d", first, n.Slates.Load())
+	for i := 0; i < SlatesPerClose; i++ {
+		if f := <-frames; func() bool { _, ok := f.(*image.YCbCr); return !ok }() {
+			t.Fatalf("frame %d on a shut gate is %T, not the slate", i, f)
+		}
 	}
-	time.Sleep(100 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond)
 	if len(frames) != 0 || cam.reads.Load() != 0 {
 		t.Fatalf("shut gate: %d more frames, camera read %d times", len(frames), cam.reads.Load())
 	}
@@ -59,13 +61,13 @@ func TestGateVideo(t *testing.T) {
 	}
 
 	g.Set(gate.State{})
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(150 * time.Millisecond)
 	passed, reads := n.VideoFrames.Load(), cam.reads.Load()
 	time.Sleep(100 * time.Millisecond)
 	if n.VideoFrames.Load() != passed || cam.reads.Load() != reads {
 		t.Fatal("camera frames kept passing after the gate shut")
 	}
-	if n.Slates.Load() != 2 || !n.LastIsSlate.Load() {
+	if n.Slates.Load() != 2*SlatesPerClose || !n.LastIsSlate.Load() {
 		t.Fatalf("after close: slates %d, last is slate %v", n.Slates.Load(), n.LastIsSlate.Load())
 	}
 
@@ -74,6 +76,9 @@ func TestGateVideo(t *testing.T) {
 	case err := <-errs:
 		if err != io.EOF {
 			t.Fatalf("after the call ended: %v, want EOF", err)
+		}
+		if endedCalls.Load() != 1 {
+			t.Fatalf("ended called %d times, want once", endedCalls.Load())
 		}
 	case <-time.After(time.Second):
 		t.Fatal("a reader waiting on a shut gate did not end with the call")

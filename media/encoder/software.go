@@ -24,6 +24,8 @@ func init() {
 			}
 			p.BitRate = s.BitRate
 			p.KeyFrameInterval = s.KeyFrameInterval
+			// A skipped frame could be the privacy slate.
+			p.EnableFrameSkip = false
 			return &p, nil
 		},
 	})

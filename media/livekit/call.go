@@ -58,7 +58,7 @@ func (c *Call) Leave(ctx context.Context) error {
 // encoders reading), and only then releases camera and microphone.
 func (c *Call) close() {
 	c.once.Do(func() {
-		c.capt.Stop()
+		c.capt.Stop(time.Second)
 		_ = c.pc.Close()
 		c.capt.Close()
 	})
