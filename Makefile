@@ -9,6 +9,7 @@ export PATH := $(CACHE)/bin:$(PATH)
 
 ## run: the room unit on simulated hardware with built-in defaults
 run:
+	@bash .ci/builddeps
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/roomd --sim
 
 ## setup: install what the tests need (apt packages, LiveKit, livekit-client, linters)

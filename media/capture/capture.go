@@ -149,8 +149,9 @@ func (c *Capture) Stop(wait time.Duration) {
 	for c.reading.Load() > 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	// The encoder loop ends right after its read fails; let it finish.
-	time.Sleep(20 * time.Millisecond)
+	// The encoder loop ends right after its read fails; give it time to
+	// finish, or mediadevices' unbind may race it (see livekit.boundedUnbind).
+	time.Sleep(100 * time.Millisecond)
 }
 
 // Close stops the pipelines if needed and releases the devices.

@@ -178,7 +178,7 @@ func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Cap
 		return nil, fmt.Errorf("new peer connection: %w", err)
 	}
 	for _, t := range capt.Tracks() {
-		if _, err := pc.AddTransceiverFromTrack(t, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		if _, err := pc.AddTransceiverFromTrack(boundedUnbind{t}, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 			pc.Close()
 			return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
 		}
