@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/pion/mediadevices/pkg/driver"
@@ -26,6 +25,7 @@ import (
 	_ "github.com/pion/mediadevices/pkg/driver/audiotest"
 	_ "github.com/pion/mediadevices/pkg/driver/videotest"
 
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
 )
 
@@ -53,8 +53,7 @@ type Conference struct {
 	cur      *Call
 	n        int
 
-	video, audio, slates atomic.Uint64
-	lastSlate            atomic.Bool
+	sink capture.Counters // what the production gate transforms let through
 }
 
 // New returns a simulated conference bound to g.
@@ -90,10 +89,10 @@ func (c *Conference) Stats() Stats {
 	in := c.cur != nil
 	c.mu.Unlock()
 	return Stats{
-		VideoFrames: c.video.Load(),
-		AudioChunks: c.audio.Load(),
-		Slates:      c.slates.Load(),
-		LastIsSlate: c.lastSlate.Load(),
+		VideoFrames: c.sink.VideoFrames.Load(),
+		AudioChunks: c.sink.AudioChunks.Load(),
+		Slates:      c.sink.Slates.Load(),
+		LastIsSlate: c.sink.LastIsSlate.Load(),
 		InCall:      in,
 	}
 }
@@ -133,8 +132,10 @@ func (c *Conference) Join(ctx context.Context) (*Call, error) {
 	c.cur = call
 	c.mu.Unlock()
 	call.wg.Add(2)
-	go call.pumpVideo(vr)
-	go call.pumpAudio(ar)
+	// The same gate transforms as a real connector, in front of a sink
+	// instead of an encoder.
+	go call.pumpVideo(capture.GateVideo(c.cfg.Gate, 640, 480, 30, call.stop, &c.sink, nil)(vr))
+	go call.pumpAudio(capture.GateAudio(c.cfg.Gate, call.stop, &c.sink, nil)(ar))
 	return call, nil
 }
 
@@ -242,57 +243,17 @@ func (c *Call) stopped() bool {
 	}
 }
 
-// waitOpen sleeps until the gate admits kind k or the call stops; a shut
-// gate costs nothing, and the camera is not even read.
-func (c *Call) waitOpen(k gate.Kind) bool {
-	g := c.conf.cfg.Gate
-	for {
-		changed := g.Changed()
-		s := g.State()
-		if (k == gate.Video && s.Video) || (k == gate.Audio && s.Audio) {
-			return true
-		}
-		select {
-		case <-changed:
-		case <-c.stop:
-			return false
-		}
-	}
-}
-
+// pumpVideo is the local sink: it drains what the gate lets through. The
+// gated reader blocks while the gate is shut and ends when the call stops.
 func (c *Call) pumpVideo(r video.Reader) {
 	defer c.wg.Done()
-	g := c.conf.cfg.Gate
-	wasOpen := false
 	for {
-		if !g.State().Video && wasOpen {
-			// The far end's last picture must not be the room.
-			c.conf.slates.Add(1)
-			c.conf.lastSlate.Store(true)
-			wasOpen = false
-		}
-		if !c.waitOpen(gate.Video) {
-			return
-		}
-		img, release, err := r.Read()
-		if c.stopped() {
-			if err == nil {
-				release()
-			}
-			return
-		}
+		_, release, err := r.Read()
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			if !errors.Is(err, io.EOF) && !c.stopped() {
 				go c.end(fmt.Errorf("camera lost: %w", err))
 			}
 			return
-		}
-		if rel, ok := g.Enter(gate.Video); ok {
-			_ = img // the sink: a real connector encodes here
-			c.conf.video.Add(1)
-			c.conf.lastSlate.Store(false)
-			wasOpen = true
-			rel()
 		}
 		release()
 	}
@@ -300,27 +261,13 @@ func (c *Call) pumpVideo(r video.Reader) {
 
 func (c *Call) pumpAudio(r audio.Reader) {
 	defer c.wg.Done()
-	g := c.conf.cfg.Gate
 	for {
-		if !c.waitOpen(gate.Audio) {
-			return
-		}
 		_, release, err := r.Read()
-		if c.stopped() {
-			if err == nil {
-				release()
-			}
-			return
-		}
 		if err != nil {
-			if !errors.Is(err, io.EOF) {
+			if !errors.Is(err, io.EOF) && !c.stopped() {
 				go c.end(fmt.Errorf("microphone lost: %w", err))
 			}
 			return
-		}
-		if rel, ok := g.Enter(gate.Audio); ok {
-			c.conf.audio.Add(1)
-			rel()
 		}
 		release()
 	}

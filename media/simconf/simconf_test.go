@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
 )
 
@@ -43,7 +44,7 @@ func TestGateDecidesWhatReachesTheSink(t *testing.T) {
 	if after.VideoFrames != closedAt.VideoFrames || after.AudioChunks != closedAt.AudioChunks {
 		t.Fatalf("frames kept arriving after the gate shut: %+v then %+v", closedAt, after)
 	}
-	if !after.LastIsSlate || after.Slates != 1 {
+	if !after.LastIsSlate || after.Slates != 2*capture.SlatesPerClose {
 		t.Fatalf("last picture is not the privacy slate: %+v", after)
 	}
 }
