@@ -5,10 +5,16 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 CACHE   := $(CURDIR)/.cache
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: run test setup bench lint build clean
+.PHONY: run run-offline test setup bench lint build clean
 
-## run: the room unit on simulated hardware with built-in defaults
+## run: the simulated room unit in a local LiveKit conference, with a page to be the patient
 run:
+	@bash .ci/builddeps
+	@SKIP_CHROMIUM=1 bash .ci/farend-setup.sh
+	@GO=$(GO) bash .ci/demo
+
+## run-offline: the simulated unit alone, built-in defaults, local simulated conference
+run-offline:
 	@bash .ci/builddeps
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/roomd --sim
 

@@ -14,8 +14,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 say() { echo "farend-setup: $*"; }
 
-# 1. Chromium
-if [ -x /usr/bin/chromium ]; then
+# 1. Chromium (not needed by `make run`, which sets SKIP_CHROMIUM=1)
+if [ "${SKIP_CHROMIUM:-}" = 1 ]; then
+  say "chromium not needed here"
+elif [ -x /usr/bin/chromium ]; then
   say "chromium present: $(/usr/bin/chromium --version 2>/dev/null | head -n1)"
 else
   SUDO=""
