@@ -74,6 +74,8 @@ type (
 		call Call
 		err  error
 	}
+	// inMaxLength: the call has lasted the configured maximum.
+	inMaxLength  struct{ call Call }
 	inMediaFault struct { // camera or mic lost; cleared when it returns
 		device  string
 		detail  string
@@ -187,6 +189,10 @@ func (c *core) handle(in any) []any {
 		c.leaving--
 		if in.err != nil {
 			c.emit(Event{Type: "call", Detail: "leave", Reason: in.err.Error()})
+		}
+	case inMaxLength:
+		if in.call != nil && in.call == c.call {
+			c.leave("the maximum call length was reached")
 		}
 	case inCallEnded:
 		if in.call != nil && in.call == c.call {

@@ -226,6 +226,18 @@ func TestTransitions(t *testing.T) {
 			t.Fatal("late join left a call running")
 		}
 	})
+	t.Run("maximum call length hangs up without a fault", func(t *testing.T) {
+		w := inCall(t)
+		effs := w.send(inMaxLength{call: w.c.call})
+		if _, ok := findEff[effLeave](effs); !ok || w.gate.Live() {
+			t.Fatalf("max length: no hang-up, or gate still open: %#v", effs)
+		}
+		w.send(inLeaveDone{})
+		w.finishShutter(true)
+		if w.c.state != Idle || w.led != "off" {
+			t.Fatalf("after max length: state %s led %s", w.c.state, w.led)
+		}
+	})
 	t.Run("privacy on before JOIN joins with the shutter closed", func(t *testing.T) {
 		w := newWorld(t)
 		w.send(inAction{act: ActPrivacyOn})
@@ -259,7 +271,7 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 		var calls []Call
 		steps := rapid.IntRange(1, 60).Draw(rt, "steps")
 		for range steps {
-			switch rapid.IntRange(0, 8).Draw(rt, "kind") {
+			switch rapid.IntRange(0, 9).Draw(rt, "kind") {
 			case 0, 1:
 				w.send(inAction{act: rapid.SampledFrom(actions).Draw(rt, "action")})
 			case 2:
@@ -285,6 +297,10 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 			case 8:
 				// a duplicate, stale shutter report
 				w.send(inShutterDone{seq: w.shutterSeq - 1, open: true})
+			case 9:
+				if len(calls) > 0 {
+					w.send(inMaxLength{call: rapid.SampledFrom(calls).Draw(rt, "timedOut")})
+				}
 			}
 		}
 	})

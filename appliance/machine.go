@@ -61,6 +61,7 @@ type Config struct {
 	Conference    Conference
 	JoinTimeout   time.Duration // default 20s
 	LeaveTimeout  time.Duration // default 5s
+	MaxCallLength time.Duration // 0 = no limit
 	Logger        *slog.Logger
 	Now           func() time.Time
 }
@@ -92,6 +93,8 @@ type Machine struct {
 	joinCancel  context.CancelFunc
 	joinAttempt uint64
 	joins       sync.WaitGroup // join attempts still running
+	maxTimer    *time.Timer
+	timedCall   Call
 
 	mu     sync.Mutex
 	status Status
@@ -264,11 +267,32 @@ func (m *Machine) apply(effs []any) {
 			m.publish(e.ev)
 		}
 	}
+	m.armMaxLength()
 	// A join the core no longer waits for is cancelled at once.
 	if m.joinCancel != nil && m.core.attempt != m.joinAttempt {
 		m.joinCancel()
 		m.joinCancel = nil
 	}
+}
+
+// armMaxLength starts the call-length timer when a call is up, and stops it
+// when the call is gone.
+func (m *Machine) armMaxLength() {
+	call := m.core.call
+	if call == m.timedCall {
+		return
+	}
+	if m.maxTimer != nil {
+		m.maxTimer.Stop()
+		m.maxTimer = nil
+	}
+	m.timedCall = call
+	if call == nil || m.cfg.MaxCallLength <= 0 {
+		return
+	}
+	m.maxTimer = time.AfterFunc(m.cfg.MaxCallLength, func() {
+		_ = m.post(context.Background(), inMaxLength{call: call})
+	})
 }
 
 func (m *Machine) setLED(s led.State) {
@@ -378,6 +402,9 @@ func (m *Machine) leave(c Call) {
 // failClosed is the shutdown path: invariant 4.
 func (m *Machine) failClosed() error {
 	m.cfg.Gate.Set(gate.State{})
+	if m.maxTimer != nil {
+		m.maxTimer.Stop()
+	}
 	if m.joinCancel != nil {
 		m.joinCancel()
 	}

@@ -32,6 +32,7 @@ type Config struct {
 	Call struct {
 		JoinTimeout  Duration `toml:"join_timeout"`
 		LeaveTimeout Duration `toml:"leave_timeout"`
+		MaxLength    Duration `toml:"max_length"`
 	} `toml:"call"`
 	Conference struct {
 		Connector        string   `toml:"connector"`
@@ -137,6 +138,7 @@ func (c *Config) validate() error {
 		pos("shutter.timeout", c.Shutter.Timeout, 50*time.Millisecond, 30*time.Second),
 		pos("call.join_timeout", c.Call.JoinTimeout, time.Second, 5*time.Minute),
 		pos("call.leave_timeout", c.Call.LeaveTimeout, 100*time.Millisecond, time.Minute),
+		pos("call.max_length", c.Call.MaxLength, 0, 24*time.Hour),
 		pos("sim.travel", c.Sim.Travel, 0, 10*time.Second),
 		pos("sim.join_delay", c.Sim.JoinDelay, 0, time.Minute),
 		oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"),

@@ -236,6 +236,7 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 		Conference:    conf,
 		JoinTimeout:   cfg.Call.JoinTimeout.Duration,
 		LeaveTimeout:  cfg.Call.LeaveTimeout.Duration,
+		MaxCallLength: cfg.Call.MaxLength.Duration,
 		Logger:        log,
 	})
 	return u, nil

@@ -345,6 +345,21 @@ func TestJoinFailureShowsFaultAndCanRetry(t *testing.T) {
 	u.waitFor("in_call", 5*time.Second, isState(appliance.InCall))
 }
 
+func TestMaximumCallLength(t *testing.T) {
+	u := startUnit(t, "[call]\nmax_length = \"1s\"\n")
+	u.press("join")
+	u.waitFor("in_call", 5*time.Second, isState(appliance.InCall))
+	evs := u.waitFor("idle after the maximum length", 5*time.Second, isState(appliance.Idle))
+	if indexOf(evs, func(e appliance.Event) bool {
+		return e.Type == "call" && strings.Contains(e.Reason, "maximum call length")
+	}) < 0 {
+		t.Fatalf("no event says why the call ended: %s", describe(evs))
+	}
+	if s := u.status(); s.LED != "off" || s.Sim.Shutter.Position != "closed" || s.LastError != "" {
+		t.Fatalf("after max length: LED %s shutter %s error %q", s.LED, s.Sim.Shutter.Position, s.LastError)
+	}
+}
+
 func TestBadConfigRefusesToStart(t *testing.T) {
 	cases := []struct {
 		name, config, want string
