@@ -26,7 +26,7 @@ setup:
 test: setup
 	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -race -count=1 -timeout 20m ./...
 
-## bench: the benchmarks, printed as a table (raw output in .cache/bench.txt)
+## bench: the benchmarks, printed as a table (raw output in .cache/bench.txt); ~3 min
 bench:
 	@mkdir -p $(CACHE)
 	@{ $(GO) test -run '^$$' -bench . -benchtime 20x ./cmd/... && \

@@ -2,11 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/media/farend"
 )
 
@@ -67,4 +74,66 @@ func BenchmarkJoinToFarEndFrame(b *testing.B) {
 	b.ReportMetric(float64(lat[(len(lat)*95)/100].Milliseconds()), "room-p95-ms")
 	b.ReportMetric(float64(first[len(first)/2].Milliseconds()), "slate-p50-ms")
 	b.ReportMetric(float64(first[(len(first)*95)/100].Milliseconds()), "slate-p95-ms")
+}
+
+// BenchmarkCallResources: `roomd --sim` as a process in a LiveKit call
+// (640x480@30 openh264 + opus, a Chromium far end watching): resident memory
+// and CPU over 5 s of call, per iteration.
+func BenchmarkCallResources(b *testing.B) {
+	lk := farend.StartLiveKit(b)
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "roomd")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("build: %v\n%s", err, out)
+	}
+	cfgPath := filepath.Join(dir, "roomd.toml")
+	if err := os.WriteFile(cfgPath, []byte(livekitConfig(lk, "res-room", "")), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	fe := farend.StartFarEnd(b, lk, "res-room", "patient")
+	sock := filepath.Join(dir, "s.sock")
+	cmd := exec.Command(bin, "--sim", "--config", cfgPath, "--socket", sock, "--http", "off")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }()
+	api := localapi.Dial(sock)
+	deadline := time.Now().Add(10 * time.Second)
+	for api.Press(context.Background(), "join", 60) != nil {
+		if time.Now().After(deadline) {
+			b.Fatal("roomd never answered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.FPS >= 20 }); err != nil {
+		b.Fatalf("far end never got the call: %v", err)
+	}
+	pid := cmd.Process.Pid
+	var rssKB, cpuPct float64
+	for b.Loop() { // each iteration: 5 s of the same call
+		t0, c0 := time.Now(), cpuTicks(b, pid)
+		time.Sleep(5 * time.Second)
+		c1 := cpuTicks(b, pid)
+		cpuPct += float64(c1-c0) / 100 / time.Since(t0).Seconds() * 100 // USER_HZ = 100
+		rssKB += float64(vmRSS(b, pid))
+	}
+	if s := fe.Stats(); s.FPS < 20 {
+		b.Fatalf("the far end was not getting the call at the end: %.1f fps", s.FPS)
+	}
+	b.ReportMetric(rssKB/float64(b.N)/1024, "call-RSS-MB")
+	b.ReportMetric(cpuPct/float64(b.N), "call-CPU-%")
+}
+
+// cpuTicks is utime+stime of pid in clock ticks.
+func cpuTicks(b *testing.B, pid int) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	f := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s
 }
