@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/simconf"
 )
 
@@ -164,6 +166,12 @@ func (s simControls) SetFault(fault string, on bool) error {
 		}
 		return nil
 	case faultCameraLost:
+		if u.lk != nil { // through the real capture pipeline, as an unplugged camera
+			if !on {
+				return nil // the next call opens the camera afresh
+			}
+			return u.lk.LoseDevice(gate.Video, errors.New("camera disconnected (injected fault): check its cable"))
+		}
 		return u.machine.DeviceLost(context.Background(), "camera", "camera disconnected (injected fault): check its cable", !on)
 	}
 	err := u.simBoard.SetFault(sim.Fault(fault), on)

@@ -175,3 +175,26 @@ func TestServerStoppedMidCall(t *testing.T) {
 	}
 	t.Logf("reason shown: %s", s.LastError)
 }
+
+// A camera unplugged mid-call ends the call through the real capture
+// pipeline: gate shut, fault shown with the reason, shutter closed; the
+// next JOIN opens the camera afresh.
+func TestCameraLostMidCall(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	u := startUnit(t, livekitConfig(lk, "r3", ""))
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	if err := u.api.Fault(context.Background(), "camera_lost", true); err != nil {
+		t.Fatal(err)
+	}
+	u.waitFor("fault", 10*time.Second, isState(appliance.Fault))
+	s := u.status()
+	if !strings.Contains(s.LastError, "camera") || s.LED != "fault" || s.Gate.Live() || s.Sim.Shutter.Position != "closed" {
+		t.Fatalf("camera lost: reason %q LED %s gate %+v shutter %s", s.LastError, s.LED, s.Gate, s.Sim.Shutter.Position)
+	}
+	if open := capture.DevicesOpen(); len(open) > 0 {
+		t.Fatalf("devices still open after the call ended: %v", open)
+	}
+	u.press("join")
+	u.waitFor("in_call again", 20*time.Second, isState(appliance.InCall))
+}

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -44,6 +45,39 @@ type Capture struct {
 
 	stopOnce, closeOnce sync.Once
 	reading             atomic.Int32 // pipelines whose encoder has started reading and not ended
+	lost                chan error   // a device failed mid-call
+	fail                [2]atomic.Pointer[error]
+}
+
+// Lost yields an error when the camera or microphone fails mid-call (the
+// error says which). The call must end: the appliance shuts the gate and
+// shows the fault.
+func (c *Capture) Lost() <-chan error { return c.lost }
+
+// LoseDevice makes the next read of kind fail as an unplugged device would:
+// the simulated unit's fault injection, through the same path as a real loss.
+func (c *Capture) LoseDevice(k gate.Kind, err error) { c.fail[k].Store(&err) }
+
+func (c *Capture) injectVideo() video.TransformFunc {
+	return func(r video.Reader) video.Reader {
+		return video.ReaderFunc(func() (image.Image, func(), error) {
+			if e := c.fail[gate.Video].Load(); e != nil {
+				return nil, func() {}, *e
+			}
+			return r.Read()
+		})
+	}
+}
+
+func (c *Capture) injectAudio() audio.TransformFunc {
+	return func(r audio.Reader) audio.Reader {
+		return audio.ReaderFunc(func() (wave.Audio, func(), error) {
+			if e := c.fail[gate.Audio].Load(); e != nil {
+				return nil, func() {}, *e
+			}
+			return r.Read()
+		})
+	}
 }
 
 // track counts a video pipeline as reading from the encoder's first read on.
@@ -68,7 +102,15 @@ func (c *Capture) trackAudio() audio.TransformFunc {
 	}
 }
 
-func (c *Capture) readerEnded() { c.reading.Add(-1) }
+func (c *Capture) readerEnded(err error) {
+	c.reading.Add(-1)
+	if !errors.Is(err, io.EOF) {
+		select {
+		case c.lost <- err:
+		default:
+		}
+	}
+}
 
 // Open opens the devices and inserts the gate before the encoders.
 func Open(cfg Config) (*Capture, error) {
@@ -88,12 +130,12 @@ func Open(cfg Config) (*Capture, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open camera and microphone: %w", err)
 	}
-	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{})}
+	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
 	for _, t := range stream.GetVideoTracks() {
-		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
+		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
-		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())
+		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())
 	}
 	return c, nil
 }

@@ -14,6 +14,8 @@
 package capture
 
 import (
+	"errors"
+	"fmt"
 	"image"
 	"image/color"
 	"io"
@@ -60,9 +62,9 @@ func Slate(w, h int) image.Image {
 
 // GateVideo returns the transform that puts g before the video encoder. done
 // ends a wait on a shut gate (the call is over).
-// ended, if not nil, is called once when the reader first returns an error
-// (the call is over).
-func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, ended func()) video.TransformFunc {
+// ended, if not nil, is called once with the first error the reader returns:
+// io.EOF when the call is over, anything else when the device failed.
+func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, ended func(error)) video.TransformFunc {
 	slate := Slate(w, h)
 	interval := time.Second / 30
 	if fps > 0 {
@@ -74,7 +76,7 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 		return video.ReaderFunc(func() (img image.Image, release func(), err error) {
 			defer func() {
 				if err != nil && ended != nil {
-					once.Do(ended)
+					once.Do(func() { ended(err) })
 				}
 			}()
 			for {
@@ -102,6 +104,9 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 				}
 				img, release, err = r.Read()
 				if err != nil {
+					if !errors.Is(err, io.EOF) {
+						err = fmt.Errorf("camera lost: %w", err)
+					}
 					return nil, func() {}, err
 				}
 				rel, ok := g.Enter(gate.Video)
@@ -120,7 +125,7 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 }
 
 // GateAudio returns the transform that puts g before the audio encoder.
-func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func()) audio.TransformFunc {
+func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error)) audio.TransformFunc {
 	return func(r audio.Reader) audio.Reader {
 		silence := wave.Audio(wave.NewFloat32Interleaved(wave.ChunkInfo{Channels: 1, Len: 960, SamplingRate: 48000}))
 		silenceDue := true
@@ -128,7 +133,7 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func()) au
 		return audio.ReaderFunc(func() (chunk wave.Audio, release func(), err error) {
 			defer func() {
 				if err != nil && ended != nil {
-					once.Do(ended)
+					once.Do(func() { ended(err) })
 				}
 			}()
 			for {
@@ -148,6 +153,9 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func()) au
 				}
 				chunk, release, err = r.Read()
 				if err != nil {
+					if !errors.Is(err, io.EOF) {
+						err = fmt.Errorf("microphone lost: %w", err)
+					}
 					return nil, func() {}, err
 				}
 				rel, ok := g.Enter(gate.Audio)

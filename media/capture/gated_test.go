@@ -27,7 +27,7 @@ func TestGateVideo(t *testing.T) {
 	var n Counters
 	cam := &camera{}
 	var endedCalls atomic.Int64
-	r := GateVideo(g, 64, 48, 30, done, &n, func() { endedCalls.Add(1) })(video.Reader(cam))
+	r := GateVideo(g, 64, 48, 30, done, &n, func(error) { endedCalls.Add(1) })(video.Reader(cam))
 
 	frames := make(chan image.Image, 100)
 	errs := make(chan error, 1)

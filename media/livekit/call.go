@@ -28,6 +28,7 @@ type Call struct {
 	once      sync.Once
 	endOnce   sync.Once
 	ended     chan error
+	over      chan struct{} // closed when the call is over, for internal watchers
 	mu        sync.Mutex
 	lostTimer *time.Timer
 }
@@ -70,6 +71,7 @@ func (c *Call) finish(err error, byItself bool) {
 			c.ended <- err
 		}
 		close(c.ended)
+		close(c.over)
 	})
 }
 

@@ -60,6 +60,7 @@ type WHIPConnector struct {
 
 	mu       sync.Mutex
 	counters *capture.Counters
+	cur      *Call
 }
 
 // NewWHIP checks the configuration and chooses encoders; it sends nothing.
@@ -141,7 +142,7 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), log: c.log, grace: c.cfg.DisconnectGrace}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), log: c.log, grace: c.cfg.DisconnectGrace}
 	pc.OnConnectionStateChange(call.onState)
 	sess, err := client.Publish(ctx, pc)
 	if err != nil {
@@ -154,7 +155,29 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 		return nil, fmt.Errorf("join room: %w", err)
 	}
 	call.connected.Store(true)
+	go func() { // a camera or microphone lost mid-call ends the call with the reason
+		select {
+		case err := <-capt.Lost():
+			call.end(err)
+		case <-call.over:
+		}
+	}()
+	c.mu.Lock()
+	c.cur = call
+	c.mu.Unlock()
 	return call, nil
+}
+
+// LoseDevice injects a device loss into the current call (simulated unit).
+func (c *WHIPConnector) LoseDevice(k gate.Kind, err error) error {
+	c.mu.Lock()
+	cur := c.cur
+	c.mu.Unlock()
+	if cur == nil {
+		return errors.New("no call: a device can only be lost during a call")
+	}
+	cur.capt.LoseDevice(k, err)
+	return nil
 }
 
 func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Capture) (*webrtc.PeerConnection, error) {
