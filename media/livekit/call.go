@@ -102,7 +102,12 @@ func (c *Call) onState(s webrtc.PeerConnectionState) {
 	}
 }
 
+// end is the call ending by itself. The first reason wins: once ending, the
+// connection closing as a result is not news (hence the swap).
 func (c *Call) end(err error) {
+	if !c.connected.CompareAndSwap(true, false) {
+		return // already ending, or being left
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if c.sess != nil {
