@@ -137,3 +137,50 @@ func cpuTicks(b *testing.B, pid int) int64 {
 	s, _ := strconv.ParseInt(f[12], 10, 64)
 	return u + s
 }
+
+// isSlate: the far end's latest analysed frame is the privacy slate.
+func isSlate(s farend.FarEndStats) bool {
+	return s.FramesPresented > 0 && s.LastFrameIsUniform && nearSlate(s.LastFrameMeanRGB)
+}
+
+// BenchmarkPrivacyToFarEndSlate: PRIVACY pressed (button edge, 30 ms
+// debounce included) → the patient's browser no longer shows the room but
+// the slate. Times are taken when the far end's report arrives (every 20 ms).
+func BenchmarkPrivacyToFarEndSlate(b *testing.B) {
+	lk := farend.StartLiveKit(b)
+	u := startUnit(b, livekitConfig(lk, "privacy-room", ""))
+	fe := farend.StartFarEnd(b, lk, "privacy-room", "patient", farend.ReportInterval(20*time.Millisecond))
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	var lat []time.Duration
+	for b.Loop() {
+		b.StopTimer()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if _, err := fe.WaitFor(ctx, isRoom); err != nil {
+			cancel()
+			b.Fatalf("far end does not show the room: %v", err)
+		}
+		time.Sleep(300 * time.Millisecond) // settle on the room
+		b.StartTimer()
+		press := time.Now()
+		u.press("privacy")
+		_, err := fe.WaitFor(ctx, isSlate)
+		lat = append(lat, time.Since(press))
+		b.StopTimer()
+		if err != nil {
+			cancel()
+			b.Fatalf("far end still shows the room after PRIVACY: %v", err)
+		}
+		// Back on for the next round, once the release has registered: a
+		// re-press inside the release's debounce would be (rightly) a bounce.
+		u.waitFor("privacy released", 5*time.Second, func(e appliance.Event) bool { return e.Type == "button" && e.Detail == "privacy:up" })
+		time.Sleep(100 * time.Millisecond)
+		u.press("privacy")
+		u.waitFor("video back", 10*time.Second, func(e appliance.Event) bool { return e.Type == "gate" && e.Gate.Video })
+		cancel()
+		b.StartTimer()
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "p50-ms")
+	b.ReportMetric(float64(lat[(len(lat)*95)/100].Milliseconds()), "p95-ms")
+}
