@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,7 +20,6 @@ type Call struct {
 	pc    *webrtc.PeerConnection
 	sess  *whip.Session
 	capt  *capture.Capture
-	log   *slog.Logger
 	grace time.Duration
 
 	connected atomic.Bool

@@ -68,6 +68,14 @@ func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnecto
 	if cfg.URL == "" || cfg.Room == "" || cfg.Identity == "" {
 		return nil, errors.New("conference: url, room and identity are all needed")
 	}
+	// Invariant 7: the URL is shown (doctor, errors); it must carry no secret.
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("conference: url is not a URL: write it like https://livekit.clinic.example")
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, errors.New("conference: url must not carry credentials or parameters: put the credential in api_key/api_secret or token")
+	}
 	if cfg.Token == "" && (cfg.APIKey == "" || cfg.APISecret == "") {
 		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
 	}
@@ -142,7 +150,7 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), log: c.log, grace: c.cfg.DisconnectGrace}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace}
 	pc.OnConnectionStateChange(call.onState)
 	sess, err := client.Publish(ctx, pc)
 	if err != nil {
