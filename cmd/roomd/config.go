@@ -61,6 +61,7 @@ type Config struct {
 	Sim struct {
 		Travel    Duration `toml:"travel"`
 		JoinDelay Duration `toml:"join_delay"`
+		Stamp     bool     `toml:"stamp"`
 	} `toml:"sim"`
 }
 

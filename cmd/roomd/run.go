@@ -216,6 +216,7 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 		}, livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
+			Stamp: simulate && cfg.Sim.Stamp, // a real unit never draws on the picture
 		}, u.gate, log)
 		if err != nil {
 			u.halt()

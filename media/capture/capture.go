@@ -33,6 +33,9 @@ type Config struct {
 	FPS           int
 	Video         codec.VideoEncoderBuilder
 	Audio         codec.AudioEncoderBuilder
+	// Stamp draws the capture time into each camera frame (see WriteStamp):
+	// for the simulated unit's glass-to-glass benchmark only.
+	Stamp bool
 }
 
 // Capture is a camera and microphone behind the gate, ready to be added to
@@ -132,7 +135,7 @@ func Open(cfg Config) (*Capture, error) {
 	}
 	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
 	for _, t := range stream.GetVideoTracks() {
-		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
+		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), stampVideo(cfg.Stamp), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
 		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())

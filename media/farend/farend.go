@@ -58,6 +58,11 @@ type FarEndStats struct {
 	LastFrameStdDev    float64
 	LastFrameIsUniform bool
 
+	// With ReadStamps: presented frames the page looked at for a capture
+	// stamp, and those whose stamp read back valid (see StampLatencies).
+	StampFramesRead  int
+	StampFramesValid int
+
 	AudioFrom            string
 	AudioEnergy          float64 // RMS (0..1) over the last ~170 ms
 	AudioEnergyPeak      float64 // highest AudioEnergy seen so far
@@ -91,6 +96,9 @@ type pageReport struct {
 	AudioPackets       int        `json:"audioPackets"`
 	AudioEnergy        float64    `json:"audioEnergy"`
 	AudioPeak          float64    `json:"audioPeak"`
+	StampRead          int        `json:"stampRead"`
+	StampValid         int        `json:"stampValid"`
+	StampAges          []float64  `json:"stampAges"`
 	Errors             []string   `json:"errors"`
 	Logs               []string   `json:"logs"`
 }
@@ -105,6 +113,7 @@ type config struct {
 	tokenTTL   time.Duration
 	token      string
 	extraFlags []string
+	stamps     bool
 }
 
 // Option configures StartFarEnd.
@@ -131,6 +140,13 @@ func ReportInterval(d time.Duration) Option { return func(c *config) { c.interva
 // bad or expiring tokens).
 func WithToken(token string) Option { return func(c *config) { c.token = token } }
 
+// ReadStamps makes the page read the unit's capture-time stamp (see
+// capture.WriteStamp) from every presented frame and report its age: the
+// unit's clock and the browser's are the same host clock, so the age is the
+// glass-to-glass latency up to the browser handing the frame to the
+// compositor. The unit must stamp (roomd: [sim] stamp = true).
+func ReadStamps() Option { return func(c *config) { c.stamps = true } }
+
 // ChromiumFlags adds command-line flags for Chromium.
 func ChromiumFlags(flags ...string) Option {
 	return func(c *config) { c.extraFlags = append(c.extraFlags, flags...) }
@@ -149,11 +165,12 @@ type FarEnd struct {
 	done   chan struct{}
 	stderr *tailBuffer
 
-	mu       sync.Mutex
-	stats    FarEndStats
-	changed  chan struct{}
-	cmdOut   string
-	pageLogs []string
+	mu        sync.Mutex
+	stats     FarEndStats
+	stampAges []time.Duration
+	changed   chan struct{}
+	cmdOut    string
+	pageLogs  []string
 
 	closeOnce sync.Once
 }
@@ -222,6 +239,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"url": lk.WSURL, "token": token, "identity": identity, "publish": c.publish,
 		"width": c.width, "height": c.height, "fps": c.fps, "watch": c.watch,
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
+		"stamp": c.stamps,
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
@@ -304,6 +322,7 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 		ReceivedAt:           now,
 		Reports:              prev.Reports + 1,
 	}
+	s.StampFramesRead, s.StampFramesValid = p.StampRead, p.StampValid
 	if s.FirstFrameAt.IsZero() && (p.FramesDecoded > 0 || p.FramesPresented > 0) {
 		s.FirstFrameAt = now
 	}
@@ -316,6 +335,9 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 		s.LastFrameAt = now
 	}
 	f.stats = s
+	for _, ms := range p.StampAges {
+		f.stampAges = append(f.stampAges, time.Duration(ms*float64(time.Millisecond)))
+	}
 	f.pageLogs = append(f.pageLogs, p.Logs...)
 	if n := len(f.pageLogs); n > 500 {
 		f.pageLogs = f.pageLogs[n-500:]
@@ -337,6 +359,14 @@ func (f *FarEnd) Stats() FarEndStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.stats
+}
+
+// StampLatencies are the ages of the capture stamps read so far (ReadStamps),
+// oldest first: one per presented frame whose stamp read back valid.
+func (f *FarEnd) StampLatencies() []time.Duration {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]time.Duration(nil), f.stampAges...)
 }
 
 // PageLog returns the page's log lines so far (connection events, errors).

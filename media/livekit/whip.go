@@ -46,6 +46,7 @@ type Media struct {
 	VideoCodec         string // "auto", "H264", "VP8"
 	VideoBitRate       int    // bits/s
 	AudioBitRate       int
+	Stamp              bool // draw the capture time into the picture (capture.Config.Stamp)
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit
@@ -137,7 +138,7 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join: audio encoder: %w", err)
 	}
-	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab})
+	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp})
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
