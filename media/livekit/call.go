@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,15 +22,20 @@ type Call struct {
 	sess  *whip.Session
 	capt  *capture.Capture
 	grace time.Duration
+	log   *slog.Logger
 
-	connected atomic.Bool
-	once      sync.Once
-	endOnce   sync.Once
-	ended     chan error
-	over      chan struct{} // closed when the call is over, for internal watchers
-	mu        sync.Mutex
-	lostTimer *time.Timer
+	connected  atomic.Bool
+	once       sync.Once
+	endOnce    sync.Once
+	ended      chan error
+	over       chan struct{} // closed when the call is over, for internal watchers
+	mu         sync.Mutex
+	recovering chan struct{} // non-nil while a recovery runs; closed when the connection is back
+	restarts   atomic.Int32
 }
+
+// Restarts counts the ICE restarts this call made to get its connection back.
+func (c *Call) Restarts() int { return int(c.restarts.Load()) }
 
 // ID is a random meeting id for events; it says nothing about the room.
 func (c *Call) ID() string { return c.id }
@@ -73,8 +79,9 @@ func (c *Call) finish(err error, byItself bool) {
 	})
 }
 
-// onState turns the connection state into the end of the call: a failed
-// connection at once, a disconnected one after the grace time.
+// onState turns the connection state into the end of the call: closed at
+// once; disconnected or failed only if the connection is not back within
+// the grace time (recover).
 func (c *Call) onState(s webrtc.PeerConnectionState) {
 	if !c.connected.Load() {
 		return // Join is still deciding
@@ -83,20 +90,72 @@ func (c *Call) onState(s webrtc.PeerConnectionState) {
 	defer c.mu.Unlock()
 	switch s {
 	case webrtc.PeerConnectionStateConnected:
-		if c.lostTimer != nil {
-			c.lostTimer.Stop()
-			c.lostTimer = nil
+		if c.recovering != nil {
+			close(c.recovering)
+			c.recovering = nil
 		}
-	case webrtc.PeerConnectionStateDisconnected:
-		if c.lostTimer == nil {
-			c.lostTimer = time.AfterFunc(c.grace, func() {
-				c.end(fmt.Errorf("lost the conference server for more than %s: %w", c.grace, whip.ErrICEFailed))
-			})
+	case webrtc.PeerConnectionStateDisconnected, webrtc.PeerConnectionStateFailed:
+		if c.recovering == nil {
+			c.recovering = make(chan struct{})
+			go c.recover(c.recovering)
 		}
-	case webrtc.PeerConnectionStateFailed:
-		go c.end(fmt.Errorf("connection to the conference server failed: %w", whip.ErrICEFailed))
 	case webrtc.PeerConnectionStateClosed:
 		go c.end(errors.New("the conference server closed the call"))
+	}
+}
+
+// settleWait is how long a disconnected connection gets to come back by
+// itself (a few lost consent checks) before the unit restarts ICE; retryWait
+// is how long each restart gets.
+const (
+	settleWait = time.Second
+	retryWait  = 3 * time.Second
+)
+
+// recover gets a lost connection back without leaving the room: ICE
+// restarts over WHIP PATCH (new credentials, fresh candidates, so a changed
+// address works too), until the grace time is up. The far end sees the
+// picture freeze and resume, never the unit leaving. The gate is untouched:
+// nothing is sent while the path is down anyway.
+func (c *Call) recover(back <-chan struct{}) {
+	deadline := time.NewTimer(c.grace)
+	defer deadline.Stop()
+	wait := time.NewTimer(settleWait)
+	defer wait.Stop()
+	noRestart := false
+	for {
+		select {
+		case <-back:
+			return
+		case <-c.over:
+			return
+		case <-deadline.C:
+			c.end(fmt.Errorf("lost the conference server for more than %s: %w", c.grace, whip.ErrICEFailed))
+			return
+		case <-wait.C:
+		}
+		if c.sess == nil || noRestart {
+			wait.Reset(retryWait) // nothing to do but wait for ICE to come back by itself
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), retryWait)
+		err := c.sess.RestartICE(ctx)
+		cancel()
+		switch {
+		case errors.Is(err, whip.ErrNotSupported):
+			noRestart = true
+			c.log.Warn("reconnect: the server does not take ICE restarts; waiting for the connection to come back by itself")
+		case errors.Is(err, whip.ErrNotFound):
+			// The server no longer knows the session: there is nothing to get back.
+			c.end(fmt.Errorf("the conference server ended the session while the connection was down: %w", err))
+			return
+		case err != nil:
+			c.log.Warn("reconnect: ICE restart failed; retrying", "err", err)
+		default:
+			c.restarts.Add(1)
+			c.log.Info("reconnect: ICE restarted; waiting for the connection")
+		}
+		wait.Reset(retryWait)
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/transport/v5"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/capture"
@@ -35,9 +36,12 @@ type Config struct {
 	Token        string
 	AllowedHosts []string      // if set, the server's host must be on it
 	TokenTTL     time.Duration // default 10 minutes
-	// DisconnectGrace is how long a lost connection may last before the
-	// call counts as ended. Default 5 s.
+	// DisconnectGrace is how long the unit tries to get a lost connection
+	// back (ICE restarts) before the call counts as ended. Default 10 s.
 	DisconnectGrace time.Duration
+	// Net is the network the media goes over; nil is the system's. Tests
+	// put a network that can be cut here.
+	Net transport.Net
 }
 
 // Media says what to capture and how to encode it.
@@ -84,7 +88,7 @@ func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnecto
 		cfg.TokenTTL = 10 * time.Minute
 	}
 	if cfg.DisconnectGrace == 0 {
-		cfg.DisconnectGrace = 5 * time.Second
+		cfg.DisconnectGrace = 10 * time.Second
 	}
 	vc, err := encoder.Choose(encoder.Video, m.VideoCodec)
 	if err != nil {
@@ -121,12 +125,13 @@ func (c *WHIPConnector) token() (string, error) {
 // Join publishes into the room and returns once media flows (ICE and DTLS
 // connected) or fails with a reason a person can act on.
 func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
+	t0 := time.Now()
 	tok, err := c.token()
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	endpoint := strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1"
-	client, err := whip.New(whip.Config{Endpoint: endpoint, Token: tok, AllowedHosts: c.cfg.AllowedHosts, Logger: c.log})
+	client, err := whip.New(whip.Config{Endpoint: endpoint, Token: tok, AllowedHosts: c.cfg.AllowedHosts, Logger: c.log, TrickleCandidates: true})
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
@@ -145,25 +150,30 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	c.mu.Lock()
 	c.counters = capt.Counters
 	c.mu.Unlock()
+	tCapture := time.Now()
 
 	pc, err := c.newPeerConnection(client, capt)
 	if err != nil {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace, log: c.log}
 	pc.OnConnectionStateChange(call.onState)
+	tPC := time.Now()
 	sess, err := client.Publish(ctx, pc)
 	if err != nil {
 		call.close()
 		return nil, fmt.Errorf("join room: %w", err)
 	}
 	call.sess = sess
+	tPublish := time.Now()
 	if err := sess.WaitConnected(ctx); err != nil {
 		call.close()
 		return nil, fmt.Errorf("join room: %w", err)
 	}
 	call.connected.Store(true)
+	c.log.Debug("join timings", "capture", tCapture.Sub(t0), "peer_connection", tPC.Sub(tCapture),
+		"offer_and_post", tPublish.Sub(tPC), "ice_dtls", time.Since(tPublish), "total", time.Since(t0))
 	go func() { // a camera or microphone lost mid-call ends the call with the reason
 		select {
 		case err := <-capt.Lost():
@@ -197,6 +207,13 @@ func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Cap
 		return nil, fmt.Errorf("webrtc interceptors: %w", err)
 	}
 	se := webrtc.SettingEngine{}
+	// Notice a dead path within 2 s (consent checks every 500 ms) so the
+	// call's recovery starts early; "failed" after 5 s only means the
+	// recovery restarts ICE, not that the call ends.
+	se.SetICETimeouts(2*time.Second, 5*time.Second, 500*time.Millisecond)
+	if c.cfg.Net != nil {
+		se.SetNet(c.cfg.Net)
+	}
 	if isLoopbackURL(c.cfg.URL) {
 		// A server on this machine (make run, tests): offer loopback
 		// candidates only, and no mDNS names it could not resolve.

@@ -54,6 +54,13 @@ type Config struct {
 	// announces in Link headers (see Client.ICEServers).
 	ICEServers []webrtc.ICEServer
 
+	// TrickleCandidates sends the offer and ICE-restart fragments without
+	// candidate lines and delivers the candidates in a trickle PATCH right
+	// after the server's answer. Needed for LiveKit (up to at least
+	// v1.13.5): its ICE-restart handler crashes the whole server when the
+	// stored offer's media sections end in candidate lines.
+	TrickleCandidates bool
+
 	// Logger receives debug/info/warn records. Nil means no logging. The
 	// token, TURN credentials and URL query strings are never logged.
 	Logger *slog.Logger
@@ -205,7 +212,11 @@ func (c *Client) publish(ctx context.Context, pc *webrtc.PeerConnection) (*Sessi
 		return nil, err
 	}
 	c.log.Info("whip: publishing", "endpoint", c.Endpoint())
-	resp, body, err := c.do(ctx, http.MethodPost, c.endpoint, contentTypeSDP, []byte(offer), nil)
+	sent := offer
+	if c.cfg.TrickleCandidates {
+		sent = stripCandidates(offer)
+	}
+	resp, body, err := c.do(ctx, http.MethodPost, c.endpoint, contentTypeSDP, []byte(sent), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -243,6 +254,13 @@ func (c *Client) publish(ctx context.Context, pc *webrtc.PeerConnection) (*Sessi
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: cr.answer}); err != nil {
 		s.abort(ctx, "answer rejected by peer connection")
 		return nil, fmt.Errorf("%w: SDP answer not accepted: %w", ErrBadResponse, err)
+	}
+	if c.cfg.TrickleCandidates {
+		// The server can still reach us without them (our checks teach it
+		// peer-reflexive candidates), so a refusal is worth a warning only.
+		if err := s.trickleAll(ctx); err != nil {
+			c.log.Warn("whip: could not trickle the offer's candidates", "err", redact(err.Error(), c.cfg.Token))
+		}
 	}
 	return s, nil
 }

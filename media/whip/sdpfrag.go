@@ -84,8 +84,9 @@ func buildFrag(info iceInfo, candidates []string, end bool) (string, error) {
 	}
 	var b strings.Builder
 	line := func(s string) { b.WriteString(s); b.WriteString("\r\n") }
-	line("a=ice-ufrag:" + info.ufrag)
-	line("a=ice-pwd:" + info.pwd)
+	// ICE credentials go inside the media section, as in RFC 9725's
+	// examples: LiveKit only takes them from there (session-level ones
+	// are silently ignored, so its ICE restart would keep the old ones).
 	if info.bundle != "" {
 		line(info.bundle)
 	}
@@ -93,6 +94,8 @@ func buildFrag(info iceInfo, candidates []string, end bool) (string, error) {
 	if info.mid != "" {
 		line("a=mid:" + info.mid)
 	}
+	line("a=ice-ufrag:" + info.ufrag)
+	line("a=ice-pwd:" + info.pwd)
 	for _, c := range candidates {
 		line("a=" + c)
 	}
@@ -157,4 +160,17 @@ func patchAnswer(sdp string, frag iceInfo) string {
 		insert()
 	}
 	return strings.Join(out, "\r\n") + "\r\n"
+}
+
+// stripCandidates removes candidate and end-of-candidates lines from an SDP.
+func stripCandidates(sdp string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(sdp, "\n") {
+		l := strings.TrimSpace(line)
+		if strings.HasPrefix(l, "a=candidate:") || l == "a=end-of-candidates" {
+			continue
+		}
+		b.WriteString(line)
+	}
+	return b.String()
 }

@@ -172,6 +172,12 @@ func (s *Session) trickle(ctx context.Context, cand webrtc.ICECandidateInit) err
 	}
 	s.patchMu.Lock()
 	defer s.patchMu.Unlock()
+	return s.trickleLocked(ctx, cands, end)
+}
+
+// trickleLocked PATCHes cands (and end-of-candidates if end) with the
+// current ETag; the caller holds patchMu.
+func (s *Session) trickleLocked(ctx context.Context, cands []string, end bool) error {
 	ld := s.pc.LocalDescription()
 	if ld == nil {
 		return errNoLocalDescription
@@ -217,23 +223,31 @@ func (s *Session) restartICE(ctx context.Context) error {
 	}
 	s.patchMu.Lock()
 	defer s.patchMu.Unlock()
-	offer, err := s.pc.CreateOffer(&webrtc.OfferOptions{ICERestart: true})
-	if err != nil {
-		return fmt.Errorf("whip: create ICE restart offer: %w", err)
-	}
-	done := webrtc.GatheringCompletePromise(s.pc)
-	if err := s.pc.SetLocalDescription(offer); err != nil {
-		return fmt.Errorf("whip: set ICE restart offer: %w", err)
-	}
-	if err := waitDone(ctx, done); err != nil {
-		return err
+	// A restart whose PATCH failed (the network was still down) leaves its
+	// offer pending: send that one again rather than a new one.
+	if s.pc.SignalingState() != webrtc.SignalingStateHaveLocalOffer {
+		offer, err := s.pc.CreateOffer(&webrtc.OfferOptions{ICERestart: true})
+		if err != nil {
+			return fmt.Errorf("whip: create ICE restart offer: %w", err)
+		}
+		done := webrtc.GatheringCompletePromise(s.pc)
+		if err := s.pc.SetLocalDescription(offer); err != nil {
+			return fmt.Errorf("whip: set ICE restart offer: %w", err)
+		}
+		if err := waitDone(ctx, done); err != nil {
+			return err
+		}
 	}
 	ld := s.pc.LocalDescription()
 	if ld == nil {
 		return errNoLocalDescription
 	}
 	info := parseICEInfo(ld.SDP)
-	frag, err := buildFrag(info, info.candidates, true)
+	cands := info.candidates
+	if s.c.cfg.TrickleCandidates {
+		cands = nil
+	}
+	frag, err := buildFrag(info, cands, !s.c.cfg.TrickleCandidates)
 	if err != nil {
 		return err
 	}
@@ -268,7 +282,27 @@ func (s *Session) restartICE(ctx context.Context) error {
 		s.mu.Unlock()
 	}
 	s.c.log.Info("whip: ICE restarted", "location", safeURL(s.location))
+	if s.c.cfg.TrickleCandidates {
+		if err := s.trickleLocked(ctx, info.candidates, true); err != nil {
+			return fmt.Errorf("whip: trickle candidates after ICE restart: %w", err)
+		}
+	}
 	return nil
+}
+
+// trickleAll sends every candidate of the local description, and
+// end-of-candidates, in one PATCH.
+func (s *Session) trickleAll(ctx context.Context) error {
+	if err := s.checkPatch("trickle ICE"); err != nil {
+		return err
+	}
+	s.patchMu.Lock()
+	defer s.patchMu.Unlock()
+	ld := s.pc.LocalDescription()
+	if ld == nil {
+		return errNoLocalDescription
+	}
+	return s.trickleLocked(ctx, parseICEInfo(ld.SDP).candidates, true)
 }
 
 // pollInterval is how often WaitConnected samples the connection state.

@@ -763,3 +763,86 @@ func TestTokenNeverLeaks(t *testing.T) {
 		t.Error("logger captured nothing")
 	}
 }
+
+// TrickleCandidates: the offer and the restart fragment carry no candidate
+// lines (so a server that stores them cannot trip over them); the
+// candidates arrive in trickle PATCHes with the current ETag right after.
+// A restart whose PATCH failed is sent again with the same credentials.
+func TestTrickleCandidatesMode(t *testing.T) {
+	const newUfrag, newPwd = "NeWuFrAg", "NeWpAsSwOrDnEwPaSsWoRd12"
+	var failNext bool
+	srv, rc := newWHIPServer(t, whipOpts{
+		headers: http.Header{"Etag": {`"e1"`}},
+		patch: func(w http.ResponseWriter, r *http.Request, body string) {
+			switch r.Header.Get("If-Match") {
+			case "*":
+				if failNext {
+					failNext = false
+					w.WriteHeader(http.StatusServiceUnavailable)
+					return
+				}
+				w.Header().Set("ETag", `"e2"`)
+				w.WriteHeader(http.StatusOK)
+				fmt.Fprintf(w, "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:0\r\na=ice-ufrag:%s\r\na=ice-pwd:%s\r\na=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\n", newUfrag, newPwd)
+			case `"e1"`, `"e2"`:
+				w.WriteHeader(http.StatusNoContent)
+			default:
+				w.WriteHeader(http.StatusPreconditionFailed)
+			}
+		},
+	})
+	c := newClient(t, Config{Endpoint: srv.URL + "/whip/v1", TrickleCandidates: true})
+	pc, _ := newPublisherPC(t)
+	s, err := c.Publish(ctxT(t, 5*time.Second), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post, _ := rc.last(http.MethodPost)
+	if strings.Contains(post.Body, "a=candidate") || strings.Contains(post.Body, "a=end-of-candidates") {
+		t.Fatalf("offer carries candidate lines:\n%s", post.Body)
+	}
+	p, ok := rc.last(http.MethodPatch)
+	if !ok || p.Header.Get("If-Match") != `"e1"` || len(parseICEInfo(p.Body).candidates) == 0 || !parseICEInfo(p.Body).end {
+		t.Fatalf("no trickle of the offer's candidates after the answer: %+v", p)
+	}
+	local := parseICEInfo(pc.LocalDescription().SDP)
+	if got := parseICEInfo(p.Body); got.ufrag != local.ufrag || got.pwd != local.pwd {
+		t.Errorf("trickle fragment credentials %q/%q, want the offer's %q", got.ufrag, got.pwd, local.ufrag)
+	}
+
+	failNext = true
+	if err := s.RestartICE(ctxT(t, 5*time.Second)); err == nil {
+		t.Fatal("restart answered 503 but RestartICE succeeded")
+	}
+	first, _ := rc.last(http.MethodPatch)
+	if err := s.RestartICE(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("second RestartICE: %v", err)
+	}
+	all := rc.all()
+	var restart, after recorded
+	for i, r := range all {
+		if r.Method == http.MethodPatch && r.Header.Get("If-Match") == "*" {
+			restart = r
+			if i+1 < len(all) {
+				after = all[i+1]
+			}
+		}
+	}
+	ri := parseICEInfo(restart.Body)
+	if len(ri.candidates) != 0 || ri.end {
+		t.Errorf("restart fragment carries candidates:\n%s", restart.Body)
+	}
+	if ri.ufrag != parseICEInfo(first.Body).ufrag {
+		t.Errorf("the retried restart changed credentials (%q then %q): it should resend the pending offer", parseICEInfo(first.Body).ufrag, ri.ufrag)
+	}
+	if ri.ufrag == local.ufrag {
+		t.Error("restart kept the old ufrag")
+	}
+	if after.Method != http.MethodPatch || after.Header.Get("If-Match") != `"e2"` || len(parseICEInfo(after.Body).candidates) == 0 {
+		t.Errorf("no trickle with the new ETag after the restart: %+v", after)
+	}
+	// Credentials inside the media section (RFC 9725's layout; LiveKit reads only those).
+	if i, j := strings.Index(restart.Body, "m="), strings.Index(restart.Body, "a=ice-ufrag"); i < 0 || j < i {
+		t.Errorf("ice-ufrag is not inside the media section:\n%s", restart.Body)
+	}
+}
