@@ -1,0 +1,20 @@
+// Command fleetctl is the fleet manager's tool: fleet keys, signed configs
+// and commands. See README.md ("Fleet").
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "fleetctl:", err)
+		os.Exit(1)
+	}
+}

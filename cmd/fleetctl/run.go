@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// subcommand is one "fleetctl NAME": to add one, write its func and list it
+// in subcommands.
+type subcommand struct {
+	name    string
+	args    string // synopsis after the name, for usage
+	summary string
+	run     func(ctx context.Context, env *cmdEnv, args []string) error
+}
+
+func subcommands() []subcommand {
+	return []subcommand{
+		{"keygen", "--out DIR [--force]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen},
+		{"sign", "--key FILE (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign},
+		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now", signCommand},
+	}
+}
+
+// cmdEnv is what every subcommand gets besides its arguments.
+type cmdEnv struct {
+	stdout, stderr io.Writer
+	now            func() time.Time
+}
+
+// now is the signing clock; tests replace it.
+var now = time.Now
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	env := &cmdEnv{stdout: stdout, stderr: stderr, now: now}
+	if len(args) == 0 {
+		usage(stderr)
+		return errors.New("no command given: see fleetctl --help")
+	}
+	name, rest := args[0], args[1:]
+	switch name {
+	case "help", "-h", "-help", "--help":
+		usage(stdout)
+		return nil
+	}
+	for _, c := range subcommands() {
+		if c.name == name {
+			return c.run(ctx, env, rest)
+		}
+	}
+	return fmt.Errorf("unknown command %q: see fleetctl --help", name)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, "usage: fleetctl COMMAND [FLAGS] [ARGS]\n\nCommands:\n")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	for _, c := range subcommands() {
+		fmt.Fprintf(tw, "  %s\t%s\n", c.name, c.summary)
+	}
+	tw.Flush()
+	fmt.Fprint(w, "\nRun fleetctl COMMAND --help for its flags.\n")
+}
+
+// newFlags returns a FlagSet for subcommand name that prints nothing by
+// itself: parseFlags turns its errors into one line and --help into usage.
+func newFlags(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// errHelpShown tells a subcommand that --help was answered and it should
+// return nil.
+var errHelpShown = errors.New("help shown")
+
+// parseFlags parses args allowing flags after positional arguments
+// ("sign config.toml --version 3"), and returns the positionals.
+func parseFlags(fs *flag.FlagSet, env *cmdEnv, args []string) ([]string, error) {
+	var pos, afterDashes []string
+	for i, a := range args {
+		if a == "--" {
+			args, afterDashes = args[:i], args[i+1:]
+			break
+		}
+	}
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				printFlagUsage(fs, env.stdout)
+				return nil, errHelpShown
+			}
+			return nil, fmt.Errorf("%s: %v: see fleetctl %s --help", fs.Name(), err, fs.Name())
+		}
+		if fs.NArg() == 0 {
+			return append(pos, afterDashes...), nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+func printFlagUsage(fs *flag.FlagSet, w io.Writer) {
+	for _, c := range subcommands() {
+		if c.name == fs.Name() {
+			fmt.Fprintf(w, "usage: fleetctl %s %s\n\n%s.\n\nFlags:\n", c.name, c.args, strings.ToUpper(c.summary[:1])+c.summary[1:])
+		}
+	}
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+}
