@@ -88,9 +88,9 @@ func (e Envelope) Marshal() []byte {
 
 // ParseEnvelope parses the wire form strictly: exactly the three fields,
 // each once, with exact (case-sensitive) names, canonical base64, nothing
-// after the object. So no two different envelopes parse to the same thing and
-// no byte of a signed envelope can change without failing verification.
-// Errors carry ReasonMalformed.
+// after the object. Only whitespace between JSON tokens is free; changing
+// any other byte of a signed envelope makes it fail to parse or to verify
+// (FuzzVerifyConfig checks this). Errors carry ReasonMalformed.
 func ParseEnvelope(b []byte) (Envelope, error) {
 	const fix = "publish the output of fleetctl unchanged"
 	if len(b) > MaxEnvelopeSize {
