@@ -1,0 +1,65 @@
+package brokertest_test
+
+import (
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/konsult/konsult/deploy/mosquitto"
+	"github.com/konsult/konsult/provisioning/brokertest"
+)
+
+// The broker runs the shipped configuration: client certificates are
+// required, and retained messages survive Stop/Restart on the same port.
+func TestBrokerRequiresCertificatesAndPersists(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"unit-a": nil}})
+
+	noCert := &tls.Config{RootCAs: b.CertPool()}
+	if c, err := tls.Dial("tcp", b.Addr(), noCert); err == nil {
+		// TLS 1.3 reports the missing certificate on the first read.
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+		if err == nil {
+			t.Fatal("broker accepted a client without a certificate")
+		}
+	}
+
+	admin := b.Client(t, "fleet-admin")
+	tok := admin.Publish("konsult/device/unit-a/config", 1, true, "v1")
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	admin.Disconnect(100)
+
+	b.Stop()
+	if b.Running() {
+		t.Fatal("still running after Stop")
+	}
+	b.Restart()
+
+	got := make(chan string, 1)
+	unit := b.Client(t, "unit-a")
+	unit.Subscribe("konsult/device/unit-a/config", 1, func(_ mqtt.Client, m mqtt.Message) {
+		got <- string(m.Payload())
+	})
+	select {
+	case p := <-got:
+		if p != "v1" {
+			t.Fatalf("retained config after restart = %q, want v1", p)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("retained config lost across a broker restart")
+	}
+}
+
+// The test broker's config is the shipped one with paths and port replaced.
+func TestConfIsShippedConf(t *testing.T) {
+	for _, want := range []string{"require_certificate true", "use_identity_as_username true", "allow_anonymous false", "persistence true"} {
+		if !strings.Contains(mosquitto.Conf, "\n"+want+"\n") {
+			t.Errorf("shipped mosquitto.conf lacks %q", want)
+		}
+	}
+}

@@ -1,0 +1,160 @@
+package link
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// DefaultPrefix is the root of a fleet's topic tree.
+const DefaultPrefix = "konsult"
+
+// Kind names a topic of the fleet tree.
+type Kind int
+
+// The fleet's topics. The first four flow fleet → unit and are what a unit
+// subscribes to; the last three flow unit → fleet.
+const (
+	DeviceConfig   Kind = iota + 1 // <prefix>/device/<id>/config, retained, signed
+	GroupConfig                    // <prefix>/group/<g>/config, retained, signed
+	DeviceCmd                      // <prefix>/device/<id>/cmd, QoS 1, signed
+	GroupCmd                       // <prefix>/group/<g>/cmd, QoS 1, signed
+	DeviceStatus                   // <prefix>/device/<id>/status, retained, last will
+	DeviceReported                 // <prefix>/device/<id>/reported, retained
+	DeviceEvents                   // <prefix>/device/<id>/events, QoS 1
+)
+
+func (k Kind) String() string {
+	switch k {
+	case DeviceConfig:
+		return "device-config"
+	case GroupConfig:
+		return "group-config"
+	case DeviceCmd:
+		return "device-cmd"
+	case GroupCmd:
+		return "group-cmd"
+	case DeviceStatus:
+		return "status"
+	case DeviceReported:
+		return "reported"
+	case DeviceEvents:
+		return "events"
+	}
+	return fmt.Sprintf("kind(%d)", int(k))
+}
+
+// Topics builds the topic names of one fleet. The zero value uses
+// DefaultPrefix.
+type Topics struct {
+	Prefix string
+}
+
+func (t Topics) prefix() string {
+	if t.Prefix == "" {
+		return DefaultPrefix
+	}
+	return t.Prefix
+}
+
+func (t Topics) device(id, leaf string) string {
+	return t.prefix() + "/device/" + id + "/" + leaf
+}
+
+func (t Topics) group(g, leaf string) string {
+	return t.prefix() + "/group/" + g + "/" + leaf
+}
+
+// DeviceConfig is the retained, signed desired config of unit id.
+func (t Topics) DeviceConfig(id string) string { return t.device(id, "config") }
+
+// GroupConfig is the retained, signed desired config of group g.
+func (t Topics) GroupConfig(g string) string { return t.group(g, "config") }
+
+// DeviceCmd carries signed commands to unit id.
+func (t Topics) DeviceCmd(id string) string { return t.device(id, "cmd") }
+
+// GroupCmd carries signed commands to every unit of group g.
+func (t Topics) GroupCmd(g string) string { return t.group(g, "cmd") }
+
+// Status is unit id's retained online/offline status (and its last will).
+func (t Topics) Status(id string) string { return t.device(id, "status") }
+
+// Reported is unit id's retained reported state.
+func (t Topics) Reported(id string) string { return t.device(id, "reported") }
+
+// Events carries unit id's events.
+func (t Topics) Events(id string) string { return t.device(id, "events") }
+
+// AllDevices is a subscription filter for one kind of per-device topic of
+// every unit, e.g. AllDevices(DeviceStatus) for a fleet dashboard.
+func (t Topics) AllDevices(k Kind) string {
+	switch k {
+	case DeviceConfig:
+		return t.device("+", "config")
+	case DeviceCmd:
+		return t.device("+", "cmd")
+	case DeviceStatus:
+		return t.device("+", "status")
+	case DeviceReported:
+		return t.device("+", "reported")
+	case DeviceEvents:
+		return t.device("+", "events")
+	}
+	return ""
+}
+
+// Parse says which topic of the tree topic is, and the device id or group
+// name in it.
+func (t Topics) Parse(topic string) (k Kind, name string, ok bool) {
+	rest, found := strings.CutPrefix(topic, t.prefix()+"/")
+	if !found {
+		return 0, "", false
+	}
+	parts := strings.Split(rest, "/")
+	if len(parts) != 3 || ValidName(parts[1]) != nil {
+		return 0, "", false
+	}
+	name = parts[1]
+	switch parts[0] + "/" + parts[2] {
+	case "device/config":
+		return DeviceConfig, name, true
+	case "device/cmd":
+		return DeviceCmd, name, true
+	case "device/status":
+		return DeviceStatus, name, true
+	case "device/reported":
+		return DeviceReported, name, true
+	case "device/events":
+		return DeviceEvents, name, true
+	case "group/config":
+		return GroupConfig, name, true
+	case "group/cmd":
+		return GroupCmd, name, true
+	}
+	return 0, "", false
+}
+
+// ValidName checks a device id, group name or topic prefix segment. Names end
+// up inside topics and inside the broker's ACL file, so anything that could
+// change a topic's meaning (/ + #), split an ACL line (spaces, control
+// characters) or trip up a broker (NUL, invalid UTF-8) is refused.
+func ValidName(s string) error {
+	if s == "" {
+		return errors.New("empty name")
+	}
+	if len(s) > 128 {
+		return fmt.Errorf("name %.20q… longer than 128 bytes", s)
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("name %q is not valid UTF-8", s)
+	}
+	for _, r := range s {
+		if r == '/' || r == '+' || r == '#' || r == '%' || unicode.IsSpace(r) || unicode.IsControl(r) {
+			return fmt.Errorf("name %q contains %q", s, r)
+		}
+	}
+	return nil
+}
