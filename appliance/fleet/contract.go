@@ -126,7 +126,7 @@ type Started struct {
 	Pending bool `json:"pending"`
 	// RolledBack: at startup the unit went back to its last known good
 	// config (see Rollback in the reported document).
-	RolledBack bool `json:"rolled_back"`
+	RolledBack bool   `json:"rolled_back"`
 	Version    string `json:"version,omitempty"` // roomd's software version
 }
 
