@@ -90,7 +90,9 @@ type Status struct {
 	Online  bool      `json:"online"`
 	State   string    `json:"state,omitempty"`
 	Version string    `json:"version,omitempty"`
-	At      time.Time `json:"at,omitzero"`
+	// ConfigGeneration changes whenever the config the unit runs on does.
+	ConfigGeneration uint64    `json:"config_generation,omitempty"`
+	At               time.Time `json:"at,omitzero"`
 }
 
 // Event is one unit → fleet event. ID makes it unique: QoS 1 may deliver an
