@@ -87,9 +87,9 @@ type Message struct {
 
 // Status is what a unit announces on its retained status topic.
 type Status struct {
-	Online  bool      `json:"online"`
-	State   string    `json:"state,omitempty"`
-	Version string    `json:"version,omitempty"`
+	Online  bool   `json:"online"`
+	State   string `json:"state,omitempty"`
+	Version string `json:"version,omitempty"`
 	// ConfigGeneration changes whenever the config the unit runs on does.
 	ConfigGeneration uint64    `json:"config_generation,omitempty"`
 	At               time.Time `json:"at,omitzero"`
