@@ -12,6 +12,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/whip"
 )
 
@@ -23,6 +24,7 @@ type Call struct {
 	capt  *capture.Capture
 	grace time.Duration
 	log   *slog.Logger
+	rate  *congestion.Controller
 
 	connected  atomic.Bool
 	once       sync.Once
@@ -33,6 +35,10 @@ type Call struct {
 	recovering chan struct{} // non-nil while a recovery runs; closed when the connection is back
 	restarts   atomic.Int32
 }
+
+// Congestion is the controller that sets the video bitrate from the
+// network's estimate.
+func (c *Call) Congestion() *congestion.Controller { return c.rate }
 
 // Restarts counts the ICE restarts this call made to get its connection back.
 func (c *Call) Restarts() int { return int(c.restarts.Load()) }

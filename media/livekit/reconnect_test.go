@@ -2,6 +2,7 @@ package livekit_test
 
 import (
 	"context"
+	"encoding/binary"
 	"log/slog"
 	"net"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 
+	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/farend"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
@@ -25,6 +27,58 @@ import (
 type cutNet struct {
 	transport.Net
 	cut *atomic.Bool
+	up  *uplink // nil: no loss, no counting
+}
+
+// uplink is a congested link in front of the unit: it carries capKbps and
+// queues up to 300 ms beyond that (then drops the newest), as a clinic's
+// DSL modem does. It counts the media bytes the unit offers to it, once per
+// RTP packet of the streams it carried while the link was free (a
+// retransmission, on its own stream or not, is not new media).
+type uplink struct {
+	capKbps atomic.Int64 // 0: no limit
+	mu      sync.Mutex
+	busy    time.Time // when the link has sent everything queued so far
+	seen    map[uint64]bool
+	streams map[uint32]bool
+	media   atomic.Int64
+}
+
+// admit returns how long to hold the packet before sending, or false to drop it.
+func (u *uplink) admit(p []byte) (time.Duration, bool) {
+	if u == nil {
+		return 0, true
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if len(p) >= 12 && p[0]>>6 == 2 && (p[1]&0x7f < 64 || p[1]&0x7f > 95) { // RTP, not RTCP
+		ssrc := binary.BigEndian.Uint32(p[8:12])
+		key := uint64(ssrc)<<16 | uint64(binary.BigEndian.Uint16(p[2:4]))
+		if u.seen == nil {
+			u.seen, u.streams = map[uint64]bool{}, map[uint32]bool{}
+		}
+		if u.capKbps.Load() == 0 {
+			u.streams[ssrc] = true
+		}
+		if u.streams[ssrc] && !u.seen[key] {
+			u.seen[key] = true
+			u.media.Add(int64(len(p)))
+		}
+	}
+	c := u.capKbps.Load()
+	if c == 0 {
+		return 0, true
+	}
+	now := time.Now()
+	if u.busy.Before(now) {
+		u.busy = now
+	}
+	wait := u.busy.Sub(now)
+	if wait > 300*time.Millisecond {
+		return 0, false
+	}
+	u.busy = u.busy.Add(time.Duration(int64(len(p)+28) * 8 * int64(time.Second) / (c * 1000)))
+	return wait, true
 }
 
 func (n cutNet) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPConn, error) {
@@ -32,27 +86,32 @@ func (n cutNet) ListenUDP(network string, laddr *net.UDPAddr) (transport.UDPConn
 	if err != nil {
 		return nil, err
 	}
-	return cutConn{c, n.cut}, nil
+	return cutConn{c, n.cut, n.up}, nil
 }
 
 type cutConn struct {
 	transport.UDPConn
 	cut *atomic.Bool
+	up  *uplink
 }
 
 func (c cutConn) WriteTo(p []byte, a net.Addr) (int, error) {
 	if c.cut.Load() {
 		return len(p), nil
 	}
+	wait, ok := c.up.admit(p)
+	switch {
+	case !ok:
+		return len(p), nil
+	case wait > 0:
+		q := append([]byte(nil), p...)
+		time.AfterFunc(wait, func() { _, _ = c.UDPConn.WriteTo(q, a) })
+		return len(p), nil
+	}
 	return c.UDPConn.WriteTo(p, a)
 }
 
-func (c cutConn) WriteToUDP(p []byte, a *net.UDPAddr) (int, error) {
-	if c.cut.Load() {
-		return len(p), nil
-	}
-	return c.UDPConn.WriteToUDP(p, a)
-}
+func (c cutConn) WriteToUDP(p []byte, a *net.UDPAddr) (int, error) { return c.WriteTo(p, a) }
 
 func (c cutConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
@@ -72,13 +131,17 @@ func (c cutConn) ReadFromUDP(p []byte) (int, *net.UDPAddr, error) {
 	}
 }
 
-func startPublisher(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, grace time.Duration) (*livekit.Call, *gate.Gate) {
+func startPublisher(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, grace time.Duration, codec ...string) (*livekit.Call, *gate.Gate) {
 	t.Helper()
 	g := gate.New()
+	vc := "auto"
+	if len(codec) > 0 {
+		vc = codec[0]
+	}
 	conn, err := livekit.NewWHIP(livekit.Config{
 		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret,
 		Net: n, DisconnectGrace: grace,
-	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000},
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: vc, VideoBitRate: 1_000_000, AudioBitRate: 32_000},
 		g, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)
@@ -140,7 +203,7 @@ func TestNetworkBreakResumes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			call, _ := startPublisher(t, lk, "break-room", cutNet{sys, &cut}, 15*time.Second)
+			call, _ := startPublisher(t, lk, "break-room", cutNet{Net: sys, cut: &cut}, 15*time.Second)
 			fe := farend.StartFarEnd(t, lk, "break-room", "patient", farend.ReportInterval(100*time.Millisecond))
 			var p presence
 			watch := func(d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
@@ -193,7 +256,7 @@ func TestNetworkBreakPastGraceEndsCall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	call, _ := startPublisher(t, lk, "gone-room", cutNet{sys, &cut}, 4*time.Second)
+	call, _ := startPublisher(t, lk, "gone-room", cutNet{Net: sys, cut: &cut}, 4*time.Second)
 	time.Sleep(time.Second)
 	cut.Store(true)
 	select {
@@ -205,4 +268,63 @@ func TestNetworkBreakPastGraceEndsCall(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the call did not end although the network stayed down past the grace time")
 	}
+}
+
+// A congested uplink (the link carries 400 kbit/s, the unit is set to
+// 1 Mbit/s): the congestion estimate comes down and the video encoder's
+// target follows it. That the encoders then produce about their target is
+// TestEncoderFollowsBitRate (media/encoder): the test camera's binary-noise
+// band makes every keyframe ~100 kB whatever the target, so the far end's
+// picture and the bytes offered here say little about a real camera.
+func TestBitrateFollowsCongestion(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	var cut atomic.Bool
+	up := &uplink{}
+	sys, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// VP8: openh264 cannot hold any target on the test camera's noise band
+	// (it stops at its highest quantiser: ~7.6 Mbit/s at a 1 Mbit/s target),
+	// which would drown the 400 kbit/s link and its feedback altogether.
+	call, _ := startPublisher(t, lk, "cc-room", cutNet{Net: sys, cut: &cut, up: up}, 15*time.Second, "VP8")
+	fe := farend.StartFarEnd(t, lk, "cc-room", "patient", farend.ReportInterval(200*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.FPS >= 20 }); err != nil {
+		t.Fatalf("far end never saw the unit: %v", err)
+	}
+	rate := func(d time.Duration) float64 {
+		b0 := up.media.Load()
+		time.Sleep(d)
+		return float64(up.media.Load()-b0) * 8 / d.Seconds() / 1000
+	}
+	clear := rate(2 * time.Second)
+	v0 := call.Congestion().Video()
+	if v0 != 1_000_000 {
+		t.Errorf("video target %d on a free link, want the configured 1000 kbit/s", v0)
+	}
+
+	up.capKbps.Store(400)
+	deadline := time.Now().Add(15 * time.Second)
+	for call.Congestion().Video() > 450_000 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	v1 := call.Congestion().Video()
+	h := call.Congestion().History()
+	tight := rate(2 * time.Second)
+	t.Logf("media offered %.0f kbit/s on a free link (video target %d kbit/s); on a 400 kbit/s link the target fell to %d kbit/s in %d steps (first after %s), media offered %.0f kbit/s",
+		clear, v0/1000, v1/1000, len(h), firstChange(h, deadline.Add(-15*time.Second)), tight)
+	if v1 > 450_000 {
+		t.Fatalf("video target still %d kbit/s after 15 s on a 400 kbit/s link", v1/1000)
+	}
+}
+
+func firstChange(h []congestion.Change, since time.Time) time.Duration {
+	for _, c := range h {
+		if c.At.After(since) {
+			return c.At.Sub(since).Round(10 * time.Millisecond)
+		}
+	}
+	return 0
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/whip"
@@ -152,12 +153,12 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	c.mu.Unlock()
 	tCapture := time.Now()
 
-	pc, err := c.newPeerConnection(client, capt)
+	pc, rate, err := c.newPeerConnection(client, capt)
 	if err != nil {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace, log: c.log}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace, log: c.log, rate: rate}
 	pc.OnConnectionStateChange(call.onState)
 	tPC := time.Now()
 	sess, err := client.Publish(ctx, pc)
@@ -199,13 +200,19 @@ func (c *WHIPConnector) LoseDevice(k gate.Kind, err error) error {
 	return nil
 }
 
-func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Capture) (*webrtc.PeerConnection, error) {
+func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Capture) (*webrtc.PeerConnection, *congestion.Controller, error) {
 	me := &webrtc.MediaEngine{}
 	capt.Selector().Populate(me)
 	ir := &interceptor.Registry{}
 	if err := webrtc.RegisterDefaultInterceptors(me, ir); err != nil {
-		return nil, fmt.Errorf("webrtc interceptors: %w", err)
+		return nil, nil, fmt.Errorf("webrtc interceptors: %w", err)
 	}
+	rate, err := congestion.Register(me, ir, congestion.Config{MaxVideo: c.media.VideoBitRate, Audio: c.media.AudioBitRate, Log: c.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	rate.Bind(capt.SetVideoBitRate)
+
 	se := webrtc.SettingEngine{}
 	// Notice a dead path within 2 s (consent checks every 500 ms) so the
 	// call's recovery starts early; "failed" after 5 s only means the
@@ -224,15 +231,15 @@ func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Cap
 	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{ICEServers: client.ICEServers(), BundlePolicy: webrtc.BundlePolicyMaxBundle})
 	if err != nil {
-		return nil, fmt.Errorf("new peer connection: %w", err)
+		return nil, nil, fmt.Errorf("new peer connection: %w", err)
 	}
 	for _, t := range capt.Tracks() {
 		if _, err := pc.AddTransceiverFromTrack(boundedUnbind{t}, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 			pc.Close()
-			return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
+			return nil, nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
 		}
 	}
-	return pc, nil
+	return pc, rate, nil
 }
 
 func isLoopbackURL(raw string) bool {
