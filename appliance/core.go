@@ -81,6 +81,13 @@ type (
 		detail  string
 		cleared bool
 	}
+	// inIdentify starts (on) or ends the identify blink; an end only counts
+	// for the identify it was scheduled for (seq), so a second identify is
+	// not cut short by the first one's timer.
+	inIdentify struct {
+		seq uint64
+		on  bool
+	}
 )
 
 // Effects the core asks the loop to carry out, in order.
@@ -103,6 +110,10 @@ var (
 	ledPrivate = led.State{Pattern: led.Pulse, Color: led.Amber} // in a call, nothing leaving
 	ledBusy    = led.State{Pattern: led.SlowBlink, Color: led.White}
 	ledFault   = led.State{Pattern: led.FastBlink, Color: led.Red}
+	// ledIdentify lets an installer find the unit the fleet asked about. On
+	// an RGB LED blue tells it apart from busy (white); a single LED blinks
+	// slowly, which while idle means nothing else.
+	ledIdentify = led.State{Pattern: led.SlowBlink, Color: led.Blue}
 )
 
 // LEDName names a pattern for status and events.
@@ -118,6 +129,8 @@ func LEDName(s led.State) string {
 		return "busy"
 	case ledFault:
 		return "fault"
+	case ledIdentify:
+		return "identify"
 	}
 	return fmt.Sprintf("pattern-%d-color-%d", s.Pattern, s.Color)
 }
@@ -146,6 +159,9 @@ type core struct {
 	joined  bool   // the conference said we are in
 	call    Call
 	leaving int // leaves in flight
+
+	identify    bool // the fleet asked the unit to show itself
+	identifySeq uint64
 
 	gate gate.State
 	led  led.State
@@ -183,6 +199,12 @@ func (c *core) handle(in any) []any {
 		c.onShutterFault(in)
 	case inMediaFault:
 		c.onMediaFault(in)
+	case inIdentify:
+		if in.on {
+			c.identify, c.identifySeq = true, in.seq
+		} else if in.seq == c.identifySeq {
+			c.identify = false
+		}
 	case inJoinDone:
 		c.onJoinDone(in)
 	case inLeaveDone:
@@ -417,6 +439,9 @@ func (c *core) settle() {
 		l = ledPrivate
 	case c.state == Joining || c.state == Leaving:
 		l = ledBusy
+	case c.identify && c.state == Idle:
+		// Only while idle: identify never hides LIVE, a call or a fault.
+		l = ledIdentify
 	default:
 		l = ledOff
 	}

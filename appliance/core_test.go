@@ -104,6 +104,12 @@ func (w *world) check(in any) {
 	if (hw || c.state == Fault || c.state == Idle || c.state == Leaving) && (w.gate.Live() || w.shutterOpen) {
 		w.t.Fatalf("invariant 4 broken after %#v: state=%s faults=%v but gate %+v shutterOpen=%v", in, c.state, hw, w.gate, w.shutterOpen)
 	}
+	if c.state == Fault && w.led != "fault" {
+		w.t.Fatalf("after %#v: state fault but LED %s", in, w.led)
+	}
+	if w.led == "identify" && c.state != Idle {
+		w.t.Fatalf("after %#v: identify pattern shown in state %s", in, c.state)
+	}
 	if len(w.liveCalls) > 1 {
 		w.t.Fatalf("after %#v: %d calls joined and not left", in, len(w.liveCalls))
 	}
@@ -238,6 +244,39 @@ func TestTransitions(t *testing.T) {
 			t.Fatalf("after max length: state %s led %s", w.c.state, w.led)
 		}
 	})
+	t.Run("identify blinks while idle only and ends with its own timer", func(t *testing.T) {
+		w := newWorld(t)
+		w.send(inIdentify{seq: 1, on: true})
+		if w.led != "identify" {
+			t.Fatalf("identify while idle: LED %s", w.led)
+		}
+		w.send(inAction{act: ActJoin})
+		w.finishJoin(true, w.joinAttempt)
+		w.finishShutter(true)
+		if w.led != "live" {
+			t.Fatalf("identify during a live call: LED %s, want live", w.led)
+		}
+		w.send(inAction{act: ActLeave})
+		w.send(inLeaveDone{})
+		w.finishShutter(true)
+		if w.c.state != Idle || w.led != "identify" {
+			t.Fatalf("back to idle with identify still on: state %s LED %s", w.c.state, w.led)
+		}
+		w.send(inIdentify{seq: 2, on: true})
+		w.send(inIdentify{seq: 1}) // the first identify's timer
+		if w.led != "identify" {
+			t.Fatalf("the first identify's end cut the second short: LED %s", w.led)
+		}
+		w.send(inShutterFault{kind: "moved_by_itself", detail: "x"})
+		if w.led != "fault" {
+			t.Fatalf("identify over a fault: LED %s", w.led)
+		}
+		w.send(inShutterFault{kind: "moved_by_itself", cleared: true})
+		w.send(inIdentify{seq: 2})
+		if w.led != "off" {
+			t.Fatalf("after identify ended: LED %s", w.led)
+		}
+	})
 	t.Run("privacy on before JOIN joins with the shutter closed", func(t *testing.T) {
 		w := newWorld(t)
 		w.send(inAction{act: ActPrivacyOn})
@@ -271,7 +310,7 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 		var calls []Call
 		steps := rapid.IntRange(1, 60).Draw(rt, "steps")
 		for range steps {
-			switch rapid.IntRange(0, 9).Draw(rt, "kind") {
+			switch rapid.IntRange(0, 10).Draw(rt, "kind") {
 			case 0, 1:
 				w.send(inAction{act: rapid.SampledFrom(actions).Draw(rt, "action")})
 			case 2:
@@ -301,6 +340,8 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 				if len(calls) > 0 {
 					w.send(inMaxLength{call: rapid.SampledFrom(calls).Draw(rt, "timedOut")})
 				}
+			case 10:
+				w.send(inIdentify{seq: rapid.Uint64Range(1, 3).Draw(rt, "identifySeq"), on: rapid.Bool().Draw(rt, "identifyOn")})
 			}
 		}
 	})

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/konsult/konsult/hal/button"
@@ -90,6 +91,8 @@ type Machine struct {
 
 	shutterReq chan effShutter
 
+	identifySeq atomic.Uint64
+
 	joinCancel  context.CancelFunc
 	joinAttempt uint64
 	joins       sync.WaitGroup // join attempts still running
@@ -163,6 +166,26 @@ func (m *Machine) Button(ctx context.Context, ev button.Event) error {
 		return nil
 	}
 	return m.post(ctx, inAction{act: a, source: "button:" + ev.Button})
+}
+
+// Identify blinks the LED in the identify pattern for d, so an installer can
+// find the unit the fleet means. It shows only while the unit is idle: LIVE,
+// a call or a fault always win (the LED stays derived in core.settle). A
+// second Identify replaces the first; d <= 0 stops it.
+func (m *Machine) Identify(ctx context.Context, d time.Duration) error {
+	seq := m.identifySeq.Add(1)
+	if err := m.post(ctx, inIdentify{seq: seq, on: d > 0}); err != nil {
+		return fmt.Errorf("identify: %w", err)
+	}
+	if d > 0 {
+		time.AfterFunc(d, func() {
+			// Bounded: a machine that has stopped must not pin this goroutine.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_ = m.post(ctx, inIdentify{seq: seq})
+		})
+	}
+	return nil
 }
 
 // DeviceLost reports that the camera or microphone disappeared (cleared=false)
