@@ -102,6 +102,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	machineDone := make(chan error, 1)
 	go func() { machineDone <- u.machine.Run(runCtx) }()
 	u.pumpButtons(runCtx)
+	if u.lk != nil {
+		// Name lookup and TLS to the conference server before any press.
+		go u.lk.KeepWarm(runCtx, 45*time.Second)
+	}
 
 	select {
 	case <-u.machine.Ready():

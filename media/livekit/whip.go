@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -64,6 +65,8 @@ type WHIPConnector struct {
 	video encoder.Choice
 	audio encoder.Choice
 
+	http *http.Client // shared by every join and warm-up: one kept-alive connection
+
 	mu       sync.Mutex
 	counters *capture.Counters
 	cur      *Call
@@ -103,7 +106,7 @@ func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnecto
 		log = slog.Default()
 	}
 	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
-	return &WHIPConnector{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac}, nil
+	return &WHIPConnector{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac, http: whip.NewHTTPClient()}, nil
 }
 
 // Encoders reports the encoder choice for doctor.
@@ -123,6 +126,67 @@ func (c *WHIPConnector) token() (string, error) {
 	return c.cfg.Token, nil
 }
 
+func (c *WHIPConnector) client(token string) (*whip.Client, error) {
+	return whip.New(whip.Config{
+		Endpoint:          strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1",
+		Token:             token,
+		AllowedHosts:      c.cfg.AllowedHosts,
+		Logger:            c.log,
+		TrickleCandidates: true,
+		HTTPClient:        c.http,
+	})
+}
+
+// Warm does before the press what reveals nothing to anyone: it resolves
+// the server's name and opens the TLS connection the join will use (an
+// OPTIONS request, no session, no media), so the press costs only the
+// offer/answer and ICE/DTLS. A refusal it meets (certificate, host not
+// allowed) is returned, so doctor and the log can say so before anyone
+// presses JOIN.
+func (c *WHIPConnector) Warm(ctx context.Context) error {
+	tok, err := c.token()
+	if err != nil {
+		return fmt.Errorf("warm up: %w", err)
+	}
+	client, err := c.client(tok) // checks the URL against the transport policy and allow-list
+	if err != nil {
+		return fmt.Errorf("warm up: %w", err)
+	}
+	if _, err := client.Preflight(ctx); err != nil {
+		return fmt.Errorf("warm up: %w", err)
+	}
+	return nil
+}
+
+// KeepWarm runs Warm now and then every interval until ctx ends, so the
+// connection is open whenever JOIN is pressed (servers close idle
+// connections after a minute or two). Failures are logged once per change.
+func (c *WHIPConnector) KeepWarm(ctx context.Context, interval time.Duration) {
+	var last string
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := c.Warm(wctx)
+		cancel()
+		msg := ""
+		if err != nil {
+			msg = err.Error()
+		}
+		if msg != last {
+			if err != nil {
+				c.log.Warn("conference server not reachable before any call", "err", err)
+			} else if last != "" {
+				c.log.Info("conference server reachable again")
+			}
+			last = msg
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+	}
+}
+
 // Join publishes into the room and returns once media flows (ICE and DTLS
 // connected) or fails with a reason a person can act on.
 func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
@@ -131,8 +195,7 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	endpoint := strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1"
-	client, err := whip.New(whip.Config{Endpoint: endpoint, Token: tok, AllowedHosts: c.cfg.AllowedHosts, Logger: c.log, TrickleCandidates: true})
+	client, err := c.client(tok)
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}

@@ -119,6 +119,14 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
+// NewHTTPClient returns an HTTP client with this package's timeouts. Share
+// one between the Clients of successive sessions to the same server: the
+// connection (TCP, TLS) made by a Preflight or an earlier session is then
+// reused, so a join costs no handshakes.
+func NewHTTPClient() *http.Client {
+	return &http.Client{Transport: defaultTransport(), Timeout: 30 * time.Second}
+}
+
 func defaultTransport() *http.Transport {
 	return &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -844,5 +846,34 @@ func TestTrickleCandidatesMode(t *testing.T) {
 	// Credentials inside the media section (RFC 9725's layout; LiveKit reads only those).
 	if i, j := strings.Index(restart.Body, "m="), strings.Index(restart.Body, "a=ice-ufrag"); i < 0 || j < i {
 		t.Errorf("ice-ufrag is not inside the media section:\n%s", restart.Body)
+	}
+}
+
+// A Preflight made before the press opens the connection the session then
+// uses: with a shared NewHTTPClient, warm-up and publish cost one
+// connection (one TCP and TLS handshake), not one each.
+func TestSharedClientReusesWarmConnection(t *testing.T) {
+	rc := newWHIPHandler(t, whipOpts{})
+	srv := httptest.NewUnstartedServer(rc)
+	var conns atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	hc := NewHTTPClient()
+	warm := newClient(t, Config{Endpoint: srv.URL + "/whip/v1", HTTPClient: hc})
+	if _, err := warm.Preflight(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	join := newClient(t, Config{Endpoint: srv.URL + "/whip/v1", HTTPClient: hc, Token: "another-token-123"})
+	pc, _ := newPublisherPC(t)
+	if _, err := join.Publish(ctxT(t, 5*time.Second), pc); err != nil {
+		t.Fatal(err)
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("warm-up and publish opened %d connections, want 1", n)
 	}
 }
