@@ -23,7 +23,8 @@ import (
 // waits for the simulated shutter (300 ms travel) to be confirmed open.
 // Times are taken when the far end's report arrives (every 20 ms).
 // A fresh far end joins the room before each press, so browser start-up is
-// not counted. Reports p50 and p95 over the iterations.
+// not counted. Reports p50 and p95 over the iterations, and beside them a
+// bare WHIP publisher's offer → painted frame against the same server.
 // isRoom: the far end has analysed a frame and it is the moving camera
 // picture, not the slate (the pixel fields are zero until a frame is analysed).
 func isRoom(s farend.FarEndStats) bool {
@@ -34,7 +35,7 @@ func isRoom(s farend.FarEndStats) bool {
 func BenchmarkJoinToFarEndFrame(b *testing.B) {
 	lk := farend.StartLiveKit(b)
 	u := startUnit(b, livekitConfig(lk, "bench-room", ""))
-	var lat, first []time.Duration
+	var lat, first, bareFirst, barePage []time.Duration
 	i := 0
 	for b.Loop() {
 		i++
@@ -65,11 +66,35 @@ func BenchmarkJoinToFarEndFrame(b *testing.B) {
 		u.press("leave")
 		u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
 		fe.Close()
+
+		// The yardstick, same server, same run: a bare WHIP publisher.
+		bare := farend.StartFarEnd(b, lk, "bench-room", "patient-bare", farend.Watch("bare"), farend.ReportInterval(20*time.Millisecond))
+		ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+		if _, err := bare.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Connected }); err != nil {
+			b.Fatalf("far end did not connect: %v", err)
+		}
+		start, stop := bareWHIPPublish(b, lk, "bench-room", "bare")
+		s, err = bare.WaitFor(ctx, func(s farend.FarEndStats) bool {
+			return s.VideoFramesDecoded > 0 && !s.FirstFrameAt.IsZero() && !s.FirstFramePageAt.IsZero()
+		})
+		cancel()
+		if err != nil {
+			b.Fatalf("bare publisher %d: no frame at the far end: %v", i, err)
+		}
+		bareFirst = append(bareFirst, s.FirstFrameAt.Sub(start))
+		barePage = append(barePage, s.FirstFramePageAt.Sub(start))
+		stop()
+		bare.Close()
 		b.StartTimer()
 	}
-	for _, l := range [][]time.Duration{lat, first} {
+	for _, l := range [][]time.Duration{lat, first, bareFirst, barePage} {
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
 	}
+	// The yardstick measured like slate-*: offer/POST → the report showing
+	// the first decoded frame; and → the first painted frame (page clock).
+	b.ReportMetric(float64(bareFirst[len(bareFirst)/2].Milliseconds()), "bare-whip-p50-ms")
+	b.ReportMetric(float64(bareFirst[(len(bareFirst)*95)/100].Milliseconds()), "bare-whip-p95-ms")
+	b.ReportMetric(float64(barePage[len(barePage)/2].Milliseconds()), "bare-whip-painted-p50-ms")
 	b.ReportMetric(float64(lat[len(lat)/2].Milliseconds()), "room-p50-ms")
 	b.ReportMetric(float64(lat[(len(lat)*95)/100].Milliseconds()), "room-p95-ms")
 	b.ReportMetric(float64(first[len(first)/2].Milliseconds()), "slate-p50-ms")
