@@ -44,6 +44,8 @@ type Config struct {
 		Token            string   `toml:"token"`
 		AllowedHosts     []string `toml:"allowed_hosts"`
 		VideoCodec       string   `toml:"video_codec"`
+		Camera           string   `toml:"camera"`
+		Microphone       string   `toml:"microphone"`
 		Width            int      `toml:"width"`
 		Height           int      `toml:"height"`
 		FPS              int      `toml:"fps"`

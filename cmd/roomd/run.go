@@ -24,6 +24,7 @@ import (
 	"github.com/konsult/konsult/hal/led"
 	"github.com/konsult/konsult/hal/shutter"
 	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/simconf"
@@ -214,13 +215,17 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 	var conf appliance.Conference
 	switch c := cfg.Conference; {
 	case c.Connector == "livekit-whip":
+		if simulate {
+			c.Camera, c.Microphone = capture.TestDevice, capture.TestDevice
+		}
 		u.lk, err = livekit.NewWHIP(livekit.Config{
 			URL: c.URL, Room: c.Room, Identity: c.Identity,
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
 		}, livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
-			Stamp: simulate && cfg.Sim.Stamp, // a real unit never draws on the picture
+			Stamp:  simulate && cfg.Sim.Stamp, // a real unit never draws on the picture
+			Camera: c.Camera, Microphone: c.Microphone,
 		}, u.gate, log)
 		if err != nil {
 			u.halt()

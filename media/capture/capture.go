@@ -31,8 +31,11 @@ type Config struct {
 	Gate          *gate.Gate
 	Width, Height int // what the camera delivers; the slate has this size
 	FPS           int
-	Video         codec.VideoEncoderBuilder
-	Audio         codec.AudioEncoderBuilder
+	// Camera and Microphone select the devices: TestDevice, "" for the
+	// first real one, or part of a device's label (e.g. /dev/video0).
+	Camera, Microphone string
+	Video              codec.VideoEncoderBuilder
+	Audio              codec.AudioEncoderBuilder
 	// Stamp draws the capture time into each camera frame (see WriteStamp):
 	// for the simulated unit's glass-to-glass benchmark only.
 	Stamp bool
@@ -63,10 +66,11 @@ func (c *Capture) LoseDevice(k gate.Kind, err error) { c.fail[k].Store(&err) }
 
 func (c *Capture) injectVideo() video.TransformFunc {
 	return func(r video.Reader) video.Reader {
-		return video.ReaderFunc(func() (image.Image, func(), error) {
+		return video.ReaderFunc(func() (img image.Image, release func(), err error) {
 			if e := c.fail[gate.Video].Load(); e != nil {
 				return nil, func() {}, *e
 			}
+			defer driverPanic("camera", &release, &err)
 			return r.Read()
 		})
 	}
@@ -74,14 +78,29 @@ func (c *Capture) injectVideo() video.TransformFunc {
 
 func (c *Capture) injectAudio() audio.TransformFunc {
 	return func(r audio.Reader) audio.Reader {
-		return audio.ReaderFunc(func() (wave.Audio, func(), error) {
+		return audio.ReaderFunc(func() (a wave.Audio, release func(), err error) {
 			if e := c.fail[gate.Audio].Load(); e != nil {
 				return nil, func() {}, *e
 			}
+			defer driverPanic("microphone", &release, &err)
 			return r.Read()
 		})
 	}
 }
+
+// driverPanic turns a panic in a device driver's reader (mediadevices'
+// drivers panic on formats they cannot decode) into a read error: the
+// device is lost, the call ends with the reason and a fault, and the unit
+// keeps running.
+func driverPanic(device string, release *func(), err *error) {
+	if p := recover(); p != nil {
+		*release = func() {}
+		*err = fmt.Errorf("%s driver failed: %v: %w", device, p, ErrDriverFailed)
+	}
+}
+
+// ErrDriverFailed: a camera or microphone driver failed while reading.
+var ErrDriverFailed = errors.New("the device cannot be read (unsupported format?)")
 
 // track counts a video pipeline as reading from the encoder's first read on.
 // It must be the outermost transform: a read blocked on a shut gate counts.
@@ -121,17 +140,34 @@ func Open(cfg Config) (*Capture, error) {
 		mediadevices.WithVideoEncoders(cfg.Video),
 		mediadevices.WithAudioEncoders(cfg.Audio),
 	)
+	cam, err := pick("camera", cfg.Camera)
+	if err != nil {
+		return nil, err
+	}
+	mic, err := pick("microphone", cfg.Microphone)
+	if err != nil {
+		return nil, err
+	}
 	stream, err := mediadevices.GetUserMedia(mediadevices.MediaStreamConstraints{
 		Video: func(c *mediadevices.MediaTrackConstraints) {
-			c.Width = prop.Int(cfg.Width)
-			c.Height = prop.Int(cfg.Height)
+			c.DeviceID = prop.StringExact(cam.id)
+			// Exact: the privacy slate is made at this size, and the
+			// encoder takes no other.
+			c.Width = prop.IntExact(cfg.Width)
+			c.Height = prop.IntExact(cfg.Height)
 			c.FrameRate = prop.Float(cfg.FPS)
 		},
-		Audio: func(c *mediadevices.MediaTrackConstraints) {},
+		Audio: func(c *mediadevices.MediaTrackConstraints) {
+			c.DeviceID = prop.StringExact(mic.id)
+			// mediadevices' ALSA reader handles interleaved samples only
+			// (it panics on the others).
+			c.IsInterleaved = prop.BoolExact(true)
+		},
 		Codec: sel,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open camera and microphone: %w", err)
+		return nil, fmt.Errorf("open camera %q (%dx%d) and microphone %q: %w: check the camera supports that size (v4l2-ctl --list-formats-ext) and set conference.width/height to one it does",
+			cam.Label, cfg.Width, cfg.Height, mic.Label, err)
 	}
 	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
 	for _, t := range stream.GetVideoTracks() {

@@ -15,6 +15,7 @@ import (
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/farend"
 	"github.com/konsult/konsult/media/gate"
@@ -141,7 +142,8 @@ func startPublisher(t *testing.T, lk *farend.LiveKit, room string, n transport.N
 	conn, err := livekit.NewWHIP(livekit.Config{
 		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret,
 		Net: n, DisconnectGrace: grace,
-	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: vc, VideoBitRate: 1_000_000, AudioBitRate: 32_000},
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: vc, VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice},
 		g, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)

@@ -53,6 +53,9 @@ type Media struct {
 	VideoBitRate       int    // bits/s
 	AudioBitRate       int
 	Stamp              bool // draw the capture time into the picture (capture.Config.Stamp)
+	// Camera and Microphone select the devices (capture.Config): "test"
+	// for the simulated ones, "" for the first real one.
+	Camera, Microphone string
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit
@@ -207,7 +210,8 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join: audio encoder: %w", err)
 	}
-	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp})
+	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,
+		Camera: c.media.Camera, Microphone: c.media.Microphone})
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
