@@ -26,6 +26,8 @@ type status struct {
 	Pins    []pinState `json:"pins"`
 	Sim     *simStatus `json:"sim,omitempty"`
 	Media   *mediaOut  `json:"media,omitempty"`
+	// Fleet is the unit's view of its fleet; absent when the fleet is off.
+	Fleet *fleetStatus `json:"fleet,omitempty"`
 }
 
 // mediaOut is what the conference connector handed to its encoders.
@@ -50,7 +52,9 @@ type simStatus struct {
 	Media   simconf.Stats    `json:"media"`
 }
 
-func (u *unit) Status() any {
+func (u *unit) Status() any { return u.status() }
+
+func (u *unit) status() status {
 	s := status{Status: u.machine.Status(), Version: Version, Board: u.boardName()}
 	for _, r := range board.Roles() {
 		line := u.profile.Pins[r]

@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/konsult/konsult/hal/board"
+	"github.com/konsult/konsult/provisioning/link"
 )
 
 //go:embed default.toml
@@ -65,7 +68,27 @@ type Config struct {
 		JoinDelay Duration `toml:"join_delay"`
 		Stamp     bool     `toml:"stamp"`
 	} `toml:"sim"`
+	Fleet FleetConfig `toml:"fleet"`
 }
+
+// FleetConfig is the [fleet] section: how the unit reaches its fleet. The
+// identity and trust keys (device_id, groups, fleet_key, state_dir) come
+// from the unit's own config only: a fleet config cannot set them.
+type FleetConfig struct {
+	Enabled        bool     `toml:"enabled"`
+	Broker         string   `toml:"broker"`
+	CAFile         string   `toml:"ca_file"`
+	CertFile       string   `toml:"cert_file"`
+	KeyFile        string   `toml:"key_file"`
+	DeviceID       string   `toml:"device_id"`
+	Groups         []string `toml:"groups"`
+	FleetKey       string   `toml:"fleet_key"`
+	StateDir       string   `toml:"state_dir"`
+	ConfirmTimeout Duration `toml:"confirm_timeout"`
+}
+
+// localOnlyFleetKeys are the [fleet] keys a fleet config may not set.
+var localOnlyFleetKeys = []string{"enabled", "device_id", "groups", "fleet_key", "state_dir"}
 
 // Duration is a time.Duration written as "30ms", "2s".
 type Duration struct{ time.Duration }
@@ -86,24 +109,61 @@ func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil
 // loadConfig reads the embedded defaults, then the file at path (if any) over
 // them. Every error is one line that names the key and the fix.
 func loadConfig(path string) (*Config, error) {
+	local, err := readLocal(path)
+	if err != nil {
+		return nil, err
+	}
+	return local.effective(nil)
+}
+
+// localConfig is the unit's own config file, read once at start: the fleet's
+// effective config is laid over it for each change.
+type localConfig struct {
+	path string // "" for none
+	text string
+}
+
+func readLocal(path string) (localConfig, error) {
+	if path == "" {
+		return localConfig{}, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return localConfig{}, fmt.Errorf("read config: %w", err)
+	}
+	return localConfig{path: path, text: string(b)}, nil
+}
+
+// effective is the config roomd runs on: built-in defaults < the local file
+// < the fleet's effective config (TOML, nil or empty for none). A fleet
+// config is held to the same strict schema as the local file, and may not
+// set the unit's identity or trust keys.
+func (l localConfig) effective(fleetTOML []byte) (*Config, error) {
 	var c Config
 	if _, err := decodeStrict(defaultConfig, &c); err != nil {
 		return nil, fmt.Errorf("built-in defaults: %w", err)
 	}
-	if path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("read config: %w", err)
+	where := "built-in defaults"
+	if l.path != "" {
+		if _, err := decodeStrict(l.text, &c); err != nil {
+			return nil, fmt.Errorf("config %s: %w", l.path, err)
 		}
-		if _, err := decodeStrict(string(b), &c); err != nil {
-			return nil, fmt.Errorf("config %s: %w", path, err)
+		where = l.path
+	}
+	if len(fleetTOML) > 0 {
+		where = "fleet config"
+		md, err := decodeStrict(string(fleetTOML), &c)
+		if err != nil {
+			return nil, fmt.Errorf("fleet config: %w", err)
+		}
+		for _, k := range localOnlyFleetKeys {
+			if md.IsDefined("fleet", k) {
+				return nil, fmt.Errorf("fleet.%s can only be set in the unit's own config file, not by the fleet: remove it from the fleet config", k)
+			}
 		}
 	}
 	if err := c.validate(); err != nil {
-		if path == "" {
-			path = "built-in defaults"
-		}
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, fmt.Errorf("config %s: %w", where, err)
 	}
 	return &c, nil
 }
@@ -153,7 +213,53 @@ func (c *Config) validate() error {
 		intRange("conference.video_bitrate_kbps", c.Conference.VideoBitrateKbps, 100, 20000),
 		intRange("conference.audio_bitrate_kbps", c.Conference.AudioBitrateKbps, 6, 510),
 		oneOf("log.format", c.Log.Format, "text", "json"),
+		pos("fleet.confirm_timeout", c.Fleet.ConfirmTimeout, time.Second, time.Hour),
+		c.Fleet.validate(),
+		c.validatePins(),
 	)
+}
+
+// validatePins checks the board and pin roles as far as the config alone
+// can tell (a role on two pins, a role without a pin), so a fleet config
+// with such a mistake is refused rather than applied and rolled back.
+// Whether each line exists is up to the board, when the unit opens.
+func (c *Config) validatePins() error {
+	profile, err := board.Lookup(c.Unit.Board)
+	if err != nil {
+		return fmt.Errorf("unit.board: %w", err)
+	}
+	overrides := make(map[board.Role]string, len(c.Pins))
+	for k, v := range c.Pins {
+		overrides[board.Role(k)] = v
+	}
+	if profile, err = profile.With(overrides); err != nil {
+		return fmt.Errorf("[pins]: %w", err)
+	}
+	if miss := profile.Missing(); len(miss) > 0 {
+		return fmt.Errorf("[pins]: role %s has no pin: set it under [pins], e.g. %s = \"GPIO17\"", miss[0], miss[0])
+	}
+	return nil
+}
+
+func (f *FleetConfig) validate() error {
+	var errs []error
+	if f.DeviceID != "" {
+		if err := link.ValidName(f.DeviceID); err != nil {
+			errs = append(errs, fmt.Errorf("fleet.device_id: %w", err))
+		}
+	}
+	for _, g := range f.Groups {
+		if err := link.ValidName(g); err != nil {
+			errs = append(errs, fmt.Errorf("fleet.groups: %w", err))
+		}
+	}
+	if f.Broker != "" && f.DeviceID == "" {
+		errs = append(errs, errors.New("fleet.broker is set but fleet.device_id is not: set the unit's device id (the CN of its client certificate)"))
+	}
+	if f.Broker != "" && f.FleetKey == "" {
+		errs = append(errs, errors.New("fleet.broker is set but fleet.fleet_key is not: install the fleet's public key (fleet.pub) and point fleet_key at it"))
+	}
+	return errors.Join(errs...)
 }
 
 func intRange(key string, v, min, max int) error {

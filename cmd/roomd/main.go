@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -12,7 +13,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	if errors.Is(err, errRestart) {
+		// The fleet's reboot command: the service manager starts roomd
+		// again (exitRestart, documented in README.md).
+		fmt.Fprintln(os.Stderr, "roomd:", err)
+		os.Exit(exitRestart)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "roomd:", err)
 		os.Exit(1)
 	}

@@ -18,6 +18,7 @@ import (
 	"periph.io/x/host/v3"
 
 	"github.com/konsult/konsult/appliance"
+	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/hal/button"
@@ -56,28 +57,66 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		_, err := io.WriteString(stdout, defaultConfig)
 		return err
 	}
-	cfg, err := loadConfig(*configPath)
+	local, err := readLocal(*configPath)
 	if err != nil {
 		return err
 	}
-	if *socket != "" {
-		cfg.API.Socket = *socket
+	// The flags win over every config, the fleet's included.
+	override := func(c *Config) *Config {
+		if *socket != "" {
+			c.API.Socket = *socket
+		}
+		if *httpAddr == "off" {
+			c.API.HTTP = ""
+		} else if *httpAddr != "" {
+			c.API.HTTP = *httpAddr
+		}
+		if c.API.Socket == "" {
+			c.API.Socket = localapi.DefaultSocket()
+		}
+		return c
 	}
-	if *httpAddr == "off" {
-		cfg.API.HTTP = ""
-	} else if *httpAddr != "" {
-		cfg.API.HTTP = *httpAddr
+	effective := func(fleetTOML []byte) (*Config, error) {
+		c, err := local.effective(fleetTOML)
+		if err != nil {
+			return nil, err
+		}
+		return override(c), nil
 	}
-	if cfg.API.Socket == "" {
-		cfg.API.Socket = localapi.DefaultSocket()
+	cfg, err := effective(nil)
+	if err != nil {
+		return err
 	}
-	log := newLogger(cfg, stderr)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg, stderr, level)
 
-	u, err := openUnit(cfg, *simulate, log)
+	h := newHolder(log, level, *simulate)
+	fl, err := setupFleet(cfg, *simulate, log, stdout)
 	if err != nil {
 		return err
 	}
-	defer u.halt()
+	defer fl.close()
+	restart := make(chan struct{}, 1)
+	var agent *afleet.Agent
+	if fl != nil {
+		agent, err = fl.newAgent(cfg, effective, h, *simulate, restart)
+		if err != nil {
+			return err
+		}
+		h.fleet = func() *fleetStatus {
+			st := &fleetStatus{ReportedDoc: agent.Reported(), Connected: agent.Connected(), DemoKey: fl.demoKey}
+			if c, err := fl.connection(h.config()); err == nil {
+				st.Broker = c.Link.Broker
+			}
+			return st
+		}
+	} else if err := h.apply(cfg); err != nil {
+		return err
+	}
+	defer h.close()
+	// The API runs on the config roomd started with (api changes take
+	// effect at the next start).
+	cfg = h.config()
 
 	var listeners []net.Listener
 	ul, err := localapi.ListenUnix(cfg.API.Socket)
@@ -93,54 +132,74 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		listeners = append(listeners, hl)
 	}
-	srv := &http.Server{Handler: localapi.Handler(u, log), ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: localapi.Handler(h, log), ReadHeaderTimeout: 5 * time.Second}
 	for _, l := range listeners {
 		go func() { _ = srv.Serve(l) }()
 	}
 
-	runCtx, stopMachine := context.WithCancel(context.Background())
-	defer stopMachine()
-	machineDone := make(chan error, 1)
-	go func() { machineDone <- u.machine.Run(runCtx) }()
-	u.pumpButtons(runCtx)
-	if u.lk != nil {
-		// Name lookup and TLS to the conference server before any press.
-		go u.lk.KeepWarm(runCtx, 45*time.Second)
+	agentCtx, stopAgent := context.WithCancel(context.Background())
+	agentDone := make(chan error, 1)
+	if agent != nil {
+		go func() { agentDone <- agent.Run(agentCtx) }()
+	} else {
+		close(agentDone)
 	}
 
-	select {
-	case <-u.machine.Ready():
-	case <-ctx.Done():
-	}
 	addrs := make([]string, len(listeners))
 	for i, l := range listeners {
 		addrs[i] = l.Addr().String()
 	}
+	u := h.unit()
 	log.Info("ready", "version", Version, "board", u.boardName(), "sim", *simulate,
-		"api", strings.Join(addrs, ","), "startup", time.Since(start).Round(time.Microsecond).String())
+		"api", strings.Join(addrs, ","), "fleet", agent != nil, "startup", time.Since(start).Round(time.Microsecond).String())
 	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", u.boardName(), strings.Join(addrs, " "))
 
-	<-ctx.Done()
+	var result error
+	select {
+	case <-ctx.Done():
+	case <-restart:
+		log.Warn("restarting: the fleet asked for it")
+		result = errRestart
+	case err := <-agentDone:
+		if err != nil {
+			log.Error("fleet agent stopped; the unit keeps running without its fleet", "err", err)
+		}
+		<-ctx.Done()
+	}
 	log.Info("stopping: closing the shutter and leaving any call")
-	stopMachine()
-	runErr := <-machineDone
+	stopAgent()
+	if agent != nil {
+		if err := <-agentDone; err != nil {
+			log.Warn("fleet agent", "err", err)
+		}
+	}
+	u = h.unit()
+	runErr := h.close()
+	var st appliance.Status
+	if u != nil {
+		st = u.machine.Status()
+	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutCtx)
-	st := u.machine.Status()
 	attrs := []any{"shutter", st.Shutter, "led", st.LED, "gate_video", st.Gate.Video, "gate_audio", st.Gate.Audio}
-	if u.simBoard != nil {
+	if u != nil && u.simBoard != nil {
 		sh := u.simBoard.Shutter()
 		attrs = append(attrs, "sim_shutter", sh.Position, "sim_actuator", sh.Actuator.String())
 	}
 	log.Info("stopped", attrs...)
-	return runErr
+	if runErr != nil {
+		return runErr
+	}
+	return result
 }
 
-func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+// newLogger logs at level, which a fleet config can change while roomd runs.
+func newLogger(cfg *Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
 	var lvl slog.Level
 	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: lvl}
+	level.Set(lvl)
+	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

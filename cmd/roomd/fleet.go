@@ -1,0 +1,248 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/provisioning/broker"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+// Demo fleet identity in --sim when no broker is configured.
+const (
+	demoDevice = "sim-unit"
+	demoGroup  = "demo"
+	demoPort   = "127.0.0.1:1883"
+)
+
+// exitRestart is roomd's exit status when the fleet's reboot command asks a
+// real unit to restart: the service manager (systemd Restart=always) starts
+// it again. In --sim the unit restarts inside the process instead.
+const exitRestart = 75
+
+// errRestart asks main to exit with exitRestart.
+var errRestart = errors.New("restart requested by the fleet")
+
+// fleetStatus is the fleet part of the local API's status.
+type fleetStatus struct {
+	afleet.ReportedDoc
+	Connected bool   `json:"connected"`
+	Broker    string `json:"broker"`
+	// DemoKey is the demo fleet's signing key in --sim, for fleetctl.
+	DemoKey string `json:"demo_key,omitempty"`
+}
+
+// fleetSetup is what the unit's own config fixes about its fleet: identity,
+// pinned key, state, and in --sim the demo broker.
+type fleetSetup struct {
+	device   string
+	groups   []string
+	stateDir string
+	keys     []ed25519.PublicKey
+	demo     *broker.Broker
+	demoKey  string // path of the demo's signing key
+	log      *slog.Logger
+}
+
+// defaultStateDir is where a unit keeps its fleet state unless
+// fleet.state_dir says otherwise. The --sim demo keeps it next to its API
+// socket, so each simulated unit (and each test) has its own.
+func defaultStateDir(simulate bool, socket string) string {
+	if simulate {
+		return filepath.Join(filepath.Dir(socket), "sim-fleet")
+	}
+	return "/var/lib/konsult/fleet"
+}
+
+// setupFleet resolves the fleet from the local config; nil means the fleet
+// is off. In --sim without a broker it starts the embedded demo broker and
+// makes a demo fleet key pair, so fleetctl works out of the box.
+func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer) (*fleetSetup, error) {
+	f := local.Fleet
+	if !f.Enabled {
+		log.Info("fleet off (fleet.enabled = false)")
+		return nil, nil
+	}
+	if f.Broker == "" && !simulate {
+		log.Info("fleet off: no fleet.broker configured")
+		return nil, nil
+	}
+	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: f.StateDir, log: log}
+	if s.stateDir == "" {
+		s.stateDir = defaultStateDir(simulate, local.API.Socket)
+	}
+	keyFile := f.FleetKey
+	if f.Broker == "" {
+		if err := s.startDemo(stdout); err != nil {
+			return nil, err
+		}
+		if s.device == "" {
+			s.device = demoDevice
+		}
+		if len(s.groups) == 0 {
+			s.groups = []string{demoGroup}
+		}
+		if keyFile == "" {
+			keyFile = filepath.Join(s.stateDir, "demo", "fleet.pub")
+		}
+	}
+	if keyFile == "" {
+		return nil, errors.New("fleet: no fleet.fleet_key: point it at the fleet's public key (fleet.pub from fleetctl keygen)")
+	}
+	keys, err := fleet.LoadPublicKeys(keyFile)
+	if err != nil {
+		s.close()
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	s.keys = keys
+	return s, nil
+}
+
+// startDemo starts the embedded broker (127.0.0.1:1883, or a free loopback
+// port if that is taken) and writes the demo fleet's keys and a fleetctl
+// settings file under <state>/demo.
+func (s *fleetSetup) startDemo(stdout io.Writer) error {
+	b, err := broker.Start(demoPort)
+	if err != nil {
+		if b, err = broker.Start("127.0.0.1:0"); err != nil {
+			return fmt.Errorf("fleet demo: %w", err)
+		}
+	}
+	s.demo = b
+	dir := filepath.Join(s.stateDir, "demo")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		s.close()
+		return fmt.Errorf("fleet demo: %w", err)
+	}
+	s.demoKey = filepath.Join(dir, "fleet.key")
+	priv, err := fleet.LoadPrivateKey(s.demoKey)
+	if errors.Is(err, os.ErrNotExist) {
+		_, priv, err = ed25519.GenerateKey(rand.Reader)
+		if err == nil {
+			err = writeFileAtomic(s.demoKey, fleet.FormatPrivateKey(priv), 0o600)
+		}
+	}
+	if err != nil {
+		s.close()
+		return fmt.Errorf("fleet demo key: %w: delete %s to make a new one", err, dir)
+	}
+	pub := priv.Public().(ed25519.PublicKey)
+	if err := writeFileAtomic(filepath.Join(dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
+		s.close()
+		return fmt.Errorf("fleet demo: %w", err)
+	}
+	settings := filepath.Join(dir, "fleetctl.toml")
+	text := fmt.Sprintf("# fleetctl settings for the roomd --sim demo (written by roomd)\nbroker = %q\n", b.URL())
+	if err := writeFileAtomic(settings, []byte(text), 0o600); err != nil {
+		s.close()
+		return fmt.Errorf("fleet demo: %w", err)
+	}
+	fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", b.URL(), s.demoKey, settings)
+	return nil
+}
+
+func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, mode); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, mode); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func (s *fleetSetup) close() {
+	if s != nil && s.demo != nil {
+		if err := s.demo.Close(); err != nil {
+			s.log.Warn("fleet demo broker", "err", err)
+		}
+		s.demo = nil
+	}
+}
+
+// connection is how the unit reaches its fleet under cfg: the broker and
+// certificates may come from a fleet config, the identity never does.
+func (s *fleetSetup) connection(cfg *Config) (afleet.Connection, error) {
+	brokerURL := cfg.Fleet.Broker
+	if brokerURL == "" {
+		if s.demo == nil {
+			return afleet.Connection{}, errors.New("fleet.broker is empty: a fleet config cannot switch the fleet off")
+		}
+		brokerURL = s.demo.URL()
+	}
+	return afleet.Connection{
+		Link: link.Options{
+			Broker:   brokerURL,
+			CAFile:   cfg.Fleet.CAFile,
+			CertFile: cfg.Fleet.CertFile,
+			KeyFile:  cfg.Fleet.KeyFile,
+			DeviceID: s.device,
+			Groups:   s.groups,
+			StoreDir: filepath.Join(s.stateDir, "link"),
+			Logger:   s.log,
+		},
+		ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration,
+	}, nil
+}
+
+// newAgent starts the fleet agent, which brings the unit up (through h) on
+// the stored fleet config laid over cfg's local settings.
+func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, error), h *holder, simulate bool, restart chan<- struct{}) (*afleet.Agent, error) {
+	conn, err := s.connection(local)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	reboot := func() {
+		if simulate {
+			s.log.Warn("reboot command: restarting the simulated unit in-process")
+			if err := h.restart(); err != nil {
+				s.log.Error("restarting the simulated unit", "err", err)
+			}
+			return
+		}
+		select {
+		case restart <- struct{}{}:
+		default:
+		}
+	}
+	a, err := afleet.New(afleet.Options{
+		StateDir:   s.stateDir,
+		Keys:       s.keys,
+		Connection: conn,
+		ConnectionFor: func(eff []byte) (afleet.Connection, error) {
+			c, err := effective(eff)
+			if err != nil {
+				return afleet.Connection{}, err
+			}
+			return s.connection(c)
+		},
+		Validate: func(eff []byte) error {
+			_, err := effective(eff)
+			return err
+		},
+		Apply: func(eff []byte) error {
+			c, err := effective(eff)
+			if err != nil {
+				return err
+			}
+			return h.apply(c)
+		},
+		Appliance: fleetAppliance{h},
+		Reboot:    reboot,
+		Version:   Version,
+		Logger:    s.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
