@@ -159,9 +159,6 @@ func Open(cfg Config) (*Capture, error) {
 		},
 		Audio: func(c *mediadevices.MediaTrackConstraints) {
 			c.DeviceID = prop.StringExact(mic.id)
-			// mediadevices' ALSA reader handles interleaved samples only
-			// (it panics on the others).
-			c.IsInterleaved = prop.BoolExact(true)
 		},
 		Codec: sel,
 	})
