@@ -14,6 +14,7 @@ import (
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/simconf"
 )
@@ -260,10 +261,49 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 		for _, ch := range u.lk.Encoders() {
 			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
 		}
+		out = append(out, deviceChecks(u.simBoard != nil, u.cfg.Conference.Camera, u.cfg.Conference.Microphone)...)
 	case u.simConf != nil:
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
 	default:
 		out = append(out, localapi.Check{Name: "conference", OK: false, Detail: "no conference server configured", Fix: "add a [conference] section to the config"})
+	}
+	return out
+}
+
+// deviceChecks says which camera and microphone a join would open, from
+// what the unit can see now.
+func deviceChecks(simulated bool, camera, microphone string) []localapi.Check {
+	var out []localapi.Check
+	devs := capture.Devices()
+	for _, want := range []struct{ kind, sel string }{{"camera", camera}, {"microphone", microphone}} {
+		if simulated {
+			want.sel = capture.TestDevice
+		}
+		var found []string
+		for _, d := range devs {
+			if d.Kind == want.kind && d.Test == (want.sel == capture.TestDevice) {
+				found = append(found, d.Label)
+			}
+		}
+		c := localapi.Check{Name: want.kind}
+		switch {
+		case want.sel == capture.TestDevice:
+			c.OK, c.Detail = true, "the simulated "+want.kind+" (test driver)"
+		case len(found) == 0:
+			c.Detail = "none found"
+			c.Fix = map[string]string{
+				"camera":     "plug in a USB (UVC) camera or enable the camera module; check /dev/video* and that roomd's user is in group video",
+				"microphone": "plug in a microphone; check `arecord -l` and that roomd's user is in group audio",
+			}[want.kind]
+		default:
+			c.OK = true
+			sel := want.sel
+			if sel == "" {
+				sel = "the first found"
+			}
+			c.Detail = fmt.Sprintf("found %s; conference.%s selects %s", strings.Join(found, ", "), want.kind, sel)
+		}
+		out = append(out, c)
 	}
 	return out
 }

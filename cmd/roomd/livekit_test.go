@@ -198,3 +198,45 @@ func TestCameraLostMidCall(t *testing.T) {
 	u.press("join")
 	u.waitFor("in_call again", 20*time.Second, isState(appliance.InCall))
 }
+
+// doctor shows which encoders and devices a join would use: in --sim the
+// test camera and microphone; on a unit, what it found or what to do.
+func TestDoctorShowsEncodersAndDevices(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	u := startUnit(t, livekitConfig(lk, "doc-room", ""))
+	checks, err := u.api.Doctor(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, c := range checks {
+		got[c.Name] = c.Detail
+	}
+	for name, want := range map[string]string{
+		"encoder video": "openh264",
+		"camera":        "simulated camera",
+		"microphone":    "simulated microphone",
+	} {
+		if !strings.Contains(got[name], want) {
+			t.Errorf("doctor %q = %q, want it to mention %q", name, got[name], want)
+		}
+	}
+	// On a unit with no camera attached (this machine), doctor says so and what to do.
+	for _, c := range deviceChecks(false, "", "") {
+		if c.Name == "camera" && c.OK != (len(capture.Devices()) > 0 && hasRealCamera()) {
+			t.Errorf("camera check %+v disagrees with the devices found", c)
+		}
+		if c.Name == "camera" && !c.OK && !strings.Contains(c.Fix, "/dev/video") {
+			t.Errorf("no camera, but the fix does not say where to look: %+v", c)
+		}
+	}
+}
+
+func hasRealCamera() bool {
+	for _, d := range capture.Devices() {
+		if d.Kind == "camera" && !d.Test {
+			return true
+		}
+	}
+	return false
+}

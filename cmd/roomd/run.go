@@ -276,6 +276,10 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 	case c.Connector == "livekit-whip":
 		if simulate {
 			c.Camera, c.Microphone = capture.TestDevice, capture.TestDevice
+			if c.Width != 640 || c.Height != 480 {
+				log.Info("--sim: the test camera is 640x480 only; conference.width/height apply to a real camera", "configured", fmt.Sprintf("%dx%d", c.Width, c.Height))
+			}
+			c.Width, c.Height = 640, 480
 		}
 		u.lk, err = livekit.NewWHIP(livekit.Config{
 			URL: c.URL, Room: c.Room, Identity: c.Identity,
