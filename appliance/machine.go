@@ -244,6 +244,10 @@ func (m *Machine) Run(ctx context.Context) error {
 	for {
 		select {
 		case in := <-m.in:
+			if p, ok := in.(inPing); ok {
+				close(p.done)
+				continue
+			}
 			m.apply(m.core.handle(in))
 			m.snapshot()
 		case <-ctx.Done():

@@ -153,6 +153,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("ready", "version", Version, "board", u.boardName(), "sim", *simulate,
 		"api", strings.Join(addrs, ","), "fleet", agent != nil, "startup", time.Since(start).Round(time.Microsecond).String())
 	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", u.boardName(), strings.Join(addrs, " "))
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("could not tell systemd that roomd is ready", "err", err)
+	}
+	if p := watchdogPeriod(); p > 0 {
+		go feedWatchdog(ctx, p, h.alive, sdNotify, log)
+	}
 
 	var result error
 	select {
@@ -167,6 +173,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		<-ctx.Done()
 	}
 	log.Info("stopping: closing the shutter and leaving any call")
+	_ = sdNotify("STOPPING=1")
 	stopAgent()
 	if agent != nil {
 		if err := <-agentDone; err != nil {
