@@ -1,5 +1,8 @@
 // Command fleetctl is the fleet manager's tool: fleet keys, signed configs
-// and commands. See README.md ("Fleet").
+// and commands, and over the fleet's MQTT broker: push a config and see who
+// applied it, status of every unit, live events, commands. See README.md
+// ("Fleet") and fleetctl COMMAND --help; the broker settings are described
+// at brokerSettings.
 package main
 
 import (

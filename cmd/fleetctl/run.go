@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,13 +19,18 @@ type subcommand struct {
 	args    string // synopsis after the name, for usage
 	summary string
 	run     func(ctx context.Context, env *cmdEnv, args []string) error
+	notes   string // more help after the summary
 }
 
 func subcommands() []subcommand {
 	return []subcommand{
-		{"keygen", "--out DIR [--force]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen},
-		{"sign", "--key FILE (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign},
-		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now", signCommand},
+		{"keygen", "--out DIR [--force]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen, ""},
+		{"sign", "--key FILE (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign, ""},
+		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now", signCommand, ""},
+		{"push", "--key FILE (--device ID | --group NAME) --version N [--urgent] [--expires 168h] [--wait 30s] [--json] CONFIG.toml | push --envelope FILE", "sign and publish a config, then wait for the units to apply or refuse it", push, pushNotes},
+		{"status", "[--group NAME] [--json]", "list the units: online, call state, config versions, software version, last seen", status, brokerNotes},
+		{"watch", "[--device ID | --group NAME] [--type T[,T]] [--count N] [--for D] [--json]", "print the units' events as they happen", watch, watchNotes},
+		{"cmd", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }
 
@@ -32,13 +38,17 @@ func subcommands() []subcommand {
 type cmdEnv struct {
 	stdout, stderr io.Writer
 	now            func() time.Time
+	// log reports trouble along the way (a lost broker connection) on
+	// stderr; results go to stdout. Nothing secret is ever logged: no key,
+	// no config.
+	log *slog.Logger
 }
 
 // now is the signing clock; tests replace it.
 var now = time.Now
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	env := &cmdEnv{stdout: stdout, stderr: stderr, now: now}
+	env := &cmdEnv{stdout: stdout, stderr: stderr, now: now, log: cliLogger(stderr)}
 	if len(args) == 0 {
 		usage(stderr)
 		return errors.New("no command given: see fleetctl --help")
@@ -55,6 +65,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return fmt.Errorf("unknown command %q: see fleetctl --help", name)
+}
+
+// cliLogger logs warnings as "fleetctl: warning: msg key=value" lines: a
+// person reads them, so no timestamps or levels beyond that.
+func cliLogger(w io.Writer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: slog.LevelWarn,
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && (a.Key == slog.TimeKey || a.Key == slog.LevelKey) {
+				return slog.Attr{}
+			}
+			if len(groups) == 0 && a.Key == slog.MessageKey {
+				return slog.String(slog.MessageKey, "fleetctl: warning: "+a.Value.String())
+			}
+			return a
+		},
+	}))
 }
 
 func usage(w io.Writer) {
@@ -109,10 +136,40 @@ func parseFlags(fs *flag.FlagSet, env *cmdEnv, args []string) ([]string, error) 
 func printFlagUsage(fs *flag.FlagSet, w io.Writer) {
 	for _, c := range subcommands() {
 		if c.name == fs.Name() {
-			fmt.Fprintf(w, "usage: fleetctl %s %s\n\n%s.\n\nFlags:\n", c.name, c.args, strings.ToUpper(c.summary[:1])+c.summary[1:])
+			fmt.Fprintf(w, "usage: fleetctl %s %s\n\n%s.\n", c.name, c.args, strings.ToUpper(c.summary[:1])+c.summary[1:])
+			if c.notes != "" {
+				fmt.Fprintf(w, "\n%s", c.notes)
+			}
+			fmt.Fprint(w, "\nFlags:\n")
 		}
 	}
 	fs.SetOutput(w)
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 }
+
+const brokerNotes = `The broker connection comes from --broker/--ca/--cert/--cert-key, else
+FLEETCTL_BROKER/_CA/_CERT/_CERT_KEY, else ~/.config/konsult/fleetctl.toml
+(or --config FILE) with the keys broker, ca, cert, cert_key, prefix; paths
+in the file are relative to it. --cert is the fleet manager's certificate
+(CN fleet-admin); --key is always the fleet signing key.
+`
+
+const pushNotes = `The units of a group are those whose retained reported state lists it.
+The table shows per unit: applied, deferred (in a call; applies when it
+ends), rejected with the unit's reason, rolled back, offline, never seen, or
+no answer. Exit status 0 only if every unit applied it (or deferred it).
+A version not above what the broker holds or a unit runs is refused before
+publishing.
+
+` + brokerNotes
+
+const watchNotes = `One line per event: time, unit, type, data fields. QoS 1 duplicates (same
+event id) are dropped. Runs until interrupted, --count or --for.
+
+` + brokerNotes
+
+const cmdNotes = `Waits for each unit's command_done or command_refused. Exit status 0 only
+if every unit carried it out.
+
+` + brokerNotes

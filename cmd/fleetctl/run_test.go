@@ -220,7 +220,7 @@ func TestSignCommand(t *testing.T) {
 
 func TestHelpAndUnknownCommand(t *testing.T) {
 	out := mustRun(t, "--help")
-	for _, c := range []string{"keygen", "sign", "sign-command"} {
+	for _, c := range []string{"keygen", "sign", "sign-command", "push", "status", "watch", "cmd"} {
 		if !strings.Contains(out, c) {
 			t.Errorf("usage does not list %s", c)
 		}
@@ -229,7 +229,13 @@ func TestHelpAndUnknownCommand(t *testing.T) {
 	if !strings.Contains(out, "-seconds") || !strings.Contains(out, "usage: fleetctl sign-command") {
 		t.Errorf("sign-command --help:\n%s", out)
 	}
-	if _, _, err := fleetctl(t, "push"); err == nil || !strings.Contains(err.Error(), "fleetctl --help") {
+	for _, c := range []string{"push", "status", "watch", "cmd"} {
+		out := mustRun(t, c, "--help")
+		if !strings.Contains(out, "usage: fleetctl "+c) || !strings.Contains(out, "-broker") || !strings.Contains(out, "-json") {
+			t.Errorf("%s --help:\n%s", c, out)
+		}
+	}
+	if _, _, err := fleetctl(t, "frobnicate"); err == nil || !strings.Contains(err.Error(), "fleetctl --help") {
 		t.Errorf("unknown command: %v", err)
 	}
 	if _, _, err := fleetctl(t); err == nil {

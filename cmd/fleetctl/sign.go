@@ -52,51 +52,64 @@ func sign(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign: give exactly one config file: fleetctl sign --key fleet.key --device ID --version N config.toml")
 	}
-	if *keyPath == "" {
-		return errors.New("sign: --key is required: the fleet.key written by fleetctl keygen")
-	}
-	target, err := tf.target("sign")
+	e, p, err := signConfigFile(env, "sign", *keyPath, tf, *version, *expires, *urgent, pos[0])
 	if err != nil {
 		return err
-	}
-	if *version == "" {
-		return errors.New("sign: --version is required: one above the last version published for this target")
-	}
-	v, err := strconv.ParseUint(*version, 10, 64)
-	if err != nil || v == 0 {
-		return fmt.Errorf("sign: --version %q is not a whole number of 1 or more: versions start at 1 and only go up", *version)
-	}
-	if *expires <= 0 {
-		return errors.New("sign: --expires must be positive, e.g. 168h")
-	}
-	cfg, err := os.ReadFile(pos[0])
-	if err != nil {
-		return fmt.Errorf("sign: read config: %w", err)
-	}
-	if _, err := fleet.ParseTOML(cfg); err != nil {
-		return fmt.Errorf("sign: %s: %w: fix it and sign again", pos[0], err)
-	}
-	priv, err := fleet.LoadPrivateKey(*keyPath)
-	if err != nil {
-		return fmt.Errorf("sign: %w", err)
-	}
-	issued := env.now().UTC().Truncate(time.Second)
-	e, err := fleet.SignConfig(priv, fleet.ConfigPayload{
-		Version:   v,
-		IssuedAt:  issued,
-		ExpiresAt: issued.Add(*expires),
-		Target:    target,
-		Urgent:    *urgent,
-		Config:    string(cfg),
-	})
-	if err != nil {
-		return fmt.Errorf("sign: %w", err)
 	}
 	if err := emit(env, *out, e); err != nil {
 		return fmt.Errorf("sign: %w", err)
 	}
-	fmt.Fprintf(env.stderr, "signed version %d for %s with key %s, expires %s\n", v, target, e.KeyID, issued.Add(*expires).Format(time.RFC3339))
+	fmt.Fprintf(env.stderr, "signed version %d for %s with key %s, expires %s\n", p.Version, p.Target, e.KeyID, p.ExpiresAt.Format(time.RFC3339))
 	return nil
+}
+
+// signConfigFile checks and signs a config file the way sign and push both
+// do; cmd prefixes the errors.
+func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version string, expires time.Duration, urgent bool, path string) (fleet.Envelope, fleet.ConfigPayload, error) {
+	var p fleet.ConfigPayload
+	if keyPath == "" {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --key is required: the fleet.key written by fleetctl keygen", cmd)
+	}
+	target, err := tf.target(cmd)
+	if err != nil {
+		return fleet.Envelope{}, p, err
+	}
+	if version == "" {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --version is required: one above the last version published for this target", cmd)
+	}
+	v, err := strconv.ParseUint(version, 10, 64)
+	if err != nil || v == 0 {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --version %q is not a whole number of 1 or more: versions start at 1 and only go up", cmd, version)
+	}
+	if expires <= 0 {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --expires must be positive, e.g. 168h", cmd)
+	}
+	cfg, err := os.ReadFile(path)
+	if err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: read config: %w", cmd, err)
+	}
+	if _, err := fleet.ParseTOML(cfg); err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %s: %w: fix it and sign again", cmd, path, err)
+	}
+	priv, err := fleet.LoadPrivateKey(keyPath)
+	if err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
+	}
+	issued := env.now().UTC().Truncate(time.Second)
+	p = fleet.ConfigPayload{
+		Version:   v,
+		IssuedAt:  issued,
+		ExpiresAt: issued.Add(expires),
+		Target:    target,
+		Urgent:    urgent,
+		Config:    string(cfg),
+	}
+	e, err := fleet.SignConfig(priv, p)
+	if err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
+	}
+	p.Kind = fleet.KindConfig
+	return e, p, nil
 }
 
 func signCommand(_ context.Context, env *cmdEnv, args []string) error {
@@ -113,40 +126,55 @@ func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign-command: give exactly one command name: join, leave, identify, reboot or report-now")
 	}
-	if *keyPath == "" {
-		return errors.New("sign-command: --key is required: the fleet.key written by fleetctl keygen")
-	}
-	target, err := tf.target("sign-command")
+	e, p, err := signCommandArgs(env, "sign-command", *keyPath, tf, pos[0], fs, *seconds, *expires)
 	if err != nil {
 		return err
-	}
-	if *expires <= 0 {
-		return errors.New("sign-command: --expires must be positive, e.g. 5m")
-	}
-	p := fleet.CommandPayload{Name: pos[0], Target: target}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "seconds" {
-			p.Args = map[string]json.RawMessage{"seconds": json.RawMessage(strconv.Itoa(*seconds))}
-		}
-	})
-	if _, err := fleet.ValidateCommand(p.Name, p.Args); err != nil {
-		return fmt.Errorf("sign-command: %w", err)
-	}
-	priv, err := fleet.LoadPrivateKey(*keyPath)
-	if err != nil {
-		return fmt.Errorf("sign-command: %w", err)
-	}
-	p.IssuedAt = env.now().UTC().Truncate(time.Second)
-	p.ExpiresAt = p.IssuedAt.Add(*expires)
-	e, err := fleet.SignCommand(priv, p)
-	if err != nil {
-		return fmt.Errorf("sign-command: %w", err)
 	}
 	if err := emit(env, *out, e); err != nil {
 		return fmt.Errorf("sign-command: %w", err)
 	}
-	fmt.Fprintf(env.stderr, "signed command %s for %s with key %s, expires %s\n", p.Name, target, e.KeyID, p.ExpiresAt.Format(time.RFC3339))
+	fmt.Fprintf(env.stderr, "signed command %s for %s with key %s, expires %s\n", p.Name, p.Target, e.KeyID, p.ExpiresAt.Format(time.RFC3339))
 	return nil
+}
+
+// signCommandArgs checks and signs a command the way sign-command and cmd
+// both do; --seconds counts only if it was given on fs.
+func signCommandArgs(env *cmdEnv, cmd, keyPath string, tf targetFlags, name string, fs *flag.FlagSet, seconds int, expires time.Duration) (fleet.Envelope, fleet.CommandPayload, error) {
+	p := fleet.CommandPayload{Name: name}
+	if keyPath == "" {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --key is required: the fleet.key written by fleetctl keygen", cmd)
+	}
+	target, err := tf.target(cmd)
+	if err != nil {
+		return fleet.Envelope{}, p, err
+	}
+	p.Target = target
+	if expires <= 0 {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: --expires must be positive, e.g. 5m", cmd)
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "seconds" {
+			p.Args = map[string]json.RawMessage{"seconds": json.RawMessage(strconv.Itoa(seconds))}
+		}
+	})
+	if _, err := fleet.ValidateCommand(p.Name, p.Args); err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
+	}
+	priv, err := fleet.LoadPrivateKey(keyPath)
+	if err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
+	}
+	p.IssuedAt = env.now().UTC().Truncate(time.Second)
+	p.ExpiresAt = p.IssuedAt.Add(expires)
+	// The nonce is chosen here rather than inside SignCommand so that the
+	// sender knows it: units name it in their command results.
+	p.Nonce = fleet.NewNonce()
+	e, err := fleet.SignCommand(priv, p)
+	if err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
+	}
+	p.Kind = fleet.KindCommand
+	return e, p, nil
 }
 
 // emit writes the envelope JSON and a newline to path, or stdout if path is

@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+// fleetMsg is one message fleetctl received.
+type fleetMsg struct {
+	Kind     link.Kind
+	Unit     string // device id, or group name for group topics
+	Topic    string
+	Payload  []byte
+	Retained bool
+	sync     string // set on fleetctl's own sync marker
+}
+
+// fleetClient is the fleet manager's MQTT connection: a clean session (the
+// fleet's state is in retained topics, so there is nothing to resume) that
+// resubscribes after a reconnect and hands every message, in the order the
+// broker sent it, to Next.
+type fleetClient struct {
+	c       mqtt.Client
+	topics  link.Topics
+	host    string
+	filters map[string]byte
+	syncTop string
+	log     *slog.Logger
+
+	mu    sync.Mutex
+	queue []fleetMsg
+	wake  chan struct{} // a message was queued
+	first chan error    // the first connect's outcome
+	once  sync.Once
+}
+
+// connectTimeout bounds the first connection; a broker that does not answer
+// in this time is down or unreachable, and saying so beats hanging.
+const connectTimeout = 10 * time.Second
+
+// syncTimeout bounds Sync; a variable so tests can shorten it.
+var syncTimeout = 10 * time.Second
+
+// dialFleet connects as the fleet manager and subscribes to filters.
+func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters ...string) (*fleetClient, error) {
+	host, useTLS, err := brokerAddr(s.Broker)
+	if err != nil {
+		return nil, err
+	}
+	var tlsConf *tls.Config
+	if useTLS {
+		if tlsConf, err = adminTLS(s); err != nil {
+			return nil, err
+		}
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	id := "fleetctl-" + hex.EncodeToString(rnd[:])
+	fc := &fleetClient{
+		topics:  link.Topics{Prefix: s.Prefix},
+		host:    host,
+		filters: map[string]byte{},
+		log:     log,
+		wake:    make(chan struct{}, 1),
+		first:   make(chan error, 1),
+	}
+	// The sync marker travels on a topic of fleetctl's own under the fleet
+	// prefix (which the fleet manager's ACL covers) and only this client
+	// subscribes to it.
+	fc.syncTop = s.Prefix + "/fleetctl/" + id + "/sync"
+	for _, f := range append(filters, fc.syncTop) {
+		fc.filters[f] = 1
+	}
+
+	o := mqtt.NewClientOptions()
+	o.AddBroker("tcp://" + host)
+	o.SetCustomOpenConnectionFn(func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
+		dctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		defer cancel()
+		if tlsConf == nil {
+			var d net.Dialer
+			return d.DialContext(dctx, "tcp", host)
+		}
+		d := tls.Dialer{Config: tlsConf}
+		return d.DialContext(dctx, "tcp", host)
+	})
+	o.SetClientID(id)
+	o.SetProtocolVersion(4)
+	o.SetCleanSession(true)
+	// In order: the sync marker must come after the retained messages the
+	// broker sent before it.
+	o.SetOrderMatters(true)
+	o.SetConnectTimeout(connectTimeout)
+	o.SetKeepAlive(30 * time.Second)
+	o.SetAutoReconnect(true)
+	o.SetMaxReconnectInterval(5 * time.Second)
+	o.SetDefaultPublishHandler(fc.onMessage)
+	o.SetOnConnectHandler(fc.onConnect)
+	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+		fc.log.Warn("connection to the fleet broker lost, reconnecting", "broker", host, "err", err)
+	})
+	fc.c = mqtt.NewClient(o)
+
+	tok := fc.c.Connect()
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		fc.c.Disconnect(0)
+		return nil, fmt.Errorf("broker %s: %w", host, ctx.Err())
+	}
+	if err := tok.Error(); err != nil {
+		return nil, fmt.Errorf("cannot connect to the fleet broker %s: %w: %s", host, err, connectHint(err))
+	}
+	select {
+	case err = <-fc.first:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		fc.c.Disconnect(0)
+		return nil, fmt.Errorf("fleet broker %s: %w", host, err)
+	}
+	return fc, nil
+}
+
+// connectHint turns the usual ways a fleet manager's connection fails into
+// the fix.
+func connectHint(err error) string {
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var opErr *net.OpError
+	switch {
+	case errors.As(err, &unknownCA):
+		return "--ca is not the CA that signed the broker's certificate"
+	case errors.As(err, &hostErr):
+		return "the broker's certificate is not for this host name: use the name it was issued for"
+	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
+		return "the broker refused the client certificate: use the fleet manager's certificate (CN fleet-admin) issued by the fleet CA"
+	case errors.As(err, &opErr):
+		return "is the broker running and is --broker right?"
+	}
+	return "check --broker, --ca, --cert and --cert-key"
+}
+
+func adminTLS(s *brokerSettings) (*tls.Config, error) {
+	pem, err := os.ReadFile(s.CA)
+	if err != nil {
+		return nil, fmt.Errorf("fleet CA (--ca): %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("fleet CA %s holds no PEM certificate: give the fleet CA's .crt file", s.CA)
+	}
+	if fi, err := os.Stat(s.CertKey); err != nil {
+		return nil, fmt.Errorf("client key (--cert-key): %w", err)
+	} else if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("client key %s has mode %04o, readable by others: run chmod 600 %s", s.CertKey, perm, s.CertKey)
+	}
+	cert, err := tls.LoadX509KeyPair(s.Cert, s.CertKey)
+	if err != nil {
+		return nil, fmt.Errorf("client certificate (--cert, --cert-key): %w", err)
+	}
+	return &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (fc *fleetClient) onConnect(c mqtt.Client) {
+	err := fc.subscribe(c)
+	first := false
+	fc.once.Do(func() { first = true; fc.first <- err })
+	if err != nil && !first { // the first one is dialFleet's error
+		fc.log.Warn("fleet broker", "err", err)
+	}
+}
+
+func (fc *fleetClient) subscribe(c mqtt.Client) error {
+	tok := c.SubscribeMultiple(fc.filters, nil)
+	// paho runs this in a goroutine of its own, so waiting here does not
+	// hold up the messages that follow the SUBACK.
+	if !tok.WaitTimeout(connectTimeout) {
+		return errors.New("no SUBACK from the broker")
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		for topic, code := range st.Result() {
+			if code == 0x80 {
+				return fmt.Errorf("the broker refused a subscription to %s: use the fleet manager's certificate (CN fleet-admin), which the ACL lets read the whole tree", topic)
+			}
+		}
+	}
+	return nil
+}
+
+// onMessage queues without blocking: with ordered delivery paho's reader
+// waits for this handler, and a blocked reader would never see the PUBACK
+// a publisher is waiting for.
+func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
+	msg := fleetMsg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained()}
+	if msg.Topic == fc.syncTop {
+		msg.sync = string(msg.Payload)
+	} else {
+		k, name, ok := fc.topics.Parse(msg.Topic)
+		if !ok {
+			return
+		}
+		msg.Kind, msg.Unit = k, name
+	}
+	fc.mu.Lock()
+	fc.queue = append(fc.queue, msg)
+	fc.mu.Unlock()
+	select {
+	case fc.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Next returns the next message, waiting for one until ctx ends.
+func (fc *fleetClient) Next(ctx context.Context) (fleetMsg, error) {
+	for {
+		fc.mu.Lock()
+		if len(fc.queue) > 0 {
+			m := fc.queue[0]
+			fc.queue[0] = fleetMsg{}
+			fc.queue = fc.queue[1:]
+			fc.mu.Unlock()
+			return m, nil
+		}
+		fc.mu.Unlock()
+		select {
+		case <-fc.wake:
+		case <-ctx.Done():
+			return fleetMsg{}, ctx.Err()
+		}
+	}
+}
+
+// Sync hands every message to handle until the broker has delivered all
+// retained messages of the subscriptions. MQTT has no "end of retained"
+// marker; a message fleetctl publishes to itself after subscribing arrives
+// after them, because a broker delivers one session's messages in order.
+func (fc *fleetClient) Sync(ctx context.Context, handle func(fleetMsg)) error {
+	var rnd [8]byte
+	_, _ = rand.Read(rnd[:])
+	marker := hex.EncodeToString(rnd[:])
+	if err := fc.Publish(ctx, fc.syncTop, false, []byte(marker)); err != nil {
+		return err
+	}
+	// A broker whose ACL does not let this client write and read the fleet
+	// tree acknowledges the marker and drops it: MQTT 3.1.1 has no way to
+	// say "denied". Thousands of retained documents arrive in well under
+	// this time.
+	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	for {
+		m, err := fc.Next(sctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				return fmt.Errorf("the broker %s did not hand back fleetctl's own message within %s: the client certificate must be the fleet manager's (CN fleet-admin), whom the ACL lets read and write %s/#", fc.host, syncTimeout, fc.topics.Prefix)
+			}
+			return fmt.Errorf("reading the fleet's retained state from %s: %w", fc.host, err)
+		}
+		if m.sync == marker {
+			return nil
+		}
+		if m.sync == "" {
+			handle(m)
+		}
+	}
+}
+
+// Publish publishes at QoS 1 and waits for the broker's PUBACK.
+func (fc *fleetClient) Publish(ctx context.Context, topic string, retained bool, payload []byte) error {
+	tok := fc.c.Publish(topic, 1, retained, payload)
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("publish to %s: %w", topic, ctx.Err())
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("publish to %s: %w", topic, err)
+	}
+	return nil
+}
+
+// Close disconnects cleanly.
+func (fc *fleetClient) Close() { fc.c.Disconnect(250) }
