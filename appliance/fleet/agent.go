@@ -106,6 +106,7 @@ type Agent struct {
 	lastRejection *Rejection
 	lastRollback  *Rollback
 	up            bool
+	isDeferred    bool
 }
 
 // New opens the config store and brings the unit up on the config it
@@ -359,7 +360,7 @@ func (a *Agent) rollback(reason string) {
 		a.log.Error("rollback failed; staying on the current config", "err", err)
 		return
 	}
-	a.deferred = nil
+	a.setDeferred(nil, ConfigApplied{})
 	cur := a.store.Current()
 	conn, err := a.connectionFor([]byte(cur.Config))
 	if err == nil {
@@ -375,19 +376,17 @@ func (a *Agent) rollback(reason string) {
 	a.reportRollback()
 }
 
-// reportRollback publishes the store's unreported rollback and clears it
-// once the event is queued (the queue survives restarts).
+// reportRollback publishes the store's last rollback. The record stays in
+// the store for good (until the next rollback replaces it): after a
+// restart the reported document must still say that the unit runs its last
+// known good and not the versions it lists. The event is queued on disk at
+// once, so it survives a restart too.
 func (a *Agent) reportRollback() {
 	r, ok := a.store.LastRollback()
 	if !ok {
 		return
 	}
-	rb := a.setRollback(r)
-	if a.publish(EventConfigRolledBack, rb) {
-		if err := a.store.ClearRollback(); err != nil {
-			a.log.Warn("could not clear the reported rollback; it may be reported again", "err", err)
-		}
-	}
+	a.publish(EventConfigRolledBack, a.setRollback(r))
 	a.publishState()
 }
 
@@ -469,7 +468,7 @@ func (a *Agent) handleConfig(m link.Message) {
 	a.log.Info("config accepted", "target", key, "version", c.Version, "generation", done.Generation, "urgent", c.Urgent)
 	if !c.Urgent && a.busy() {
 		a.stopConfirm() // the previous change, if any, is superseded
-		a.deferred, a.deferredFor = eff, done
+		a.setDeferred(eff, done)
 		a.publish(EventConfigDeferred, done)
 		a.publishReported()
 		return
@@ -562,7 +561,7 @@ func (a *Agent) busy() bool {
 
 // activate hands a stored config to roomd and waits for the broker.
 func (a *Agent) activate(eff []byte, done ConfigApplied) {
-	a.deferred = nil
+	a.setDeferred(nil, ConfigApplied{})
 	conn, err := a.connectionFor(eff)
 	if err == nil {
 		err = a.opts.Apply(eff)
@@ -751,6 +750,13 @@ func (a *Agent) publishState() {
 	a.publishReported()
 }
 
+func (a *Agent) setDeferred(eff []byte, done ConfigApplied) {
+	a.deferred, a.deferredFor = eff, done
+	a.mu.Lock()
+	a.isDeferred = eff != nil
+	a.mu.Unlock()
+}
+
 func (a *Agent) setUp(up bool) {
 	a.mu.Lock()
 	a.up = up
@@ -785,6 +791,7 @@ func (a *Agent) Reported() ReportedDoc {
 		d.Versions = map[string]uint64{}
 	}
 	a.mu.Lock()
+	d.Deferred = a.isDeferred
 	if a.lastRejection != nil {
 		r := *a.lastRejection
 		d.LastRejection = &r

@@ -151,6 +151,9 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	if n := u.countEvents(afleet.EventConfigApplied); n != 0 {
 		t.Fatal("config_applied reported while the call is still up")
 	}
+	if r := u.agent.Reported(); !r.Deferred || r.Versions["device:unit-1"] != 1 {
+		t.Fatalf("reported during the call: %+v, want version 1 deferred", r)
+	}
 	u.app.emit(appliance.Event{Type: "state", State: appliance.Leaving})
 	u.noApplied(300 * time.Millisecond)
 	u.app.emit(appliance.Event{Type: "state", State: appliance.Idle})
@@ -158,6 +161,9 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 		t.Fatalf("applied %q after the call", eff)
 	}
 	u.waitEvent(afleet.EventConfigApplied, 5*time.Second)
+	if r := u.agent.Reported(); r.Deferred {
+		t.Fatal("still deferred after the call ended")
+	}
 
 	u.app.emit(appliance.Event{Type: "state", State: appliance.InCall})
 	u.push(cfg{version: 2, target: dev, urgent: true, toml: "[log]\nlevel = \"error\"\n"})

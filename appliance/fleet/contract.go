@@ -39,10 +39,17 @@ type ReportedDoc struct {
 	Generation uint64 `json:"generation"`
 	// Pending is set while the unit runs a config it has not yet confirmed
 	// by reaching its broker with it.
-	Pending       bool       `json:"pending,omitempty"`
+	Pending bool `json:"pending,omitempty"`
+	// Deferred is set while a newer config is stored (and counted in
+	// Versions) but waits for the current call to end; the unit still runs
+	// the previous one.
+	Deferred      bool       `json:"deferred,omitempty"`
 	LastRejection *Rejection `json:"last_rejection,omitempty"`
-	LastRollback  *Rollback  `json:"last_rollback,omitempty"`
-	At            time.Time  `json:"at"`
+	// LastRollback is the unit's most recent rollback. When its
+	// ToGeneration equals Generation the unit runs its last known good
+	// config, not the one Versions names.
+	LastRollback *Rollback `json:"last_rollback,omitempty"`
+	At           time.Time `json:"at"`
 }
 
 // Rejection is a config the unit refused whole (invariant 8). It is both
