@@ -11,17 +11,13 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/pion/ice/v4"
-	"github.com/pion/interceptor"
 	"github.com/pion/transport/v5"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
-	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/whip"
 )
@@ -56,77 +52,26 @@ type Media struct {
 	// Camera and Microphone select the devices (capture.Config): "test"
 	// for the simulated ones, "" for the first real one.
 	Camera, Microphone string
+	// SendTransform, if set, changes every encoded frame before it is
+	// packetised (end-to-end encryption); see FrameTransform.
+	SendTransform FrameTransform
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit
 // room through LiveKit's WHIP endpoint (/whip/v1).
 type WHIPConnector struct {
-	cfg   Config
-	media Media
-	gate  *gate.Gate
-	log   *slog.Logger
-	video encoder.Choice
-	audio encoder.Choice
-
+	*base
 	http *http.Client // shared by every join and warm-up: one kept-alive connection
-
-	mu       sync.Mutex
-	counters *capture.Counters
-	cur      *Call
+	cur  *Call        // under base.mu
 }
 
 // NewWHIP checks the configuration and chooses encoders; it sends nothing.
 func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnector, error) {
-	if cfg.URL == "" || cfg.Room == "" || cfg.Identity == "" {
-		return nil, errors.New("conference: url, room and identity are all needed")
-	}
-	// Invariant 7: the URL is shown (doctor, errors); it must carry no secret.
-	u, err := url.Parse(cfg.URL)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("conference: url is not a URL: write it like https://livekit.clinic.example")
-	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return nil, errors.New("conference: url must not carry credentials or parameters: put the credential in api_key/api_secret or token")
-	}
-	if cfg.Token == "" && (cfg.APIKey == "" || cfg.APISecret == "") {
-		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
-	}
-	if cfg.TokenTTL == 0 {
-		cfg.TokenTTL = 10 * time.Minute
-	}
-	if cfg.DisconnectGrace == 0 {
-		cfg.DisconnectGrace = 10 * time.Second
-	}
-	vc, err := encoder.Choose(encoder.Video, m.VideoCodec)
+	b, err := newBase(cfg, m, g, log)
 	if err != nil {
-		return nil, fmt.Errorf("conference: %w", err)
+		return nil, err
 	}
-	ac, err := encoder.Choose(encoder.Audio, "opus")
-	if err != nil {
-		return nil, fmt.Errorf("conference: %w", err)
-	}
-	if log == nil {
-		log = slog.Default()
-	}
-	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
-	return &WHIPConnector{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac, http: whip.NewHTTPClient()}, nil
-}
-
-// Encoders reports the encoder choice for doctor.
-func (c *WHIPConnector) Encoders() []encoder.Choice { return []encoder.Choice{c.video, c.audio} }
-
-// Counters are what the current (or last) call handed to the encoders.
-func (c *WHIPConnector) Counters() *capture.Counters {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.counters
-}
-
-func (c *WHIPConnector) token() (string, error) {
-	if c.cfg.APIKey != "" {
-		return JoinToken(c.cfg.APIKey, c.cfg.APISecret, c.cfg.Identity, c.cfg.Room, c.cfg.TokenTTL)
-	}
-	return c.cfg.Token, nil
+	return &WHIPConnector{base: b, http: whip.NewHTTPClient()}, nil
 }
 
 func (c *WHIPConnector) client(token string) (*whip.Client, error) {
@@ -202,22 +147,10 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	vb, err := c.video.Chosen.Video(encoder.Settings{BitRate: c.media.VideoBitRate, KeyFrameInterval: 2 * c.media.FPS})
-	if err != nil {
-		return nil, fmt.Errorf("join: video encoder: %w", err)
-	}
-	ab, err := c.audio.Chosen.Audio(encoder.Settings{BitRate: c.media.AudioBitRate})
-	if err != nil {
-		return nil, fmt.Errorf("join: audio encoder: %w", err)
-	}
-	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,
-		Camera: c.media.Camera, Microphone: c.media.Microphone})
+	capt, err := c.openCapture()
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	c.mu.Lock()
-	c.counters = capt.Counters
-	c.mu.Unlock()
 	tCapture := time.Now()
 
 	pc, rate, err := c.newPeerConnection(client, capt)
@@ -268,34 +201,10 @@ func (c *WHIPConnector) LoseDevice(k gate.Kind, err error) error {
 }
 
 func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Capture) (*webrtc.PeerConnection, *congestion.Controller, error) {
-	me := &webrtc.MediaEngine{}
-	capt.Selector().Populate(me)
-	ir := &interceptor.Registry{}
-	if err := webrtc.RegisterDefaultInterceptors(me, ir); err != nil {
-		return nil, nil, fmt.Errorf("webrtc interceptors: %w", err)
-	}
-	rate, err := congestion.Register(me, ir, congestion.Config{MaxVideo: c.media.VideoBitRate, Audio: c.media.AudioBitRate, Log: c.log})
+	api, rate, err := c.newAPI(capt)
 	if err != nil {
 		return nil, nil, err
 	}
-	rate.Bind(capt.SetVideoBitRate)
-
-	se := webrtc.SettingEngine{}
-	// Notice a dead path within 2 s (consent checks every 500 ms) so the
-	// call's recovery starts early; "failed" after 5 s only means the
-	// recovery restarts ICE, not that the call ends.
-	se.SetICETimeouts(2*time.Second, 5*time.Second, 500*time.Millisecond)
-	if c.cfg.Net != nil {
-		se.SetNet(c.cfg.Net)
-	}
-	if isLoopbackURL(c.cfg.URL) {
-		// A server on this machine (make run, tests): offer loopback
-		// candidates only, and no mDNS names it could not resolve.
-		se.SetIncludeLoopbackCandidate(true)
-		se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
-		se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
-	}
-	api := webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se))
 	pc, err := api.NewPeerConnection(webrtc.Configuration{ICEServers: client.ICEServers(), BundlePolicy: webrtc.BundlePolicyMaxBundle})
 	if err != nil {
 		return nil, nil, fmt.Errorf("new peer connection: %w", err)

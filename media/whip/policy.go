@@ -131,3 +131,22 @@ func safeURL(u *url.URL) string {
 	v := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
 	return v.String()
 }
+
+// CheckURL applies the same transport policy as a Client to a signalling
+// URL of another protocol (LiveKit's WebSocket signalling): https (or http
+// to loopback), and the allow-list when one is set. ws and wss count as
+// http and https.
+func CheckURL(raw string, allowedHosts []string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return errors.New("whip: invalid URL")
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "ws":
+		u.Scheme = "http"
+	case "wss":
+		u.Scheme = "https"
+	}
+	c := &Client{cfg: Config{AllowedHosts: allowedHosts}}
+	return c.checkURL(u)
+}

@@ -1,0 +1,151 @@
+package livekit
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/interceptor"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/congestion"
+	"github.com/konsult/konsult/media/encoder"
+	"github.com/konsult/konsult/media/gate"
+)
+
+// base is what every LiveKit connector shares, whatever its signalling:
+// the checked configuration, the encoder choice, and the one media pipeline
+// (capture behind the privacy gate, congestion control). A connector adds
+// only how it talks to the server.
+type base struct {
+	cfg   Config
+	media Media
+	gate  *gate.Gate
+	log   *slog.Logger
+	video encoder.Choice
+	audio encoder.Choice
+
+	mu       sync.Mutex
+	counters *capture.Counters
+}
+
+func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error) {
+	if cfg.URL == "" || cfg.Room == "" || cfg.Identity == "" {
+		return nil, errors.New("conference: url, room and identity are all needed")
+	}
+	// Invariant 7: the URL is shown (doctor, errors); it must carry no secret.
+	u, err := url.Parse(cfg.URL)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("conference: url is not a URL: write it like https://livekit.clinic.example")
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		return nil, errors.New("conference: url must not carry credentials or parameters: put the credential in api_key/api_secret or token")
+	}
+	if cfg.Token == "" && (cfg.APIKey == "" || cfg.APISecret == "") {
+		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 10 * time.Minute
+	}
+	if cfg.DisconnectGrace == 0 {
+		cfg.DisconnectGrace = 10 * time.Second
+	}
+	vc, err := encoder.Choose(encoder.Video, m.VideoCodec)
+	if err != nil {
+		return nil, fmt.Errorf("conference: %w", err)
+	}
+	ac, err := encoder.Choose(encoder.Audio, "opus")
+	if err != nil {
+		return nil, fmt.Errorf("conference: %w", err)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
+	return &base{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac}, nil
+}
+
+// Encoders reports the encoder choice for doctor.
+func (c *base) Encoders() []encoder.Choice { return []encoder.Choice{c.video, c.audio} }
+
+// Counters are what the current (or last) call handed to the encoders.
+func (c *base) Counters() *capture.Counters {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.counters
+}
+
+func (c *base) token() (string, error) {
+	if c.cfg.APIKey != "" {
+		return JoinToken(c.cfg.APIKey, c.cfg.APISecret, c.cfg.Identity, c.cfg.Room, c.cfg.TokenTTL)
+	}
+	return c.cfg.Token, nil
+}
+
+// openCapture opens camera and microphone behind the gate with fresh
+// encoders, for one call.
+func (c *base) openCapture() (*capture.Capture, error) {
+	vb, err := c.video.Chosen.Video(encoder.Settings{BitRate: c.media.VideoBitRate, KeyFrameInterval: 2 * c.media.FPS})
+	if err != nil {
+		return nil, fmt.Errorf("video encoder: %w", err)
+	}
+	ab, err := c.audio.Chosen.Audio(encoder.Settings{BitRate: c.media.AudioBitRate})
+	if err != nil {
+		return nil, fmt.Errorf("audio encoder: %w", err)
+	}
+	vb = transformVideo(vb, c.media.SendTransform)
+	ab = transformAudio(ab, c.media.SendTransform)
+	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,
+		Camera: c.media.Camera, Microphone: c.media.Microphone})
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.counters = capt.Counters
+	c.mu.Unlock()
+	return capt, nil
+}
+
+// newAPI builds the WebRTC API for one call: the capture's codecs, the
+// default interceptors, congestion control bound to the video encoder, and
+// the ICE settings both connectors need.
+func (c *base) newAPI(capt *capture.Capture, codecs ...func(*webrtc.MediaEngine) error) (*webrtc.API, *congestion.Controller, error) {
+	me := &webrtc.MediaEngine{}
+	capt.Selector().Populate(me)
+	for _, reg := range codecs {
+		if err := reg(me); err != nil {
+			return nil, nil, fmt.Errorf("webrtc codecs: %w", err)
+		}
+	}
+	ir := &interceptor.Registry{}
+	if err := webrtc.RegisterDefaultInterceptors(me, ir); err != nil {
+		return nil, nil, fmt.Errorf("webrtc interceptors: %w", err)
+	}
+	rate, err := congestion.Register(me, ir, congestion.Config{MaxVideo: c.media.VideoBitRate, Audio: c.media.AudioBitRate, Log: c.log})
+	if err != nil {
+		return nil, nil, err
+	}
+	rate.Bind(capt.SetVideoBitRate)
+
+	se := webrtc.SettingEngine{}
+	// Notice a dead path within 2 s (consent checks every 500 ms) so the
+	// call's recovery starts early; "failed" after 5 s only means the
+	// recovery restarts ICE, not that the call ends.
+	se.SetICETimeouts(2*time.Second, 5*time.Second, 500*time.Millisecond)
+	if c.cfg.Net != nil {
+		se.SetNet(c.cfg.Net)
+	}
+	if isLoopbackURL(c.cfg.URL) {
+		// A server on this machine (make run, tests): offer loopback
+		// candidates only, and no mDNS names it could not resolve.
+		se.SetIncludeLoopbackCandidate(true)
+		se.SetInterfaceFilter(func(name string) bool { return name == "lo" })
+		se.SetICEMulticastDNSMode(ice.MulticastDNSModeDisabled)
+	}
+	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), rate, nil
+}

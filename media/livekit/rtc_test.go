@@ -1,0 +1,191 @@
+package livekit_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v5"
+	"github.com/pion/transport/v5/stdnet"
+
+	"github.com/konsult/konsult/media"
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/livekit"
+	"github.com/konsult/konsult/media/playout"
+)
+
+func joinRTC(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, opt livekit.RTCOptions) (*livekit.RTCCall, *gate.Gate) {
+	t.Helper()
+	g := gate.New()
+	if opt.Speaker == "" {
+		opt.Speaker = playout.DeviceNull // no sound card here
+	}
+	conn, err := livekit.NewRTC(livekit.Config{
+		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret,
+		Net: n, DisconnectGrace: 15 * time.Second,
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice},
+		opt, g, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call, err := conn.Join(ctx)
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	t.Cleanup(func() { _ = call.Leave(context.Background()) })
+	g.Set(gate.State{Video: true, Audio: true})
+	return call, g
+}
+
+func waitPlayout(t *testing.T, call *livekit.RTCCall, what string, d time.Duration, cond func(playout.Stats) bool) playout.Stats {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		s := call.Playout().Stats()
+		if cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unit: %s: not within %s; last %+v", what, d, s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func videoFrom(s playout.Stats, who string) playout.VideoStats {
+	for _, v := range s.Video {
+		if v.Participant == who && !v.Ended {
+			return v
+		}
+	}
+	return playout.VideoStats{}
+}
+
+func nextPresence(t *testing.T, call *livekit.RTCCall, d time.Duration) media.Presence {
+	t.Helper()
+	select {
+	case p := <-call.Presence():
+		return p
+	case <-time.After(d):
+		t.Fatalf("no presence event within %s", d)
+	}
+	return media.Presence{}
+}
+
+// The unit joins an empty room; the patient joins later and publishes; the
+// unit plays their sound and shows their picture. An interpreter joins and
+// leaves; the unit hears of each by pseudonym only. The patient sees the
+// unit throughout.
+func TestRTCTwoWayCall(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	call, _ := joinRTC(t, lk, "two-way", nil, livekit.RTCOptions{})
+	if n := call.Others(); n != 0 {
+		t.Fatalf("empty room: %d others", n)
+	}
+	time.Sleep(2 * time.Second) // the patient comes later
+	patient := farend.StartFarEnd(t, lk, "two-way", "patient-Jane-Doe", farend.Publish())
+	joined := time.Now()
+	p := nextPresence(t, call, 20*time.Second)
+	if !p.Joined || p.Others != 1 || strings.Contains(p.Participant, "Jane") || strings.Contains(p.Participant, "patient") {
+		t.Fatalf("presence %+v: want one joined, by pseudonym", p)
+	}
+	s := waitPlayout(t, call, "show the patient's moving picture and play their sound", 20*time.Second, func(s playout.Stats) bool {
+		v := videoFrom(s, p.Participant)
+		return v.Frames > 30 && v.FPS >= 15 && s.EnergyPeak > 0.01
+	})
+	v := videoFrom(s, p.Participant)
+	t.Logf("far-end join → first remote frame on the unit: %s", v.FirstFrameAt.Sub(joined).Round(time.Millisecond))
+	t.Logf("unit plays: %d frames %.0f fps %dx%d; speaker %q energy peak %.3f", v.Frames, v.FPS, v.Width, v.Height, s.Device, s.EnergyPeak)
+	if v.Width != 640 || v.Height != 360 {
+		t.Errorf("remote picture %dx%d, want 640x360", v.Width, v.Height)
+	}
+	farWaitT(t, patient, "the patient sees and hears the unit", 20*time.Second, func(s farend.FarEndStats) bool {
+		return s.VideoFrom == "unit-1" && s.FPS >= 15 && s.AudioEnergyPeak > 0.01
+	})
+
+	interp := farend.StartFarEnd(t, lk, "two-way", "interpreter", farend.Publish())
+	p2 := nextPresence(t, call, 20*time.Second)
+	if !p2.Joined || p2.Others != 2 || p2.Participant == p.Participant {
+		t.Fatalf("interpreter presence %+v", p2)
+	}
+	waitPlayout(t, call, "show the interpreter too, and mix both voices", 20*time.Second, func(s playout.Stats) bool {
+		return videoFrom(s, p2.Participant).Frames > 10 && s.AudioSources == 2
+	})
+	if err := interp.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	p3 := nextPresence(t, call, 20*time.Second)
+	if p3.Joined || p3.Participant != p2.Participant || p3.Others != 1 {
+		t.Fatalf("interpreter leaving: %+v", p3)
+	}
+	if ps, _ := lk.Participants(context.Background(), "two-way"); !slices.Contains(ps, "unit-1") {
+		t.Fatalf("unit not in the room: %v", ps)
+	}
+}
+
+func farWaitT(t *testing.T, fe *farend.FarEnd, what string, d time.Duration, cond func(farend.FarEndStats) bool) farend.FarEndStats {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	s, err := fe.WaitFor(ctx, cond)
+	if err != nil {
+		t.Fatalf("far end: %s: %v; last %s", what, err, fe.Stats())
+	}
+	return s
+}
+
+// A 3 s network break: the far end's picture freezes and comes back, and
+// the far end never sees the unit leave; the unit's picture of the far end
+// comes back too.
+func TestRTCNetworkBreakResumes(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	var cut atomic.Bool
+	sys, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	call, _ := joinRTC(t, lk, "break", cutNet{Net: sys, cut: &cut}, livekit.RTCOptions{})
+	fe := farend.StartFarEnd(t, lk, "break", "patient", farend.Publish(), farend.ReportInterval(100*time.Millisecond))
+	var pr presence
+	watch := func(d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
+		t.Helper()
+		return farWaitT(t, fe, what, d, func(s farend.FarEndStats) bool { pr.observe(s); return cond(s) })
+	}
+	watch(20*time.Second, "sees the unit's video", func(s farend.FarEndStats) bool { return s.FPS >= 20 })
+	who := nextPresence(t, call, 5*time.Second).Participant
+	waitPlayout(t, call, "show the patient", 20*time.Second, func(s playout.Stats) bool { return videoFrom(s, who).FPS >= 15 })
+
+	cut.Store(true)
+	t0 := time.Now()
+	watch(8*time.Second, "picture freezes during the break", func(s farend.FarEndStats) bool { return s.FPS < 5 })
+	for time.Since(t0) < 3*time.Second {
+		watch(3*time.Second, "report during the break", func(farend.FarEndStats) bool { return true })
+	}
+	cut.Store(false)
+	restored := time.Now()
+	s := watch(20*time.Second, "picture back after the break", func(s farend.FarEndStats) bool { return s.FPS >= 15 })
+	t.Logf("reconnect: far end's picture back %s after the network came back (ICE restarts %d, resumes %d)",
+		s.ReceivedAt.Sub(restored).Round(time.Millisecond), call.Restarts(), call.Resumes())
+	waitPlayout(t, call, "the patient's picture back on the unit", 20*time.Second, func(s playout.Stats) bool {
+		v := videoFrom(s, who)
+		return v.FPS >= 15 && v.LastFrameAt.After(restored)
+	})
+	if pr.gone() {
+		t.Fatal("the far end saw the unit leave during the break")
+	}
+	select {
+	case err := <-call.Ended():
+		t.Fatalf("the call ended: %v", err)
+	default:
+	}
+}

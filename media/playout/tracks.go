@@ -1,0 +1,264 @@
+package playout
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pion/interceptor"
+	"github.com/pion/rtp"
+	"github.com/pion/rtp/codecs"
+	"github.com/pion/webrtc/v4/pkg/media/samplebuilder"
+)
+
+// RTPSource is a remote track (webrtc.TrackRemote).
+type RTPSource interface {
+	ReadRTP() (*rtp.Packet, interceptor.Attributes, error)
+}
+
+// PlayAudio decodes and mixes one remote Opus track until it ends. It
+// blocks: run it in the track's own goroutine.
+func (p *Player) PlayAudio(participant string, t RTPSource) error {
+	dec, err := newOpusDecoder()
+	if err != nil {
+		return err
+	}
+	s := &source{participant: participant, dec: dec}
+	p.mu.Lock()
+	select {
+	case <-p.stop:
+		p.mu.Unlock()
+		dec.close()
+		return ErrClosed
+	default:
+	}
+	p.sources[s] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		if _, ok := p.sources[s]; ok {
+			delete(p.sources, s)
+			dec.close()
+		}
+		p.mu.Unlock()
+	}()
+	pcm := make([]float32, SampleRate*120/1000) // Opus's longest frame
+	for {
+		pkt, _, err := t.ReadRTP()
+		if err != nil {
+			return endOf(err)
+		}
+		frame := pkt.Payload
+		if p.cfg.Transform != nil {
+			if frame, err = p.cfg.Transform("audio", frame); err != nil {
+				continue
+			}
+		}
+		p.mu.Lock()
+		_, live := p.sources[s]
+		var n int
+		if live {
+			n, err = dec.decode(frame, pcm)
+		}
+		p.mu.Unlock()
+		if !live {
+			return ErrClosed
+		}
+		if err != nil {
+			p.log.Debug("remote audio: undecodable packet dropped", "participant", participant, "err", err)
+			continue
+		}
+		s.push(pcm[:n])
+	}
+}
+
+func endOf(err error) error {
+	if errors.Is(err, io.EOF) {
+		return nil
+	}
+	return err
+}
+
+// VideoStats describes one remote video as the display would show it.
+type VideoStats struct {
+	Participant  string    `json:"participant"`
+	Codec        string    `json:"codec"`
+	Frames       uint64    `json:"frames"`
+	Keyframes    uint64    `json:"keyframes"`
+	FPS          float64   `json:"fps"` // over the last second
+	Width        int       `json:"width"`
+	Height       int       `json:"height"`
+	FirstFrameAt time.Time `json:"first_frame_at"`
+	LastFrameAt  time.Time `json:"last_frame_at"`
+	Ended        bool      `json:"ended"`
+}
+
+type videoTrack struct {
+	mu     sync.Mutex
+	st     VideoStats
+	recent []time.Time
+	last   []byte
+}
+
+// ShowVideo depacketises one remote video track into whole frames until it
+// ends, counts them and hands them to the display sink. Frames before the
+// first keyframe are dropped: no decoder could show them. It blocks.
+func (p *Player) ShowVideo(participant, mime string, t RTPSource) error {
+	codec := strings.ToUpper(strings.TrimPrefix(strings.ToLower(mime), "video/"))
+	var dep rtp.Depacketizer
+	switch codec {
+	case "VP8":
+		dep = &codecs.VP8Packet{}
+	case "H264":
+		dep = &codecs.H264Packet{}
+	case "VP9":
+		dep = &codecs.VP9Packet{}
+	default:
+		return errors.New("remote video: codec " + mime + " is not supported on the unit")
+	}
+	v := &videoTrack{st: VideoStats{Participant: participant, Codec: codec}}
+	p.mu.Lock()
+	p.videos[v] = struct{}{}
+	p.mu.Unlock()
+	defer func() {
+		v.mu.Lock()
+		v.st.Ended = true
+		v.mu.Unlock()
+	}()
+	sb := samplebuilder.New(128, dep, 90000)
+	seenKey := false
+	for {
+		pkt, _, err := t.ReadRTP()
+		if err != nil {
+			return endOf(err)
+		}
+		select {
+		case <-p.stop:
+			return ErrClosed
+		default:
+		}
+		sb.Push(pkt)
+		for s := sb.Pop(); s != nil; s = sb.Pop() {
+			frame := s.Data
+			if p.cfg.Transform != nil {
+				if frame, err = p.cfg.Transform("video", frame); err != nil {
+					continue
+				}
+			}
+			key, w, h := keyframe(codec, frame)
+			if !seenKey && !key {
+				continue
+			}
+			seenKey = true
+			now := time.Now()
+			v.mu.Lock()
+			if v.st.Frames == 0 {
+				v.st.FirstFrameAt = now
+			}
+			v.st.Frames++
+			v.st.LastFrameAt = now
+			if key {
+				v.st.Keyframes++
+				if w > 0 {
+					v.st.Width, v.st.Height = w, h
+				}
+			}
+			v.recent = append(v.recent, now)
+			for len(v.recent) > 0 && now.Sub(v.recent[0]) > time.Second {
+				v.recent = v.recent[1:]
+			}
+			v.last = frame
+			w, h = v.st.Width, v.st.Height
+			v.mu.Unlock()
+			if p.cfg.OnVideoFrame != nil {
+				p.cfg.OnVideoFrame(VideoFrame{Participant: participant, Codec: codec, Keyframe: key, Width: w, Height: h, Data: frame, At: now})
+			}
+		}
+	}
+}
+
+// keyframe tells a keyframe by its header, and reads the picture size where
+// the header carries it (VP8), without decoding.
+func keyframe(codec string, f []byte) (bool, int, int) {
+	switch codec {
+	case "VP8":
+		if len(f) < 10 || f[0]&1 != 0 {
+			return false, 0, 0
+		}
+		if f[3] != 0x9d || f[4] != 0x01 || f[5] != 0x2a {
+			return false, 0, 0
+		}
+		return true, int(binary.LittleEndian.Uint16(f[6:8]) & 0x3fff), int(binary.LittleEndian.Uint16(f[8:10]) & 0x3fff)
+	case "H264":
+		// Annex B: any IDR slice (5) or SPS (7) makes it a keyframe.
+		for i := 0; i+3 < len(f); i++ {
+			if f[i] == 0 && f[i+1] == 0 && f[i+2] == 1 {
+				if t := f[i+3] & 0x1f; t == 5 || t == 7 {
+					return true, 0, 0
+				}
+			}
+		}
+	case "VP9":
+		return len(f) > 0 && f[0]&0x4 == 0, 0, 0
+	}
+	return false, 0, 0
+}
+
+// Stats is what the unit plays and shows right now.
+type Stats struct {
+	Device        string       `json:"device"`
+	AudioSources  int          `json:"audio_sources"`
+	Energy        float64      `json:"energy"`      // RMS 0..1 of the mix over the last ~100 ms
+	EnergyPeak    float64      `json:"energy_peak"` // highest Energy this call
+	SamplesPlayed uint64       `json:"samples_played"`
+	Video         []VideoStats `json:"video"`
+}
+
+// Stats reads the figures; ended videos stay listed (last state).
+func (p *Player) Stats() Stats {
+	st := Stats{Device: p.device, SamplesPlayed: p.played.Load()}
+	st.Energy = f64(p.energy.Load())
+	st.EnergyPeak = f64(p.peak.Load())
+	p.mu.Lock()
+	st.AudioSources = len(p.sources)
+	vids := make([]*videoTrack, 0, len(p.videos))
+	for v := range p.videos {
+		vids = append(vids, v)
+	}
+	p.mu.Unlock()
+	now := time.Now()
+	for _, v := range vids {
+		v.mu.Lock()
+		s := v.st
+		n := 0
+		for _, t := range v.recent {
+			if now.Sub(t) <= time.Second {
+				n++
+			}
+		}
+		s.FPS = float64(n)
+		v.mu.Unlock()
+		st.Video = append(st.Video, s)
+	}
+	return st
+}
+
+// LatestFrame is the newest frame of participant's video (nil if none): what
+// a display that has just been switched on starts from.
+func (p *Player) LatestFrame(participant string) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for v := range p.videos {
+		v.mu.Lock()
+		ok := v.st.Participant == participant && !v.st.Ended
+		f := v.last
+		v.mu.Unlock()
+		if ok {
+			return f
+		}
+	}
+	return nil
+}
