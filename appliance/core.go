@@ -7,6 +7,7 @@ import (
 
 	"github.com/konsult/konsult/hal/led"
 	"github.com/konsult/konsult/hal/shutter"
+	"github.com/konsult/konsult/media"
 	"github.com/konsult/konsult/media/gate"
 )
 
@@ -75,7 +76,14 @@ type (
 		err  error
 	}
 	// inMaxLength: the call has lasted the configured maximum.
-	inMaxLength  struct{ call Call }
+	inMaxLength struct{ call Call }
+	// inPresence: someone at the far end joined or left the call.
+	inPresence struct {
+		call Call
+		p    media.Presence
+	}
+	// inAlone: the call has had nobody at the far end for the grace time.
+	inAlone      struct{ call Call }
 	inMediaFault struct { // camera or mic lost; cleared when it returns
 		device  string
 		detail  string
@@ -108,8 +116,11 @@ var (
 	ledOff     = led.State{Pattern: led.Off}
 	ledLive    = led.State{Pattern: led.Solid, Color: led.Red}
 	ledPrivate = led.State{Pattern: led.Pulse, Color: led.Amber} // in a call, nothing leaving
-	ledBusy    = led.State{Pattern: led.SlowBlink, Color: led.White}
-	ledFault   = led.State{Pattern: led.FastBlink, Color: led.Red}
+	// ledOccupied: in a call, nothing leaving, and someone is at the far end
+	// (they see the slate): the room knows it is not alone before it opens up.
+	ledOccupied = led.State{Pattern: led.SlowBlink, Color: led.Amber}
+	ledBusy     = led.State{Pattern: led.SlowBlink, Color: led.White}
+	ledFault    = led.State{Pattern: led.FastBlink, Color: led.Red}
 	// ledIdentify lets an installer find the unit the fleet asked about. On
 	// an RGB LED blue tells it apart from busy (white); a single LED blinks
 	// slowly, which while idle means nothing else.
@@ -125,6 +136,8 @@ func LEDName(s led.State) string {
 		return "live"
 	case ledPrivate:
 		return "in_call_private"
+	case ledOccupied:
+		return "in_call_occupied"
 	case ledBusy:
 		return "busy"
 	case ledFault:
@@ -159,6 +172,8 @@ type core struct {
 	joined  bool   // the conference said we are in
 	call    Call
 	leaving int // leaves in flight
+	others  int // far-end participants in the call (connectors that report presence)
+	hadFar  bool
 
 	identify    bool // the fleet asked the unit to show itself
 	identifySeq uint64
@@ -215,6 +230,17 @@ func (c *core) handle(in any) []any {
 	case inMaxLength:
 		if in.call != nil && in.call == c.call {
 			c.leave("the maximum call length was reached")
+		}
+	case inPresence:
+		if in.call != nil && in.call == c.call {
+			c.others = in.p.Others
+			c.hadFar = c.hadFar || in.p.Joined
+			c.emit(Event{Type: "participant", Detail: map[bool]string{true: "joined", false: "left"}[in.p.Joined],
+				Meeting: in.call.ID(), Participant: in.p.Participant})
+		}
+	case inAlone:
+		if in.call != nil && in.call == c.call && c.others == 0 {
+			c.leave("the last far-end participant left")
 		}
 	case inCallEnded:
 		if in.call != nil && in.call == c.call {
@@ -287,6 +313,7 @@ func (c *core) startJoin() {
 func (c *core) leave(why string) {
 	c.attempt = 0
 	c.joined = false
+	c.others, c.hadFar = 0, false
 	if c.call != nil {
 		c.effs = append(c.effs, effLeave{call: c.call})
 		c.leaving++
@@ -435,6 +462,8 @@ func (c *core) settle() {
 		l = ledFault
 	case g.Live():
 		l = ledLive
+	case c.state == InCall && c.others > 0:
+		l = ledOccupied
 	case c.state == InCall:
 		l = ledPrivate
 	case c.state == Joining || c.state == Leaving:

@@ -12,11 +12,14 @@ import (
 type Event struct {
 	Seq     uint64      `json:"seq"`
 	At      time.Time   `json:"at"`
-	Type    string      `json:"type"` // state, gate, led, shutter, call, fault, fault_cleared, button, action
+	Type    string      `json:"type"` // state, gate, led, shutter, call, participant, fault, fault_cleared, button, action
 	State   State       `json:"state,omitempty"`
 	Gate    *gate.State `json:"gate,omitempty"`
 	LED     string      `json:"led,omitempty"`
 	Detail  string      `json:"detail,omitempty"`
 	Reason  string      `json:"reason,omitempty"`
 	Meeting string      `json:"meeting,omitempty"` // pseudonymous meeting id
+	// Participant is a far-end participant's per-call pseudonym, never a
+	// name or identity (type participant).
+	Participant string `json:"participant,omitempty"`
 }

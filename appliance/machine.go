@@ -20,6 +20,7 @@ import (
 	"github.com/konsult/konsult/hal/button"
 	"github.com/konsult/konsult/hal/led"
 	"github.com/konsult/konsult/hal/shutter"
+	"github.com/konsult/konsult/media"
 	"github.com/konsult/konsult/media/gate"
 )
 
@@ -63,8 +64,11 @@ type Config struct {
 	JoinTimeout   time.Duration // default 20s
 	LeaveTimeout  time.Duration // default 5s
 	MaxCallLength time.Duration // 0 = no limit
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// AloneGrace: leave this long after the last far-end participant left
+	// (connectors that report presence; 0 = stay).
+	AloneGrace time.Duration
+	Logger     *slog.Logger
+	Now        func() time.Time
 }
 
 // JoinWith adapts a connector whose Join returns its own call type.
@@ -98,6 +102,7 @@ type Machine struct {
 	joins       sync.WaitGroup // join attempts still running
 	maxTimer    *time.Timer
 	timedCall   Call
+	aloneTimer  *time.Timer
 
 	mu     sync.Mutex
 	status Status
@@ -295,6 +300,7 @@ func (m *Machine) apply(effs []any) {
 		}
 	}
 	m.armMaxLength()
+	m.armAlone()
 	// A join the core no longer waits for is cancelled at once.
 	if m.joinCancel != nil && m.core.attempt != m.joinAttempt {
 		m.joinCancel()
@@ -320,6 +326,50 @@ func (m *Machine) armMaxLength() {
 	m.maxTimer = time.AfterFunc(m.cfg.MaxCallLength, func() {
 		_ = m.post(context.Background(), inMaxLength{call: call})
 	})
+}
+
+// armAlone starts the grace timer when the far end has emptied, and stops
+// it when someone is back or the call is gone.
+func (m *Machine) armAlone() {
+	alone := m.core.call != nil && m.core.hadFar && m.core.others == 0 && m.cfg.AloneGrace > 0
+	if !alone {
+		if m.aloneTimer != nil {
+			m.aloneTimer.Stop()
+			m.aloneTimer = nil
+		}
+		return
+	}
+	if m.aloneTimer != nil {
+		return
+	}
+	call := m.core.call
+	m.aloneTimer = time.AfterFunc(m.cfg.AloneGrace, func() {
+		_ = m.post(context.Background(), inAlone{call: call})
+	})
+}
+
+// presenceOf is a call that tells who is at the far end.
+type presenceOf interface {
+	Presence() <-chan media.Presence
+}
+
+// pumpPresence hands the call's presence reports to the core until stop
+// is closed (the call is over).
+func (m *Machine) pumpPresence(call Call, stop <-chan struct{}) {
+	pc, ok := call.(presenceOf)
+	if !ok {
+		return
+	}
+	go func() {
+		for {
+			select {
+			case p := <-pc.Presence():
+				_ = m.post(context.Background(), inPresence{call: call, p: p})
+			case <-stop:
+				return
+			}
+		}
+	}()
 }
 
 func (m *Machine) setLED(s led.State) {
@@ -399,7 +449,11 @@ func (m *Machine) startJoin(attempt uint64) {
 		}
 		_ = m.post(context.Background(), inJoinDone{attempt: attempt, call: call, err: err})
 		if err == nil && call != nil {
-			if end, ok := <-call.Ended(); ok {
+			stop := make(chan struct{})
+			m.pumpPresence(call, stop)
+			end, ok := <-call.Ended()
+			close(stop)
+			if ok {
 				_ = m.post(context.Background(), inCallEnded{call: call, err: end})
 			}
 		}
@@ -431,6 +485,9 @@ func (m *Machine) failClosed() error {
 	m.cfg.Gate.Set(gate.State{})
 	if m.maxTimer != nil {
 		m.maxTimer.Stop()
+	}
+	if m.aloneTimer != nil {
+		m.aloneTimer.Stop()
 	}
 	if m.joinCancel != nil {
 		m.joinCancel()
