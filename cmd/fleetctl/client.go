@@ -27,7 +27,8 @@ type fleetMsg struct {
 	Topic    string
 	Payload  []byte
 	Retained bool
-	sync     string // set on fleetctl's own sync marker
+	sync     string    // set on fleetctl's own sync marker
+	at       time.Time // when it arrived
 }
 
 // fleetClient is the fleet manager's MQTT connection: a clean session (the
@@ -211,7 +212,7 @@ func (fc *fleetClient) subscribe(c mqtt.Client) error {
 // waits for this handler, and a blocked reader would never see the PUBACK
 // a publisher is waiting for.
 func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
-	msg := fleetMsg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained()}
+	msg := fleetMsg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), at: time.Now()}
 	if msg.Topic == fc.syncTop {
 		msg.sync = string(msg.Payload)
 	} else {

@@ -110,6 +110,19 @@ func hangOnApply(release <-chan struct{}) unitOpt {
 	}
 }
 
+// failApply makes roomd fail to run any config that contains s.
+func failApply(s string) unitOpt {
+	return func(o *afleet.Options, _ *testUnit) {
+		apply := o.Apply
+		o.Apply = func(eff []byte) error {
+			if strings.Contains(string(eff), s) {
+				return errors.New("the conference room does not exist")
+			}
+			return apply(eff)
+		}
+	}
+}
+
 func withVersion(v string) unitOpt {
 	return func(o *afleet.Options, _ *testUnit) { o.Version = v }
 }

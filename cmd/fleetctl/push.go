@@ -330,7 +330,7 @@ func (j *pushJob) run(ctx context.Context, fc *fleetClient, view *fleetView, dd 
 		if rep := view.unit(id).Reported; rep != nil {
 			j.before[id] = priorAnswers{rep.LastRejection, rep.LastRollback}
 		}
-		j.updateFromView(view.unit(id))
+		j.updateFromView(view.unit(id), time.Now())
 	}
 	if err := fc.Publish(ctx, j.topic, true, j.envelope); err != nil {
 		return nil, err
@@ -392,7 +392,7 @@ func (j *pushJob) count() (done, total int, detail string) {
 func (j *pushJob) handle(m fleetMsg, view *fleetView, dd *dedup) {
 	if view.feed(m) {
 		if r := j.results[m.Unit]; r != nil {
-			j.updateFromView(view.unit(m.Unit))
+			j.updateFromView(view.unit(m.Unit), m.at)
 		}
 		return
 	}
@@ -420,19 +420,19 @@ func (j *pushJob) handle(m fleetMsg, view *fleetView, dd *dedup) {
 			r.Result = resApplied
 			r.Version = v
 		}
-		r.Generation, r.At, r.received = d.Generation, ev.At, time.Now()
+		r.Generation, r.At, r.received = d.Generation, ev.At, m.at
 	case afleet.EventConfigRejected:
 		var d afleet.Rejection
 		if json.Unmarshal(ev.Data, &d) != nil || d.Target != key || !j.ours(d.Version, ev.At) || r.final() {
 			return
 		}
-		r.Result, r.Reason, r.Message, r.At, r.received = resRejected, d.Reason, d.Message, ev.At, time.Now()
+		r.Result, r.Reason, r.Message, r.At, r.received = resRejected, d.Reason, d.Message, ev.At, m.at
 	case afleet.EventConfigRolledBack:
 		var d afleet.Rollback
 		if json.Unmarshal(ev.Data, &d) != nil || d.Versions[key] != v {
 			return
 		}
-		r.Result, r.Reason, r.Message, r.At, r.received = resRolledBack, d.Reason, "", ev.At, time.Now()
+		r.Result, r.Reason, r.Message, r.At, r.received = resRolledBack, d.Reason, "", ev.At, m.at
 		r.Generation = d.ToGeneration
 	}
 }
@@ -451,14 +451,14 @@ func (j *pushJob) ours(v uint64, at time.Time) bool {
 // updateFromView derives a unit's result from its retained documents: they
 // catch up on answers whose events fleetctl missed (it connected after them,
 // or lost its connection) and say who is offline.
-func (j *pushJob) updateFromView(u *unitView) {
+func (j *pushJob) updateFromView(u *unitView, arrived time.Time) {
 	r := j.results[u.ID]
 	key, v := j.payload.Target.Key(), j.payload.Version
 	if rep := u.Reported; rep != nil {
 		r.Version = rep.Versions[key]
 		prior := j.before[u.ID]
 		if rb := rep.LastRollback; rb != nil && rb.Versions[key] == v && !sameRollback(rb, prior.rollback) {
-			r.Result, r.Reason, r.Message, r.At, r.Generation, r.received = resRolledBack, rb.Reason, "", rb.At, rb.ToGeneration, time.Now()
+			r.Result, r.Reason, r.Message, r.At, r.Generation, r.received = resRolledBack, rb.Reason, "", rb.At, rb.ToGeneration, arrived
 			return
 		}
 		if r.final() {
@@ -466,17 +466,17 @@ func (j *pushJob) updateFromView(u *unitView) {
 		}
 		if rep.Versions[key] >= v && r.Result != resDeferred {
 			// A unit in a call stores a config that is not urgent and
-			// reports its version before it runs it; config_applied
+			// counts its version before it runs it; config_applied
 			// follows when the call ends.
 			r.Result = resApplied
-			if !j.payload.Urgent && u.Status != nil && inCall(u.Status.State) {
+			if rep.Deferred {
 				r.Result = resDeferred
 			}
-			r.Generation, r.At, r.received = rep.Generation, rep.At, time.Now()
+			r.Generation, r.At, r.received = rep.Generation, rep.At, arrived
 			return
 		}
 		if rj := rep.LastRejection; rj != nil && rj.Target == key && (rj.Version == v || rj.Version == 0) && !sameRejection(rj, prior.rejection) {
-			r.Result, r.Reason, r.Message, r.At, r.received = resRejected, rj.Reason, rj.Message, rj.At, time.Now()
+			r.Result, r.Reason, r.Message, r.At, r.received = resRejected, rj.Reason, rj.Message, rj.At, arrived
 			return
 		}
 	}
@@ -491,15 +491,4 @@ func (j *pushJob) updateFromView(u *unitView) {
 	default:
 		r.Result, r.At = resNoAnswer, time.Time{}
 	}
-}
-
-// inCall says whether a unit's call state makes it hold back a config that
-// is not urgent (appliance/fleet's Agent does so while joining, in a call
-// or leaving).
-func inCall(state string) bool {
-	switch state {
-	case "joining", "in_call", "leaving":
-		return true
-	}
-	return false
 }

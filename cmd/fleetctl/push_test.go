@@ -166,7 +166,7 @@ func TestPushDuringACall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := row(t, out, "room-12"); r[2] != "in_call" {
+	if r := row(t, out, "room-12"); r[2] != "in_call" || r[4] != "device v1" || !strings.Contains(r[7], "newest config waits for the call to end") {
 		t.Errorf("status during the call: %q", r)
 	}
 
@@ -323,5 +323,29 @@ func TestSettingsFileAndEnvironment(t *testing.T) {
 	// A flag beats both.
 	if _, _, err := fleetctl(t, "status", "--broker", "mqtts://127.0.0.1:1"); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
 		t.Fatalf("--broker did not win: %v", err)
+	}
+}
+
+// A config roomd cannot run is undone by the unit itself; push and status
+// say so.
+func TestPushRolledBack(t *testing.T) {
+	f := startFleet(t, map[string][]string{"room-12": nil})
+	f.startUnit("room-12", nil, failApply("broken-room"))
+	if _, _, err := f.fleetctl("push", "--key", f.key, "--device", "room-12", "--version", "1", writeConfig(t, "[conference]\nroom = \"fine\"\n")); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := f.fleetctl("push", "--key", f.key, "--device", "room-12", "--version", "2", writeConfig(t, "[conference]\nroom = \"broken-room\"\n"))
+	if err == nil || !strings.Contains(err.Error(), "1 rolled back") {
+		t.Fatalf("push of a config roomd cannot run: %v\n%s", err, out)
+	}
+	if r := row(t, out, "room-12"); r[1] != "rolled back" || !strings.Contains(r[4], "roomd could not run the config") {
+		t.Fatalf("row %q", r)
+	}
+	out, _, err = f.fleetctl("status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := row(t, out, "room-12"); r[4] != "device v2" || !strings.Contains(r[7], "runs its last known good config since") {
+		t.Errorf("status after the rollback: %q", r)
 	}
 }

@@ -22,6 +22,7 @@ type unitStatus struct {
 	Groups           []string          `json:"groups"`
 	Versions         map[string]uint64 `json:"versions"`
 	Pending          bool              `json:"pending,omitempty"`
+	Deferred         bool              `json:"deferred,omitempty"`
 	LastRejection    *afleet.Rejection `json:"last_rejection,omitempty"`
 	LastRollback     *afleet.Rollback  `json:"last_rollback,omitempty"`
 	LastSeen         time.Time         `json:"last_seen,omitzero"`
@@ -113,10 +114,10 @@ func statusOf(u *unitView) unitStatus {
 		if r.Versions != nil {
 			s.Versions = r.Versions
 		}
-		if s.ConfigGeneration == 0 {
-			s.ConfigGeneration = r.Generation
-		}
-		s.Pending, s.LastRejection, s.LastRollback = r.Pending, r.LastRejection, r.LastRollback
+		s.Pending, s.Deferred, s.LastRejection, s.LastRollback = r.Pending, r.Deferred, r.LastRejection, r.LastRollback
+		// The reported document is the unit's own account of its config;
+		// status may lag behind it or be the broker's last will.
+		s.ConfigGeneration = r.Generation
 	}
 	if !s.Online {
 		// The state of a unit that is away is whatever it was when it
@@ -180,19 +181,22 @@ func versionsCell(u *unitView) string {
 	return strings.Join(parts, ", ")
 }
 
+// notesCell says what a fleet manager should know beyond the versions:
+// a config not yet confirmed or waiting for a call, a refusal of a version
+// the unit does not run, a rollback it still runs on.
 func notesCell(s unitStatus) string {
 	var notes []string
 	if s.Pending {
 		notes = append(notes, "config not yet confirmed")
 	}
-	if rj := s.LastRejection; rj != nil {
+	if s.Deferred {
+		notes = append(notes, "newest config waits for the call to end")
+	}
+	if rj := s.LastRejection; rj != nil && (rj.Version == 0 || rj.Version > s.Versions[rj.Target]) {
 		notes = append(notes, fmt.Sprintf("refused %s v%d (%s) at %s", targetLabel(rj.Target), rj.Version, rj.Reason, clock(rj.At)))
 	}
-	if rb := s.LastRollback; rb != nil {
-		notes = append(notes, fmt.Sprintf("rolled back at %s: %s", clock(rb.At), oneLine(rb.Reason)))
-	}
-	if len(notes) == 0 {
-		return ""
+	if rb := s.LastRollback; rb != nil && rb.ToGeneration == s.ConfigGeneration {
+		notes = append(notes, fmt.Sprintf("runs its last known good config since %s: %s", clock(rb.At), oneLine(rb.Reason)))
 	}
 	return strings.Join(notes, "; ")
 }
