@@ -31,6 +31,8 @@ type testFleet struct {
 	b    *brokertest.Broker
 	key  string // fleet.key
 	pubs []ed25519.PublicKey
+	// plain is the URL of a plain-TCP demo broker to use instead of b.
+	plain string
 }
 
 // startFleet starts the broker for units (device id → groups). Signing uses
@@ -141,17 +143,22 @@ func (f *testFleet) startUnit(id string, groups []string, opts ...unitOpt) *test
 		Conference: appliance.JoinWith(joinStub),
 		Logger:     log,
 	})
-	ident := f.b.Identity(id)
+	lo := link.Options{
+		DeviceID: id, Groups: groups,
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
+		KeepAlive: 5 * time.Second, ConnectTimeout: 3 * time.Second,
+	}
+	if f.plain != "" {
+		lo.Broker = f.plain
+	} else {
+		ident := f.b.Identity(id)
+		lo.Broker, lo.CAFile, lo.CertFile, lo.KeyFile = f.b.URL(), f.b.CAFile(), ident.CertFile, ident.KeyFile
+	}
 	o := afleet.Options{
-		StateDir: t.TempDir(),
-		Keys:     f.pubs,
-		Connection: afleet.Connection{Link: link.Options{
-			Broker: f.b.URL(), CAFile: f.b.CAFile(), CertFile: ident.CertFile, KeyFile: ident.KeyFile,
-			DeviceID: id, Groups: groups,
-			MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
-			KeepAlive: 5 * time.Second, ConnectTimeout: 3 * time.Second,
-		}},
-		Validate: func(eff []byte) error { return validateRoomd(eff, 24*time.Hour) },
+		StateDir:   t.TempDir(),
+		Keys:       f.pubs,
+		Connection: afleet.Connection{Link: lo},
+		Validate:   func(eff []byte) error { return validateRoomd(eff, 24*time.Hour) },
 		Apply: func(eff []byte) error {
 			u.mu.Lock()
 			u.applied = append(u.applied, string(eff))

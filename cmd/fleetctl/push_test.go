@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/provisioning/broker"
 )
 
 // row finds the table row of unit id in out and returns its cells split on
@@ -124,10 +125,7 @@ func TestPushToAGroup(t *testing.T) {
 	}
 
 	// status shows the refusal and who runs which version.
-	out, _, err = f.fleetctl("status", "--group", "clinic-a")
-	if err != nil {
-		t.Fatalf("status: %v", err)
-	}
+	out = statusWhen(t, func() (string, string, error) { return f.fleetctl("status", "--group", "clinic-a") }, "clinic-a v1", "refused")
 	if r := row(t, out, "room-11"); r[1] != "yes" || r[2] != "idle" || r[4] != "clinic-a v1" || r[5] != "1.4.0" {
 		t.Errorf("status room-11: %q\n%s", r, out)
 	}
@@ -162,10 +160,7 @@ func TestPushDuringACall(t *testing.T) {
 	if strings.Contains(u.lastApplied(), "room = \"a\"") {
 		t.Fatal("the unit applied a non-urgent config during a call")
 	}
-	out, _, err = f.fleetctl("status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	out = statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "waits for the call")
 	if r := row(t, out, "room-12"); r[2] != "in_call" || r[4] != "device v1" || !strings.Contains(r[7], "newest config waits for the call to end") {
 		t.Errorf("status during the call: %q", r)
 	}
@@ -341,11 +336,64 @@ func TestPushRolledBack(t *testing.T) {
 	if r := row(t, out, "room-12"); r[1] != "rolled back" || !strings.Contains(r[4], "roomd could not run the config") {
 		t.Fatalf("row %q", r)
 	}
-	out, _, err = f.fleetctl("status")
+	out = statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "device v2", "last known good")
+	if r := row(t, out, "room-12"); r[4] != "device v2" || !strings.Contains(r[7], "runs its last known good config since") {
+		t.Errorf("status after the rollback: %q", r)
+	}
+}
+
+// The demo's embedded broker (plain TCP on loopback, no certificates): the
+// same commands work with --broker alone.
+func TestAgainstTheDemoBroker(t *testing.T) {
+	realClock(t)
+	noSettings(t)
+	br, err := broker.Start("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := row(t, out, "room-12"); r[4] != "device v2" || !strings.Contains(r[7], "runs its last known good config since") {
-		t.Errorf("status after the rollback: %q", r)
+	t.Cleanup(func() { br.Close() })
+	dir, pubs := keys(t)
+	f := &testFleet{t: t, key: filepath.Join(dir, "fleet.key"), pubs: pubs, plain: br.URL()}
+	f.startUnit("sim-unit", []string{"demo"})
+
+	out, _, err := run2(t, "push", "--broker", br.URL(), "--key", f.key, "--group", "demo", "--version", "1", writeConfig(t, "[call]\nmax_length = \"1h\"\n"))
+	if err != nil {
+		t.Fatalf("push via the demo broker: %v\n%s", err, out)
+	}
+	if r := row(t, out, "sim-unit"); r[1] != "applied" {
+		t.Fatalf("row %q", r)
+	}
+	out = statusWhen(t, func() (string, string, error) { return run2(t, "status", "--broker", br.URL()) }, "demo v1")
+	if r := row(t, out, "sim-unit"); r[1] != "yes" || r[4] != "demo v1" {
+		t.Fatalf("status via the demo broker: %q", r)
+	}
+}
+
+func run2(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var o, e strings.Builder
+	err := run(t.Context(), args, &o, &e)
+	return o.String(), e.String(), err
+}
+
+// statusWhen runs status until its output holds every one of want: a unit
+// publishes its reported state just after the event push waits for, so a
+// status run right after push may see the one before.
+func statusWhen(t *testing.T, status func() (string, string, error), want ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, _, err := status()
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		missing := false
+		for _, w := range want {
+			missing = missing || !strings.Contains(out, w)
+		}
+		if !missing || time.Now().After(deadline) {
+			return out
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
