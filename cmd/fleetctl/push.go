@@ -127,7 +127,10 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("push: %w", err)
 	}
 	if *wait == 0 {
-		fmt.Fprintf(env.stderr, "published version %d for %s (retained); not waiting for answers\n", p.Version, p.Target)
+		// Nobody was asked yet: a table would say "no answer" for every
+		// unit. fleetctl status shows who has it later.
+		fmt.Fprintf(env.stderr, "published version %d for %s (retained) to %d units; not waiting for answers: see fleetctl status\n", p.Version, p.Target, len(results))
+		return nil
 	}
 	if len(results) == 0 && p.Target.Group != "" {
 		fmt.Fprintf(env.stderr, "no unit has reported being in group %s yet: the config is retained on the broker, and units of the group apply it when they connect\n", p.Target.Group)
@@ -148,9 +151,6 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 		if err := table(env.stdout, []string{"UNIT", "RESULT", "VERSION", "AT", "DETAIL"}, rows); err != nil {
 			return fmt.Errorf("push: %w", err)
 		}
-	}
-	if *wait == 0 {
-		return nil
 	}
 	return pushOutcome(p, results)
 }

@@ -56,8 +56,15 @@ func TestPushToADevice(t *testing.T) {
 		t.Fatalf("stale push: %v\n%s", err, out)
 	}
 
+	// --wait 0 publishes and returns without a table.
+	out, errOut, err = f.fleetctl("push", "--key", f.key, "--device", "room-12", "--version", "4", "--wait", "0", cfg)
+	if err != nil || out != "" || !strings.Contains(errOut, "not waiting") {
+		t.Fatalf("push --wait 0: %v\nstdout %q\nstderr %q", err, out, errOut)
+	}
+	statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "device v4")
+
 	// --json for scripts.
-	out, _, err = f.fleetctl("push", "--key", f.key, "--device", "room-12", "--version", "4", "--json", cfg)
+	out, _, err = f.fleetctl("push", "--key", f.key, "--device", "room-12", "--version", "5", "--json", cfg)
 	if err != nil {
 		t.Fatalf("push --json: %v", err)
 	}
@@ -65,7 +72,7 @@ func TestPushToADevice(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res) != 1 {
 		t.Fatalf("push --json output %q: %v", out, err)
 	}
-	if res[0].Unit != "room-12" || res[0].Result != "applied" || res[0].Version != 4 || res[0].At.IsZero() {
+	if res[0].Unit != "room-12" || res[0].Result != "applied" || res[0].Version != 5 || res[0].At.IsZero() {
 		t.Fatalf("push --json result %+v", res[0])
 	}
 }
