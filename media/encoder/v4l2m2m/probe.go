@@ -61,6 +61,10 @@ func FindIn(glob string, coded uint32) (Device, error) {
 			why = append(why, fmt.Sprintf("%s: %v", p, err))
 			continue
 		}
+		if contains(d.Coded, FourccYU12) || contains(d.Coded, FourccNV12) {
+			why = append(why, fmt.Sprintf("%s (%s) is a decoder or converter (it gives raw %s)", p, d.Driver, FourccString(d.Coded[0])))
+			continue
+		}
 		if !contains(d.Coded, coded) {
 			why = append(why, fmt.Sprintf("%s (%s) encodes %s, not %s", p, d.Driver, fourccs(d.Coded), FourccString(coded)))
 			continue
