@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 CACHE   := $(CURDIR)/.cache
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: run run-offline test setup bench lint build clean
+.PHONY: run run-offline test setup bench lint build clean lab
 
 ## run: the simulated room unit in a local LiveKit conference, with a page to be the patient
 run:
@@ -35,6 +35,10 @@ bench:
 	    line=sprintf("%-58s %12s ns/op", $$1, $$3); \
 	    for (i=5; i<NF; i+=2) line=line sprintf("  %s %s", $$i, $$(i+1)); \
 	    print line }' $(CACHE)/bench.txt
+
+## lab: the QEMU hardware lab (Debian's kernel, vivid, snd-aloop, gpio-sim, vicodec; roomd inside); ~3-5 min, root
+lab: setup
+	KONSULT_LAB=1 KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -count=1 -timeout 15m -v -run '^TestLab$$' ./image/lab/
 
 ## lint: gofmt, go vet, staticcheck
 lint: setup

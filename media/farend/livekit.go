@@ -49,6 +49,7 @@ type LiveKit struct {
 	cmd      *exec.Cmd
 	done     chan struct{}
 	stopOnce sync.Once
+	nodeIP   string
 }
 
 // missing skips or fails the test for a real part that is not installed.
@@ -140,7 +141,11 @@ func randHex(n int) string {
 // interface and 127.0.0.1, tcp_port 0 disables the ICE-over-TCP listener
 // (which would ignore bind_addresses and listen on all interfaces), and TURN
 // stays off. node_ip 127.0.0.1 + use_external_ip false means no STUN lookups.
-func liveKitConfig(httpPort, udpPort int, key, secret string) string {
+func liveKitConfig(httpPort, udpPort int, key, secret, nodeIP string) string {
+	ips := "[127.0.0.1/32]"
+	if nodeIP != "127.0.0.1" {
+		ips = "[127.0.0.1/32, " + nodeIP + "/32]"
+	}
 	return fmt.Sprintf(`port: %d
 bind_addresses: [127.0.0.1]
 keys:
@@ -151,21 +156,30 @@ rtc:
   tcp_port: 0
   udp_port: %d
   use_external_ip: false
-  node_ip: 127.0.0.1
+  node_ip: %s
   enable_loopback_candidate: true
   interfaces:
     includes: [lo]
   ips:
-    includes: [127.0.0.1/32]
+    includes: %s
 turn:
   enabled: false
-`, httpPort, key, secret, udpPort)
+`, httpPort, key, secret, udpPort, nodeIP, ips)
 }
+
+// LiveKitOption changes how the test server is started.
+type LiveKitOption func(*LiveKit)
+
+// AdvertiseIP makes the server also take media on ip (an address the test
+// has put on lo) and advertise it as its node IP. The QEMU lab uses
+// 10.0.2.2: its guest reaches the host's loopback at that address through
+// QEMU's user network.
+func AdvertiseIP(ip string) LiveKitOption { return func(lk *LiveKit) { lk.nodeIP = ip } }
 
 // StartLiveKit starts a livekit-server on loopback and waits until it answers
 // GET / with 200. It is stopped on t.Cleanup. If the binary is missing the
 // test is skipped, or failed when KONSULT_REQUIRE_REAL_PARTS=1.
-func StartLiveKit(t testing.TB) *LiveKit {
+func StartLiveKit(t testing.TB, opts ...LiveKitOption) *LiveKit {
 	t.Helper()
 	bin := LiveKitServerPath()
 	if bin == "" {
@@ -177,6 +191,10 @@ func StartLiveKit(t testing.TB) *LiveKit {
 		APISecret: "farend-" + randHex(16), // 39 chars, LiveKit wants >= 32
 		LogPath:   filepath.Join(dir, "livekit.log"),
 		done:      make(chan struct{}),
+		nodeIP:    "127.0.0.1",
+	}
+	for _, o := range opts {
+		o(lk)
 	}
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -210,7 +228,7 @@ func (lk *LiveKit) start(bin, dir string) error {
 	lk.URL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	lk.WSURL = fmt.Sprintf("ws://127.0.0.1:%d", httpPort)
 	cfgPath := filepath.Join(dir, "livekit.yaml")
-	if err := os.WriteFile(cfgPath, []byte(liveKitConfig(httpPort, udpPort, lk.APIKey, lk.APISecret)), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(liveKitConfig(httpPort, udpPort, lk.APIKey, lk.APISecret, lk.nodeIP)), 0o600); err != nil {
 		return err
 	}
 	logf, err := os.OpenFile(lk.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
