@@ -37,6 +37,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	httpURL := fs.String("http", "", "roomd's loopback HTTP API instead of the socket, e.g. http://127.0.0.1:8787")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage, "\nFlags:\n"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil // the usage is printed; asking for it is not a failure
+		}
 		return err
 	}
 	if fs.NArg() == 0 {
