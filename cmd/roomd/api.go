@@ -16,6 +16,7 @@ import (
 	"github.com/konsult/konsult/hal/sim"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
 )
 
@@ -27,6 +28,9 @@ type status struct {
 	Pins    []pinState `json:"pins"`
 	Sim     *simStatus `json:"sim,omitempty"`
 	Media   *mediaOut  `json:"media,omitempty"`
+	// Remote is the far end as the unit plays and shows it (connector
+	// "livekit", during a call).
+	Remote *playout.Stats `json:"remote,omitempty"`
 	// Fleet is the unit's view of its fleet; absent when the fleet is off.
 	Fleet *fleetStatus `json:"fleet,omitempty"`
 }
@@ -72,6 +76,12 @@ func (u *unit) status() status {
 		if n := u.lk.Counters(); n != nil {
 			s.Media = &mediaOut{VideoFrames: n.VideoFrames.Load(), Slates: n.Slates.Load(),
 				AudioChunks: n.AudioChunks.Load(), Silences: n.Silences.Load(), LastIsSlate: n.LastIsSlate.Load()}
+		}
+	}
+	if u.lkrtc != nil {
+		if call := u.lkrtc.Current(); call != nil {
+			st := call.Playout().Stats()
+			s.Remote = &st
 		}
 	}
 	if u.simBoard != nil {
@@ -257,7 +267,11 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 	}
 	switch {
 	case u.lk != nil:
-		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "LiveKit over WHIP at " + u.cfg.Conference.URL + ", room " + u.cfg.Conference.Room})
+		how := "LiveKit over WHIP (send only)"
+		if u.lkrtc != nil {
+			how = "LiveKit (two-way, its own signalling)"
+		}
+		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: how + " at " + u.cfg.Conference.URL + ", room " + u.cfg.Conference.Room})
 		for _, ch := range u.lk.Encoders() {
 			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
 		}

@@ -36,6 +36,9 @@ type Config struct {
 		JoinTimeout  Duration `toml:"join_timeout"`
 		LeaveTimeout Duration `toml:"leave_timeout"`
 		MaxLength    Duration `toml:"max_length"`
+		// LeaveWhenAlone: hang up this long after the last far-end
+		// participant left (connector "livekit"); 0 = stay.
+		LeaveWhenAlone Duration `toml:"leave_when_alone"`
 	} `toml:"call"`
 	Conference struct {
 		Connector        string   `toml:"connector"`
@@ -54,6 +57,11 @@ type Config struct {
 		FPS              int      `toml:"fps"`
 		VideoBitrateKbps int      `toml:"video_bitrate_kbps"`
 		AudioBitrateKbps int      `toml:"audio_bitrate_kbps"`
+		// Connector "livekit" only: the speaker, TURN/STUN servers beside
+		// the server's own, and relay-only media.
+		Speaker    string      `toml:"speaker"`
+		ICEServers []iceServer `toml:"ice_servers"`
+		ForceRelay bool        `toml:"force_relay"`
 	} `toml:"conference"`
 	API struct {
 		Socket string `toml:"socket"`
@@ -205,7 +213,8 @@ func (c *Config) validate() error {
 		pos("sim.travel", c.Sim.Travel, 0, 10*time.Second),
 		pos("sim.join_delay", c.Sim.JoinDelay, 0, time.Minute),
 		oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"),
-		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip"),
+		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip", "livekit"),
+		pos("call.leave_when_alone", c.Call.LeaveWhenAlone, 0, 24*time.Hour),
 		oneOf("conference.video_codec", c.Conference.VideoCodec, "auto", "H264", "VP8"),
 		intRange("conference.width", c.Conference.Width, 160, 3840),
 		intRange("conference.height", c.Conference.Height, 120, 2160),
@@ -276,4 +285,13 @@ func oneOf(key, v string, valid ...string) error {
 		}
 	}
 	return fmt.Errorf("%s = %q: use one of %s", key, v, strings.Join(valid, ", "))
+}
+
+// iceServer is one [[conference.ice_servers]] entry: a STUN or TURN server
+// (turn:host:3478?transport=udp, turns:host:443?transport=tcp for TURN over
+// TLS where only 443 gets out). The credential is a secret: never logged.
+type iceServer struct {
+	URLs       []string `toml:"urls"`
+	Username   string   `toml:"username"`
+	Credential string   `toml:"credential"`
 }

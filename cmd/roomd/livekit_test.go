@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,15 +18,21 @@ import (
 )
 
 func livekitConfig(lk *farend.LiveKit, room string, extra string) string {
+	return connectorConfig("livekit-whip", lk, room, extra)
+}
+
+// connectorConfig is a unit on LiveKit through connector ("livekit-whip",
+// "livekit"); extra goes into [conference].
+func connectorConfig(connector string, lk *farend.LiveKit, room string, extra string) string {
 	return fmt.Sprintf(`[conference]
-connector = "livekit-whip"
+connector = %q
 url = %q
 room = %q
 identity = "unit-1"
 api_key = %q
 api_secret = %q
 %s
-`, lk.URL, room, lk.APIKey, lk.APISecret, extra)
+`, connector, lk.URL, room, lk.APIKey, lk.APISecret, extra)
 }
 
 func farWait(t *testing.T, fe *farend.FarEnd, what string, d time.Duration, cond func(farend.FarEndStats) bool) farend.FarEndStats {
@@ -42,10 +49,17 @@ func farWait(t *testing.T, fe *farend.FarEnd, what string, d time.Duration, cond
 // The patient (headless Chromium running livekit-client) checks what the
 // unit sends: picture and sound after JOIN, the slate and nothing more after
 // PRIVACY, silence after MUTE, and the unit gone from the room after LEAVE.
+// Both connectors, the same far-end assertions.
 func TestCallAtRealFarEnd(t *testing.T) {
+	for _, connector := range []string{"livekit-whip", "livekit"} {
+		t.Run(connector, func(t *testing.T) { callAtRealFarEnd(t, connector) })
+	}
+}
+
+func callAtRealFarEnd(t *testing.T, connector string) {
 	lk := farend.StartLiveKit(t)
 	room := "clinic-room-1"
-	u := startUnit(t, livekitConfig(lk, room, ""))
+	u := startUnit(t, connectorConfig(connector, lk, room, ""))
 	fe := farend.StartFarEnd(t, lk, room, "patient")
 
 	u.press("join")
@@ -141,24 +155,30 @@ func TestJoinRefusals(t *testing.T) {
 		{"plain http to a remote host", "[conference]\nconnector = \"livekit-whip\"\nurl = \"http://livekit.clinic.example:7880\"\nroom = \"r\"\nidentity = \"u\"\ntoken = \"tok-3f9a8c7d2e1b\"\n", "http"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			u := startUnit(t, tc.config)
-			u.press("join")
-			u.waitFor("fault", 20*time.Second, isState(appliance.Fault))
-			s := u.status()
-			if s.LED != "fault" || !strings.Contains(strings.ToLower(s.LastError), strings.ToLower(tc.want)) {
-				t.Fatalf("LED %s, reason %q (want it to mention %q)", s.LED, s.LastError, tc.want)
-			}
-			if strings.Contains(s.LastError, "not-a-token") || strings.Contains(s.LastError, "tok-3f9a8c7d2e1b") || strings.Contains(s.LastError, lk.APISecret) {
-				t.Fatalf("a secret is in the reason: %q", s.LastError)
-			}
-			if s.Sim.Shutter.Position != "closed" || s.Gate.Live() {
-				t.Fatalf("shutter %s gate %+v", s.Sim.Shutter.Position, s.Gate)
-			}
-			u.press("join") // it tries again, and says why again
-			u.waitFor("joining again", 5*time.Second, isState(appliance.Joining))
-		})
+		for _, connector := range []string{"livekit-whip", "livekit"} {
+			t.Run(connector+"/"+tc.name, func(t *testing.T) {
+				joinRefused(t, lk, strings.Replace(tc.config, `"livekit-whip"`, strconv.Quote(connector), 1), tc.want)
+			})
+		}
 	}
+}
+
+func joinRefused(t *testing.T, lk *farend.LiveKit, config, want string) {
+	u := startUnit(t, config)
+	u.press("join")
+	u.waitFor("fault", 20*time.Second, isState(appliance.Fault))
+	s := u.status()
+	if s.LED != "fault" || !strings.Contains(strings.ToLower(s.LastError), strings.ToLower(want)) {
+		t.Fatalf("LED %s, reason %q (want it to mention %q)", s.LED, s.LastError, want)
+	}
+	if strings.Contains(s.LastError, "not-a-token") || strings.Contains(s.LastError, "tok-3f9a8c7d2e1b") || strings.Contains(s.LastError, lk.APISecret) {
+		t.Fatalf("a secret is in the reason: %q", s.LastError)
+	}
+	if s.Sim.Shutter.Position != "closed" || s.Gate.Live() {
+		t.Fatalf("shutter %s gate %+v", s.Sim.Shutter.Position, s.Gate)
+	}
+	u.press("join") // it tries again, and says why again
+	u.waitFor("joining again", 5*time.Second, isState(appliance.Joining))
 }
 
 // LiveKit stopped mid-call: the call ends by itself, fault shown, shutter closed.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pion/webrtc/v4"
 	"periph.io/x/conn/v3/gpio"
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/host/v3"
@@ -26,8 +27,10 @@ import (
 	"github.com/konsult/konsult/hal/shutter"
 	"github.com/konsult/konsult/hal/sim"
 	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
+	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
 )
 
@@ -225,9 +228,10 @@ type unit struct {
 	gate    *gate.Gate
 	machine *appliance.Machine
 
-	simBoard *sim.Board             // nil on hardware
-	simConf  *simconf.Conference    // the local simulated conference, when no server is configured
-	lk       *livekit.WHIPConnector // when [conference] connector = "livekit-whip"
+	simBoard *sim.Board            // nil on hardware
+	simConf  *simconf.Conference   // the local simulated conference, when no server is configured
+	lk       connector             // when [conference] connector = "livekit" or "livekit-whip"
+	lkrtc    *livekit.RTCConnector // when connector = "livekit": the far end's side too
 
 	wg sync.WaitGroup
 }
@@ -280,28 +284,40 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 
 	var conf appliance.Conference
 	switch c := cfg.Conference; {
-	case c.Connector == "livekit-whip":
+	case c.Connector == "livekit-whip" || c.Connector == "livekit":
 		if simulate {
-			c.Camera, c.Microphone = capture.TestDevice, capture.TestDevice
-			if c.Width != 640 || c.Height != 480 {
-				log.Info("--sim: the test camera is 640x480 only; conference.width/height apply to a real camera", "configured", fmt.Sprintf("%dx%d", c.Width, c.Height))
-			}
-			c.Width, c.Height = 640, 480
+			c.Camera, c.Microphone, c.Speaker = capture.TestDevice, capture.TestDevice, playout.DeviceNull
 		}
-		u.lk, err = livekit.NewWHIP(livekit.Config{
+		lc := livekit.Config{
 			URL: c.URL, Room: c.Room, Identity: c.Identity,
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
-		}, livekit.Media{
+		}
+		lm := livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
 			Stamp:  simulate && cfg.Sim.Stamp, // a real unit never draws on the picture
 			Camera: c.Camera, Microphone: c.Microphone,
-		}, u.gate, log)
+		}
+		if c.Connector == "livekit" {
+			opt := livekit.RTCOptions{Speaker: c.Speaker, ForceRelay: c.ForceRelay}
+			for _, s := range c.ICEServers {
+				opt.ICEServers = append(opt.ICEServers, webrtc.ICEServer{URLs: s.URLs, Username: s.Username, Credential: s.Credential})
+			}
+			u.lkrtc, err = livekit.NewRTC(lc, lm, opt, u.gate, log)
+			u.lk = u.lkrtc
+			conf = appliance.JoinWith(u.lkrtc.Join)
+		} else {
+			var w *livekit.WHIPConnector
+			w, err = livekit.NewWHIP(lc, lm, u.gate, log)
+			u.lk = w
+			if err == nil {
+				conf = appliance.JoinWith(w.Join)
+			}
+		}
 		if err != nil {
 			u.halt()
 			return nil, fmt.Errorf("config [conference]: %w", err)
 		}
-		conf = appliance.JoinWith(u.lk.Join)
 	case simulate:
 		u.simConf = simconf.New(simconf.Config{Gate: u.gate, JoinDelay: cfg.Sim.JoinDelay.Duration})
 		conf = appliance.JoinWith(u.simConf.Join)
@@ -317,9 +333,17 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 		JoinTimeout:   cfg.Call.JoinTimeout.Duration,
 		LeaveTimeout:  cfg.Call.LeaveTimeout.Duration,
 		MaxCallLength: cfg.Call.MaxLength.Duration,
+		AloneGrace:    cfg.Call.LeaveWhenAlone.Duration,
 		Logger:        log,
 	})
 	return u, nil
+}
+
+// connector is what the local API needs of either LiveKit connector.
+type connector interface {
+	Counters() *capture.Counters
+	LoseDevice(gate.Kind, error) error
+	Encoders() []encoder.Choice
 }
 
 // simLines is the simulated board's header: the Raspberry Pi's GPIO0–GPIO27,

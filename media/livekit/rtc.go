@@ -83,9 +83,9 @@ func NewRTC(cfg Config, m Media, opt RTCOptions, g *gate.Gate, log *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if err := whip.CheckURL(cfg.URL, cfg.AllowedHosts); err != nil {
-		return nil, fmt.Errorf("conference: %w", err)
-	}
+	// The transport policy is checked at each join, as on the WHIP path: a
+	// refused server is a fault the room sees on JOIN, not a unit that
+	// does not start.
 	d := *websocket.DefaultDialer
 	d.HandshakeTimeout = 10 * time.Second
 	return &RTCConnector{base: b, opt: opt, dialer: &d}, nil
