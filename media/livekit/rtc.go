@@ -449,9 +449,10 @@ func (c *RTCCall) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 		if t.Kind() == webrtc.RTPCodecTypeAudio {
 			err = c.player.PlayAudio(who, t)
 		} else {
-			// Ask for a keyframe at once: frames before it cannot be shown.
-			_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(t.SSRC())}})
-			err = c.player.ShowVideo(who, t.Codec().MimeType, t)
+			// Frames before a keyframe cannot be shown: ask for one.
+			err = c.player.ShowVideo(who, t.Codec().MimeType, t, func() {
+				_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(t.SSRC())}})
+			})
 		}
 		if err != nil && !errors.Is(err, playout.ErrClosed) {
 			c.log.Debug("far end track ended", "participant", who, "err", err)

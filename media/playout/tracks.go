@@ -105,8 +105,9 @@ type videoTrack struct {
 
 // ShowVideo depacketises one remote video track into whole frames until it
 // ends, counts them and hands them to the display sink. Frames before the
-// first keyframe are dropped: no decoder could show them. It blocks.
-func (p *Player) ShowVideo(participant, mime string, t RTPSource) error {
+// first keyframe are dropped: no decoder could show them; keyframe (may be
+// nil) asks the sender for one, once a second until one arrives. It blocks.
+func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func()) error {
 	codec := strings.ToUpper(strings.TrimPrefix(strings.ToLower(mime), "video/"))
 	var dep rtp.Depacketizer
 	switch codec {
@@ -130,7 +131,12 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource) error {
 	}()
 	sb := samplebuilder.New(128, dep, 90000)
 	seenKey := false
+	var asked time.Time
 	for {
+		if !seenKey && keyframe != nil && time.Since(asked) > time.Second {
+			keyframe()
+			asked = time.Now()
+		}
 		pkt, _, err := t.ReadRTP()
 		if err != nil {
 			return endOf(err)
@@ -148,7 +154,7 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource) error {
 					continue
 				}
 			}
-			key, w, h := keyframe(codec, frame)
+			key, w, h := isKeyframe(codec, frame)
 			if !seenKey && !key {
 				continue
 			}
@@ -180,9 +186,9 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource) error {
 	}
 }
 
-// keyframe tells a keyframe by its header, and reads the picture size where
+// isKeyframe tells a keyframe by its header, and reads the picture size where
 // the header carries it (VP8), without decoding.
-func keyframe(codec string, f []byte) (bool, int, int) {
+func isKeyframe(codec string, f []byte) (bool, int, int) {
 	switch codec {
 	case "VP8":
 		if len(f) < 10 || f[0]&1 != 0 {
