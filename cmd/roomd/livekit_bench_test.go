@@ -104,7 +104,15 @@ func BenchmarkJoinToFarEndFrame(b *testing.B) {
 // BenchmarkCallResources: `roomd --sim` as a process in a LiveKit call
 // (640x480@30 openh264 + opus, a Chromium far end watching): resident memory
 // and CPU over 5 s of call, per iteration.
-func BenchmarkCallResources(b *testing.B) {
+func BenchmarkCallResources(b *testing.B) { callResources(b, "livekit-whip", 1) }
+
+// BenchmarkCallResources3Party: the same on connector "livekit" in a
+// 3-party call: two far ends publishing camera and microphone, the unit
+// sending, receiving both, mixing both voices (null speaker) and counting
+// both pictures.
+func BenchmarkCallResources3Party(b *testing.B) { callResources(b, "livekit", 2) }
+
+func callResources(b *testing.B, connector string, farEnds int) {
 	lk := farend.StartLiveKit(b)
 	dir := b.TempDir()
 	bin := filepath.Join(dir, "roomd")
@@ -112,10 +120,17 @@ func BenchmarkCallResources(b *testing.B) {
 		b.Fatalf("build: %v\n%s", err, out)
 	}
 	cfgPath := filepath.Join(dir, "roomd.toml")
-	if err := os.WriteFile(cfgPath, []byte(livekitConfig(lk, "res-room", "")), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(connectorConfig(connector, lk, "res-room", "")), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	fe := farend.StartFarEnd(b, lk, "res-room", "patient")
+	var opts []farend.Option
+	if farEnds > 1 {
+		opts = append(opts, farend.Publish())
+	}
+	fe := farend.StartFarEnd(b, lk, "res-room", "patient", opts...)
+	for i := 1; i < farEnds; i++ {
+		farend.StartFarEnd(b, lk, "res-room", fmt.Sprintf("relative-%d", i), farend.Publish())
+	}
 	sock := filepath.Join(dir, "s.sock")
 	cmd := exec.Command(bin, "--sim", "--config", cfgPath, "--socket", sock, "--http", "off")
 	if err := cmd.Start(); err != nil {
