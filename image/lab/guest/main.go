@@ -294,7 +294,7 @@ func startRoomd(w http.ResponseWriter, r *http.Request) {
 	roomdMu.Lock()
 	defer roomdMu.Unlock()
 	if roomd != nil {
-		http.Error(w, "already running", 409)
+		http.Error(w, "already running", http.StatusConflict)
 		return
 	}
 	cmd := exec.Command("/usr/bin/roomd", "--config", "/etc/konsult/roomd.toml")
