@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -188,4 +189,86 @@ func TestRTCNetworkBreakResumes(t *testing.T) {
 		t.Fatalf("the call ended: %v", err)
 	default:
 	}
+}
+
+// BenchmarkRTCReconnect: a 3 s network break (every UDP packet dropped),
+// then: network back → the far end decodes at >= 15 fps again, and → the
+// unit's first remote frame, and its 15 frames within a second. The far end must never see the
+// unit leave.
+func BenchmarkRTCReconnect(b *testing.B) {
+	lk := farend.StartLiveKit(b)
+	var cut atomic.Bool
+	sys, err := stdnet.NewNet()
+	if err != nil {
+		b.Fatal(err)
+	}
+	g := gate.New()
+	conn, err := livekit.NewRTC(livekit.Config{
+		URL: lk.URL, Room: "bench-break", Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret,
+		Net: cutNet{Net: sys, cut: &cut}, DisconnectGrace: 15 * time.Second,
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice},
+		livekit.RTCOptions{Speaker: playout.DeviceNull}, g, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	call, err := conn.Join(ctx)
+	cancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = call.Leave(context.Background()) }()
+	g.Set(gate.State{Video: true, Audio: true})
+	fe := farend.StartFarEnd(b, lk, "bench-break", "patient", farend.Publish(), farend.ReportInterval(20*time.Millisecond))
+	var pr presence
+	wait := func(d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
+		ctx, cancel := context.WithTimeout(context.Background(), d)
+		defer cancel()
+		s, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { pr.observe(s); return cond(s) })
+		if err != nil {
+			b.Fatalf("far end: %s: %v", what, err)
+		}
+		return s
+	}
+	unitShows := func(after time.Time, fps float64) time.Time {
+		deadline := time.Now().Add(20 * time.Second)
+		for time.Now().Before(deadline) {
+			for _, v := range call.Playout().Stats().Video {
+				if !v.Ended && v.FPS >= fps && v.LastFrameAt.After(after) {
+					return v.LastFrameAt
+				}
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.Fatal("the unit does not show the far end")
+		return time.Time{}
+	}
+	wait(20*time.Second, "sees the unit", func(s farend.FarEndStats) bool { return s.FPS >= 20 })
+	unitShows(time.Now(), 15)
+	var far, unit, unitSteady []time.Duration
+	for b.Loop() {
+		cut.Store(true)
+		time.Sleep(3 * time.Second)
+		cut.Store(false)
+		back := time.Now()
+		s := wait(20*time.Second, "picture back", func(s farend.FarEndStats) bool { return s.ReceivedAt.After(back) && s.FPS >= 15 })
+		far = append(far, s.ReceivedAt.Sub(back))
+		unit = append(unit, unitShows(back, 1).Sub(back))
+		unitSteady = append(unitSteady, unitShows(back, 15).Sub(back))
+		b.StopTimer()
+		time.Sleep(2 * time.Second) // steady again before the next break
+		b.StartTimer()
+	}
+	if pr.gone() {
+		b.Fatal("the far end saw the unit leave")
+	}
+	sort.Slice(far, func(i, j int) bool { return far[i] < far[j] })
+	sort.Slice(unit, func(i, j int) bool { return unit[i] < unit[j] })
+	sort.Slice(unitSteady, func(i, j int) bool { return unitSteady[i] < unitSteady[j] })
+	b.ReportMetric(float64(far[len(far)/2].Milliseconds()), "far-end-back-p50-ms")
+	b.ReportMetric(float64(far[len(far)-1].Milliseconds()), "far-end-back-max-ms")
+	b.ReportMetric(float64(unit[len(unit)/2].Milliseconds()), "unit-first-frame-p50-ms")
+	b.ReportMetric(float64(unitSteady[len(unitSteady)/2].Milliseconds()), "unit-15fps-p50-ms")
+	b.ReportMetric(float64(call.Restarts()), "ice-restarts")
 }
