@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command guest is /init in the QEMU lab's initramfs: it brings the guest
 // up (filesystems, modules, network, a gpio-sim chip), plays the room's
 // physical parts the test cannot reach directly (the shutter mechanism,

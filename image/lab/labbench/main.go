@@ -1,3 +1,5 @@
+//go:build linux && (amd64 || arm64)
+
 // Command labbench runs in the QEMU lab guest: it captures frames from the
 // vivid camera once, then encodes the same frames through the V4L2
 // memory-to-memory backend (vicodec, FWHT) and the software backend
