@@ -373,6 +373,19 @@ func (c *RTCCall) Congestion() *congestion.Controller { return c.rate }
 func (c *RTCCall) Resumes() int  { return int(c.resumes.Load()) }
 func (c *RTCCall) Restarts() int { return int(c.restarts.Load()) }
 
+// Path says how media goes now, from the unit's side of the selected ICE
+// pair: "host", "srflx" or "relay" (through TURN), for status and tests.
+func (c *RTCCall) Path() string {
+	for _, s := range c.pc.GetSenders() {
+		if t := s.Transport(); t != nil {
+			if p, err := t.ICETransport().GetSelectedCandidatePair(); err == nil && p != nil && p.Local != nil {
+				return p.Local.Typ.String()
+			}
+		}
+	}
+	return ""
+}
+
 // Others is how many far-end participants are in the meeting now.
 func (c *RTCCall) Others() int {
 	c.mu.Lock()
