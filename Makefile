@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 CACHE   := $(CURDIR)/.cache
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: run run-offline test setup bench lint build clean lab
+.PHONY: run run-offline test setup bench lint build clean lab deb image image-amd64 image-test
 
 ## run: the simulated room unit in a local LiveKit conference, with a page to be the patient
 run:
@@ -54,6 +54,26 @@ build:
 	  done; \
 	done
 	@ls -l bin/linux-*/
+
+## deb: Debian packages (konsult, konsult-fleetctl) for amd64 and arm64 into dist/; ~5 min
+deb:
+	bash packaging/build-deb amd64 dist
+	bash packaging/build-deb arm64 dist
+
+## image: Raspberry Pi 4 image (Debian arm64 + raspi-firmware + konsult) into dist/; root, ~20 min
+image:
+	bash packaging/build-deb arm64 dist
+	bash image/build arm64 "$$(ls -t dist/konsult_*_arm64.deb | head -n1)" dist/konsult-rpi4-arm64.img
+
+## image-amd64: the same system for amd64 (what the boot test boots)
+image-amd64:
+	bash packaging/build-deb amd64 dist
+	bash image/build amd64 "$$(ls -t dist/konsult_*_amd64.deb | head -n1)" dist/konsult-amd64.img
+
+## image-test: boot the amd64 image under QEMU (TCG) in a loopback-only netns; root, ~5-10 min
+image-test: image-amd64
+	KONSULT_BOOT_TEST=1 KONSULT_IMAGE=$(CURDIR)/dist/konsult-amd64.img KONSULT_BOOT_RESULT=$(CURDIR)/dist/boottest.txt \
+	  $(GO) test -count=1 -timeout 40m -v -run TestImageBoots ./image/boottest/
 
 clean:
 	rm -rf bin

@@ -1,0 +1,499 @@
+// Package boottest boots the amd64 Konsult image under QEMU and checks, from
+// outside, what a clinic's unit does on power-on: roomd starts under systemd
+// with its hardening, tells systemd it is ready, and reaches its fleet broker.
+//
+// It is slow (minutes under TCG) and needs root, qemu-system-x86_64,
+// e2fsprogs (debugfs), fdisk, util-linux (unshare) and mosquitto, so it runs
+// only with KONSULT_BOOT_TEST=1 (`make image-test`).
+package boottest
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+const (
+	deviceID    = "boot-unit"
+	group       = "lab"
+	bootTimeout = 15 * time.Minute
+)
+
+func TestImageBoots(t *testing.T) {
+	if os.Getenv("KONSULT_BOOT_TEST") != "1" {
+		t.Skip("boots the image under QEMU (minutes): set KONSULT_BOOT_TEST=1, or run make image-test")
+	}
+	if os.Getenv("KONSULT_BOOT_NETNS") == "" {
+		reexecInLoopbackNetns(t)
+		return
+	}
+	img := os.Getenv("KONSULT_IMAGE")
+	if img == "" {
+		img = "../../.cache/image/out/konsult-amd64.img"
+	}
+	img, _ = filepath.Abs(img)
+	base := strings.TrimSuffix(img, ".img")
+	for _, f := range []string{img, base + ".vmlinuz", base + ".initrd"} {
+		if _, err := os.Stat(f); err != nil {
+			t.Fatalf("%v: build it with make image-amd64", err)
+		}
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: apt-get install qemu-system-x86 e2fsprogs fdisk", tool)
+		}
+	}
+
+	broker := brokertest.Start(t, brokertest.Options{Units: map[string][]string{deviceID: {group}}})
+	_, port, _ := net.SplitHostPort(broker.Addr())
+	serveNTP(t)
+
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "unit.img")
+	run(t, "cp", "--sparse=always", img, disk)
+	injectTestFiles(t, disk, dir, broker, port)
+
+	// The fleet sees the unit come online: its retained status on the
+	// broker, published by roomd inside the guest over TLS.
+	online := make(chan time.Time, 1)
+	admin := broker.Client(t, broker.Admin().Name)
+	topic := link.Topics{}.Status(deviceID)
+	tok := admin.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		var st struct {
+			Online bool `json:"online"`
+		}
+		if json.Unmarshal(m.Payload(), &st) == nil && st.Online {
+			select {
+			case online <- time.Now():
+			default:
+			}
+		}
+	})
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe %s: %v", topic, tok.Error())
+	}
+
+	console := &consoleLog{}
+	logPath := filepath.Join(dir, "console.log")
+	if p := os.Getenv("KONSULT_BOOT_CONSOLE"); p != "" {
+		logPath = p
+	}
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	qemu := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-cpu", "max",
+		"-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
+		"-kernel", base+".vmlinuz", "-initrd", base+".initrd",
+		"-append", "console=ttyS0 root=LABEL=KONSULT-ROOT ro panic=-1",
+		"-drive", "file="+disk+",format=raw,if=virtio",
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+	qemu.Stdout = io.MultiWriter(console, logFile)
+	qemu.Stderr = qemu.Stdout
+	start := time.Now()
+	if err := qemu.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- qemu.Wait() }()
+	defer func() {
+		_ = qemu.Process.Kill()
+		<-exited
+	}()
+
+	var onlineAt time.Time
+	deadline := time.After(bootTimeout)
+	for !console.has("@@ done") || onlineAt.IsZero() {
+		select {
+		case onlineAt = <-online:
+			t.Logf("fleet: %s online on the host's broker %.1f s after QEMU started", deviceID, onlineAt.Sub(start).Seconds())
+		case err := <-exited:
+			t.Fatalf("QEMU exited (%v) before the unit was up; console in %s:\n%s", err, logPath, tail(console.String(), 60))
+		case <-deadline:
+			t.Fatalf("after %s: report done=%v, online=%v; console in %s:\n%s", bootTimeout,
+				console.has("@@ done"), !onlineAt.IsZero(), logPath, tail(console.String(), 60))
+		case <-time.After(time.Second):
+		}
+	}
+	readyWall := console.firstSeen("@@ roomd-show").Sub(start)
+	out := console.String()
+
+	show := section(out, "roomd-show")
+	for _, want := range []string{"ActiveState=active", "SubState=running", "NRestarts=0", "Type=notify", "User=konsult", "WatchdogUSec=30s"} {
+		if !strings.Contains(show, want) {
+			t.Errorf("systemctl show roomd lacks %s:\n%s", want, show)
+		}
+	}
+	readyMono := showUsec(show, "ActiveEnterTimestampMonotonic")
+	startMono := showUsec(show, "ExecMainStartTimestampMonotonic")
+	syncMono := showUsec(section(out, "time-sync"), "ActiveEnterTimestampMonotonic")
+	if syncMono == 0 || syncMono > startMono {
+		t.Errorf("roomd started (%d µs) before NTP set the clock (time-sync.target at %d µs)", startMono, syncMono)
+	}
+
+	ps := section(out, "proc-status")
+	for _, re := range []string{`NoNewPrivs:\s+1`, `CapEff:\s+0+\b`, `CapBnd:\s+0+\b`, `Seccomp:\s+2`} {
+		if !regexp.MustCompile(re).MatchString(ps) {
+			t.Errorf("roomd's /proc status does not match %s:\n%s", re, ps)
+		}
+	}
+	if sock := section(out, "socket"); !strings.Contains(sock, "roomd.sock") || !strings.HasPrefix(strings.TrimSpace(lineWith(sock, "roomd.sock")), "srw-------") {
+		t.Errorf("the local API socket is not /run/konsult/roomd.sock with mode 0600:\n%s", sock)
+	}
+	// Only the DHCP clients (68, 546) may have a socket open to the network.
+	for _, l := range strings.Split(section(out, "listening"), "\n") {
+		if regexp.MustCompile(`\s(0\.0\.0\.0|\*|\[::\]):\d+`).MatchString(l) && !regexp.MustCompile(`:(68|546)\s`).MatchString(l) {
+			t.Errorf("a network-facing socket (the unit must have none): %s", l)
+		}
+	}
+	if f := strings.TrimSpace(section(out, "failed")); f != "" {
+		t.Errorf("failed units in the guest:\n%s", f)
+	}
+	score := regexp.MustCompile(`Overall exposure level for roomd.service: ([0-9.]+) (\S+)`).FindStringSubmatch(section(out, "security"))
+	if score == nil {
+		t.Errorf("no systemd-analyze security score:\n%s", section(out, "security"))
+		score = []string{"", "?", "?"}
+	}
+
+	summary := fmt.Sprintf("boot test %s\n"+
+		"  guest: kernel start -> time-sync.target %.1f s, -> roomd started %.1f s, -> roomd READY=1 %.1f s\n"+
+		"  host wall clock: QEMU start -> roomd ready reported %.1f s, -> unit online on the broker %.1f s\n"+
+		"  systemd-analyze security roomd: %s %s\n  %s",
+		time.Now().UTC().Format(time.RFC3339), float64(syncMono)/1e6, float64(startMono)/1e6, float64(readyMono)/1e6,
+		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2],
+		strings.TrimSpace(section(out, "boot")))
+	t.Log(summary)
+	if p := os.Getenv("KONSULT_BOOT_RESULT"); p != "" {
+		_ = os.WriteFile(p, []byte(summary+"\n"), 0o644)
+	}
+}
+
+// reexecInLoopbackNetns runs this test again inside a new network namespace
+// with only lo up: the guest's user network can then reach the host's
+// loopback services and nothing else.
+func reexecInLoopbackNetns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("the boot test needs root (a network namespace, loop-free image edits)")
+	}
+	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh",
+		os.Args[0], "-test.run=^TestImageBoots$", "-test.v", "-test.timeout=30m")
+	cmd.Env = append(os.Environ(), "KONSULT_BOOT_NETNS=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, os.Stdout), io.MultiWriter(&out, os.Stderr)
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("boot test in a loopback-only network namespace: %v", err)
+	}
+	if !strings.Contains(out.String(), "--- PASS: TestImageBoots") {
+		t.Fatal("the boot test did not pass in its network namespace")
+	}
+}
+
+// injectTestFiles writes the test's unit identity, config and reporting
+// service into the root filesystem of disk (partition 2), with debugfs on an
+// extracted copy: no loop device, no mount.
+func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port string) {
+	t.Helper()
+	var layout struct {
+		PartitionTable struct {
+			SectorSize int `json:"sectorsize"`
+			Partitions []struct {
+				Start, Size int64
+			} `json:"partitions"`
+		} `json:"partitiontable"`
+	}
+	if err := json.Unmarshal(output(t, "sfdisk", "--json", disk), &layout); err != nil {
+		t.Fatal(err)
+	}
+	pt := layout.PartitionTable
+	if len(pt.Partitions) != 2 {
+		t.Fatalf("image has %d partitions, want boot and root", len(pt.Partitions))
+	}
+	sector := int64(pt.SectorSize)
+	if sector == 0 {
+		sector = 512
+	}
+	off, size := pt.Partitions[1].Start*sector, pt.Partitions[1].Size*sector
+	root := filepath.Join(dir, "root.ext4")
+	copyRange(t, disk, root, off, size, false)
+
+	gid := groupID(t, string(output(t, "debugfs", "-R", "cat /etc/group", root)), "konsult")
+	files := filepath.Join(dir, "files")
+	_ = os.MkdirAll(files, 0o700)
+	put := func(name string, data []byte) string {
+		p := filepath.Join(files, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	read := func(p string) []byte {
+		d, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	here, _ := os.Getwd()
+	asset := func(name string) []byte { return read(filepath.Join(here, name)) }
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := b.Identity(deviceID)
+	config := fmt.Sprintf(`# Boot test: the unit's own config as enrolment would leave it.
+[unit]
+board = "pi4"
+
+[fleet]
+broker = "mqtts://localhost:8883"
+ca_file = "/etc/konsult/test/ca.pem"
+cert_file = "/etc/konsult/test/unit.pem"
+key_file = "/etc/konsult/test/unit.key"
+device_id = %q
+groups = [%q]
+fleet_key = "/etc/konsult/test/fleet.pub"
+state_dir = "/var/lib/konsult/fleet"
+`, deviceID, group)
+
+	secret := "0100640" // root:konsult, readable by roomd only
+	cmds := []string{
+		"rm /etc/konsult/roomd.toml",
+		"write " + put("roomd.toml", []byte(config)) + " /etc/konsult/roomd.toml",
+		"sif /etc/konsult/roomd.toml mode " + secret,
+		"mkdir /etc/konsult/test",
+		"sif /etc/konsult/test mode 040750",
+		fmt.Sprintf("sif /etc/konsult/test gid %d", gid),
+	}
+	for name, data := range map[string][]byte{
+		"ca.pem": read(b.CAFile()), "unit.pem": read(id.CertFile), "unit.key": read(id.KeyFile),
+		"fleet.pub": fleet.FormatPublicKey(pub),
+	} {
+		p := "/etc/konsult/test/" + name
+		cmds = append(cmds, "write "+put(name, data)+" "+p, "sif "+p+" mode "+secret, "sif "+p+" uid 0")
+	}
+	for _, p := range []string{"/etc/konsult/roomd.toml", "/etc/konsult/test/ca.pem", "/etc/konsult/test/unit.pem", "/etc/konsult/test/unit.key", "/etc/konsult/test/fleet.pub"} {
+		cmds = append(cmds, fmt.Sprintf("sif %s gid %d", p, gid))
+	}
+	proxy := strings.ReplaceAll(string(asset("broker-proxy.service")), "@PORT@", port)
+	cmds = append(cmds,
+		"mkdir /etc/systemd/system/roomd.service.d",
+		"write "+put("roomd.conf", asset("roomd-boottest.conf"))+" /etc/systemd/system/roomd.service.d/boottest.conf",
+		"mkdir /etc/systemd/timesyncd.conf.d",
+		"write "+put("timesyncd.conf", asset("timesyncd-boottest.conf"))+" /etc/systemd/timesyncd.conf.d/boottest.conf",
+		"write "+put("proxy.socket", asset("broker-proxy.socket"))+" /etc/systemd/system/konsult-broker-proxy.socket",
+		"write "+put("proxy.service", []byte(proxy))+" /etc/systemd/system/konsult-broker-proxy.service",
+		"symlink /etc/systemd/system/sockets.target.wants/konsult-broker-proxy.socket /etc/systemd/system/konsult-broker-proxy.socket",
+		"write "+put("boottest.service", asset("boottest.service"))+" /etc/systemd/system/konsult-boottest.service",
+		"symlink /etc/systemd/system/multi-user.target.wants/konsult-boottest.service /etc/systemd/system/konsult-boottest.service",
+		"write "+put("report", asset("report.sh"))+" /usr/local/sbin/konsult-boottest-report",
+		"sif /usr/local/sbin/konsult-boottest-report mode 0100755",
+	)
+	for _, p := range []string{"/etc/systemd/system/roomd.service.d/boottest.conf", "/etc/systemd/timesyncd.conf.d/boottest.conf",
+		"/etc/systemd/system/konsult-broker-proxy.socket", "/etc/systemd/system/konsult-broker-proxy.service",
+		"/etc/systemd/system/konsult-boottest.service"} {
+		cmds = append(cmds, "sif "+p+" mode 0100644")
+	}
+	script := put("debugfs.cmds", []byte(strings.Join(cmds, "\n")+"\n"))
+	if out := output(t, "debugfs", "-w", "-f", script, root); bytes.Contains(out, []byte("rror")) {
+		t.Logf("debugfs said:\n%s", out)
+	}
+	// Prove the edit took before spending minutes booting.
+	if got := output(t, "debugfs", "-R", "cat /etc/konsult/roomd.toml", root); !bytes.Contains(got, []byte(deviceID)) {
+		t.Fatalf("test config not in the image:\n%s", got)
+	}
+	copyRange(t, root, disk, 0, size, true)
+}
+
+// copyRange copies size bytes from src at off to dst (at off when back).
+func copyRange(t *testing.T, src, dst string, off, size int64, back bool) {
+	t.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer in.Close()
+	flags := os.O_WRONLY | os.O_CREATE
+	out, err := os.OpenFile(dst, flags, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	var r io.Reader = io.NewSectionReader(in, off, size)
+	var w io.Writer = out
+	if back {
+		r = io.NewSectionReader(in, 0, size)
+		w = io.NewOffsetWriter(out, off)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serveNTP answers SNTP on the host's loopback, port 123: in the namespace
+// there is no other clock source, and roomd's unit waits for time-sync.
+func serveNTP(t *testing.T) {
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 123})
+	if err != nil {
+		t.Fatalf("NTP on 127.0.0.1:123: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	stamp := func(b []byte, at time.Time) {
+		binary.BigEndian.PutUint32(b, uint32(at.Unix()+2208988800))
+		binary.BigEndian.PutUint32(b[4:], uint32((uint64(at.Nanosecond())<<32)/1e9))
+	}
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, addr, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if n < 48 {
+				continue
+			}
+			now := time.Now()
+			r := make([]byte, 48)
+			r[0] = buf[0]&0x38 | 4 // no leap warning, the client's version, server mode
+			r[1] = 1               // stratum 1: a reference clock
+			r[2] = buf[2]
+			r[3] = 0xec // precision 2^-20 s
+			copy(r[12:16], "LOCL")
+			stamp(r[16:], now)
+			copy(r[24:32], buf[40:48]) // origin: the client's transmit time
+			stamp(r[32:], now)
+			stamp(r[40:], time.Now())
+			_, _ = c.WriteToUDP(r, addr)
+		}
+	}()
+}
+
+type consoleLog struct {
+	mu    sync.Mutex
+	b     bytes.Buffer
+	lines map[string]time.Time
+	part  string
+}
+
+func (c *consoleLog) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lines == nil {
+		c.lines = map[string]time.Time{}
+	}
+	c.b.Write(p)
+	c.part += string(p)
+	for {
+		i := strings.IndexByte(c.part, '\n')
+		if i < 0 {
+			break
+		}
+		l := strings.TrimRight(c.part[:i], "\r")
+		if _, ok := c.lines[l]; !ok && strings.HasPrefix(l, "@@") {
+			c.lines[l] = time.Now()
+		}
+		c.part = c.part[i+1:]
+	}
+	return len(p), nil
+}
+
+func (c *consoleLog) has(l string) bool { _, ok := c.seen(l); return ok }
+
+func (c *consoleLog) seen(l string) (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	at, ok := c.lines[l]
+	return at, ok
+}
+
+func (c *consoleLog) firstSeen(l string) time.Time { at, _ := c.seen(l); return at }
+
+func (c *consoleLog) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return strings.ReplaceAll(c.b.String(), "\r", "")
+}
+
+// section is the report's text between "@@ name" and "@@ end".
+func section(out, name string) string {
+	_, after, ok := strings.Cut(out, "@@ "+name+"\n")
+	if !ok {
+		return ""
+	}
+	body, _, _ := strings.Cut(after, "@@ end")
+	return body
+}
+
+func showUsec(show, key string) int64 {
+	sc := bufio.NewScanner(strings.NewReader(show))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), key+"="); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func lineWith(s, sub string) string {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			return l
+		}
+	}
+	return ""
+}
+
+func groupID(t *testing.T, etcGroup, name string) int {
+	for _, l := range strings.Split(etcGroup, "\n") {
+		f := strings.Split(l, ":")
+		if len(f) >= 3 && f[0] == name {
+			n, err := strconv.Atoi(f[2])
+			if err == nil {
+				return n
+			}
+		}
+	}
+	t.Fatalf("no group %q in the image's /etc/group: is the konsult package installed?", name)
+	return 0
+}
+
+func run(t *testing.T, name string, args ...string) { output(t, name, args...) }
+
+func output(t *testing.T, name string, args ...string) []byte {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(s, "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}

@@ -1,0 +1,18 @@
+#!/bin/bash
+# Boot test only: what the host reads off the serial console. Each section
+# sits between "@@ NAME" and "@@ end".
+set -euo pipefail
+section() { echo "@@ $1"; shift; "$@" 2>&1 || true; echo "@@ end"; }
+pid="$(systemctl show -p MainPID --value roomd)"
+section roomd-show systemctl show roomd -p ActiveState -p SubState -p NRestarts -p Type \
+  -p ActiveEnterTimestampMonotonic -p ExecMainStartTimestampMonotonic -p WatchdogUSec -p User
+section time-sync systemctl show time-sync.target -p ActiveEnterTimestampMonotonic
+section proc-status grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff|CapBnd|Seccomp):' "/proc/$pid/status"
+section socket ls -ln /run/konsult/
+section security systemd-analyze security --no-pager roomd
+section boot systemd-analyze time
+section failed systemctl --failed --no-legend --plain
+section journal journalctl -b -u roomd --no-pager -o cat
+section nft nft list ruleset
+section listening ss -Hlntu
+echo "@@ done"
