@@ -10,7 +10,6 @@ section time-sync systemctl show time-sync.target -p ActiveEnterTimestampMonoton
 section proc-status grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff|CapBnd|Seccomp):' "/proc/$pid/status"
 section socket ls -ln /run/konsult/
 section security systemd-analyze security --no-pager roomd
-section boot systemd-analyze time
 section failed systemctl --failed --no-legend --plain
 section journal journalctl -b -u roomd --no-pager -o cat
 section nft nft list ruleset
