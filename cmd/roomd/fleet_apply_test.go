@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
 	"github.com/konsult/konsult/appliance"
 	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -260,4 +262,39 @@ func TestFleetSecretsNeverLeave(t *testing.T) {
 			t.Errorf("secret %q leaked:\n%s", s, whole)
 		}
 	}
+}
+
+// roomd --sim with no broker configured runs the embedded demo broker and a
+// demo fleet key, so a fleet manager's tool works against it out of the box:
+// a config signed with the demo key and published on the demo broker (plain
+// MQTT on loopback) takes effect.
+func TestSimDemoFleet(t *testing.T) {
+	u := startUnit(t, "")
+	var s status
+	u.eventually("demo fleet connected", func(st status) bool { s = st; return st.Fleet != nil && st.Fleet.Connected })
+	if s.Fleet.Device != demoDevice || len(s.Fleet.Groups) != 1 || s.Fleet.Groups[0] != demoGroup ||
+		!strings.HasPrefix(s.Fleet.Broker, "tcp://127.0.0.1:") || s.Fleet.DemoKey == "" {
+		t.Fatalf("demo fleet status = %+v", s.Fleet)
+	}
+	priv, err := fleet.LoadPrivateKey(s.Fleet.DemoKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := fleet.SignConfig(priv, fleet.ConfigPayload{Version: 1, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
+		Target: fleet.Target{Group: demoGroup}, Config: "[pins]\nmute = \"GPIO20\"\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := mqtt.NewClientOptions().AddBroker(s.Fleet.Broker).SetClientID("demo-admin")
+	c := mqtt.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect to the demo broker: %v", tok.Error())
+	}
+	defer c.Disconnect(100)
+	if tok := c.Publish(link.Topics{}.GroupConfig(demoGroup), 1, true, env.Marshal()); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	u.eventually("demo config applied", func(st status) bool {
+		return pin(st, "mute") == "GPIO20" && st.Fleet.Versions["group:demo"] == 1 && !st.Fleet.Pending
+	})
 }
