@@ -216,7 +216,11 @@ func (c *Call) openAudio() (audio.Reader, error) {
 }
 
 func openDriver(t driver.DeviceType) (driver.Driver, error) {
-	ds := driver.GetManager().Query(driver.FilterDeviceType(t))
+	// Only the test drivers: the real camera and microphone drivers are
+	// registered too (media/capture), and the simulated unit must never
+	// open them.
+	want := map[driver.DeviceType]string{driver.Camera: "VideoTest", driver.Microphone: "AudioTest"}[t]
+	ds := driver.GetManager().Query(func(d driver.Driver) bool { return d.Info().DeviceType == t && d.Info().Label == want })
 	if len(ds) == 0 {
 		return nil, errors.New("no test driver registered")
 	}
