@@ -52,6 +52,10 @@ func TestLab(t *testing.T) {
 		t.Skip("the QEMU hardware lab runs with " + envLab + "=1 (make lab); about 3-5 minutes on 2 cores without KVM")
 	}
 	if os.Getenv(envNetns) == "" {
+		// Downloads (kernel, sources) and module builds need the network,
+		// which the namespace has not: do them first; inside, prepare.sh
+		// finds everything in .cache/lab.
+		prepare(t, repoRoot(t))
 		reexecInNetns(t)
 		return
 	}
