@@ -18,22 +18,20 @@ import (
 
 // Call is one published session in a LiveKit room.
 type Call struct {
-	id    string
-	pc    *webrtc.PeerConnection
-	sess  *whip.Session
-	capt  *capture.Capture
-	grace time.Duration
-	log   *slog.Logger
-	rate  *congestion.Controller
+	id   string
+	pc   *webrtc.PeerConnection
+	sess *whip.Session
+	capt *capture.Capture
+	log  *slog.Logger
+	rate *congestion.Controller
 
-	connected  atomic.Bool
-	once       sync.Once
-	endOnce    sync.Once
-	ended      chan error
-	over       chan struct{} // closed when the call is over, for internal watchers
-	mu         sync.Mutex
-	recovering chan struct{} // non-nil while a recovery runs; closed when the connection is back
-	restarts   atomic.Int32
+	connected atomic.Bool
+	once      sync.Once
+	endOnce   sync.Once
+	ended     chan error
+	over      chan struct{} // closed when the call is over, for internal watchers
+	recovery  recovery
+	restarts  atomic.Int32
 }
 
 // Congestion is the controller that sets the video bitrate from the
@@ -87,82 +85,37 @@ func (c *Call) finish(err error, byItself bool) {
 
 // onState turns the connection state into the end of the call: closed at
 // once; disconnected or failed only if the connection is not back within
-// the grace time (recover).
+// the grace time (recovery).
 func (c *Call) onState(s webrtc.PeerConnectionState) {
 	if !c.connected.Load() {
 		return // Join is still deciding
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch s {
-	case webrtc.PeerConnectionStateConnected:
-		if c.recovering != nil {
-			close(c.recovering)
-			c.recovering = nil
-		}
-	case webrtc.PeerConnectionStateDisconnected, webrtc.PeerConnectionStateFailed:
-		if c.recovering == nil {
-			c.recovering = make(chan struct{})
-			go c.recover(c.recovering)
-		}
-	case webrtc.PeerConnectionStateClosed:
+	if s == webrtc.PeerConnectionStateClosed {
 		go c.end(errors.New("the conference server closed the call"))
+		return
 	}
+	c.recovery.onState(s)
 }
 
-// settleWait is how long a disconnected connection gets to come back by
-// itself (a few lost consent checks) before the unit restarts ICE; retryWait
-// is how long each restart gets.
-const (
-	settleWait = time.Second
-	retryWait  = 3 * time.Second
-)
-
-// recover gets a lost connection back without leaving the room: ICE
-// restarts over WHIP PATCH (new credentials, fresh candidates, so a changed
-// address works too), until the grace time is up. The far end sees the
-// picture freeze and resume, never the unit leaving. The gate is untouched:
-// nothing is sent while the path is down anyway.
-func (c *Call) recover(back <-chan struct{}) {
-	deadline := time.NewTimer(c.grace)
-	defer deadline.Stop()
-	wait := time.NewTimer(settleWait)
-	defer wait.Stop()
-	noRestart := false
-	for {
-		select {
-		case <-back:
-			return
-		case <-c.over:
-			return
-		case <-deadline.C:
-			c.end(fmt.Errorf("lost the conference server for more than %s: %w", c.grace, whip.ErrICEFailed))
-			return
-		case <-wait.C:
-		}
-		if c.sess == nil || noRestart {
-			wait.Reset(retryWait) // nothing to do but wait for ICE to come back by itself
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), retryWait)
-		err := c.sess.RestartICE(ctx)
-		cancel()
-		switch {
-		case errors.Is(err, whip.ErrNotSupported):
-			noRestart = true
-			c.log.Warn("reconnect: the server does not take ICE restarts; waiting for the connection to come back by itself")
-		case errors.Is(err, whip.ErrNotFound):
-			// The server no longer knows the session: there is nothing to get back.
-			c.end(fmt.Errorf("the conference server ended the session while the connection was down: %w", err))
-			return
-		case err != nil:
-			c.log.Warn("reconnect: ICE restart failed; retrying", "err", err)
-		default:
-			c.restarts.Add(1)
-			c.log.Info("reconnect: ICE restarted; waiting for the connection")
-		}
-		wait.Reset(retryWait)
+// restartICE is one ICE restart over WHIP PATCH (new credentials, fresh
+// candidates, so a changed address works too).
+func (c *Call) restartICE() error {
+	if c.sess == nil {
+		return errNoRestart
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), retryWait)
+	defer cancel()
+	err := c.sess.RestartICE(ctx)
+	switch {
+	case errors.Is(err, whip.ErrNotSupported):
+		return errNoRestart
+	case errors.Is(err, whip.ErrNotFound):
+		// The server no longer knows the session: there is nothing to get back.
+		go c.end(fmt.Errorf("the conference server ended the session while the connection was down: %w", err))
+	case err == nil:
+		c.restarts.Add(1)
+	}
+	return err
 }
 
 // end is the call ending by itself. The first reason wins: once ending, the

@@ -148,6 +148,7 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		token: tok, others: map[string]string{}, presence: make(chan media.Presence, 64),
 		ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace,
 	}
+	call.recovery = recovery{grace: c.cfg.DisconnectGrace, over: call.over, end: call.end, restart: call.restartOverSignal, log: c.log.Info}
 	var adds []*lkp.AddTrackRequest
 	for _, t := range capt.Tracks() {
 		if _, err := pc.AddTransceiverFromTrack(boundedUnbind{t}, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
@@ -324,6 +325,7 @@ type RTCCall struct {
 	log    *slog.Logger
 	grace  time.Duration
 
+	recovery    recovery
 	onConnected func()
 
 	mu           sync.Mutex
@@ -336,7 +338,6 @@ type RTCCall struct {
 	again        bool // negotiate once more when the answer is in
 	restartICE   bool // the next offer restarts ICE
 	pendingCands []webrtc.ICECandidateInit
-	recovering   chan struct{}
 	pingEvery    time.Duration
 	pingTimeout  time.Duration
 	lastPong     time.Time
@@ -789,51 +790,21 @@ func (c *RTCCall) onState(s webrtc.PeerConnectionState) {
 	if !c.connected.Load() {
 		return // Join is still deciding
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	switch s {
-	case webrtc.PeerConnectionStateConnected:
-		if c.recovering != nil {
-			close(c.recovering)
-			c.recovering = nil
-		}
-	case webrtc.PeerConnectionStateDisconnected, webrtc.PeerConnectionStateFailed:
-		if c.recovering == nil {
-			c.recovering = make(chan struct{})
-			go c.recover(c.recovering)
-		}
-	case webrtc.PeerConnectionStateClosed:
+	if s == webrtc.PeerConnectionStateClosed {
 		go c.end(errors.New("the conference server closed the call"))
+		return
 	}
+	c.recovery.onState(s)
 }
 
-// recover restarts ICE over the WebSocket until the media path is back or
-// the grace time is up. The far end sees the picture freeze and resume,
-// never the unit leaving.
-func (c *RTCCall) recover(back <-chan struct{}) {
-	deadline := time.NewTimer(c.grace)
-	defer deadline.Stop()
-	wait := time.NewTimer(settleWait)
-	defer wait.Stop()
-	for {
-		select {
-		case <-back:
-			c.log.Info("reconnect: media connection back")
-			return
-		case <-c.over:
-			return
-		case <-deadline.C:
-			c.end(fmt.Errorf("lost the conference server for more than %s: %w", c.grace, whip.ErrICEFailed))
-			return
-		case <-wait.C:
-		}
-		c.log.Info("reconnect: restarting ICE")
-		c.mu.Lock()
-		c.negotiating = false // a restart replaces any offer still waiting
-		c.mu.Unlock()
-		c.negotiate(true)
-		wait.Reset(retryWait)
-	}
+// restartOverSignal is one ICE restart: an offer with fresh credentials
+// over the WebSocket.
+func (c *RTCCall) restartOverSignal() error {
+	c.mu.Lock()
+	c.negotiating = false // a restart replaces any offer still waiting
+	c.mu.Unlock()
+	c.negotiate(true)
+	return nil
 }
 
 // Leave tells the server the unit leaves (the far end sees it go at once)
