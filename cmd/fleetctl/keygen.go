@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/konsult/konsult/internal/atomicfile"
 	"os"
 	"path/filepath"
 
@@ -56,31 +57,8 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path via a temp file and rename, so an
-// interrupted write never leaves half a key or envelope behind.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*") // 0600
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(name, perm)
-	}
-	if err == nil {
-		err = os.Rename(name, path)
-	}
-	if err != nil {
-		os.Remove(name)
-	}
-	return err
+	return atomicfile.Write(path, data, perm)
 }
 
 func helpIsNil(err error) error {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"github.com/konsult/konsult/internal/atomicfile"
 	"io"
 	"log/slog"
 	"os"
@@ -149,15 +150,8 @@ func (s *fleetSetup) startDemo(stdout io.Writer) error {
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, mode); err != nil {
-		return err
-	}
-	if err := os.Chmod(tmp, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return atomicfile.Write(path, data, perm)
 }
 
 func (s *fleetSetup) close() {

@@ -24,6 +24,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/konsult/konsult/deploy/mosquitto"
+	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -37,6 +38,10 @@ type Options struct {
 	Others []string
 	// Admin is the fleet manager's CN (default "fleet-admin").
 	Admin string
+	// CA, if set, is the fleet CA (fleetctl ca init) that issues every
+	// certificate and whose revocation list the broker loads at each
+	// (re)start; by default a throwaway CA with an empty list.
+	CA *ca.CA
 }
 
 // Identity is a client certificate issued by the test CA.
@@ -51,6 +56,7 @@ type Broker struct {
 	t         testing.TB
 	dir       string
 	conf      string
+	crl       string
 	port      int
 	pki       *pki
 	ids       map[string]Identity
@@ -111,9 +117,14 @@ func findMosquitto() string {
 
 func (b *Broker) setup(opts Options) error {
 	var err error
-	if b.pki, err = newPKI(b.dir); err != nil {
+	if opts.CA != nil {
+		if b.pki, err = fromFleetCA(b.dir, opts.CA); err != nil {
+			return fmt.Errorf("brokertest: %w", err)
+		}
+	} else if b.pki, err = newPKI(b.dir); err != nil {
 		return err
 	}
+	b.crl = filepath.Join(b.dir, "crl.pem")
 	serverCert, serverKey, err := b.pki.issue("server", true)
 	if err != nil {
 		return err
@@ -160,6 +171,7 @@ func (b *Broker) setup(opts Options) error {
 		"certfile":             serverCert,
 		"keyfile":              serverKey,
 		"acl_file":             aclFile,
+		"crlfile":              b.crl,
 	})
 	if err != nil {
 		return err
@@ -329,6 +341,10 @@ func (b *Broker) Restart() {
 	if b.cmd != nil {
 		b.mu.Unlock()
 		return
+	}
+	if err := b.pki.writeCRL(b.crl); err != nil {
+		b.mu.Unlock()
+		b.t.Fatal(err)
 	}
 	cmd := exec.Command(b.mosq, "-c", b.conf)
 	cmd.Stdout = lockedWriter{b}

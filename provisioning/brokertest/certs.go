@@ -1,6 +1,7 @@
 package brokertest
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -13,14 +14,47 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/konsult/konsult/provisioning/ca"
 )
 
 // pki is a throwaway fleet CA and the certificates it issued, as PEM files.
 type pki struct {
 	dir    string
 	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
+	caKey  crypto.Signer
 	CAFile string
+	// crlSrc is the CA's revocation list, copied next to the config at
+	// every (re)start: Mosquitto reads crlfile only when it starts (a
+	// SIGHUP does not reload it in 2.0).
+	crlSrc string
+}
+
+// fromFleetCA uses a fleet CA (fleetctl ca init) instead of a throwaway
+// one. Its certificate is copied next to the config, as an installer copies
+// it to /etc/mosquitto/konsult: the CA directory itself is private.
+func fromFleetCA(dir string, c *ca.CA) (*pki, error) {
+	p := &pki{dir: dir, ca: c.Cert, caKey: c.Signer(), CAFile: filepath.Join(dir, "ca.crt"), crlSrc: filepath.Join(c.Dir, ca.CRLFile)}
+	return p, os.WriteFile(p.CAFile, c.CertPEM(), 0o644)
+}
+
+// writeCRL writes the CRL Mosquitto loads: the fleet CA's, or an empty one
+// from the throwaway CA.
+func (p *pki) writeCRL(path string) error {
+	if p.crlSrc != "" {
+		b, err := os.ReadFile(p.crlSrc)
+		if err != nil {
+			return fmt.Errorf("brokertest: %w", err)
+		}
+		return os.WriteFile(path, b, 0o644)
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(1), ThisUpdate: time.Now().Add(-time.Hour), NextUpdate: time.Now().Add(24 * time.Hour),
+	}, p.ca, p.caKey)
+	if err != nil {
+		return fmt.Errorf("brokertest: CRL: %w", err)
+	}
+	return writePEM(path, "X509 CRL", der, 0o644)
 }
 
 func newPKI(dir string) (*pki, error) {

@@ -88,6 +88,19 @@ func (t Topics) Reported(id string) string { return t.device(id, "reported") }
 // Events carries unit id's events.
 func (t Topics) Events(id string) string { return t.device(id, "events") }
 
+// EnrolRequest is unit id's enrolment request (retained), written with the
+// fleet's shared enrolment credential before the unit has its own
+// certificate. The broker ACL lets that credential write only the request
+// of the client id it connected with, and read only the matching response.
+func (t Topics) EnrolRequest(id string) string { return t.prefix() + "/enrol/" + id + "/request" }
+
+// EnrolResponse is the fleet's signed decision on unit id's request
+// (retained).
+func (t Topics) EnrolResponse(id string) string { return t.prefix() + "/enrol/" + id + "/response" }
+
+// AllEnrolRequests is a subscription filter for every pending request.
+func (t Topics) AllEnrolRequests() string { return t.EnrolRequest("+") }
+
 // AllDevices is a subscription filter for one kind of per-device topic of
 // every unit, e.g. AllDevices(DeviceStatus) for a fleet dashboard.
 func (t Topics) AllDevices(k Kind) string {
