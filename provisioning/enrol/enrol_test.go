@@ -397,6 +397,7 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 	})
 	_ = victimCert
 
+	self := "ku-selfselfselfselfselfs"
 	// The fleet manager sees everything that lands anywhere.
 	var mu sync.Mutex
 	var landed []string
@@ -419,7 +420,6 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.CertPEM())
-	self := "ku-selfselfselfselfselfs"
 	o := mqtt.NewClientOptions().AddBroker("ssl://" + f.b.Addr()).SetClientID(self).
 		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}})
 	cl := mqtt.NewClient(o)
