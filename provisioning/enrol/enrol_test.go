@@ -476,3 +476,79 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 		t.Errorf("the enrolment credential could not write its own request (ACL too tight); landed: %v", landed)
 	}
 }
+
+// enrolled runs a unit through enrolment and installs its identity.
+func (f *fleetUnderTest) enrolled(t *testing.T, groups ...string) (*unit, string) {
+	t.Helper()
+	u := f.newUnit(t)
+	_ = u.c.SetClaimCode(f.newCode(t))
+	req := f.request(t, u.id)
+	d, err := enrol.Approve(f.ca, req, groups, f.b.URL(), "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.respond(t, u.id, d)
+	<-u.done
+	if u.err != nil {
+		t.Fatal(u.err)
+	}
+	dir := filepath.Dir(u.key.Path())
+	if err := identity.Install(dir, u.st); err != nil {
+		t.Fatal(err)
+	}
+	return u, dir
+}
+
+func TestRevokedUnitIsRefusedAtNextConnect(t *testing.T) {
+	f := newFleet(t)
+	u, dir := f.enrolled(t)
+	other, otherDir := f.enrolled(t)
+	errs := make(chan error, 16)
+	open := func(u *unit, dir string, onErr func(error)) *link.Link {
+		lk, err := link.Open(link.Options{Broker: f.b.URL(), CAFile: filepath.Join(dir, identity.CAFile),
+			CertFile: filepath.Join(dir, identity.CertFile), KeyFile: u.key.Path(), DeviceID: u.id,
+			StoreDir: t.TempDir(), MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, OnConnectError: onErr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lk.Close() })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := lk.WaitConnected(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return lk
+	}
+	lk := open(u, dir, func(err error) {
+		select {
+		case errs <- err:
+		default:
+		}
+	})
+	otherLink := open(other, otherDir, nil)
+
+	n, err := f.ca.Revoke(u.id, "stolen")
+	if err != nil || n != 1 {
+		t.Fatalf("revoke: n=%d err=%v", n, err)
+	}
+	// Mosquitto 2.0 loads the CRL only at start.
+	f.b.Stop()
+	f.b.Restart()
+
+	select {
+	case err := <-errs:
+		if !link.Revoked(err) {
+			t.Fatalf("revoked unit's connect error %q is not recognised as revoked", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("revoked unit never got a connect error; connected=%v", lk.Connected())
+	}
+	if lk.Connected() {
+		t.Fatal("revoked unit is connected")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := otherLink.WaitConnected(ctx); err != nil {
+		t.Fatalf("a unit that was not revoked lost its broker: %v", err)
+	}
+}

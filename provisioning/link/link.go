@@ -71,6 +71,26 @@ type Options struct {
 	// Logger receives connection changes, topics and sizes (slog.Default()
 	// if nil).
 	Logger *slog.Logger
+	// OnConnectError, if set, hears why each connection attempt failed
+	// (from paho's goroutine; it must not block). Revoked tells a
+	// certificate the fleet revoked apart from a network problem.
+	OnConnectError func(error)
+}
+
+// Revoked reports whether a connection error is the broker refusing the
+// unit's certificate as revoked (TLS alert certificate_revoked, which
+// Mosquitto sends when the fleet CA's CRL lists it). crypto/tls does not
+// export its alert type for TCP connections, so this reads the alert's
+// text, which Go has kept stable since 1.0.
+func Revoked(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "tls: revoked certificate")
+}
+
+// LastError is why the last connection attempt failed (nil once connected).
+func (l *Link) LastError() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.lastErr
 }
 
 // Message is a message from the fleet on one of the unit's subscriptions.
@@ -533,6 +553,9 @@ func (l *Link) onNotify(_ mqtt.Client, n mqtt.ConnectionNotification) {
 		l.mu.Unlock()
 		if !closed {
 			l.log.Warn("fleet link: connection attempt failed", "broker", l.host, "err", n.Reason)
+			if l.opts.OnConnectError != nil {
+				l.opts.OnConnectError(n.Reason)
+			}
 		}
 	}
 }
