@@ -83,7 +83,18 @@ type (
 		p    media.Presence
 	}
 	// inAlone: the call has had nobody at the far end for the grace time.
-	inAlone      struct{ call Call }
+	inAlone struct{ call Call }
+	// inHeld: a button went down or up (factory-reset hold).
+	inHeld struct {
+		button string
+		down   bool
+	}
+	// inResetTick: a factory-reset countdown timer fired; seq matches the
+	// hold it was armed for.
+	inResetTick struct {
+		seq   uint64
+		final bool
+	}
 	inMediaFault struct { // camera or mic lost; cleared when it returns
 		device  string
 		detail  string
@@ -109,6 +120,13 @@ type (
 	effLeave struct{ call Call }
 	effLED   struct{ state led.State }
 	effEvent struct{ ev Event }
+	// effResetTimer arms the next step of a factory-reset countdown.
+	effResetTimer struct {
+		seq   uint64
+		final bool
+	}
+	// effFactoryReset: the hold completed; wipe and restart.
+	effFactoryReset struct{}
 )
 
 // LED patterns. Derived from the gate and the state, never set on their own.
@@ -125,7 +143,16 @@ var (
 	// an RGB LED blue tells it apart from busy (white); a single LED blinks
 	// slowly, which while idle means nothing else.
 	ledIdentify = led.State{Pattern: led.SlowBlink, Color: led.Blue}
+	// Factory reset (PRIVACY + JOIN held): slow green while counting, fast
+	// green for the last seconds, solid green while wiping. Green means
+	// nothing else, so a countdown cannot be mistaken for LIVE or busy.
+	ledResetHold  = led.State{Pattern: led.SlowBlink, Color: led.Green}
+	ledResetFinal = led.State{Pattern: led.FastBlink, Color: led.Green}
+	ledResetting  = led.State{Pattern: led.Solid, Color: led.Green}
 )
+
+// ResetButtons are held together for a factory reset.
+var ResetButtons = [2]string{"privacy", "join"}
 
 // LEDName names a pattern for status and events.
 func LEDName(s led.State) string {
@@ -144,6 +171,12 @@ func LEDName(s led.State) string {
 		return "fault"
 	case ledIdentify:
 		return "identify"
+	case ledResetHold:
+		return "factory_reset_countdown"
+	case ledResetFinal:
+		return "factory_reset_final"
+	case ledResetting:
+		return "factory_reset"
 	}
 	return fmt.Sprintf("pattern-%d-color-%d", s.Pattern, s.Color)
 }
@@ -178,6 +211,14 @@ type core struct {
 	identify    bool // the fleet asked the unit to show itself
 	identifySeq uint64
 
+	// Factory reset: buttons held down, the running hold (0 = none), its
+	// last seconds, and a reset under way.
+	held       map[string]bool
+	resetSeq   uint64
+	resetOn    bool
+	resetFinal bool
+	resetting  bool
+
 	gate gate.State
 	led  led.State
 	effs []any
@@ -189,6 +230,7 @@ func newCore(now func() time.Time) *core {
 		state:            Idle,
 		hwFaults:         map[string]string{},
 		mediaFaults:      map[string]string{},
+		held:             map[string]bool{},
 		shutterConfirmed: true, // starts commanded closed; the first close confirms
 		led:              ledOff,
 	}
@@ -238,6 +280,19 @@ func (c *core) handle(in any) []any {
 			c.emit(Event{Type: "participant", Detail: map[bool]string{true: "joined", false: "left"}[in.p.Joined],
 				Meeting: in.call.ID(), Participant: in.p.Participant})
 		}
+	case inHeld:
+		c.onHeld(in)
+	case inResetTick:
+		if c.resetOn && in.seq == c.resetSeq {
+			if !in.final {
+				c.resetFinal = true
+				c.effs = append(c.effs, effResetTimer{seq: c.resetSeq, final: true})
+			} else {
+				c.resetOn, c.resetting = false, true
+				c.emit(Event{Type: "factory_reset", Detail: "wiping"})
+				c.effs = append(c.effs, effFactoryReset{})
+			}
+		}
 	case inAlone:
 		if in.call != nil && in.call == c.call && c.others == 0 {
 			c.leave("the last far-end participant left")
@@ -261,6 +316,12 @@ func (c *core) handle(in any) []any {
 }
 
 func (c *core) onAction(in inAction) {
+	if c.resetOn || c.resetting {
+		// The countdown's LED must not hide LIVE: nothing may open up
+		// while the installer holds the buttons or the unit is wiping.
+		c.emit(Event{Type: "action_ignored", Detail: string(in.act), Reason: "factory reset in progress"})
+		return
+	}
 	switch in.act {
 	case ActJoin:
 		switch c.state {
@@ -293,6 +354,32 @@ func (c *core) onAction(in inAction) {
 		c.mute = true
 	case ActMuteOff:
 		c.mute = false
+	}
+}
+
+// onHeld starts a factory-reset countdown when both reset buttons are down,
+// and cancels it when either comes up. The hold first makes the unit safe
+// (any call left, privacy on), so the presses' own JOIN and PRIVACY actions
+// cannot leave it live while the installer holds.
+func (c *core) onHeld(in inHeld) {
+	if in.button != ResetButtons[0] && in.button != ResetButtons[1] {
+		return
+	}
+	c.held[in.button] = in.down
+	both := c.held[ResetButtons[0]] && c.held[ResetButtons[1]]
+	switch {
+	case both && !c.resetOn && !c.resetting:
+		c.resetOn, c.resetFinal = true, false
+		c.resetSeq++
+		if c.state == Joining || c.state == InCall {
+			c.leave("factory reset hold")
+		}
+		c.privacy = true
+		c.emit(Event{Type: "factory_reset", Detail: "countdown"})
+		c.effs = append(c.effs, effResetTimer{seq: c.resetSeq})
+	case !both && c.resetOn:
+		c.resetOn, c.resetFinal = false, false
+		c.emit(Event{Type: "factory_reset", Detail: "cancelled"})
 	}
 }
 
@@ -458,6 +545,12 @@ func (c *core) settle() {
 
 	var l led.State
 	switch {
+	case c.resetting:
+		l = ledResetting
+	case c.resetOn && c.resetFinal:
+		l = ledResetFinal
+	case c.resetOn:
+		l = ledResetHold
 	case c.state == Fault || hw || c.callErr != "":
 		l = ledFault
 	case g.Live():

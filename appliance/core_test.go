@@ -104,7 +104,11 @@ func (w *world) check(in any) {
 	if (hw || c.state == Fault || c.state == Idle || c.state == Leaving) && (w.gate.Live() || w.shutterOpen) {
 		w.t.Fatalf("invariant 4 broken after %#v: state=%s faults=%v but gate %+v shutterOpen=%v", in, c.state, hw, w.gate, w.shutterOpen)
 	}
-	if c.state == Fault && w.led != "fault" {
+	if c.resetOn || c.resetting {
+		if w.gate.Live() || w.shutterOpen && w.shutterFine {
+			w.t.Fatalf("after %#v: live during a factory reset", in)
+		}
+	} else if c.state == Fault && w.led != "fault" {
 		w.t.Fatalf("after %#v: state fault but LED %s", in, w.led)
 	}
 	if w.led == "identify" && c.state != Idle {
@@ -342,6 +346,12 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 				}
 			case 10:
 				w.send(inIdentify{seq: rapid.Uint64Range(1, 3).Draw(rt, "identifySeq"), on: rapid.Bool().Draw(rt, "identifyOn")})
+				if rapid.Bool().Draw(rt, "reset") {
+					w.send(inHeld{button: rapid.SampledFrom([]string{"privacy", "join", "mute"}).Draw(rt, "held"), down: rapid.Bool().Draw(rt, "down")})
+					if rapid.Bool().Draw(rt, "tick") {
+						w.send(inResetTick{seq: w.c.resetSeq, final: rapid.Bool().Draw(rt, "final")})
+					}
+				}
 			}
 		}
 	})

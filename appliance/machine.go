@@ -67,7 +67,15 @@ type Config struct {
 	// AloneGrace: leave this long after the last far-end participant left
 	// (connectors that report presence; 0 = stay).
 	AloneGrace time.Duration
-	Logger     *slog.Logger
+	// ResetHold is how long PRIVACY and JOIN must be held together for a
+	// factory reset (0: no reset by buttons). The last ResetFinal of it
+	// shows the fast countdown (default 3 s, capped at half the hold).
+	ResetHold, ResetFinal time.Duration
+	// FactoryReset wipes the unit and restarts it; called once, in its own
+	// goroutine, when a hold completes (the gate is shut and the LED shows
+	// the reset by then).
+	FactoryReset func()
+	Logger       *slog.Logger
 	Now        func() time.Time
 }
 
@@ -136,6 +144,9 @@ func New(cfg Config) *Machine {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.ResetFinal <= 0 || cfg.ResetFinal > cfg.ResetHold/2 {
+		cfg.ResetFinal = min(3*time.Second, cfg.ResetHold/2)
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -163,14 +174,19 @@ func (m *Machine) Do(ctx context.Context, a Action, source string) error {
 // press (Down), not the release, so the gate reacts within a debounce time.
 func (m *Machine) Button(ctx context.Context, ev button.Event) error {
 	m.publish(Event{Type: "button", Detail: ev.Button + ":" + ev.Kind.String()})
-	if ev.Kind != button.Down {
-		return nil
+	if ev.Kind == button.Down {
+		if a, ok := map[string]Action{"join": ActJoin, "leave": ActLeave, "privacy": ActPrivacy, "mute": ActMute}[ev.Button]; ok {
+			if err := m.post(ctx, inAction{act: a, source: "button:" + ev.Button}); err != nil {
+				return err
+			}
+		}
 	}
-	a, ok := map[string]Action{"join": ActJoin, "leave": ActLeave, "privacy": ActPrivacy, "mute": ActMute}[ev.Button]
-	if !ok {
-		return nil
+	// After the press's own action, so a reset hold has the last word
+	// (privacy on, no call) whatever order the two buttons went down in.
+	if m.cfg.ResetHold > 0 && (ev.Kind == button.Down || ev.Kind == button.Up) {
+		return m.post(ctx, inHeld{button: ev.Button, down: ev.Kind == button.Down})
 	}
-	return m.post(ctx, inAction{act: a, source: "button:" + ev.Button})
+	return nil
 }
 
 // Identify blinks the LED in the identify pattern for d, so an installer can
@@ -297,6 +313,20 @@ func (m *Machine) apply(effs []any) {
 			go m.leave(e.call)
 		case effEvent:
 			m.publish(e.ev)
+		case effResetTimer:
+			d := m.cfg.ResetHold - m.cfg.ResetFinal
+			if e.final {
+				d = m.cfg.ResetFinal
+			}
+			time.AfterFunc(d, func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				_ = m.post(ctx, inResetTick{seq: e.seq, final: e.final})
+			})
+		case effFactoryReset:
+			if m.cfg.FactoryReset != nil {
+				go m.cfg.FactoryReset()
+			}
 		}
 	}
 	m.armMaxLength()

@@ -81,7 +81,21 @@ type Options struct {
 	Reboot func()
 	// Version is roomd's software version, for status and events.
 	Version string
-	Logger  *slog.Logger
+	// Identity, if set, is the unit's own certificate (enrolment): it is
+	// reported, renewed through the certificate command, and nil for a
+	// unit provisioned with certificate files by hand.
+	Identity Identity
+	Logger   *slog.Logger
+}
+
+// Identity is the unit's enrolled identity as the agent sees it.
+type Identity interface {
+	// Report is the identity part of the reported document, with a
+	// renewal request when the certificate is due for one.
+	Report() *IdentityReport
+	// InstallCertificate checks a renewed certificate (this unit, this
+	// key, the pinned CA, valid now) and installs it for the next connect.
+	InstallCertificate(certPEM string) error
 }
 
 // Agent is the unit's side of the fleet. Create with New, then Run.
@@ -107,6 +121,17 @@ type Agent struct {
 	lastRollback  *Rollback
 	up            bool
 	isDeferred    bool
+
+	refresh chan struct{} // RefreshReported asks Run to publish
+}
+
+// RefreshReported republishes the reported document (the identity asks
+// for a renewal). Safe from any goroutine.
+func (a *Agent) RefreshReported() {
+	select {
+	case a.refresh <- struct{}{}:
+	default:
+	}
 }
 
 // New opens the config store and brings the unit up on the config it
@@ -141,6 +166,7 @@ func New(opts Options) (*Agent, error) {
 		verifier: v,
 		nonces:   fleet.NewNonceStore(store.Nonces(), store.SaveNonces),
 		redact:   newRedactor(),
+		refresh:  make(chan struct{}, 1),
 	}
 	if err := a.boot(); err != nil {
 		store.Close()
@@ -270,6 +296,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-confirmC:
 			a.confirm = nil
 			a.onConfirmTimeout()
+		case <-a.refresh:
+			a.publishReported()
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -621,7 +649,7 @@ func peekCommand(env []byte) CommandResult {
 		return out
 	}
 	switch p.Name {
-	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow:
+	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate:
 		out.Name = p.Name
 	}
 	if len(p.Nonce) == 32 && isLowerHex(p.Nonce) {
@@ -666,6 +694,15 @@ func (a *Agent) run(ctx context.Context, c *fleet.Command) error {
 		return nil // after command_done is queued
 	case fleet.CommandReportNow:
 		a.publishState()
+		return nil
+	case fleet.CommandCertificate:
+		if a.opts.Identity == nil {
+			return errors.New("this unit was given its certificate by hand (fleet.cert_file), not by enrolment: replace the file on the unit")
+		}
+		if err := a.opts.Identity.InstallCertificate(c.Parsed.Certificate); err != nil {
+			return err
+		}
+		a.publishReported()
 		return nil
 	}
 	return fmt.Errorf("unknown command %q", c.Name)
@@ -789,6 +826,9 @@ func (a *Agent) Reported() ReportedDoc {
 	}
 	if d.Versions == nil {
 		d.Versions = map[string]uint64{}
+	}
+	if a.opts.Identity != nil {
+		d.Identity = a.opts.Identity.Report()
 	}
 	a.mu.Lock()
 	d.Deferred = a.isDeferred

@@ -49,7 +49,22 @@ type ReportedDoc struct {
 	// ToGeneration equals Generation the unit runs its last known good
 	// config, not the one Versions names.
 	LastRollback *Rollback `json:"last_rollback,omitempty"`
-	At           time.Time `json:"at"`
+	// Identity is the unit's enrolled certificate (absent for a unit whose
+	// certificate was installed by hand).
+	Identity *IdentityReport `json:"identity,omitempty"`
+	At       time.Time       `json:"at"`
+}
+
+// IdentityReport is the unit's certificate as the fleet needs to know it.
+type IdentityReport struct {
+	Serial   string    `json:"serial"`
+	NotAfter time.Time `json:"not_after"`
+	// RenewalCSR (PEM) is set while the certificate is due for renewal:
+	// fleetctl renew signs it and sends it back with the certificate
+	// command. The key stays the same, and so does the device id.
+	RenewalCSR string `json:"renewal_csr,omitempty"`
+	// LastRenewalError is why the last certificate sent was not installed.
+	LastRenewalError string `json:"last_renewal_error,omitempty"`
 }
 
 // Rejection is a config the unit refused whole (invariant 8). It is both

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -90,6 +91,9 @@ const (
 	CommandIdentify  = "identify"
 	CommandReboot    = "reboot"
 	CommandReportNow = "report-now"
+	// CommandCertificate installs a renewed certificate (arg
+	// "certificate": PEM), sent by fleetctl renew.
+	CommandCertificate = "certificate"
 )
 
 // MaxCommandLifetime bounds expires_at - issued_at for a command: a command is
@@ -116,8 +120,12 @@ type CommandPayload struct {
 
 // CommandArgs are a command's arguments after validation.
 type CommandArgs struct {
-	Seconds int // identify: how long to blink
+	Seconds     int    // identify: how long to blink
+	Certificate string // certificate: the renewed certificate, PEM
 }
+
+// MaxCertificateArg bounds the certificate command's PEM.
+const MaxCertificateArg = 16 << 10
 
 // ValidateCommand checks a command name and its arguments. Its errors name
 // the argument, not its value.
@@ -129,8 +137,18 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 	case CommandIdentify:
 		allowed["seconds"] = true
 		out.Seconds = IdentifyDefaultSeconds
+	case CommandCertificate:
+		allowed["certificate"] = true
+		raw, ok := args["certificate"]
+		if !ok {
+			return out, errors.New("command certificate needs its \"certificate\" argument (PEM): send it with fleetctl renew")
+		}
+		if err := json.Unmarshal(raw, &out.Certificate); err != nil || len(out.Certificate) > MaxCertificateArg ||
+			!strings.HasPrefix(strings.TrimSpace(out.Certificate), "-----BEGIN CERTIFICATE-----") {
+			return out, fmt.Errorf("certificate's argument must be one PEM certificate of at most %d bytes", MaxCertificateArg)
+		}
 	default:
-		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot or report-now", name)
+		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now or certificate", name)
 	}
 	for k := range args {
 		if !allowed[k] {
