@@ -99,6 +99,16 @@ func (c *Client) Fault(ctx context.Context, fault string, on bool) error {
 	return c.do(ctx, http.MethodPost, "/v1/fault", map[string]any{"fault": fault, "on": on}, nil)
 }
 
+// Enrol gives the unit a claim code.
+func (c *Client) Enrol(ctx context.Context, code string) error {
+	return c.do(ctx, "POST", "/v1/enrol", map[string]string{"code": code}, nil)
+}
+
+// FactoryReset wipes the unit (the API refuses without confirm).
+func (c *Client) FactoryReset(ctx context.Context, confirm bool) error {
+	return c.do(ctx, "POST", "/v1/factory-reset", map[string]bool{"confirm": confirm}, nil)
+}
+
 // Doctor runs the wiring checks.
 func (c *Client) Doctor(ctx context.Context) ([]Check, error) {
 	var out []Check

@@ -37,6 +37,16 @@ type Unit interface {
 	Sim() Sim
 }
 
+// Provisioner is what roomctl enrol and roomctl factory-reset need; a Unit
+// that is not one answers 409.
+type Provisioner interface {
+	// Enrol gives the unit a claim code.
+	Enrol(ctx context.Context, code string) error
+	// FactoryReset wipes the unit's identity and fleet state and starts
+	// it again as on first boot. It returns once the reset is under way.
+	FactoryReset(ctx context.Context) error
+}
+
 // Sim is the simulated board's fault and button injection.
 type Sim interface {
 	Press(ctx context.Context, button string, hold time.Duration) error
@@ -107,6 +117,47 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 			return
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"action": string(a)})
+	})
+	mux.HandleFunc("POST /v1/enrol", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Code string `json:"code"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		p, ok := u.(Provisioner)
+		if !ok {
+			writeErr(w, http.StatusConflict, errors.New("this unit does not enrol"))
+			return
+		}
+		if err := p.Enrol(r.Context(), req.Code); err != nil {
+			writeErr(w, http.StatusBadRequest, err)
+			return
+		}
+		// The code is a secret until it is spent: the answer does not echo it.
+		writeJSON(w, http.StatusAccepted, map[string]string{"enrolment": "claim code taken"})
+	})
+	mux.HandleFunc("POST /v1/factory-reset", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Confirm bool `json:"confirm"`
+		}
+		if !readJSON(w, r, &req) {
+			return
+		}
+		if !req.Confirm {
+			writeErr(w, http.StatusBadRequest, errors.New("a factory reset wipes the unit's identity and fleet config: confirm it (roomctl factory-reset --yes)"))
+			return
+		}
+		p, ok := u.(Provisioner)
+		if !ok {
+			writeErr(w, http.StatusConflict, errors.New("this unit cannot be reset from the API"))
+			return
+		}
+		if err := p.FactoryReset(r.Context()); err != nil {
+			writeErr(w, http.StatusServiceUnavailable, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"factory_reset": "wiping; roomd starts again as a new unit"})
 	})
 	mux.HandleFunc("POST /v1/press", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {

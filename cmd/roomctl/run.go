@@ -28,6 +28,9 @@ Commands:
   fault NAME on|off          inject a fault (simulated board): stuck_shutter, sensor_disagree,
                              bouncy_buttons, shutter_drift, join_fails, call_drop, camera_lost
   doctor [--json]            check the wiring; each failure names the pin and the fix
+  enrol CODE                 give the unit its claim code (from the fleet manager) to join the fleet
+  factory-reset --yes        wipe the unit's identity and fleet config and start again as a new unit
+                             (also: hold PRIVACY and JOIN together for 10 s)
 `
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -87,6 +90,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return c.Fault(ctx, rest[0], rest[1] == "on")
 	case "doctor":
 		return doctor(ctx, c, stdout, jsonOut)
+	case "enrol", "enroll":
+		if len(rest) != 1 {
+			return errors.New("usage: roomctl enrol CODE (the claim code the fleet manager gave you, e.g. 7K2M-QX9P-4RTV-HB3D)")
+		}
+		if err := c.Enrol(ctx, rest[0]); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintln(stdout, "claim code taken: the unit asks the fleet to approve it; roomctl status shows how it stands")
+		return err
+	case "factory-reset":
+		if len(rest) != 1 || rest[0] != "--yes" {
+			return errors.New("factory-reset wipes the unit's identity, fleet config and queued events: run roomctl factory-reset --yes")
+		}
+		if err := c.FactoryReset(ctx, true); err != nil {
+			return err
+		}
+		_, err := fmt.Fprintln(stdout, "factory reset under way: roomd wipes the unit and starts again as a new unit")
+		return err
 	}
 	return fmt.Errorf("unknown command %q: see roomctl --help", cmd)
 }
@@ -112,6 +133,24 @@ type statusView struct {
 			LastIsSlate bool   `json:"last_is_slate"`
 		} `json:"media"`
 	} `json:"sim"`
+	Fleet *struct {
+		Connected bool   `json:"connected"`
+		Broker    string `json:"broker"`
+		Device    string `json:"device"`
+		Enrolment *struct {
+			Device    string `json:"device"`
+			Enrolment *struct {
+				Phase   string `json:"phase"`
+				Reason  string `json:"reason"`
+				Message string `json:"message"`
+			} `json:"enrolment"`
+			Serial   string    `json:"certificate_serial"`
+			NotAfter time.Time `json:"certificate_not_after"`
+			Renewing bool      `json:"renewing"`
+			RenewErr string    `json:"last_renewal_error"`
+			Revoked  bool      `json:"revoked"`
+		} `json:"enrolment"`
+	} `json:"fleet"`
 }
 
 func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) error {
@@ -146,6 +185,34 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 		row("last error", s.LastError)
 	}
 	row("board", s.Board+"  (roomd "+s.Version+")")
+	if f := s.Fleet; f != nil {
+		row("fleet", fmt.Sprintf("%s, broker %s", map[bool]string{true: "connected", false: "not connected"}[f.Connected], f.Broker))
+		if e := f.Enrolment; e != nil {
+			row("device id", e.Device)
+			if en := e.Enrolment; en != nil {
+				v := en.Phase
+				if en.Reason != "" {
+					v += " (" + en.Reason + ")"
+				}
+				if en.Message != "" {
+					v += ": " + en.Message
+				}
+				row("enrolment", v)
+			}
+			if e.Serial != "" {
+				row("certificate", fmt.Sprintf("serial %s, valid until %s", e.Serial, e.NotAfter.Local().Format("2006-01-02 15:04")))
+			}
+			if e.Renewing {
+				row("renewal", "asked the fleet for a new certificate")
+			}
+			if e.RenewErr != "" {
+				row("renewal refused", e.RenewErr)
+			}
+			if e.Revoked {
+				row("REVOKED", "the fleet revoked this unit's certificate")
+			}
+		}
+	}
 	if s.Sim != nil {
 		row("sim shutter", s.Sim.Shutter.Position)
 		if len(s.Sim.Faults) > 0 {

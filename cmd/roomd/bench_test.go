@@ -31,7 +31,7 @@ func benchUnit(b *testing.B, debounce time.Duration) (*unit, func()) {
 	cfg.Buttons.Debounce.Duration = debounce
 	cfg.Sim.Travel.Duration = 5 * time.Millisecond
 	cfg.Sim.JoinDelay.Duration = time.Millisecond
-	u, err := openUnit(cfg, true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	u, err := openUnit(cfg, true, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -27,6 +27,9 @@ type Config struct {
 	Buttons struct {
 		Debounce  Duration `toml:"debounce"`
 		LongPress Duration `toml:"long_press"`
+		// FactoryResetHold: PRIVACY and JOIN held together this long wipe
+		// the unit; 0 = off.
+		FactoryResetHold Duration `toml:"factory_reset_hold"`
 	} `toml:"buttons"`
 	Shutter struct {
 		Timeout        Duration `toml:"timeout"`
@@ -93,10 +96,23 @@ type FleetConfig struct {
 	FleetKey       string   `toml:"fleet_key"`
 	StateDir       string   `toml:"state_dir"`
 	ConfirmTimeout Duration `toml:"confirm_timeout"`
+	// Enrolment (README.md "Enrolment"): with enrol_cert set and cert_file
+	// not, the unit makes its own key and enrols with a claim code.
+	IdentityDir string   `toml:"identity_dir"`
+	EnrolCert   string   `toml:"enrol_cert"`
+	EnrolKey    string   `toml:"enrol_key"`
+	ClaimCode   string   `toml:"claim_code"`
+	ClaimFile   string   `toml:"claim_file"`
+	RenewBefore Duration `toml:"renew_before"`
 }
 
+// enrols says whether the unit enrols itself rather than being given its
+// certificate by hand.
+func (f *FleetConfig) enrols() bool { return f.EnrolCert != "" && f.CertFile == "" }
+
 // localOnlyFleetKeys are the [fleet] keys a fleet config may not set.
-var localOnlyFleetKeys = []string{"enabled", "device_id", "groups", "fleet_key", "state_dir"}
+var localOnlyFleetKeys = []string{"enabled", "device_id", "groups", "fleet_key", "state_dir",
+	"identity_dir", "enrol_cert", "enrol_key", "claim_code", "claim_file"}
 
 // Duration is a time.Duration written as "30ms", "2s".
 type Duration struct{ time.Duration }
@@ -206,6 +222,7 @@ func (c *Config) validate() error {
 	return errors.Join(
 		pos("buttons.debounce", c.Buttons.Debounce, time.Millisecond, 500*time.Millisecond),
 		pos("buttons.long_press", c.Buttons.LongPress, 200*time.Millisecond, time.Minute),
+		resetHoldRange(c.Buttons.FactoryResetHold),
 		pos("shutter.timeout", c.Shutter.Timeout, 50*time.Millisecond, 30*time.Second),
 		pos("call.join_timeout", c.Call.JoinTimeout, time.Second, 5*time.Minute),
 		pos("call.leave_timeout", c.Call.LeaveTimeout, 100*time.Millisecond, time.Minute),
@@ -262,6 +279,23 @@ func (f *FleetConfig) validate() error {
 			errs = append(errs, fmt.Errorf("fleet.groups: %w", err))
 		}
 	}
+	if f.EnrolCert != "" || f.EnrolKey != "" {
+		if f.EnrolCert == "" || f.EnrolKey == "" {
+			errs = append(errs, errors.New("fleet.enrol_cert and fleet.enrol_key go together: set both to the fleet's enrolment credential"))
+		}
+		if f.Broker == "" || f.CAFile == "" {
+			errs = append(errs, errors.New("fleet.enrol_cert is set but fleet.broker or fleet.ca_file is not: enrolment needs the fleet's broker and CA"))
+		}
+		if f.DeviceID != "" && f.enrols() {
+			errs = append(errs, errors.New("fleet.device_id must be empty on a unit that enrols: its id is derived from its own key"))
+		}
+	}
+	if f.RenewBefore.Duration < 0 {
+		errs = append(errs, errors.New("fleet.renew_before must not be negative"))
+	}
+	if f.enrols() {
+		return errors.Join(errs...) // device id and fleet key come from enrolment
+	}
 	if f.Broker != "" && f.DeviceID == "" {
 		errs = append(errs, errors.New("fleet.broker is set but fleet.device_id is not: set the unit's device id (the CN of its client certificate)"))
 	}
@@ -269,6 +303,13 @@ func (f *FleetConfig) validate() error {
 		errs = append(errs, errors.New("fleet.broker is set but fleet.fleet_key is not: install the fleet's public key (fleet.pub) and point fleet_key at it"))
 	}
 	return errors.Join(errs...)
+}
+
+func resetHoldRange(d Duration) error {
+	if d.Duration != 0 && (d.Duration < 3*time.Second || d.Duration > time.Minute) {
+		return fmt.Errorf("buttons.factory_reset_hold = %q: use 0s (off) or 3s to 1m, so a brief press of both buttons can never wipe the unit", d.String())
+	}
+	return nil
 }
 
 func intRange(key string, v, min, max int) error {

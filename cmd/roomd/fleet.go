@@ -10,10 +10,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/identity"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -39,6 +41,9 @@ type fleetStatus struct {
 	Broker    string `json:"broker"`
 	// DemoKey is the demo fleet's signing key in --sim, for fleetctl.
 	DemoKey string `json:"demo_key,omitempty"`
+	// Enrolment is the unit's own identity and where its enrolment stands
+	// (units that enrol themselves).
+	Enrolment *identityStatus `json:"enrolment,omitempty"`
 }
 
 // fleetSetup is what the unit's own config fixes about its fleet: identity,
@@ -51,6 +56,31 @@ type fleetSetup struct {
 	demo     *broker.Broker
 	demoKey  string // path of the demo's signing key
 	log      *slog.Logger
+	// prov is the unit's own identity when it enrols (fleet.enrol_cert);
+	// nil for a unit given its certificate by hand or the --sim demo.
+	prov *provisioning
+}
+
+// needsEnrolment says the agent can start only after enrolment.
+func (s *fleetSetup) needsEnrolment() bool { return s != nil && s.prov != nil && !s.prov.isEnrolled() }
+
+// adoptIdentity takes the device id, groups and pinned fleet key from the
+// enrolled identity (the unit's own config wins where it sets them).
+func (s *fleetSetup) adoptIdentity(local *Config) error {
+	st := s.prov.state()
+	s.device = s.prov.id
+	if len(local.Fleet.Groups) == 0 {
+		s.groups = st.Groups
+	}
+	if local.Fleet.FleetKey != "" {
+		return nil // loaded in setupFleet
+	}
+	keys, err := s.prov.fleetKeys()
+	if err != nil {
+		return fmt.Errorf("fleet: the fleet key from enrolment: %w", err)
+	}
+	s.keys = keys
+	return nil
 }
 
 // defaultStateDir is where a unit keeps its fleet state unless
@@ -81,6 +111,22 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 		s.stateDir = defaultStateDir(simulate, local.API.Socket)
 	}
 	keyFile := f.FleetKey
+	if f.enrols() {
+		prov, err := newProvisioning(local, simulate, modelName(local), log)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: %w", err)
+		}
+		s.prov = prov
+		s.device = prov.id
+		if keyFile == "" {
+			if prov.isEnrolled() {
+				if err := s.adoptIdentity(local); err != nil {
+					return nil, err
+				}
+			}
+			return s, nil
+		}
+	}
 	if f.Broker == "" {
 		if err := s.startDemo(stdout); err != nil {
 			return nil, err
@@ -104,7 +150,23 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	s.keys = keys
+	if s.prov != nil && s.prov.isEnrolled() {
+		if err := s.adoptIdentity(local); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// modelName is the hardware model for the enrolment request: the device
+// tree's model on a Pi, else the board profile.
+func modelName(c *Config) string {
+	if b, err := os.ReadFile("/proc/device-tree/model"); err == nil {
+		if m := strings.TrimRight(string(b), "\x00\n"); m != "" {
+			return m
+		}
+	}
+	return "board " + c.Unit.Board
 }
 
 // startDemo starts the embedded broker (127.0.0.1:1883, or a free loopback
@@ -173,19 +235,34 @@ func (s *fleetSetup) connection(cfg *Config) (afleet.Connection, error) {
 		}
 		brokerURL = s.demo.URL()
 	}
-	return afleet.Connection{
-		Link: link.Options{
-			Broker:   brokerURL,
-			CAFile:   cfg.Fleet.CAFile,
-			CertFile: cfg.Fleet.CertFile,
-			KeyFile:  cfg.Fleet.KeyFile,
-			DeviceID: s.device,
-			Groups:   s.groups,
-			StoreDir: filepath.Join(s.stateDir, "link"),
-			Logger:   s.log,
-		},
-		ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration,
-	}, nil
+	o := link.Options{
+		Broker:   brokerURL,
+		CAFile:   cfg.Fleet.CAFile,
+		CertFile: cfg.Fleet.CertFile,
+		KeyFile:  cfg.Fleet.KeyFile,
+		DeviceID: s.device,
+		Groups:   s.groups,
+		StoreDir: filepath.Join(s.stateDir, "link"),
+		Logger:   s.log,
+	}
+	if s.prov != nil {
+		// An enrolled unit always speaks as itself: its own key and the
+		// certificate and CA enrolment installed (renewal replaces the
+		// certificate file; the link reads it at each connect).
+		o.CAFile = filepath.Join(s.prov.dir, identity.CAFile)
+		o.CertFile = filepath.Join(s.prov.dir, identity.CertFile)
+		o.KeyFile = s.prov.key.Path()
+		o.OnConnectError = s.prov.onConnectError
+	}
+	return afleet.Connection{Link: o, ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration}, nil
+}
+
+// identityHooks is nil (not a typed nil) for a unit without enrolment.
+func (s *fleetSetup) identityHooks() afleet.Identity {
+	if s.prov == nil {
+		return nil
+	}
+	return s.prov
 }
 
 // newAgent starts the fleet agent, which brings the unit up (through h) on
@@ -231,6 +308,7 @@ func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, er
 			return h.apply(c)
 		},
 		Appliance: fleetAppliance{h},
+		Identity:  s.identityHooks(),
 		Reboot:    reboot,
 		Version:   Version,
 		Logger:    s.log,

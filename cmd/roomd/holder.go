@@ -22,6 +22,12 @@ type holder struct {
 	level    *slog.LevelVar
 	simulate bool
 	fleet    func() *fleetStatus // nil without a fleet
+	// onReset wipes the unit when a factory-reset hold completes; set
+	// before the first apply.
+	onReset func()
+	// provisioning carries out roomctl enrol and factory-reset; nil
+	// before run sets it.
+	provisioning *provisioning
 
 	mu      sync.RWMutex // held for writing while the unit is swapped
 	u       *unit
@@ -101,7 +107,7 @@ func (h *holder) restart() error {
 }
 
 func (h *holder) startLocked(cfg *Config) error {
-	u, err := openUnit(cfg, h.simulate, h.log)
+	u, err := openUnit(cfg, h.simulate, h.log, h.onReset)
 	if err != nil {
 		return err
 	}
@@ -339,4 +345,21 @@ func (h *holder) config() *Config {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return h.cfg
+}
+
+// Enrol implements localapi.Provisioner.
+func (h *holder) Enrol(_ context.Context, code string) error {
+	if h.provisioning == nil {
+		return errors.New("this unit is not set up to enrol: its config needs fleet.broker, fleet.ca_file, fleet.enrol_cert and fleet.enrol_key (the enrolment bundle from fleetctl ca init)")
+	}
+	return h.provisioning.Enrol(code)
+}
+
+// FactoryReset implements localapi.Provisioner.
+func (h *holder) FactoryReset(context.Context) error {
+	if h.onReset == nil {
+		return errors.New("roomd is still starting: try again in a moment")
+	}
+	h.onReset()
+	return nil
 }

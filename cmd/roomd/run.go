@@ -9,8 +9,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/webrtc/v4"
@@ -38,6 +41,18 @@ import (
 var Version = "dev"
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	for {
+		err := runOnce(ctx, args, stdout, stderr)
+		if errors.Is(err, errFactoryReset) && slices.Contains(args, "--sim") && ctx.Err() == nil {
+			// A simulated unit has no service manager to start it again.
+			fmt.Fprintln(stdout, "roomd: factory reset done; starting again as a new unit")
+			continue
+		}
+		return err
+	}
+}
+
+func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	start := time.Now()
 	fs := flag.NewFlagSet("roomd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -99,15 +114,51 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer fl.close()
+	// A factory reset (buttons held, or roomctl factory-reset) stops roomd;
+	// the wipe happens once everything is closed, so nothing writes the
+	// state back.
+	resetC := make(chan struct{}, 1)
+	h.onReset = func() {
+		select {
+		case resetC <- struct{}{}:
+		default:
+		}
+	}
+	startCfg := cfg
 	restart := make(chan struct{}, 1)
-	var agent *afleet.Agent
+	var agentP atomic.Pointer[afleet.Agent]
 	if fl != nil {
-		agent, err = fl.newAgent(cfg, effective, h, *simulate, restart)
-		if err != nil {
-			return err
+		if fl.prov != nil {
+			fl.prov.wipe = []string{fl.stateDir}
+			fl.prov.fault = func(detail string, cleared bool) {
+				if m, err := h.machine(); err == nil {
+					fctx, cancel := context.WithTimeout(context.Background(), time.Second)
+					defer cancel()
+					_ = m.DeviceLost(fctx, "identity", detail, cleared)
+				}
+			}
+			h.provisioning = fl.prov
+		}
+		if fl.needsEnrolment() {
+			// The unit works on its own config while it waits for the fleet.
+			if err := h.apply(cfg); err != nil {
+				return err
+			}
+		} else {
+			agent, err := fl.newAgent(cfg, effective, h, *simulate, restart)
+			if err != nil {
+				return err
+			}
+			agentP.Store(agent)
 		}
 		h.fleet = func() *fleetStatus {
-			st := &fleetStatus{ReportedDoc: agent.Reported(), Connected: agent.Connected(), DemoKey: fl.demoKey}
+			st := &fleetStatus{DemoKey: fl.demoKey}
+			if a := agentP.Load(); a != nil {
+				st.ReportedDoc, st.Connected = a.Reported(), a.Connected()
+			}
+			if fl.prov != nil {
+				st.Enrolment = fl.prov.statusView()
+			}
 			if c, err := fl.connection(h.config()); err == nil {
 				st.Broker = c.Link.Broker
 			}
@@ -142,8 +193,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	agentDone := make(chan error, 1)
-	if agent != nil {
-		go func() { agentDone <- agent.Run(agentCtx) }()
+	if fl != nil {
+		go func() {
+			if fl.needsEnrolment() {
+				if err := fl.prov.enrol(agentCtx, Version); err != nil {
+					agentDone <- err
+					return
+				}
+				err := fl.adoptIdentity(startCfg)
+				var a *afleet.Agent
+				if err == nil {
+					a, err = fl.newAgent(startCfg, effective, h, *simulate, restart)
+				}
+				if err != nil {
+					agentDone <- err
+					return
+				}
+				agentP.Store(a)
+			}
+			a := agentP.Load()
+			if fl.prov != nil {
+				fl.prov.mu.Lock()
+				fl.prov.refresh = a.RefreshReported
+				fl.prov.mu.Unlock()
+				go fl.prov.watch(agentCtx, a.Connected, time.Minute)
+			}
+			agentDone <- a.Run(agentCtx)
+		}()
 	} else {
 		close(agentDone)
 	}
@@ -154,7 +230,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	u := h.unit()
 	log.Info("ready", "version", Version, "board", u.boardName(), "sim", *simulate,
-		"api", strings.Join(addrs, ","), "fleet", agent != nil, "startup", time.Since(start).Round(time.Microsecond).String())
+		"api", strings.Join(addrs, ","), "fleet", fl != nil, "startup", time.Since(start).Round(time.Microsecond).String())
 	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", u.boardName(), strings.Join(addrs, " "))
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("could not tell systemd that roomd is ready", "err", err)
@@ -169,6 +245,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case <-restart:
 		log.Warn("restarting: the fleet asked for it")
 		result = errRestart
+	case <-resetC:
+		log.Warn("factory reset: wiping the unit's identity and fleet state, then starting as a new unit")
+		result = errFactoryReset
 	case err := <-agentDone:
 		if err != nil {
 			log.Error("fleet agent stopped; the unit keeps running without its fleet", "err", err)
@@ -178,8 +257,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log.Info("stopping: closing the shutter and leaving any call")
 	_ = sdNotify("STOPPING=1")
 	stopAgent()
-	if agent != nil {
-		if err := <-agentDone; err != nil {
+	if fl != nil {
+		if err := <-agentDone; err != nil && !errors.Is(err, context.Canceled) {
 			log.Warn("fleet agent", "err", err)
 		}
 	}
@@ -201,7 +280,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if runErr != nil {
 		return runErr
 	}
+	if errors.Is(result, errFactoryReset) {
+		if err := factoryWipe(fl, startCfg, *simulate); err != nil {
+			return fmt.Errorf("factory reset: %w", err)
+		}
+		log.Info("factory reset: wiped")
+	}
 	return result
+}
+
+// factoryWipe removes what makes the unit someone's: its identity (key
+// first), the fleet's configs, nonces and queued events. The local config
+// file under /etc and the journal are the installer's and the system's;
+// README.md "Factory reset" says what stays.
+func factoryWipe(fl *fleetSetup, local *Config, simulate bool) error {
+	if fl != nil && fl.prov != nil {
+		return fl.prov.wipeAll()
+	}
+	dirs := []string{identityDir(local.Fleet, simulate, local.API.Socket)}
+	if fl != nil {
+		dirs = append(dirs, fl.stateDir)
+	}
+	var errs []error
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // newLogger logs at level, which a fleet config can change while roomd runs.
@@ -236,7 +342,9 @@ type unit struct {
 	wg sync.WaitGroup
 }
 
-func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
+// openUnit opens the board, media and conference under cfg. onReset is
+// called when a factory-reset hold completes (nil: the hold does nothing).
+func openUnit(cfg *Config, simulate bool, log *slog.Logger, onReset func()) (*unit, error) {
 	profile, err := board.Lookup(cfg.Unit.Board)
 	if err != nil {
 		return nil, fmt.Errorf("config unit.board: %w", err)
@@ -334,9 +442,18 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger) (*unit, error) {
 		LeaveTimeout:  cfg.Call.LeaveTimeout.Duration,
 		MaxCallLength: cfg.Call.MaxLength.Duration,
 		AloneGrace:    cfg.Call.LeaveWhenAlone.Duration,
+		ResetHold:     resetHold(cfg, onReset),
+		FactoryReset:  onReset,
 		Logger:        log,
 	})
 	return u, nil
+}
+
+func resetHold(cfg *Config, onReset func()) time.Duration {
+	if onReset == nil {
+		return 0
+	}
+	return cfg.Buttons.FactoryResetHold.Duration
 }
 
 // connector is what the local API needs of either LiveKit connector.
