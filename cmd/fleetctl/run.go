@@ -30,6 +30,11 @@ func subcommands() []subcommand {
 		{"push", "--key FILE (--device ID | --group NAME) --version N [--urgent] [--expires 168h] [--wait 30s] [--json] CONFIG.toml | push --envelope FILE", "sign and publish a config, then wait for the units to apply or refuse it", push, pushNotes},
 		{"status", "[--group NAME] [--json]", "list the units: online, call state, config versions, software version, last seen", status, brokerNotes},
 		{"watch", "[--device ID | --group NAME] [--type T[,T]] [--count N] [--for D] [--json]", "print the units' events as they happen", watch, watchNotes},
+		{"ca", "init --dir DIR --broker mqtts://HOST:8883 [--broker-host H,...] | crl [--out FILE]", "create the fleet CA, signing key, broker/admin certificates and the units' enrolment bundle; refresh the revocation list", caCmd, enrolNotes},
+		{"enrol", "code [--count N] | codes | list [--all] [--json] | approve ID [--group G]... | reject ID [--reason TEXT]", "claim codes for installers; units waiting for approval; approve or reject them", enrolCmd, enrolNotes},
+		{"acl", "[--out FILE]", "render the broker's ACL: the shipped rules plus each enrolled unit's groups", aclCmd, ""},
+		{"revoke", "ID [--crl-out FILE]", "revoke a unit's certificate; the broker refuses it at its next connect (after Mosquitto restarts)", revokeCmd, ""},
+		{"renew", "[--watch]", "sign the certificate renewals units ask for and send them back", renewCmd, ""},
 		{"cmd", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }

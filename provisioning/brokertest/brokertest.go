@@ -427,6 +427,23 @@ func (b *Broker) Kill() {
 	<-done
 }
 
+// SetACL replaces the broker's ACL file and reloads it (SIGHUP), as a
+// fleet manager does after fleetctl acl.
+func (b *Broker) SetACL(text string) {
+	b.t.Helper()
+	if err := os.WriteFile(filepath.Join(b.dir, "acl"), []byte(text), 0o644); err != nil {
+		b.t.Fatal(err)
+	}
+	b.mu.Lock()
+	cmd := b.cmd
+	b.mu.Unlock()
+	if cmd != nil {
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			b.t.Fatalf("brokertest: reload ACL: %v", err)
+		}
+	}
+}
+
 // Running reports whether Mosquitto is running.
 func (b *Broker) Running() bool {
 	b.mu.Lock()

@@ -24,6 +24,8 @@ const (
 	DeviceStatus                   // <prefix>/device/<id>/status, retained, last will
 	DeviceReported                 // <prefix>/device/<id>/reported, retained
 	DeviceEvents                   // <prefix>/device/<id>/events, QoS 1
+	EnrolRequest                   // <prefix>/enrol/<id>/request, retained (enrolment credential)
+	EnrolResponse                  // <prefix>/enrol/<id>/response, retained, signed by the fleet CA
 )
 
 func (k Kind) String() string {
@@ -42,6 +44,10 @@ func (k Kind) String() string {
 		return "reported"
 	case DeviceEvents:
 		return "events"
+	case EnrolRequest:
+		return "enrol-request"
+	case EnrolResponse:
+		return "enrol-response"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -146,6 +152,10 @@ func (t Topics) Parse(topic string) (k Kind, name string, ok bool) {
 		return GroupConfig, name, true
 	case "group/cmd":
 		return GroupCmd, name, true
+	case "enrol/request":
+		return EnrolRequest, name, true
+	case "enrol/response":
+		return EnrolResponse, name, true
 	}
 	return 0, "", false
 }

@@ -1,0 +1,607 @@
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/konsult/konsult/provisioning/ca"
+	"github.com/konsult/konsult/provisioning/enrol"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+// The enrolment credential's CN. The "/" keeps it out of every %u pattern
+// of the shipped ACL (deploy/mosquitto/acl).
+const enrolCN = "konsult/enrol"
+
+func addCADir(fs *flag.FlagSet) *string {
+	return fs.String("ca-dir", "", "the fleet CA directory from fleetctl ca init [$FLEETCTL_CA_DIR]")
+}
+
+func openCA(cmd string, dir *string) (*ca.CA, error) {
+	d := *dir
+	if d == "" {
+		d = getenv("FLEETCTL_CA_DIR")
+	}
+	if d == "" {
+		return nil, fmt.Errorf("%s: no fleet CA: pass --ca-dir DIR (made by fleetctl ca init) or set FLEETCTL_CA_DIR", cmd)
+	}
+	c, err := ca.Open(d)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	return c, nil
+}
+
+// caCmd is "fleetctl ca init|crl".
+func caCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	if len(args) == 0 {
+		return errors.New("ca: give a subcommand: init or crl (see fleetctl help)")
+	}
+	switch args[0] {
+	case "init":
+		return caInit(env, args[1:])
+	case "crl":
+		return caCRL(env, args[1:])
+	}
+	return fmt.Errorf("ca: unknown subcommand %q: use init or crl", args[0])
+}
+
+func caInit(env *cmdEnv, args []string) error {
+	fs := newFlags("ca init")
+	dir := fs.String("dir", "", "directory for the fleet CA (created 0700; keep it off the broker, backed up)")
+	name := fs.String("name", "Konsult fleet CA", "the CA's name")
+	broker := fs.String("broker", "", "the broker units and fleetctl reach, mqtts://HOST:8883 (its host goes into the broker's certificate)")
+	hosts := fs.String("broker-host", "", "more names or addresses for the broker's certificate, comma-separated")
+	pos, err := parseFlags(fs, env, args)
+	if err != nil {
+		return helpIsNil(err)
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("ca init: unexpected argument %q", pos[0])
+	}
+	if *dir == "" || *broker == "" {
+		return errors.New("ca init: --dir and --broker are required, e.g. fleetctl ca init --dir fleet-ca --broker mqtts://broker.clinic.example:8883")
+	}
+	host, useTLS, err := brokerAddr(*broker)
+	if err != nil || !useTLS {
+		return fmt.Errorf("ca init: --broker %q: units reach the broker over TLS: use mqtts://HOST:8883", *broker)
+	}
+	names := []string{strings.Split(host, ":")[0]}
+	if h, _, ok := strings.Cut(host, "]"); ok && strings.HasPrefix(h, "[") {
+		names = []string{strings.TrimPrefix(h, "[")}
+	}
+	for _, h := range strings.Split(*hosts, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			names = append(names, h)
+		}
+	}
+	c, err := ca.Init(*dir, *name)
+	if err != nil {
+		return err
+	}
+	// The config-signing key lives with the CA: both are the fleet's trust.
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(*dir, "fleet.key"), fleet.FormatPrivateKey(priv), 0o600); err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(*dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	brokerDir, adminDir, enrolDir := filepath.Join(*dir, "broker"), filepath.Join(*dir, "admin"), filepath.Join(*dir, "enrol")
+	if _, _, err := c.IssueWithKey(ca.KindServer, "server", names, brokerDir); err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	adminCert, adminKey, err := c.IssueWithKey(ca.KindAdmin, "fleet-admin", nil, adminDir)
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	enrolCert, enrolKey, err := c.IssueWithKey(ca.KindEnrol, enrolCN, nil, enrolDir)
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	acl, err := link.ACL(nil, "fleet-admin")
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	crl, err := os.ReadFile(filepath.Join(*dir, ca.CRLFile))
+	if err != nil {
+		return fmt.Errorf("ca init: %w", err)
+	}
+	files := []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{
+		{filepath.Join(brokerDir, "ca.crt"), c.CertPEM(), 0o644},
+		{filepath.Join(brokerDir, "crl.pem"), crl, 0o644},
+		{filepath.Join(brokerDir, "acl"), []byte(acl), 0o644},
+		{filepath.Join(adminDir, "ca.crt"), c.CertPEM(), 0o644},
+		{filepath.Join(adminDir, "fleetctl.toml"), fmt.Appendf(nil,
+			"# fleetctl settings for this fleet (fleetctl ca init)\nbroker = %q\nca = \"ca.crt\"\ncert = %q\ncert_key = %q\n",
+			*broker, filepath.Base(adminCert), filepath.Base(adminKey)), 0o600},
+		{filepath.Join(enrolDir, "ca.crt"), c.CertPEM(), 0o644},
+		{filepath.Join(enrolDir, "roomd-fleet.toml"), fmt.Appendf(nil,
+			"# The [fleet] section every new unit ships with (fleetctl ca init).\n# Copy this directory to /etc/konsult/enrol on the unit or image.\n[fleet]\nbroker = %q\nca_file = \"/etc/konsult/enrol/ca.crt\"\nenrol_cert = \"/etc/konsult/enrol/%s\"\nenrol_key = \"/etc/konsult/enrol/%s\"\n",
+			*broker, filepath.Base(enrolCert), filepath.Base(enrolKey)), 0o644},
+	}
+	for _, f := range files {
+		if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
+			return fmt.Errorf("ca init: %w", err)
+		}
+	}
+	fmt.Fprintf(env.stdout, `fleet CA ready in %[1]s (keep it private and backed up: ca.key and fleet.key are the fleet's trust)
+  %[2]s/    copy to the broker's /etc/mosquitto/konsult/ (server.crt, server.key, ca.crt, crl.pem, acl)
+  %[3]s/     fleetctl's own certificate and settings: fleetctl --config %[3]s/fleetctl.toml ...
+  %[4]s/     the enrolment bundle every new unit ships with (README.md "Enrolment")
+next: fleetctl enrol code --ca-dir %[1]s   (a claim code for each unit an installer sets up)
+`, *dir, brokerDir, adminDir, enrolDir)
+	return nil
+}
+
+func caCRL(env *cmdEnv, args []string) error {
+	fs := newFlags("ca crl")
+	dir := addCADir(fs)
+	out := fs.String("out", "", "also copy the revocation list here (e.g. the broker's /etc/mosquitto/konsult/crl.pem)")
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	c, err := openCA("ca crl", dir)
+	if err != nil {
+		return err
+	}
+	if err := c.Update(func(*ca.Ledger) error { return nil }); err != nil {
+		return err
+	}
+	return copyCRL(env, c, *out)
+}
+
+func copyCRL(env *cmdEnv, c *ca.CA, out string) error {
+	src := filepath.Join(c.Dir, ca.CRLFile)
+	if out != "" {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return err
+		}
+		if err := writeFileAtomic(out, b, 0o644); err != nil {
+			return err
+		}
+		src = out
+	}
+	fmt.Fprintf(env.stdout, "revocation list %s (valid %s): restart Mosquitto to load it (systemctl restart mosquitto; Mosquitto 2.0 does not reload it on SIGHUP)\n",
+		src, ca.CRLLifetime)
+	return nil
+}
+
+// enrolCmd is "fleetctl enrol code|codes|list|approve|reject".
+func enrolCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	if len(args) == 0 {
+		return errors.New("enrol: give a subcommand: code, codes, list, approve or reject")
+	}
+	rest := args[1:]
+	switch args[0] {
+	case "code":
+		return enrolCode(env, rest)
+	case "codes":
+		return enrolCodes(env, rest)
+	case "list":
+		return enrolList(ctx, env, rest)
+	case "approve":
+		return enrolDecide(ctx, env, rest, true)
+	case "reject":
+		return enrolDecide(ctx, env, rest, false)
+	}
+	return fmt.Errorf("enrol: unknown subcommand %q: use code, codes, list, approve or reject", args[0])
+}
+
+func enrolCode(env *cmdEnv, args []string) error {
+	fs := newFlags("enrol code")
+	dir := addCADir(fs)
+	n := fs.Int("count", 1, "how many codes")
+	note := fs.String("note", "", "a note kept with the codes, e.g. the clinic or installer")
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	if *n < 1 || *n > 1000 {
+		return errors.New("enrol code: --count must be 1 to 1000")
+	}
+	c, err := openCA("enrol code", dir)
+	if err != nil {
+		return err
+	}
+	var codes []string
+	if err := c.Update(func(l *ca.Ledger) error {
+		for range *n {
+			code := enrol.NewClaimCode()
+			codes = append(codes, code)
+			l.ClaimCodes = append(l.ClaimCodes, ca.ClaimCode{Code: code, Note: *note, Created: env.now().UTC()})
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, code := range codes {
+		fmt.Fprintln(env.stdout, code)
+	}
+	return nil
+}
+
+func enrolCodes(env *cmdEnv, args []string) error {
+	fs := newFlags("enrol codes")
+	dir := addCADir(fs)
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	c, err := openCA("enrol codes", dir)
+	if err != nil {
+		return err
+	}
+	l, err := c.Ledger()
+	if err != nil {
+		return err
+	}
+	var rows [][]string
+	for _, cc := range l.ClaimCodes {
+		used := "unused"
+		if cc.UsedBy != "" {
+			used = cc.UsedBy + " " + clock(cc.UsedAt)
+		}
+		rows = append(rows, []string{cc.Code, clock(cc.Created), used, cc.Note})
+	}
+	return table(env.stdout, []string{"CLAIM CODE", "CREATED", "USED BY", "NOTE"}, rows)
+}
+
+// pendingRequests reads every retained enrolment request.
+func pendingRequests(ctx context.Context, env *cmdEnv, bs *brokerSettings, cmd string) (*fleetClient, []enrol.Request, error) {
+	t := link.Topics{Prefix: bs.Prefix}
+	fc, err := dialFleet(ctx, bs, env.log, t.AllEnrolRequests())
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	var reqs []enrol.Request
+	err = fc.Sync(ctx, func(m fleetMsg) {
+		if m.Kind != link.EnrolRequest || len(m.Payload) == 0 {
+			return
+		}
+		var r enrol.Request
+		if json.Unmarshal(m.Payload, &r) != nil || r.DeviceID != m.Unit {
+			env.log.Warn("skipped a malformed enrolment request", "topic", m.Topic)
+			return
+		}
+		reqs = append(reqs, r)
+	})
+	if err != nil {
+		fc.Close()
+		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	slices.SortFunc(reqs, func(a, b enrol.Request) int { return a.FirstRequested.Compare(b.FirstRequested) })
+	return fc, reqs, nil
+}
+
+func enrolList(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags("enrol list")
+	dir := addCADir(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	all := fs.Bool("all", false, "also list units already decided (approved, rejected, revoked)")
+	bs := addBrokerFlags(fs)
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	c, err := openCA("enrol list", dir)
+	if err != nil {
+		return err
+	}
+	if err := bs.resolve("enrol list"); err != nil {
+		return err
+	}
+	fc, reqs, err := pendingRequests(ctx, env, bs, "enrol list")
+	if err != nil {
+		return err
+	}
+	fc.Close()
+	l, err := c.Ledger()
+	if err != nil {
+		return err
+	}
+	type row struct {
+		Device    string    `json:"device"`
+		Model     string    `json:"model,omitempty"`
+		Version   string    `json:"version,omitempty"`
+		ClaimCode string    `json:"claim_code,omitempty"`
+		FirstSeen time.Time `json:"first_seen,omitzero"`
+		Status    string    `json:"status"`
+		Detail    string    `json:"detail,omitempty"`
+	}
+	var out []row
+	seen := map[string]bool{}
+	for _, r := range reqs {
+		p := enrol.Evaluate(r, l)
+		st, detail := "pending", ""
+		if p.Problem != "" {
+			st, detail = "cannot approve: "+p.Problem, p.Message
+		}
+		if r.Refusal != nil {
+			detail = strings.TrimSpace(detail + " unit refused the last approval (" + r.Refusal.Reason + "): " + r.Refusal.Message)
+		}
+		if u := l.Units[r.DeviceID]; u != nil && u.Status == "approved" && r.Refusal == nil {
+			st = "approved, not collected yet"
+		}
+		seen[r.DeviceID] = true
+		out = append(out, row{r.DeviceID, r.Model, r.Version, p.ClaimCode, r.FirstRequested, st, oneLine(detail)})
+	}
+	if *all {
+		for _, u := range l.SortedUnits() {
+			if !seen[u.ID] {
+				out = append(out, row{u.ID, u.Model, "", u.ClaimCode, u.FirstSeen, u.Status, strings.Join(u.Groups, ",") + " " + u.Reason})
+			}
+		}
+	}
+	if *asJSON {
+		return writeJSON(env.stdout, out)
+	}
+	if len(out) == 0 {
+		fmt.Fprintln(env.stderr, "no unit is waiting for approval")
+		return nil
+	}
+	rows := make([][]string, len(out))
+	for i, r := range out {
+		rows[i] = []string{r.Device, r.Model, r.Version, r.ClaimCode, clock(r.FirstSeen), r.Status, r.Detail}
+	}
+	return table(env.stdout, []string{"DEVICE", "MODEL", "VERSION", "CLAIM CODE", "FIRST SEEN", "STATUS", "DETAIL"}, rows)
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) error {
+	cmd := map[bool]string{true: "enrol approve", false: "enrol reject"}[approve]
+	fs := newFlags(cmd)
+	dir := addCADir(fs)
+	var groups stringList
+	fs.Var(&groups, "group", "approve: a group the unit joins (repeat for more; later groups win in the merge)")
+	reason := fs.String("reason", "", "reject: what the installer is told")
+	unitBroker := fs.String("unit-broker", "", "approve: the broker the unit uses from now on (default: --broker)")
+	bs := addBrokerFlags(fs)
+	pos, err := parseFlags(fs, env, args)
+	if err != nil {
+		return helpIsNil(err)
+	}
+	if len(pos) != 1 {
+		return fmt.Errorf("%s: give the unit's device id (from fleetctl enrol list)", cmd)
+	}
+	id := pos[0]
+	c, err := openCA(cmd, dir)
+	if err != nil {
+		return err
+	}
+	if err := bs.resolve(cmd); err != nil {
+		return err
+	}
+	fc, reqs, err := pendingRequests(ctx, env, bs, cmd)
+	if err != nil {
+		return err
+	}
+	defer fc.Close()
+	i := slices.IndexFunc(reqs, func(r enrol.Request) bool { return r.DeviceID == id })
+	if i < 0 {
+		return fmt.Errorf("%s: no enrolment request from %s on the broker: check the id with fleetctl enrol list", cmd, id)
+	}
+	req := reqs[i]
+	var decision []byte
+	if approve {
+		pub, err := os.ReadFile(filepath.Join(c.Dir, "fleet.pub"))
+		if err != nil {
+			return fmt.Errorf("%s: the fleet's public key: %w", cmd, err)
+		}
+		b := *unitBroker
+		if b == "" {
+			b = bs.Broker
+		}
+		if decision, err = enrol.Approve(c, req, groups, b, string(pub)); err != nil {
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+	} else {
+		l, err := c.Ledger()
+		if err != nil {
+			return err
+		}
+		p := enrol.Evaluate(req, l)
+		why, msg := enrol.ReasonRejected, "the fleet manager rejected this unit"
+		if p.Problem != "" {
+			why, msg = p.Problem, p.Message
+		}
+		if *reason != "" {
+			msg = *reason
+		}
+		if decision, err = enrol.Reject(c, req, why, msg); err != nil {
+			return fmt.Errorf("%s: %w", cmd, err)
+		}
+	}
+	t := link.Topics{Prefix: bs.Prefix}
+	if err := fc.Publish(ctx, t.EnrolResponse(id), true, decision); err != nil {
+		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	if !approve {
+		fmt.Fprintf(env.stdout, "rejected %s\n", id)
+		return nil
+	}
+	fmt.Fprintf(env.stdout, "approved %s (groups: %s); it installs its certificate and reconnects as itself\n", id, strings.Join(groups, ", "))
+	if len(groups) > 0 {
+		fmt.Fprintf(env.stdout, "the broker must let it read its groups: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
+	}
+	return nil
+}
+
+// aclCmd renders the broker ACL from the CA's ledger: the shipped rules
+// plus each approved unit's groups.
+func aclCmd(_ context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags("acl")
+	dir := addCADir(fs)
+	out := fs.String("out", "", "write the ACL here instead of printing it")
+	admin := fs.String("admin", "fleet-admin", "the fleet manager's certificate CN")
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	c, err := openCA("acl", dir)
+	if err != nil {
+		return err
+	}
+	l, err := c.Ledger()
+	if err != nil {
+		return err
+	}
+	units := map[string][]string{}
+	for id, u := range l.Units {
+		if u.Status == "approved" {
+			units[id] = u.Groups
+		}
+	}
+	text, err := link.ACL(units, *admin)
+	if err != nil {
+		return fmt.Errorf("acl: %w", err)
+	}
+	if *out == "" {
+		_, err = fmt.Fprint(env.stdout, text)
+		return err
+	}
+	if err := writeFileAtomic(*out, []byte(text), 0o644); err != nil {
+		return fmt.Errorf("acl: %w", err)
+	}
+	fmt.Fprintf(env.stdout, "wrote %s: reload Mosquitto (SIGHUP) to apply it\n", *out)
+	return nil
+}
+
+// revokeCmd revokes a unit's certificates.
+func revokeCmd(_ context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags("revoke")
+	dir := addCADir(fs)
+	reason := fs.String("reason", "revoked by the fleet manager", "why (kept in the CA's ledger)")
+	out := fs.String("crl-out", "", "also copy the new revocation list here (e.g. the broker's /etc/mosquitto/konsult/crl.pem)")
+	pos, err := parseFlags(fs, env, args)
+	if err != nil {
+		return helpIsNil(err)
+	}
+	if len(pos) != 1 {
+		return errors.New("revoke: give the unit's device id")
+	}
+	c, err := openCA("revoke", dir)
+	if err != nil {
+		return err
+	}
+	n, err := c.Revoke(pos[0], *reason)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "revoked %d certificate(s) of %s\n", n, pos[0])
+	return copyCRL(env, c, *out)
+}
+
+// renewCmd signs the renewal requests units put in their reported
+// documents and sends each its certificate with the certificate command.
+func renewCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	fs := newFlags("renew")
+	dir := addCADir(fs)
+	keyPath := fs.String("key", "", "the fleet signing key (default: fleet.key in --ca-dir)")
+	watch := fs.Bool("watch", false, "keep running and renew as requests arrive (the fleet's renewal service)")
+	bs := addBrokerFlags(fs)
+	if _, err := parseFlags(fs, env, args); err != nil {
+		return helpIsNil(err)
+	}
+	c, err := openCA("renew", dir)
+	if err != nil {
+		return err
+	}
+	kp := *keyPath
+	if kp == "" {
+		kp = filepath.Join(c.Dir, "fleet.key")
+	}
+	priv, err := fleet.LoadPrivateKey(kp)
+	if err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	if err := bs.resolve("renew"); err != nil {
+		return err
+	}
+	t := link.Topics{Prefix: bs.Prefix}
+	fc, err := dialFleet(ctx, bs, env.log, t.AllDevices(link.DeviceReported))
+	if err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	defer fc.Close()
+	done := map[string]string{} // device → the CSR already answered
+	renewed := 0
+	handle := func(m fleetMsg) {
+		view := newFleetView()
+		if !view.feed(m) {
+			return
+		}
+		u := view.unit(m.Unit)
+		if u.Reported == nil || u.Reported.Identity == nil || u.Reported.Identity.RenewalCSR == "" {
+			return
+		}
+		csr := u.Reported.Identity.RenewalCSR
+		if done[m.Unit] == csr {
+			return
+		}
+		done[m.Unit] = csr
+		cert, err := enrol.Renew(c, m.Unit, csr)
+		if err != nil {
+			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			return
+		}
+		arg, _ := json.Marshal(string(cert))
+		now := env.now()
+		e, err := fleet.SignCommand(priv, fleet.CommandPayload{Name: fleet.CommandCertificate, Args: map[string]json.RawMessage{"certificate": arg},
+			Nonce: fleet.NewNonce(), IssuedAt: now, ExpiresAt: now.Add(time.Hour), Target: fleet.Target{Device: m.Unit}})
+		if err != nil {
+			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			return
+		}
+		if err := fc.Publish(ctx, t.DeviceCmd(m.Unit), false, e.Marshal()); err != nil {
+			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			return
+		}
+		renewed++
+		fmt.Fprintf(env.stdout, "renewed %s: new certificate sent\n", m.Unit)
+	}
+	if err := fc.Sync(ctx, handle); err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
+	if !*watch {
+		if renewed == 0 {
+			fmt.Fprintln(env.stderr, "no unit asked for a new certificate")
+		}
+		return nil
+	}
+	for {
+		m, err := fc.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("renew: %w", err)
+		}
+		handle(m)
+	}
+}
+
+const enrolNotes = `Enrolment commands read the fleet CA from --ca-dir (or $FLEETCTL_CA_DIR);
+list, approve, reject and renew also reach the broker as the fleet manager.
+A unit waits in "enrol list" once an installer gives it a claim code; approve
+signs its certificate and sends it, the fleet's public key, the broker and
+its groups. See docs/FLEETCTL.md and README.md "Enrolment".`
