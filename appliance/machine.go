@@ -76,7 +76,7 @@ type Config struct {
 	// the reset by then).
 	FactoryReset func()
 	Logger       *slog.Logger
-	Now        func() time.Time
+	Now          func() time.Time
 }
 
 // JoinWith adapts a connector whose Join returns its own call type.
@@ -321,7 +321,7 @@ func (m *Machine) apply(effs []any) {
 			time.AfterFunc(d, func() {
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 				defer cancel()
-				_ = m.post(ctx, inResetTick{seq: e.seq, final: e.final})
+				_ = m.post(ctx, inResetTick(e))
 			})
 		case effFactoryReset:
 			if m.cfg.FactoryReset != nil {

@@ -264,7 +264,7 @@ func (c *Client) connect(ctx context.Context, status func(phase, reason, msg str
 	pool := x509.NewCertPool()
 	pool.AddCert(c.ca)
 	opts := mqtt.NewClientOptions().
-		AddBroker("ssl://"+net.JoinHostPort(u.Hostname(), port)).
+		AddBroker("ssl://" + net.JoinHostPort(u.Hostname(), port)).
 		SetClientID(c.o.DeviceID).
 		SetCleanSession(true).
 		SetAutoReconnect(true).

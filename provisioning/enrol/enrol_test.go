@@ -449,7 +449,10 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 	// 5-level topics such as konsult/device/konsult/enrol/config, which no
 	// unit has (Parse refuses them, and device ids cannot hold "/"): the
 	// credential may touch those, and nothing else.
-	isDeviceTopic := func(tp string) bool { _, _, ok := f.topics.Parse(tp); return ok || strings.HasPrefix(tp, "konsult/enrol/"+victim) }
+	isDeviceTopic := func(tp string) bool {
+		_, _, ok := f.topics.Parse(tp)
+		return ok || strings.HasPrefix(tp, "konsult/enrol/"+victim)
+	}
 	gotMu.Lock()
 	defer gotMu.Unlock()
 	for _, tp := range got {
