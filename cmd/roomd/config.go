@@ -53,6 +53,7 @@ type Config struct {
 		Token            string   `toml:"token"`
 		AllowedHosts     []string `toml:"allowed_hosts"`
 		VideoCodec       string   `toml:"video_codec"`
+		VideoPassthrough string   `toml:"video_passthrough"`
 		Camera           string   `toml:"camera"`
 		Microphone       string   `toml:"microphone"`
 		Width            int      `toml:"width"`
@@ -233,6 +234,7 @@ func (c *Config) validate() error {
 		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip", "livekit"),
 		pos("call.leave_when_alone", c.Call.LeaveWhenAlone, 0, 24*time.Hour),
 		oneOf("conference.video_codec", c.Conference.VideoCodec, "auto", "H264", "VP8"),
+		oneOf("conference.video_passthrough", c.Conference.VideoPassthrough, "auto", "off"),
 		intRange("conference.width", c.Conference.Width, 160, 3840),
 		intRange("conference.height", c.Conference.Height, 120, 2160),
 		intRange("conference.fps", c.Conference.FPS, 1, 60),

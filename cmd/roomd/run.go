@@ -400,6 +400,9 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger, onReset func()) (*un
 			URL: c.URL, Room: c.Room, Identity: c.Identity,
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
 		}
+		// A camera that codes H.264 itself is sent without re-encoding
+		// when it offers the configured size (the encoder choice says).
+		encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS})
 		lm := livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,

@@ -45,6 +45,7 @@ type Config struct {
 // a PeerConnection. Nothing is written to disk.
 type Capture struct {
 	Counters *Counters
+	g        *gate.Gate
 	selector *mediadevices.CodecSelector
 	stream   mediadevices.MediaStream
 	done     chan struct{}
@@ -140,38 +141,53 @@ func Open(cfg Config) (*Capture, error) {
 		mediadevices.WithVideoEncoders(cfg.Video),
 		mediadevices.WithAudioEncoders(cfg.Audio),
 	)
-	cam, err := pick("camera", cfg.Camera)
-	if err != nil {
-		return nil, err
+	// A camera that codes H.264 itself is opened by its PassThrough, not
+	// by mediadevices (one node streams one format at a time).
+	pt := passThroughOf(cfg.Video)
+	var cam Device
+	var err error
+	if pt == nil {
+		if cam, err = pick("camera", cfg.Camera); err != nil {
+			return nil, err
+		}
 	}
 	mic, err := pick("microphone", cfg.Microphone)
 	if err != nil {
 		return nil, err
 	}
-	stream, err := mediadevices.GetUserMedia(mediadevices.MediaStreamConstraints{
-		Video: func(c *mediadevices.MediaTrackConstraints) {
+	constraints := mediadevices.MediaStreamConstraints{
+		Audio: func(c *mediadevices.MediaTrackConstraints) {
+			c.DeviceID = prop.StringExact(mic.id)
+		},
+		Codec: sel,
+	}
+	if pt == nil {
+		constraints.Video = func(c *mediadevices.MediaTrackConstraints) {
 			c.DeviceID = prop.StringExact(cam.id)
 			// Exact: the privacy slate is made at this size, and the
 			// encoder takes no other.
 			c.Width = prop.IntExact(cfg.Width)
 			c.Height = prop.IntExact(cfg.Height)
 			c.FrameRate = prop.Float(cfg.FPS)
-		},
-		Audio: func(c *mediadevices.MediaTrackConstraints) {
-			c.DeviceID = prop.StringExact(mic.id)
-		},
-		Codec: sel,
-	})
+		}
+	}
+	stream, err := mediadevices.GetUserMedia(constraints)
 	if err != nil {
+		if pt != nil {
+			return nil, fmt.Errorf("open microphone %q: %w", mic.Label, err)
+		}
 		return nil, fmt.Errorf("open camera %q (%dx%d) and microphone %q: %w: check the camera supports that size (v4l2-ctl --list-formats-ext) and set conference.width/height to one it does",
 			cam.Label, cfg.Width, cfg.Height, mic.Label, err)
 	}
-	c := &Capture{Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
+	c := &Capture{g: cfg.Gate, Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
 	for _, t := range stream.GetVideoTracks() {
 		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), stampVideo(cfg.Stamp), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
 		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())
+	}
+	if pt != nil {
+		stream.AddTrack(openPassThrough(c, pt, cfg))
 	}
 	return c, nil
 }
@@ -245,7 +261,7 @@ func (c *Capture) Close() {
 // DevicesOpen lists the capture devices that are open now: after a call has
 // ended it must be empty (the camera is released with the call).
 func DevicesOpen() []string {
-	var open []string
+	open := passThroughsOpen()
 	for _, d := range driver.GetManager().Query(func(driver.Driver) bool { return true }) {
 		if d.Status() == driver.StateOpened || d.Status() == driver.StateRunning {
 			open = append(open, d.Info().Label)

@@ -44,6 +44,9 @@ type Backend struct {
 	// Video or Audio builds the mediadevices encoder builder.
 	Video func(Settings) (codec.VideoEncoderBuilder, error)
 	Audio func(Settings) (codec.AudioEncoderBuilder, error)
+	// Detail, if set, says more once the backend is chosen (for camera
+	// pass-through: which camera, and what the unit can steer on it).
+	Detail func() string
 }
 
 var (
@@ -97,6 +100,9 @@ func (c Choice) Explain() string {
 		others = append(others, cd.Name+" ("+state+")")
 	}
 	s := fmt.Sprintf("%s: %s %s (quality %d, %s licence)", c.Kind, c.Chosen.Name, c.Chosen.Codec, c.Chosen.Quality, c.Chosen.License)
+	if c.Chosen.Detail != nil {
+		s += ": " + c.Chosen.Detail()
+	}
 	if len(others) > 0 {
 		s += "; also found " + strings.Join(others, ", ")
 	}

@@ -49,8 +49,7 @@ func Find(coded uint32) (Device, error) { return FindIn(nodes, coded) }
 
 // FindIn is Find over the nodes matching glob.
 func FindIn(glob string, coded uint32) (Device, error) {
-	paths, _ := filepath.Glob(glob)
-	sort.Slice(paths, func(i, j int) bool { return nodeLess(paths[i], paths[j]) })
+	paths := sortedNodes(glob)
 	if len(paths) == 0 {
 		return Device{}, fmt.Errorf("%w: no %s nodes (on a Pi 4 the H.264 block is /dev/video11: enable it with dtoverlay / a kernel that has bcm2835-codec)", ErrNotFound, glob)
 	}
@@ -78,6 +77,13 @@ func FindIn(glob string, coded uint32) (Device, error) {
 	return Device{}, fmt.Errorf("%w for %s: %s", ErrNotFound, FourccString(coded), strings.Join(why, "; "))
 }
 
+// sortedNodes are the nodes matching glob, /dev/video2 before /dev/video11.
+func sortedNodes(glob string) []string {
+	paths, _ := filepath.Glob(glob)
+	sort.Slice(paths, func(i, j int) bool { return nodeLess(paths[i], paths[j]) })
+	return paths
+}
+
 // /dev/video2 before /dev/video11.
 func nodeLess(a, b string) bool {
 	if len(a) != len(b) {
@@ -89,19 +95,11 @@ func nodeLess(a, b string) bool {
 // Inspect reads what a node is (QUERYCAP, ENUM_FMT on both queues). A node
 // that is not a streaming memory-to-memory device is an error.
 func Inspect(path string) (Device, error) {
-	dev, err := opener(path)
+	dev, c, caps, err := openQuery(path)
 	if err != nil {
-		return Device{}, fmt.Errorf("open: %w", err)
+		return Device{}, err
 	}
 	defer dev.close()
-	var c capability
-	if err := dev.ioctl(vidiocQuerycap, unsafe.Pointer(&c)); err != nil {
-		return Device{}, fmt.Errorf("not a V4L2 device (QUERYCAP: %w)", err)
-	}
-	caps := c.Capabilities
-	if caps&capDeviceCaps != 0 {
-		caps = c.DeviceCaps
-	}
 	d := Device{Path: path, Driver: cstr(c.Driver[:]), Card: cstr(c.Card[:])}
 	switch {
 	case caps&capVideoM2MMPlane != 0, caps&(capVideoCaptureMPlane|capVideoOutputMPlane) == capVideoCaptureMPlane|capVideoOutputMPlane:
@@ -120,6 +118,24 @@ func Inspect(path string) (Device, error) {
 	d.Coded = enumFormats(dev, capType)
 	d.Raw = enumFormats(dev, outType)
 	return d, nil
+}
+
+// openQuery opens a node and asks what it is (QUERYCAP): caps are the
+// node's own capabilities. On success the caller closes dev.
+func openQuery(path string) (dev device, c capability, caps uint32, err error) {
+	dev, err = opener(path)
+	if err != nil {
+		return nil, c, 0, fmt.Errorf("open: %w", err)
+	}
+	if err := dev.ioctl(vidiocQuerycap, unsafe.Pointer(&c)); err != nil {
+		_ = dev.close()
+		return nil, c, 0, fmt.Errorf("not a V4L2 device (QUERYCAP: %w)", err)
+	}
+	caps = c.Capabilities
+	if caps&capDeviceCaps != 0 {
+		caps = c.DeviceCaps
+	}
+	return dev, c, caps, nil
 }
 
 func enumFormats(dev device, typ uint32) []uint32 {

@@ -302,6 +302,10 @@ func ioctlName(req uintptr) string {
 		return "VIDIOC_S_CTRL"
 	case vidiocEncoderCmd:
 		return "VIDIOC_ENCODER_CMD"
+	case vidiocQueryctrl:
+		return "VIDIOC_QUERYCTRL"
+	case vidiocEnumFramesizes:
+		return "VIDIOC_ENUM_FRAMESIZES"
 	}
 	return fmt.Sprintf("ioctl %#x", req)
 }

@@ -1,0 +1,375 @@
+//go:build cgo && linux && (amd64 || arm64)
+
+package capture
+
+import (
+	"bytes"
+	"errors"
+	"image"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/mediadevices"
+	"github.com/pion/mediadevices/pkg/codec"
+	"github.com/pion/mediadevices/pkg/codec/openh264"
+	"github.com/pion/mediadevices/pkg/io/video"
+	"github.com/pion/mediadevices/pkg/prop"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/encoder"
+	"github.com/konsult/konsult/media/encoder/v4l2m2m"
+	"github.com/konsult/konsult/media/gate"
+)
+
+const ptW, ptH, ptFPS = 320, 180, 30
+
+// cameraCoder is the fake camera's encoder: real H.264 from openh264 of a
+// bright moving picture (never the slate's grey), an IDR exactly when the
+// camera wants a keyframe.
+type cameraCoder struct {
+	mu  sync.Mutex
+	enc codec.ReadCloser
+	n   int
+}
+
+func newCameraCoder(t *testing.T) *cameraCoder {
+	t.Helper()
+	p, err := openh264.NewParams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.BitRate, p.EnableFrameSkip, p.IntraPeriod = 400_000, false, 100000
+	c := &cameraCoder{}
+	src := video.ReaderFunc(func() (image.Image, func(), error) {
+		img := image.NewYCbCr(image.Rect(0, 0, ptW, ptH), image.YCbCrSubsampleRatio420)
+		for i := range img.Y {
+			img.Y[i] = byte(180 + (i/ptW+c.n)%60)
+		}
+		for i := range img.Cb {
+			img.Cb[i], img.Cr[i] = 90, 170
+		}
+		c.n++
+		return img, func() {}, nil
+	})
+	c.enc, err = p.BuildVideoEncoder(src, prop.Media{Video: prop.Video{Width: ptW, Height: ptH, FrameRate: ptFPS}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.enc.Close() })
+	return c
+}
+
+func (c *cameraCoder) code(key bool) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if key {
+		_ = c.enc.Controller().(codec.KeyFrameController).ForceKeyFrame()
+	}
+	au, release, err := c.enc.Read()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	return append([]byte(nil), au...), nil
+}
+
+// ptCall is one call's capture with camera pass-through chosen by the
+// registry, and the encoded reader a PeerConnection would read.
+type ptCall struct {
+	g     *gate.Gate
+	fake  *v4l2m2m.FakeCamera
+	capt  *Capture
+	pt    *PassThrough
+	r     mediadevices.EncodedReadCloser
+	slate [][]byte
+	units chan []byte
+	errs  chan error
+}
+
+func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
+	t.Helper()
+	t.Cleanup(fake.Install())
+	encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: "auto", Width: ptW, Height: ptH, FPS: ptFPS})
+	t.Cleanup(func() { encoder.ConfigurePassThrough(encoder.PassThroughConfig{}) })
+	ch, err := encoder.Choose(encoder.Video, "auto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Chosen.Name != "uvc-h264" || !strings.Contains(ch.Explain(), "keyframe on request") {
+		t.Fatalf("the registry did not choose pass-through: %s", ch.Explain())
+	}
+	vb, err := ch.Chosen.Video(encoder.Settings{BitRate: 1_000_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, err := encoder.Choose(encoder.Audio, "opus")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ab, _ := ac.Chosen.Audio(encoder.Settings{})
+	c := &ptCall{g: gate.New(), fake: fake, units: make(chan []byte, 256), errs: make(chan error, 1)}
+	c.capt, err = Open(Config{Gate: c.g, Width: ptW, Height: ptH, FPS: ptFPS, Microphone: TestDevice, Video: vb, Audio: ab})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pt = vb.(*PassThrough)
+	if c.slate, err = SlateH264(ptW, ptH, ptFPS); err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range c.capt.Tracks() {
+		if tr.Kind() == webrtc.RTPCodecTypeVideo {
+			if c.r, err = tr.NewEncodedReader(webrtc.MimeTypeH264); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	go func() {
+		for {
+			b, release, err := c.r.Read()
+			if err != nil {
+				c.errs <- err
+				close(c.units)
+				return
+			}
+			c.units <- append([]byte(nil), b.Data...)
+			release()
+		}
+	}()
+	t.Cleanup(func() {
+		c.capt.Stop(time.Second)
+		c.r.Close()
+		c.capt.Close()
+		if open := DevicesOpen(); len(open) > 0 {
+			t.Errorf("devices open after the call: %v", open)
+		}
+		if s := fake.Released(); s != "" {
+			t.Errorf("camera after the call: %s", s)
+		}
+	})
+	return c
+}
+
+func (c *ptCall) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case u, ok := <-c.units:
+		if !ok {
+			t.Fatalf("the track ended: %v", <-c.errs)
+		}
+		return u
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing sent in 5 s")
+	}
+	return nil
+}
+
+// quiet checks nothing is sent for d.
+func (c *ptCall) quiet(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case u := <-c.units:
+		t.Fatalf("sent while the gate is shut and the slate is done: NAL types %v", nalTypes(u))
+	case <-time.After(d):
+	}
+}
+
+func nalTypes(au []byte) []byte {
+	var out []byte
+	for _, n := range v4l2m2m.NALUnits(au) {
+		out = append(out, v4l2m2m.NALType(n))
+	}
+	return out
+}
+
+func (c *ptCall) expectSlate(t *testing.T) {
+	t.Helper()
+	for i := range SlatesPerClose {
+		u := c.next(t)
+		if !bytes.Equal(u, c.slate[i]) {
+			t.Fatalf("unit %d while shut is not slate unit %d (NAL types %v)", i, i, nalTypes(u))
+		}
+	}
+	if !v4l2m2m.HasIDR(c.slate[0]) || v4l2m2m.HasIDR(c.slate[1]) {
+		t.Fatalf("slate is not IDR then P: %v %v", nalTypes(c.slate[0]), nalTypes(c.slate[1]))
+	}
+}
+
+func (c *ptCall) expectCameraFromIDR(t *testing.T) {
+	t.Helper()
+	u := c.next(t)
+	types := nalTypes(u)
+	if !bytes.Contains(types, []byte{v4l2m2m.NALSPS}) || !bytes.Contains(types, []byte{v4l2m2m.NALPPS}) || !v4l2m2m.HasIDR(u) {
+		t.Fatalf("first camera unit after the gate opened has NAL types %v: want SPS, PPS and IDR", types)
+	}
+	for _, s := range c.slate {
+		if bytes.Equal(u, s) {
+			t.Fatal("the slate again, not the camera")
+		}
+	}
+	for range 5 {
+		if u := c.next(t); v4l2m2m.HasIDR(u) {
+			t.Fatalf("camera sent another IDR unasked: %v", nalTypes(u))
+		}
+	}
+}
+
+var ptOpen = gate.State{Video: true, Audio: true}
+
+func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
+	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true, BitRate: true}
+	fake.Source = newCameraCoder(t).code
+	c := startPassThrough(t, fake)
+
+	// Shut at the start: the slate, then nothing, while the camera streams.
+	c.expectSlate(t)
+	c.quiet(t, 400*time.Millisecond)
+	if made, _, _, _ := fake.Stats(); made == 0 {
+		t.Fatal("the fake camera made no frames")
+	}
+	if n := c.capt.Counters.VideoFrames.Load(); n != 0 {
+		t.Fatalf("%d camera units admitted while shut", n)
+	}
+
+	// Open: stale units dropped, a keyframe asked for, the IDR first.
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t)
+	st := c.pt.Stats()
+	if st.Flushed.Load() == 0 || st.KeyRequests.Load() != 1 {
+		t.Errorf("on open: %d stale units dropped (want some), %d keyframe requests (want 1)", st.Flushed.Load(), st.KeyRequests.Load())
+	}
+
+	// The far end's PLI: a keyframe is forced, and one comes.
+	_, keys, _, forced := fake.Stats()
+	if err := c.r.Controller().(codec.KeyFrameController).ForceKeyFrame(); err != nil {
+		t.Fatal(err)
+	}
+	got := false
+	for i := 0; i < 10 && !got; i++ {
+		got = v4l2m2m.HasIDR(c.next(t))
+	}
+	if _, k2, _, f2 := fake.Stats(); !got || f2 != forced+1 || k2 <= keys {
+		t.Errorf("PLI: IDR sent %v, forced %d→%d, camera keyframes %d→%d", got, forced, f2, keys, k2)
+	}
+
+	// Congestion control reaches the camera's bitrate control (through
+	// the track's controller, as mediadevices binds it to a PeerConnection).
+	if err := c.r.Controller().(codec.BitRateController).SetBitRate(600_000); err != nil {
+		t.Fatal(err)
+	}
+	if b := fake.Bitrates; len(b) != 2 || b[0] != 1_000_000 || b[1] != 600_000 {
+		t.Errorf("camera bitrates: %v, want the configured then congestion control's", b)
+	}
+
+	// Shut again: slate from its IDR, then nothing; open: camera from an IDR.
+	c.g.Set(gate.State{})
+	for { // at most the unit read as the gate shut is still sent
+		u := c.next(t)
+		if bytes.Equal(u, c.slate[0]) {
+			break
+		}
+	}
+	for i := 1; i < SlatesPerClose; i++ {
+		if u := c.next(t); !bytes.Equal(u, c.slate[i]) {
+			t.Fatalf("after close, unit %d is not the slate", i)
+		}
+	}
+	if !c.capt.Counters.LastIsSlate.Load() {
+		t.Error("LastIsSlate false after a close")
+	}
+	c.quiet(t, 300*time.Millisecond)
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t)
+}
+
+func TestPassThroughWithoutKeyframeControlWaitsForTheCamerasIDR(t *testing.T) {
+	coder := newCameraCoder(t)
+	first := true
+	// A camera that sends SPS/PPS only when streaming starts, and a
+	// keyframe every 15 frames; its driver can be asked for nothing.
+	fake := &v4l2m2m.FakeCamera{Card: "UVC H.264 camera", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, GOP: 15}
+	fake.Source = func(key bool) ([]byte, error) {
+		au, err := coder.code(key)
+		if err != nil || !key || first {
+			first = false
+			return au, err
+		}
+		var out []byte
+		for _, n := range v4l2m2m.NALUnits(au) {
+			if typ := v4l2m2m.NALType(n); typ != v4l2m2m.NALSPS && typ != v4l2m2m.NALPPS {
+				out = append(append(out, 0, 0, 0, 1), n...)
+			}
+		}
+		return out, nil
+	}
+	c := startPassThrough(t, fake)
+	c.expectSlate(t)
+	time.Sleep(200 * time.Millisecond) // past the camera's first IDR
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t) // SPS/PPS put back in front of the IDR
+	st := c.pt.Stats()
+	if st.KeyRequests.Load() != 0 {
+		t.Errorf("asked a camera without the control for keyframes %d times", st.KeyRequests.Load())
+	}
+	// A PLI cannot be served, and is not an error.
+	if err := c.r.Controller().(codec.KeyFrameController).ForceKeyFrame(); err != nil {
+		t.Errorf("PLI without the control: %v", err)
+	}
+	if err := c.r.Controller().(codec.BitRateController).SetBitRate(600_000); !errors.Is(err, ErrNoRateControl) {
+		t.Errorf("bitrate on a camera without the control: %v", err)
+	}
+	if _, _, _, forced := fake.Stats(); forced != 0 {
+		t.Errorf("forced %d keyframes on a camera without the control", forced)
+	}
+}
+
+func TestPassThroughUnpluggedCameraIsLost(t *testing.T) {
+	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true}
+	fake.Source = newCameraCoder(t).code
+	c := startPassThrough(t, fake)
+	c.expectSlate(t)
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t)
+	fake.Unplug()
+	select {
+	case err := <-c.capt.Lost():
+		if !errors.Is(err, v4l2m2m.ErrCameraLost) || !strings.Contains(err.Error(), "camera lost") || !strings.Contains(err.Error(), "no such device") {
+			t.Errorf("lost: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an unplugged camera did not end the call")
+	}
+}
+
+func TestPassThroughNotChosen(t *testing.T) {
+	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: 1280, Height: 720}}, Source: func(bool) ([]byte, error) { return nil, nil }}
+	t.Cleanup(fake.Install())
+	t.Cleanup(func() { encoder.ConfigurePassThrough(encoder.PassThroughConfig{}) })
+	for _, c := range []struct {
+		cfg  encoder.PassThroughConfig
+		want string
+	}{
+		{encoder.PassThroughConfig{Mode: "off", Width: 1280, Height: 720}, "uvc-h264 (unusable: conference.video_passthrough is off)"},
+		{encoder.PassThroughConfig{Mode: "auto", Camera: TestDevice, Width: 1280, Height: 720}, "the camera is the test driver"},
+		{encoder.PassThroughConfig{Mode: "auto", Width: 640, Height: 480}, "gives H264 only at [1280x720], not the configured 640x480"},
+		{encoder.PassThroughConfig{Mode: "auto", Camera: "/dev/video7", Width: 1280, Height: 720}, `no camera matches "/dev/video7"`},
+	} {
+		encoder.ConfigurePassThrough(c.cfg)
+		ch, err := encoder.Choose(encoder.Video, "auto")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ch.Chosen.Name == "uvc-h264" || !strings.Contains(ch.Explain(), c.want) {
+			t.Errorf("%+v: %s", c.cfg, ch.Explain())
+		}
+	}
+	encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: "auto", Width: 1280, Height: 720})
+	if ch, _ := encoder.Choose(encoder.Video, "VP8"); ch.Chosen.Name == "uvc-h264" {
+		t.Error("pass-through chosen with VP8 configured")
+	}
+	ch, _ := encoder.Choose(encoder.Video, "auto")
+	if ex := ch.Explain(); ch.Chosen.Name != "uvc-h264" || !strings.Contains(ex, "bitrate: fixed by the camera (congestion control cannot lower it)") {
+		t.Errorf("chosen: %s", ex)
+	}
+}
