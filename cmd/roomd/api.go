@@ -18,6 +18,7 @@ import (
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
+	"github.com/konsult/konsult/provisioning/network"
 )
 
 // status is what GET /v1/status returns.
@@ -33,6 +34,8 @@ type status struct {
 	Remote *playout.Stats `json:"remote,omitempty"`
 	// Fleet is the unit's view of its fleet; absent when the fleet is off.
 	Fleet *fleetStatus `json:"fleet,omitempty"`
+	// Network is the [network] section in force, secrets redacted.
+	Network *network.Config `json:"network,omitempty"`
 }
 
 // mediaOut is what the conference connector handed to its encoders.
@@ -61,6 +64,10 @@ func (u *unit) Status() any { return u.status() }
 
 func (u *unit) status() status {
 	s := status{Status: u.machine.Status(), Version: Version, Board: u.boardName()}
+	if u.cfg.Network.Managed() {
+		n := u.cfg.Network.Redacted()
+		s.Network = &n
+	}
 	for _, r := range board.Roles() {
 		line := u.profile.Pins[r]
 		if line == "" {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/network"
 )
 
 //go:embed default.toml
@@ -22,7 +23,14 @@ var defaultConfig string
 type Config struct {
 	Unit struct {
 		Board string `toml:"board"`
+		// NetworkDir is where roomd renders [network] for the root helper;
+		// NetworkApply is "helper" (konsult-network.service applies it) or
+		// "none" (render only). Both local-only.
+		NetworkDir   string `toml:"network_dir"`
+		NetworkApply string `toml:"network_apply"`
 	} `toml:"unit"`
+	// Network is the unit's NetworkManager profiles (README.md "Network").
+	Network network.Config `toml:"network"`
 	Pins    map[string]string `toml:"pins"`
 	Buttons struct {
 		Debounce  Duration `toml:"debounce"`
@@ -186,6 +194,11 @@ func (l localConfig) effective(fleetTOML []byte) (*Config, error) {
 				return nil, fmt.Errorf("fleet.%s can only be set in the unit's own config file, not by the fleet: remove it from the fleet config", k)
 			}
 		}
+		for _, k := range []string{"network_dir", "network_apply"} {
+			if md.IsDefined("unit", k) {
+				return nil, fmt.Errorf("unit.%s can only be set in the unit's own config file, not by the fleet: remove it from the fleet config", k)
+			}
+		}
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", where, err)
@@ -224,6 +237,8 @@ func (c *Config) validate() error {
 		pos("buttons.debounce", c.Buttons.Debounce, time.Millisecond, 500*time.Millisecond),
 		pos("buttons.long_press", c.Buttons.LongPress, 200*time.Millisecond, time.Minute),
 		resetHoldRange(c.Buttons.FactoryResetHold),
+		oneOf("unit.network_apply", c.Unit.NetworkApply, "", "helper", "none"),
+		c.Network.Validate(),
 		pos("shutter.timeout", c.Shutter.Timeout, 50*time.Millisecond, 30*time.Second),
 		pos("call.join_timeout", c.Call.JoinTimeout, time.Second, 5*time.Minute),
 		pos("call.leave_timeout", c.Call.LeaveTimeout, 100*time.Millisecond, time.Minute),

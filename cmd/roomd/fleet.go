@@ -61,6 +61,14 @@ type fleetSetup struct {
 	prov *provisioning
 }
 
+// provisioningOrNil is the unit's enrolled identity, if it enrols.
+func (s *fleetSetup) provisioningOrNil() *provisioning {
+	if s == nil {
+		return nil
+	}
+	return s.prov
+}
+
 // needsEnrolment says the agent can start only after enrolment.
 func (s *fleetSetup) needsEnrolment() bool { return s != nil && s.prov != nil && !s.prov.isEnrolled() }
 

@@ -28,6 +28,10 @@ type holder struct {
 	// provisioning carries out roomctl enrol and factory-reset; nil
 	// before run sets it.
 	provisioning *provisioning
+	// net applies [network] changes; nil: never touched (tests of the
+	// unit alone).
+	net   *netApplier
+	netMu sync.Mutex // serialises network applies, which may wait minutes
 
 	mu      sync.RWMutex // held for writing while the unit is swapped
 	u       *unit
@@ -59,6 +63,16 @@ func unitPart(c *Config) Config {
 // fails closed). If the new config does not open, the unit is re-opened on
 // the config it ran before and the error says why.
 func (h *holder) apply(cfg *Config) error {
+	if h.net != nil {
+		// Before the unit lock: NetworkManager may take a while, and the
+		// status API must keep answering meanwhile.
+		h.netMu.Lock()
+		err := h.net.apply(context.Background(), cfg)
+		h.netMu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.setLevel(cfg)

@@ -35,6 +35,7 @@ import (
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
+	"github.com/konsult/konsult/provisioning/network"
 )
 
 // Version is set at build time with -ldflags "-X main.Version=...".
@@ -61,6 +62,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	socket := fs.String("socket", "", "override api.socket")
 	httpAddr := fs.String("http", "", "override api.http (\"off\" to disable)")
 	printDefaults := fs.Bool("print-default-config", false, "print the built-in config and exit")
+	applyNet := fs.String("apply-network", "", "as root (konsult-network.service): hand the profiles roomd rendered in this directory to NetworkManager, then exit")
+	nmDir := fs.String("nm-dir", network.DefaultDir, "with --apply-network: NetworkManager's keyfile directory")
+	nmcli := fs.String("nmcli", "nmcli", "with --apply-network: the nmcli to run (\"\" = write the keyfiles only)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: roomd [--sim] [--config FILE]\n\nThe Konsult room unit daemon. Flags:\n")
 		fs.PrintDefaults()
@@ -74,6 +78,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *printDefaults {
 		_, err := io.WriteString(stdout, defaultConfig)
 		return err
+	}
+	if *applyNet != "" {
+		return applyNetworkHelper(ctx, *applyNet, *nmDir, *nmcli)
 	}
 	local, err := readLocal(*configPath)
 	if err != nil {
@@ -113,6 +120,8 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	h.net = &netApplier{dir: networkDir(cfg, *simulate), helper: cfg.Unit.NetworkApply == "helper" || cfg.Unit.NetworkApply == "" && !*simulate,
+		identity: func(c *Config) network.Identity { return unitIdentity(fl.provisioningOrNil(), c) }}
 	defer fl.close()
 	// A factory reset (buttons held, or roomctl factory-reset) stops roomd;
 	// the wipe happens once everything is closed, so nothing writes the
