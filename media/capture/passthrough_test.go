@@ -1,6 +1,6 @@
 //go:build cgo && linux && (amd64 || arm64)
 
-package capture
+package capture_test
 
 import (
 	"bytes"
@@ -18,6 +18,7 @@ import (
 	"github.com/pion/mediadevices/pkg/prop"
 	"github.com/pion/webrtc/v4"
 
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/encoder/v4l2m2m"
 	"github.com/konsult/konsult/media/gate"
@@ -34,7 +35,7 @@ type cameraCoder struct {
 	n   int
 }
 
-func newCameraCoder(t *testing.T) *cameraCoder {
+func newCameraCoder(t testing.TB, w, h int) *cameraCoder {
 	t.Helper()
 	p, err := openh264.NewParams()
 	if err != nil {
@@ -43,9 +44,9 @@ func newCameraCoder(t *testing.T) *cameraCoder {
 	p.BitRate, p.EnableFrameSkip, p.IntraPeriod = 400_000, false, 100000
 	c := &cameraCoder{}
 	src := video.ReaderFunc(func() (image.Image, func(), error) {
-		img := image.NewYCbCr(image.Rect(0, 0, ptW, ptH), image.YCbCrSubsampleRatio420)
+		img := image.NewYCbCr(image.Rect(0, 0, w, h), image.YCbCrSubsampleRatio420)
 		for i := range img.Y {
-			img.Y[i] = byte(180 + (i/ptW+c.n)%60)
+			img.Y[i] = byte(180 + (i/w+c.n)%60)
 		}
 		for i := range img.Cb {
 			img.Cb[i], img.Cr[i] = 90, 170
@@ -53,7 +54,7 @@ func newCameraCoder(t *testing.T) *cameraCoder {
 		c.n++
 		return img, func() {}, nil
 	})
-	c.enc, err = p.BuildVideoEncoder(src, prop.Media{Video: prop.Video{Width: ptW, Height: ptH, FrameRate: ptFPS}})
+	c.enc, err = p.BuildVideoEncoder(src, prop.Media{Video: prop.Video{Width: w, Height: h, FrameRate: ptFPS}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,8 +81,8 @@ func (c *cameraCoder) code(key bool) ([]byte, error) {
 type ptCall struct {
 	g     *gate.Gate
 	fake  *v4l2m2m.FakeCamera
-	capt  *Capture
-	pt    *PassThrough
+	capt  *capture.Capture
+	pt    *capture.PassThrough
 	r     mediadevices.EncodedReadCloser
 	slate [][]byte
 	units chan []byte
@@ -110,12 +111,12 @@ func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
 	}
 	ab, _ := ac.Chosen.Audio(encoder.Settings{})
 	c := &ptCall{g: gate.New(), fake: fake, units: make(chan []byte, 256), errs: make(chan error, 1)}
-	c.capt, err = Open(Config{Gate: c.g, Width: ptW, Height: ptH, FPS: ptFPS, Microphone: TestDevice, Video: vb, Audio: ab})
+	c.capt, err = capture.Open(capture.Config{Gate: c.g, Width: ptW, Height: ptH, FPS: ptFPS, Microphone: capture.TestDevice, Video: vb, Audio: ab})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.pt = vb.(*PassThrough)
-	if c.slate, err = SlateH264(ptW, ptH, ptFPS); err != nil {
+	c.pt = vb.(*capture.PassThrough)
+	if c.slate, err = capture.SlateH264(ptW, ptH, ptFPS); err != nil {
 		t.Fatal(err)
 	}
 	for _, tr := range c.capt.Tracks() {
@@ -141,7 +142,7 @@ func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
 		c.capt.Stop(time.Second)
 		c.r.Close()
 		c.capt.Close()
-		if open := DevicesOpen(); len(open) > 0 {
+		if open := capture.DevicesOpen(); len(open) > 0 {
 			t.Errorf("devices open after the call: %v", open)
 		}
 		if s := fake.Released(); s != "" {
@@ -185,7 +186,7 @@ func nalTypes(au []byte) []byte {
 
 func (c *ptCall) expectSlate(t *testing.T) {
 	t.Helper()
-	for i := range SlatesPerClose {
+	for i := range capture.SlatesPerClose {
 		u := c.next(t)
 		if !bytes.Equal(u, c.slate[i]) {
 			t.Fatalf("unit %d while shut is not slate unit %d (NAL types %v)", i, i, nalTypes(u))
@@ -219,7 +220,7 @@ var ptOpen = gate.State{Video: true, Audio: true}
 
 func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true, BitRate: true}
-	fake.Source = newCameraCoder(t).code
+	fake.Source = newCameraCoder(t, ptW, ptH).code
 	c := startPassThrough(t, fake)
 
 	// Shut at the start: the slate, then nothing, while the camera streams.
@@ -270,7 +271,7 @@ func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 			break
 		}
 	}
-	for i := 1; i < SlatesPerClose; i++ {
+	for i := 1; i < capture.SlatesPerClose; i++ {
 		if u := c.next(t); !bytes.Equal(u, c.slate[i]) {
 			t.Fatalf("after close, unit %d is not the slate", i)
 		}
@@ -284,7 +285,7 @@ func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 }
 
 func TestPassThroughWithoutKeyframeControlWaitsForTheCamerasIDR(t *testing.T) {
-	coder := newCameraCoder(t)
+	coder := newCameraCoder(t, ptW, ptH)
 	first := true
 	// A camera that sends SPS/PPS only when streaming starts, and a
 	// keyframe every 15 frames; its driver can be asked for nothing.
@@ -316,7 +317,7 @@ func TestPassThroughWithoutKeyframeControlWaitsForTheCamerasIDR(t *testing.T) {
 	if err := c.r.Controller().(codec.KeyFrameController).ForceKeyFrame(); err != nil {
 		t.Errorf("PLI without the control: %v", err)
 	}
-	if err := c.r.Controller().(codec.BitRateController).SetBitRate(600_000); !errors.Is(err, ErrNoRateControl) {
+	if err := c.r.Controller().(codec.BitRateController).SetBitRate(600_000); !errors.Is(err, capture.ErrNoRateControl) {
 		t.Errorf("bitrate on a camera without the control: %v", err)
 	}
 	if _, _, _, forced := fake.Stats(); forced != 0 {
@@ -326,7 +327,7 @@ func TestPassThroughWithoutKeyframeControlWaitsForTheCamerasIDR(t *testing.T) {
 
 func TestPassThroughUnpluggedCameraIsLost(t *testing.T) {
 	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true}
-	fake.Source = newCameraCoder(t).code
+	fake.Source = newCameraCoder(t, ptW, ptH).code
 	c := startPassThrough(t, fake)
 	c.expectSlate(t)
 	c.g.Set(ptOpen)
@@ -351,7 +352,7 @@ func TestPassThroughNotChosen(t *testing.T) {
 		want string
 	}{
 		{encoder.PassThroughConfig{Mode: "off", Width: 1280, Height: 720}, "uvc-h264 (unusable: conference.video_passthrough is off)"},
-		{encoder.PassThroughConfig{Mode: "auto", Camera: TestDevice, Width: 1280, Height: 720}, "the camera is the test driver"},
+		{encoder.PassThroughConfig{Mode: "auto", Camera: capture.TestDevice, Width: 1280, Height: 720}, "the camera is the test driver"},
 		{encoder.PassThroughConfig{Mode: "auto", Width: 640, Height: 480}, "gives H264 only at [1280x720], not the configured 640x480"},
 		{encoder.PassThroughConfig{Mode: "auto", Camera: "/dev/video7", Width: 1280, Height: 720}, `no camera matches "/dev/video7"`},
 	} {
