@@ -30,7 +30,7 @@ type Config struct {
 		NetworkApply string `toml:"network_apply"`
 	} `toml:"unit"`
 	// Network is the unit's NetworkManager profiles (README.md "Network").
-	Network network.Config `toml:"network"`
+	Network network.Config    `toml:"network"`
 	Pins    map[string]string `toml:"pins"`
 	Buttons struct {
 		Debounce  Duration `toml:"debounce"`
