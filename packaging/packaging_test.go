@@ -45,6 +45,31 @@ func TestUnitPassesSystemdAnalyzeVerify(t *testing.T) {
 	}
 }
 
+// The network helper's units load too, and the path unit names the file
+// roomd writes.
+func TestNetworkHelperUnitsVerify(t *testing.T) {
+	sa := requireTool(t, "systemd-analyze")
+	dir := t.TempDir()
+	for _, name := range []string{"konsult-network.service", "konsult-network.path"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text := strings.Replace(string(b), "ExecStart=/usr/bin/roomd ", "ExecStart=/bin/true ", 1)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, "konsult-network.path"), filepath.Join(dir, "konsult-network.service")).CombinedOutput()
+	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
+		t.Fatalf("systemd-analyze verify konsult-network units: %v\n%s", err, out)
+	}
+	p, _ := os.ReadFile("konsult-network.path")
+	if !strings.Contains(string(p), "PathChanged=/var/lib/konsult/network/request") {
+		t.Fatal("konsult-network.path does not watch roomd's request file")
+	}
+}
+
 // What the issue asks of the service, checked line by line so a later edit
 // cannot drop one silently.
 func TestUnitHardening(t *testing.T) {
