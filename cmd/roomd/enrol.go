@@ -7,11 +7,13 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
@@ -404,4 +406,50 @@ func (p *provisioning) wipeAll() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// claimPlaceholder is what the boot partition's claim file holds once the
+// code is taken (image/claim-placeholder.txt's comment).
+const claimPlaceholder = `# Konsult enrolment claim code.
+#
+# Your fleet manager gives you a claim code for this room unit. Write it on
+# the line below this comment (one line, nothing else), save this file, put
+# the SD card back in the unit and power it on. The unit enrols on its first
+# boot and removes the code from this file.
+`
+
+// takeClaimCode moves a claim code from the boot partition (root-only on
+// the image) into the identity directory, owned by roomd's user, and blanks
+// it on the boot partition so the SD card no longer carries it.
+func takeClaimCode(src, idDir string, stdout io.Writer) error {
+	code := readClaimFile(src)
+	if code == "" {
+		return nil // nothing written there: the unit is enrolled or enrols another way
+	}
+	n, err := enrol.NormalizeClaimCode(code)
+	if err != nil {
+		return fmt.Errorf("take-claim: %s: %w", src, err)
+	}
+	if err := os.MkdirAll(idDir, 0o700); err != nil {
+		return fmt.Errorf("take-claim: %w", err)
+	}
+	dst := filepath.Join(idDir, savedClaimFile)
+	if err := atomicfile.Write(dst, []byte(n+"\n"), 0o600); err != nil {
+		return fmt.Errorf("take-claim: %w", err)
+	}
+	// roomd runs as the owner of its state directory (/var/lib/konsult).
+	if fi, err := os.Stat(filepath.Dir(idDir)); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			for _, p := range []string{idDir, dst} {
+				if err := os.Lchown(p, int(st.Uid), int(st.Gid)); err != nil {
+					return fmt.Errorf("take-claim: %w", err)
+				}
+			}
+		}
+	}
+	if err := atomicfile.Write(src, []byte(claimPlaceholder), 0o600); err != nil {
+		return fmt.Errorf("take-claim: blank %s: %w", src, err)
+	}
+	_, err = fmt.Fprintf(stdout, "claim code moved from %s to %s\n", src, dst)
+	return err
 }

@@ -361,3 +361,43 @@ func TestFactoryResetByButtonHold(t *testing.T) {
 		return enrolment(s).Phase == enrol.PhaseNeedCode && s.Fleet.Enrolment.Device != id2
 	})
 }
+
+// TestTakeClaimFromBootPartition: konsult-claim.service moves the code off
+// the SD card into roomd's identity directory.
+func TestTakeClaimFromBootPartition(t *testing.T) {
+	dir := t.TempDir()
+	boot := filepath.Join(dir, "konsult-claim.txt")
+	code := enrol.NewClaimCode()
+	if err := os.WriteFile(boot, []byte(claimPlaceholder+strings.ToLower(code)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	conf := filepath.Join(dir, "roomd.toml")
+	idDir := filepath.Join(dir, "state", "identity")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[fleet]\nidentity_dir = %q\n", idDir)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"--take-claim", boot, "--config", conf}, &out, &out); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if got := readClaimFile(filepath.Join(idDir, savedClaimFile)); got != code {
+		t.Fatalf("identity dir holds %q, want %q", got, code)
+	}
+	if got := readClaimFile(boot); got != "" {
+		t.Fatalf("the boot partition still carries a code: %q", got)
+	}
+	// Run again (every boot): nothing to take, nothing changes.
+	if err := run(context.Background(), []string{"--take-claim", boot, "--config", conf}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if got := readClaimFile(filepath.Join(idDir, savedClaimFile)); got != code {
+		t.Fatalf("second run changed the saved code to %q", got)
+	}
+	// A typo on the card is reported, not silently dropped.
+	if err := os.WriteFile(boot, []byte("7K2M-QX9P\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := run(context.Background(), []string{"--take-claim", boot, "--config", conf}, &out, &out); err == nil || !strings.Contains(err.Error(), "16") {
+		t.Fatalf("short code on the card: %v", err)
+	}
+}

@@ -62,6 +62,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	socket := fs.String("socket", "", "override api.socket")
 	httpAddr := fs.String("http", "", "override api.http (\"off\" to disable)")
 	printDefaults := fs.Bool("print-default-config", false, "print the built-in config and exit")
+	takeClaim := fs.String("take-claim", "", "as root (konsult-claim.service): move the claim code from this file (the boot partition's konsult-claim.txt) into the unit's identity directory, then exit")
 	applyNet := fs.String("apply-network", "", "as root (konsult-network.service): hand the profiles roomd rendered in this directory to NetworkManager, then exit")
 	nmDir := fs.String("nm-dir", network.DefaultDir, "with --apply-network: NetworkManager's keyfile directory")
 	nmcli := fs.String("nmcli", "nmcli", "with --apply-network: the nmcli to run (\"\" = write the keyfiles only)")
@@ -81,6 +82,17 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if *applyNet != "" {
 		return applyNetworkHelper(ctx, *applyNet, *nmDir, *nmcli)
+	}
+	if *takeClaim != "" {
+		c, err := readLocal(*configPath)
+		if err != nil {
+			return err
+		}
+		cfg, err := c.effective(nil)
+		if err != nil {
+			return err
+		}
+		return takeClaimCode(*takeClaim, identityDir(cfg.Fleet, false, ""), stdout)
 	}
 	local, err := readLocal(*configPath)
 	if err != nil {
