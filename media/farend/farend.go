@@ -34,6 +34,10 @@ type FarEndStats struct {
 	State              string   // livekit-client ConnectionState
 	Published          bool     // fake camera+mic published (Publish option)
 	RemoteParticipants []string // identities the browser sees in the room
+	// ParticipantsLeft lists every identity livekit-client reported as
+	// disconnected (RoomEvent.ParticipantDisconnected), in order, since the
+	// page joined.
+	ParticipantsLeft []string
 
 	VideoFrom            string  // identity whose video is measured
 	VideoFramesDecoded   int     // inbound-rtp framesDecoded
@@ -80,6 +84,7 @@ type pageReport struct {
 	Left               bool       `json:"left"`
 	Published          bool       `json:"published"`
 	RemoteParticipants []string   `json:"remoteParticipants"`
+	ParticipantsLeft   []string   `json:"participantsLeft"`
 	VideoFrom          string     `json:"videoFrom"`
 	AudioFrom          string     `json:"audioFrom"`
 	FramesPresented    int        `json:"framesPresented"`
@@ -308,8 +313,8 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 	prev := f.stats
 	s := FarEndStats{
 		Connected: p.Connected, State: p.State, Published: p.Published, Left: p.Left,
-		RemoteParticipants: p.RemoteParticipants,
-		VideoFrom:          p.VideoFrom, VideoFramesDecoded: p.FramesDecoded, VideoPacketsReceived: p.VideoPackets,
+		RemoteParticipants: p.RemoteParticipants, ParticipantsLeft: p.ParticipantsLeft,
+		VideoFrom: p.VideoFrom, VideoFramesDecoded: p.FramesDecoded, VideoPacketsReceived: p.VideoPackets,
 		FPS: p.FPS, StatsFPS: p.StatsFPS, FrameWidth: p.FrameWidth, FrameHeight: p.FrameHeight,
 		FramesPresented:  p.FramesPresented,
 		FirstFrameAt:     prev.FirstFrameAt,

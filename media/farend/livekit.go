@@ -300,6 +300,25 @@ func (lk *LiveKit) Stop() {
 	})
 }
 
+// Pause freezes the server process (SIGSTOP) for d, then lets it go on
+// (SIGCONT): to its clients a network break of d, with all of the server's
+// state kept. Only the server this LiveKit started is signalled, by its
+// PID.
+func (lk *LiveKit) Pause(d time.Duration) error {
+	if lk.cmd == nil || lk.cmd.Process == nil || lk.Exited() {
+		return errors.New("farend: pause: the livekit-server is not running")
+	}
+	pid := lk.cmd.Process.Pid
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("farend: pause livekit-server (pid %d): %w", pid, err)
+	}
+	time.Sleep(d)
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		return fmt.Errorf("farend: resume livekit-server (pid %d): %w", pid, err)
+	}
+	return nil
+}
+
 // Exited reports whether the server process has ended.
 func (lk *LiveKit) Exited() bool {
 	select {

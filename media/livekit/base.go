@@ -149,3 +149,13 @@ func (c *base) newAPI(capt *capture.Capture, codecs ...func(*webrtc.MediaEngine)
 	}
 	return webrtc.NewAPI(webrtc.WithMediaEngine(me), webrtc.WithInterceptorRegistry(ir), webrtc.WithSettingEngine(se)), rate, nil
 }
+
+// endOnDeviceLoss ends the call with the reason when the camera or the
+// microphone is lost mid-call; it returns when the call is over.
+func endOnDeviceLoss(capt *capture.Capture, over <-chan struct{}, end func(error)) {
+	select {
+	case err := <-capt.Lost():
+		end(err)
+	case <-over:
+	}
+}

@@ -164,7 +164,9 @@ func startPublisher(t *testing.T, lk *farend.LiveKit, room string, n transport.N
 }
 
 // presence watches every report of the far end and remembers whether the
-// unit was ever missing from its room once it had been seen.
+// unit was ever missing from its room once it had been seen, or reported
+// disconnected by livekit-client (which a leave and rejoin between two
+// reports would otherwise hide).
 type presence struct {
 	mu         sync.Mutex
 	seen, Gone bool
@@ -177,6 +179,9 @@ func (p *presence) observe(s farend.FarEndStats) {
 	if in {
 		p.seen = true
 	} else if p.seen {
+		p.Gone = true
+	}
+	if slices.Contains(s.ParticipantsLeft, "unit-1") {
 		p.Gone = true
 	}
 }

@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/konsult/konsult/media/farend"
 	"github.com/konsult/konsult/media/livekit"
+	"github.com/konsult/konsult/media/playout"
 )
 
 // tcpCutter forwards TCP to the server and can break every connection at
@@ -102,4 +104,52 @@ func TestRTCSignallingResumes(t *testing.T) {
 	}
 	ps, _ := lk.Participants(context.Background(), "resume-room")
 	t.Logf("room after 2 signalling breaks: %v (resumes %d)", ps, call.Resumes())
+}
+
+// The LiveKit server freezes for 3 s (SIGSTOP, then SIGCONT: to everyone in
+// the call a 3 s network break, with the server's state kept). The call
+// resumes; the far end never sees the unit leave, and each side gets the
+// other's picture back. This test's own server: it is the one frozen.
+func TestRTCServerPauseResumes(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	call, _ := joinRTC(t, lk, "pause-room", nil, livekit.RTCOptions{})
+	w := startTwoWay(t, lk, "pause-room", call)
+	fe, who := w.fe, w.who
+	watch := func(d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
+		t.Helper()
+		return w.watch(t, d, what, cond)
+	}
+
+	if err := lk.Pause(3 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	s := watch(20*time.Second, "the unit's picture back after the pause", func(s farend.FarEndStats) bool {
+		return s.ReceivedAt.After(back) && s.LastFrameAt.After(back) && s.FPS >= 15
+	})
+	waitPlayout(t, call, "the patient's picture back on the unit", 20*time.Second, func(s playout.Stats) bool {
+		v := videoFrom(s, who)
+		return v.FPS >= 15 && v.LastFrameAt.After(back)
+	})
+	// A leave the server decides on late (a timeout that ran while it was
+	// frozen) would show within these seconds.
+	for settle := time.Now().Add(5 * time.Second); time.Now().Before(settle); {
+		watch(5*time.Second, "report", func(farend.FarEndStats) bool { return true })
+	}
+	t.Logf("server paused 3 s: the far end's picture back %s after SIGCONT; ICE restarts %d, resumes %d, rejoins %d; far end saw leave: %v",
+		s.ReceivedAt.Sub(back).Round(time.Millisecond), call.Restarts(), call.Resumes(), call.Rejoins(), fe.Stats().ParticipantsLeft)
+	if w.pr.gone() {
+		t.Fatalf("the far end saw the unit leave (participants left: %v)", fe.Stats().ParticipantsLeft)
+	}
+	if call.Rejoins() != 0 {
+		t.Fatalf("the unit rejoined as a new participant (%d), not resumed", call.Rejoins())
+	}
+	select {
+	case err := <-call.Ended():
+		t.Fatalf("the call ended: %v", err)
+	default:
+	}
+	if ps, _ := lk.Participants(context.Background(), "pause-room"); !slices.Contains(ps, "unit-1") {
+		t.Fatalf("unit not in the room after the pause: %v", ps)
+	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/gorilla/websocket"
 	lkp "github.com/livekit/protocol/livekit"
+	"github.com/pion/mediadevices"
 	"github.com/pion/mediadevices/pkg/codec"
 	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
@@ -132,114 +133,29 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	pc, err := api.NewPeerConnection(c.pcConfig(nil))
-	if err != nil {
-		capt.Close()
-		return nil, fmt.Errorf("join: new peer connection: %w", err)
-	}
 	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, OnVideoFrame: c.opt.OnVideoFrame, Log: c.log})
 	if err != nil {
-		_ = pc.Close()
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	call := &RTCCall{
-		conn: c, id: newMeetingID(), salt: randBytes(16), pc: pc, capt: capt, rate: rate, player: player, log: c.log,
+		conn: c, id: newMeetingID(), salt: randBytes(16), api: api, capt: capt, rate: rate, player: player, log: c.log,
 		token: tok, others: map[string]string{}, presence: make(chan media.Presence, 64),
 		ended: make(chan error, 1), over: make(chan struct{}), grace: c.cfg.DisconnectGrace,
 	}
 	call.recovery = recovery{grace: c.cfg.DisconnectGrace, over: call.over, end: call.end, restart: call.restartOverSignal, log: c.log.Info}
-	var adds []*lkp.AddTrackRequest
-	for _, t := range capt.Tracks() {
-		if _, err := pc.AddTransceiverFromTrack(boundedUnbind{t}, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
-			call.close()
-			return nil, fmt.Errorf("join: add %s track: %w", t.Kind(), err)
-		}
-		req := &lkp.AddTrackRequest{Cid: t.ID(), Encryption: c.opt.Encryption}
-		if t.Kind() == webrtc.RTPCodecTypeVideo {
-			req.Type, req.Source, req.Name = lkp.TrackType_VIDEO, lkp.TrackSource_CAMERA, "camera"
-			req.Width, req.Height = uint32(c.media.Width), uint32(c.media.Height)
-		} else {
-			req.Type, req.Source, req.Name = lkp.TrackType_AUDIO, lkp.TrackSource_MICROPHONE, "microphone"
-		}
-		adds = append(adds, req)
-	}
-	if err := call.addReceivers(initialRecvAudio, initialRecvVideo); err != nil {
-		call.close()
-		return nil, fmt.Errorf("join: %w", err)
-	}
-	pc.OnTrack(call.onTrack)
-	pc.OnICECandidate(call.onCandidate)
-	pc.OnConnectionStateChange(call.onState)
-	connected := make(chan struct{})
-	var connOnce sync.Once
-	pc.OnICEConnectionStateChange(func(s webrtc.ICEConnectionState) {
-		if s == webrtc.ICEConnectionStateConnected {
-			connOnce.Do(func() { close(connected) })
-		}
-	})
-	dtlsUp := make(chan struct{})
-	var dtlsOnce sync.Once
-	call.onConnected = func() { dtlsOnce.Do(func() { close(dtlsUp) }) }
-
-	// The first offer rides in the join request. It is set as the local
-	// description only once the join response has brought the server's
-	// TURN servers, so the first gathering already uses them.
-	offer, err := pc.CreateOffer(nil)
+	call.joining.Store(true) // from here, the call ending wakes Join with the reason
+	sess, err := call.connect(ctx, tok, false)
 	if err != nil {
-		call.close()
-		return nil, fmt.Errorf("join: create offer: %w", err)
-	}
-	call.offerID = 1
-	jr := &lkp.JoinRequest{
-		ClientInfo:         clientInfo(),
-		ConnectionSettings: &lkp.ConnectionSettings{AutoSubscribe: true},
-		AddTrackRequests:   adds,
-		PublisherOffer:     &lkp.SessionDescription{Type: "offer", Sdp: offer.SDP, Id: call.offerID, MidToTrackId: midToTrack(pc)},
-	}
-	tPrep := time.Now()
-	sig, first, err := dialSignal(ctx, c.cfg.URL, tok, jr, c.dialer)
-	if err != nil {
+		call.joining.Store(false)
 		call.close()
 		return nil, fmt.Errorf("join room: %w", err)
 	}
-	join := first.GetJoin()
-	if join == nil {
-		sig.close()
-		call.close()
-		if l := first.GetLeave(); l != nil {
-			return nil, fmt.Errorf("join room: %w: %s", ErrRejected, l.GetReason())
-		}
-		return nil, fmt.Errorf("join room: %w: unexpected first message %T", ErrRejected, first.GetMessage())
-	}
-	tJoin := time.Now()
-	call.sid = join.GetParticipant().GetSid()
-	call.setPing(join.GetPingInterval(), join.GetPingTimeout())
-	if err := pc.SetConfiguration(c.pcConfig(join.GetIceServers())); err != nil {
-		c.log.Warn("join: the server's ICE servers were not taken", "err", err)
-	}
-	if join.GetClientConfiguration().GetForceRelay() == lkp.ClientConfigSetting_ENABLED {
-		c.log.Info("join: the server asks for relayed media only")
-	}
-	for _, p := range join.GetOtherParticipants() {
-		call.participant(p)
-	}
-	call.mu.Lock()
-	call.sig = sig
-	call.negotiating = true // until the answer to the offer in the join request
-	call.mu.Unlock()
-	if err := pc.SetLocalDescription(offer); err != nil {
-		sig.close()
-		call.close()
-		return nil, fmt.Errorf("join: set local description: %w", err)
-	}
-	call.joining.Store(true)
-	go sig.loop(call.handle)
-	go call.watchSignal(sig)
+	go call.watchSignal(sess.sig)
 	go call.pinger()
 
 	select {
-	case <-dtlsUp:
+	case <-sess.up:
 	case <-ctx.Done():
 		call.joining.Store(false)
 		call.finish(ctx.Err(), false)
@@ -255,18 +171,185 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		return nil, fmt.Errorf("join room: %w", call.reason())
 	}
 	call.connected.Store(true)
-	c.log.Debug("join timings", "prepare", tPrep.Sub(t0), "join_response", tJoin.Sub(tPrep), "ice_dtls", time.Since(tJoin), "total", time.Since(t0))
-	go func() { // a camera or microphone lost mid-call ends the call with the reason
-		select {
-		case err := <-capt.Lost():
-			call.end(err)
-		case <-call.over:
-		}
-	}()
+	c.log.Debug("join timings", "prepare", sess.dialAt.Sub(t0), "join_response", sess.joinedAt.Sub(sess.dialAt), "ice_dtls", time.Since(sess.joinedAt), "total", time.Since(t0))
+	go endOnDeviceLoss(capt, call.over, call.end)
 	c.mu.Lock()
 	c.cur = call
 	c.mu.Unlock()
 	return call, nil
+}
+
+// session is one participant session on the server: the signalling
+// WebSocket of a join, and its peer connection's media coming up.
+type session struct {
+	sig              *signal
+	up               <-chan struct{} // closed when the peer connection is connected (ICE and DTLS)
+	dialAt, joinedAt time.Time
+}
+
+// connect joins the room as a new participant: a fresh peer connection
+// that publishes the call's camera and microphone tracks (the one capture
+// pipeline behind the gate, whichever peer connection reads it) and
+// receives everyone else, and a join over /rtc/v1. It returns once the
+// server has taken the join; session.up says when media flows. The first
+// join of a call and a full reconnect both come through here.
+//
+// On a full reconnect (again) a track whose gate is shut is published only
+// once the gate opens (publishWhenOpen): a new peer connection's encoder
+// starts on a frame from the capture, and a shut gate gives none after its
+// slates, so the join would wait for the gate.
+func (c *RTCCall) connect(ctx context.Context, tok string, again bool) (*session, error) {
+	pc, err := c.api.NewPeerConnection(c.conn.pcConfig(nil))
+	if err != nil {
+		return nil, fmt.Errorf("new peer connection: %w", err)
+	}
+	fail := func(err error) (*session, error) {
+		_ = pc.Close()
+		return nil, err
+	}
+	var adds []*lkp.AddTrackRequest
+	var later []mediadevices.Track
+	for _, t := range c.capt.Tracks() {
+		if again && !c.gateOpen(t.Kind()) {
+			later = append(later, t)
+			continue
+		}
+		req, err := c.addTrack(pc, t)
+		if err != nil {
+			return fail(err)
+		}
+		adds = append(adds, req)
+	}
+	if err := addReceivers(pc, initialRecvAudio, initialRecvVideo); err != nil {
+		return fail(err)
+	}
+	// Every callback names its own peer connection: one replaced by a full
+	// reconnect says nothing about the call any more.
+	up := make(chan struct{})
+	var upOnce sync.Once
+	pc.OnTrack(func(t *webrtc.TrackRemote, _ *webrtc.RTPReceiver) { c.onTrack(pc, t) })
+	pc.OnICECandidate(func(cand *webrtc.ICECandidate) { c.onCandidate(pc, cand) })
+	pc.OnConnectionStateChange(func(s webrtc.PeerConnectionState) {
+		if s == webrtc.PeerConnectionStateConnected {
+			upOnce.Do(func() { close(up) })
+		}
+		c.onState(pc, s)
+	})
+
+	// The first offer rides in the join request. It is set as the local
+	// description only once the join response has brought the server's
+	// TURN servers, so the first gathering already uses them.
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		return fail(fmt.Errorf("create offer: %w", err))
+	}
+	jr := &lkp.JoinRequest{
+		ClientInfo:         clientInfo(),
+		ConnectionSettings: &lkp.ConnectionSettings{AutoSubscribe: true},
+		AddTrackRequests:   adds,
+		PublisherOffer:     &lkp.SessionDescription{Type: "offer", Sdp: offer.SDP, Id: 1, MidToTrackId: midToTrack(pc)},
+	}
+	s := &session{up: up, dialAt: time.Now()}
+	sig, first, err := dialSignal(ctx, c.conn.cfg.URL, tok, jr, c.conn.dialer)
+	if err != nil {
+		return fail(err)
+	}
+	join := first.GetJoin()
+	if join == nil {
+		sig.close()
+		if l := first.GetLeave(); l != nil {
+			return fail(fmt.Errorf("%w: %s", ErrRejected, l.GetReason()))
+		}
+		return fail(fmt.Errorf("%w: unexpected first message %T", ErrRejected, first.GetMessage()))
+	}
+	s.sig, s.joinedAt = sig, time.Now()
+	if err := pc.SetConfiguration(c.conn.pcConfig(join.GetIceServers())); err != nil {
+		c.log.Warn("join: the server's ICE servers were not taken", "err", err)
+	}
+	if join.GetClientConfiguration().GetForceRelay() == lkp.ClientConfigSetting_ENABLED {
+		c.log.Info("join: the server asks for relayed media only")
+	}
+	c.mu.Lock()
+	c.pc, c.sig, c.sid = pc, sig, join.GetParticipant().GetSid()
+	c.offerID = 1
+	c.negotiating = true // until the answer to the offer in the join request
+	c.again, c.restartICE = false, false
+	c.mu.Unlock()
+	c.setPing(join.GetPingInterval(), join.GetPingTimeout())
+	c.syncOthers(join.GetOtherParticipants())
+	if err := pc.SetLocalDescription(offer); err != nil {
+		sig.close()
+		return fail(fmt.Errorf("set local description: %w", err))
+	}
+	go sig.loop(func(r *lkp.SignalResponse) { c.handle(sig, r) })
+	if len(later) > 0 {
+		go c.publishWhenOpen(pc, later)
+	}
+	return s, nil
+}
+
+// addTrack adds a camera or microphone track to pc and says how to
+// announce it to the room.
+func (c *RTCCall) addTrack(pc *webrtc.PeerConnection, t mediadevices.Track) (*lkp.AddTrackRequest, error) {
+	if _, err := pc.AddTransceiverFromTrack(newBoundedUnbind(t), webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
+	}
+	req := &lkp.AddTrackRequest{Cid: t.ID(), Encryption: c.conn.opt.Encryption}
+	if t.Kind() == webrtc.RTPCodecTypeVideo {
+		req.Type, req.Source, req.Name = lkp.TrackType_VIDEO, lkp.TrackSource_CAMERA, "camera"
+		req.Width, req.Height = uint32(c.conn.media.Width), uint32(c.conn.media.Height)
+	} else {
+		req.Type, req.Source, req.Name = lkp.TrackType_AUDIO, lkp.TrackSource_MICROPHONE, "microphone"
+	}
+	return req, nil
+}
+
+func (c *RTCCall) gateOpen(kind webrtc.RTPCodecType) bool {
+	st := c.conn.gate.State()
+	if kind == webrtc.RTPCodecTypeVideo {
+		return st.Video
+	}
+	return st.Audio
+}
+
+// publishWhenOpen publishes tracks held back by a full reconnect with the
+// gate shut, each once its gate opens: announced to the room, then offered.
+// Until then the room has the unit without that track: nothing at all
+// leaves for it.
+func (c *RTCCall) publishWhenOpen(pc *webrtc.PeerConnection, ts []mediadevices.Track) {
+	for {
+		changed := c.conn.gate.Changed()
+		var still []mediadevices.Track
+		for _, t := range ts {
+			if !c.gateOpen(t.Kind()) {
+				still = append(still, t)
+				continue
+			}
+			c.mu.Lock()
+			sig, current := c.sig, c.pc == pc
+			c.mu.Unlock()
+			if !current {
+				return // replaced by another full reconnect, which publishes its own
+			}
+			req, err := c.addTrack(pc, t)
+			if err == nil && sig != nil {
+				err = sig.send(&lkp.SignalRequest{Message: &lkp.SignalRequest_AddTrack{AddTrack: req}})
+			}
+			if err != nil {
+				c.log.Warn("publish after the gate opened", "kind", t.Kind().String(), "err", err)
+				continue
+			}
+			c.negotiate(false)
+		}
+		if ts = still; len(ts) == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-c.over:
+			return
+		}
+	}
 }
 
 func (c *RTCConnector) pcConfig(fromServer []*lkp.ICEServer) webrtc.Configuration {
@@ -318,18 +401,19 @@ type RTCCall struct {
 	conn   *RTCConnector
 	id     string
 	salt   []byte // per call: the same person has another pseudonym next call
-	pc     *webrtc.PeerConnection
+	api    *webrtc.API
 	capt   *capture.Capture
 	rate   *congestion.Controller
 	player *playout.Player
 	log    *slog.Logger
 	grace  time.Duration
 
-	recovery    recovery
-	onConnected func()
+	recovery recovery
 
 	mu           sync.Mutex
+	pc           *webrtc.PeerConnection // nil while a full reconnect replaces it
 	sig          *signal
+	rejoin       bool   // the server asked for a full reconnect: rejoin rather than resume
 	token        string // refreshed by the server; never logged
 	sid          string // our participant SID, to resume as the same participant
 	others       map[string]string
@@ -346,6 +430,7 @@ type RTCCall struct {
 	connected atomic.Bool
 	joining   atomic.Bool // Join is still waiting for the media connection
 	resumes   atomic.Int32
+	rejoins   atomic.Int32
 	restarts  atomic.Int32
 	closeOnce sync.Once
 	endOnce   sync.Once
@@ -370,14 +455,28 @@ func (c *RTCCall) Playout() *playout.Player { return c.player }
 // Congestion is the controller that sets the video bitrate.
 func (c *RTCCall) Congestion() *congestion.Controller { return c.rate }
 
-// Resumes counts signalling reconnections; Restarts counts ICE restarts.
+// Resumes counts signalling reconnections as the same participant;
+// Rejoins counts full reconnects (a new participant, a new peer
+// connection, the same call); Restarts counts ICE restarts.
 func (c *RTCCall) Resumes() int  { return int(c.resumes.Load()) }
+func (c *RTCCall) Rejoins() int  { return int(c.rejoins.Load()) }
 func (c *RTCCall) Restarts() int { return int(c.restarts.Load()) }
+
+// peer is the peer connection in use, or nil during a full reconnect.
+func (c *RTCCall) peer() *webrtc.PeerConnection {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pc
+}
 
 // Path says how media goes now, from the unit's side of the selected ICE
 // pair: "host", "srflx" or "relay" (through TURN), for status and tests.
 func (c *RTCCall) Path() string {
-	for _, s := range c.pc.GetSenders() {
+	pc := c.peer()
+	if pc == nil {
+		return ""
+	}
+	for _, s := range pc.GetSenders() {
 		if t := s.Transport(); t != nil {
 			if p, err := t.ICETransport().GetSelectedCandidatePair(); err == nil && p != nil && p.Local != nil {
 				return p.Local.Typ.String()
@@ -414,10 +513,14 @@ func (c *RTCCall) pseudonym(identity string) string {
 
 // participant takes the server's news about one participant.
 func (c *RTCCall) participant(p *lkp.ParticipantInfo) {
-	if p.GetSid() == "" || p.GetSid() == c.sid || p.GetIdentity() == c.conn.cfg.Identity {
+	if p.GetSid() == "" || p.GetIdentity() == c.conn.cfg.Identity {
 		return
 	}
 	c.mu.Lock()
+	if p.GetSid() == c.sid {
+		c.mu.Unlock()
+		return
+	}
 	_, known := c.others[p.GetSid()]
 	var ev *media.Presence
 	switch {
@@ -443,6 +546,28 @@ func (c *RTCCall) participant(p *lkp.ParticipantInfo) {
 	}
 }
 
+// syncOthers takes the room as a join response lists it. After a full
+// reconnect, whoever left meanwhile is reported gone; those still there
+// keep their SIDs, so they are not announced again.
+func (c *RTCCall) syncOthers(ps []*lkp.ParticipantInfo) {
+	here := map[string]bool{}
+	for _, p := range ps {
+		here[p.GetSid()] = true
+		c.participant(p)
+	}
+	c.mu.Lock()
+	var gone []string
+	for sid := range c.others {
+		if !here[sid] {
+			gone = append(gone, sid)
+		}
+	}
+	c.mu.Unlock()
+	for _, sid := range gone {
+		c.participant(&lkp.ParticipantInfo{Sid: sid, State: lkp.ParticipantInfo_DISCONNECTED})
+	}
+}
+
 func (c *RTCCall) nameOf(streamID string) string {
 	sid, _, _ := strings.Cut(streamID, "|")
 	c.mu.Lock()
@@ -454,8 +579,8 @@ func (c *RTCCall) nameOf(streamID string) string {
 }
 
 // onTrack plays a remote participant's audio and shows their video, each
-// in its own goroutine that ends with the track.
-func (c *RTCCall) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
+// in its own goroutine that ends with the track (or its peer connection).
+func (c *RTCCall) onTrack(pc *webrtc.PeerConnection, t *webrtc.TrackRemote) {
 	who := c.nameOf(t.StreamID())
 	c.log.Info("far end track", "participant", who, "kind", t.Kind().String(), "codec", t.Codec().MimeType)
 	go func() {
@@ -465,7 +590,7 @@ func (c *RTCCall) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 		} else {
 			// Frames before a keyframe cannot be shown: ask for one.
 			err = c.player.ShowVideo(who, t.Codec().MimeType, t, func() {
-				_ = c.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(t.SSRC())}})
+				_ = pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: uint32(t.SSRC())}})
 			})
 		}
 		if err != nil && !errors.Is(err, playout.ErrClosed) {
@@ -474,26 +599,30 @@ func (c *RTCCall) onTrack(t *webrtc.TrackRemote, r *webrtc.RTPReceiver) {
 	}()
 }
 
-func (c *RTCCall) addReceivers(audio, video int) error {
+func addReceivers(pc *webrtc.PeerConnection, audio, video int) error {
 	for i := 0; i < audio; i++ {
-		if _, err := c.pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+		if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeAudio, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
 			return fmt.Errorf("add audio receiver: %w", err)
 		}
 	}
 	for i := 0; i < video; i++ {
-		if _, err := c.pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+		if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
 			return fmt.Errorf("add video receiver: %w", err)
 		}
 	}
 	return nil
 }
 
-func (c *RTCCall) onCandidate(cand *webrtc.ICECandidate) {
+func (c *RTCCall) onCandidate(pc *webrtc.PeerConnection, cand *webrtc.ICECandidate) {
 	if cand == nil {
 		return
 	}
 	init := cand.ToJSON()
 	c.mu.Lock()
+	if c.pc != pc { // gathered by a peer connection since replaced
+		c.mu.Unlock()
+		return
+	}
 	sig := c.sig
 	if sig == nil {
 		c.pendingCands = append(c.pendingCands, init)
@@ -514,17 +643,24 @@ func (c *RTCCall) sendCandidate(sig *signal, init webrtc.ICECandidateInit) {
 	}}})
 }
 
-// handle takes one message from the server.
-func (c *RTCCall) handle(r *lkp.SignalResponse) {
+// handle takes one message from the server on sig; a socket since
+// replaced has nothing more to say.
+func (c *RTCCall) handle(sig *signal, r *lkp.SignalResponse) {
+	c.mu.Lock()
+	pc, current := c.pc, c.sig == sig
+	c.mu.Unlock()
+	if !current || pc == nil {
+		return
+	}
 	switch m := r.GetMessage().(type) {
 	case *lkp.SignalResponse_Answer:
-		c.onAnswer(m.Answer)
+		c.onAnswer(pc, m.Answer)
 	case *lkp.SignalResponse_Offer:
-		c.onOffer(m.Offer)
+		c.onOffer(pc, sig, m.Offer)
 	case *lkp.SignalResponse_Trickle:
 		var init webrtc.ICECandidateInit
 		if err := json.Unmarshal([]byte(m.Trickle.GetCandidateInit()), &init); err == nil {
-			_ = c.pc.AddICECandidate(init)
+			_ = pc.AddICECandidate(init)
 		}
 	case *lkp.SignalResponse_Update:
 		for _, p := range m.Update.GetParticipants() {
@@ -533,7 +669,7 @@ func (c *RTCCall) handle(r *lkp.SignalResponse) {
 	case *lkp.SignalResponse_MediaSectionsRequirement:
 		// More people publish than the offer has receive sections for: add
 		// them and offer again, as livekit-client does.
-		if err := c.addReceivers(int(m.MediaSectionsRequirement.GetNumAudios()), int(m.MediaSectionsRequirement.GetNumVideos())); err != nil {
+		if err := addReceivers(pc, int(m.MediaSectionsRequirement.GetNumAudios()), int(m.MediaSectionsRequirement.GetNumVideos())); err != nil {
 			c.log.Warn("receive sections", "err", err)
 		}
 		c.negotiate(false)
@@ -554,12 +690,15 @@ func (c *RTCCall) handle(r *lkp.SignalResponse) {
 		switch l.GetAction() {
 		case lkp.LeaveRequest_RESUME:
 			c.log.Info("the server asks the unit to resume", "reason", l.GetReason().String())
+			sig.close() // watchSignal resumes
+		case lkp.LeaveRequest_RECONNECT:
+			// The server has closed this participant: join again as a new
+			// one, with a new peer connection, the same call.
+			c.log.Info("the server asks the unit to reconnect in full", "reason", l.GetReason().String())
 			c.mu.Lock()
-			sig := c.sig
+			c.rejoin = true
 			c.mu.Unlock()
-			if sig != nil {
-				sig.close() // watchSignal resumes
-			}
+			sig.close() // watchSignal rejoins
 		default:
 			go c.end(fmt.Errorf("the conference server ended the call (%s)", strings.ToLower(strings.TrimPrefix(l.GetReason().String(), "DisconnectReason_"))))
 		}
@@ -568,14 +707,14 @@ func (c *RTCCall) handle(r *lkp.SignalResponse) {
 	}
 }
 
-func (c *RTCCall) onAnswer(sd *lkp.SessionDescription) {
+func (c *RTCCall) onAnswer(pc *webrtc.PeerConnection, sd *lkp.SessionDescription) {
 	c.mu.Lock()
 	if sd.GetId() != 0 && sd.GetId() != c.offerID {
 		c.mu.Unlock()
 		return // the answer to an offer since replaced
 	}
 	c.mu.Unlock()
-	if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: sd.GetSdp()}); err != nil {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: sd.GetSdp()}); err != nil {
 		c.log.Warn("negotiation: answer not taken", "err", err)
 	}
 	c.mu.Lock()
@@ -590,25 +729,20 @@ func (c *RTCCall) onAnswer(sd *lkp.SessionDescription) {
 
 // onOffer answers an offer from the server (not used by LiveKit with one
 // peer connection today, but part of the protocol).
-func (c *RTCCall) onOffer(sd *lkp.SessionDescription) {
-	if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: sd.GetSdp()}); err != nil {
+func (c *RTCCall) onOffer(pc *webrtc.PeerConnection, sig *signal, sd *lkp.SessionDescription) {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: sd.GetSdp()}); err != nil {
 		c.log.Warn("negotiation: server offer not taken", "err", err)
 		return
 	}
-	ans, err := c.pc.CreateAnswer(nil)
+	ans, err := pc.CreateAnswer(nil)
 	if err == nil {
-		err = c.pc.SetLocalDescription(ans)
+		err = pc.SetLocalDescription(ans)
 	}
 	if err != nil {
 		c.log.Warn("negotiation: cannot answer the server", "err", err)
 		return
 	}
-	c.mu.Lock()
-	sig := c.sig
-	c.mu.Unlock()
-	if sig != nil {
-		_ = sig.send(&lkp.SignalRequest{Message: &lkp.SignalRequest_Answer{Answer: &lkp.SessionDescription{Type: "answer", Sdp: ans.SDP, Id: sd.GetId()}}})
-	}
+	_ = sig.send(&lkp.SignalRequest{Message: &lkp.SignalRequest_Answer{Answer: &lkp.SessionDescription{Type: "answer", Sdp: ans.SDP, Id: sd.GetId()}}})
 }
 
 // negotiate sends a new offer over the WebSocket; one at a time, and one
@@ -618,7 +752,7 @@ func (c *RTCCall) negotiate(iceRestart bool) {
 	if iceRestart {
 		c.restartICE = true
 	}
-	if c.negotiating || c.sig == nil {
+	if c.negotiating || c.sig == nil || c.pc == nil {
 		c.again = true
 		c.mu.Unlock()
 		return
@@ -627,8 +761,7 @@ func (c *RTCCall) negotiate(iceRestart bool) {
 	restart := c.restartICE
 	c.restartICE = false
 	c.offerID++
-	id := c.offerID
-	sig := c.sig
+	id, sig, pc := c.offerID, c.sig, c.pc
 	c.mu.Unlock()
 	fail := func(err error) {
 		c.log.Warn("negotiation failed", "err", err)
@@ -636,17 +769,17 @@ func (c *RTCCall) negotiate(iceRestart bool) {
 		c.negotiating = false
 		c.mu.Unlock()
 	}
-	offer, err := c.pc.CreateOffer(&webrtc.OfferOptions{ICERestart: restart})
+	offer, err := pc.CreateOffer(&webrtc.OfferOptions{ICERestart: restart})
 	if err != nil {
 		fail(err)
 		return
 	}
-	if err := c.pc.SetLocalDescription(offer); err != nil {
+	if err := pc.SetLocalDescription(offer); err != nil {
 		fail(err)
 		return
 	}
 	if err := sig.send(&lkp.SignalRequest{Message: &lkp.SignalRequest_Offer{Offer: &lkp.SessionDescription{
-		Type: "offer", Sdp: offer.SDP, Id: id, MidToTrackId: midToTrack(c.pc),
+		Type: "offer", Sdp: offer.SDP, Id: id, MidToTrackId: midToTrack(pc),
 	}}}); err != nil {
 		fail(err) // the signal watcher resumes and offers again
 		return
@@ -696,9 +829,13 @@ func (c *RTCCall) pinger() {
 	}
 }
 
-// watchSignal resumes the session when the WebSocket drops, as the same
-// participant (JoinRequest.reconnect with our SID): the far end sees no one
-// leave. It gives up after the grace time.
+// watchSignal gets the signalling back when the WebSocket drops: it
+// resumes the session as the same participant (JoinRequest.reconnect with
+// our SID), so the far end sees no one leave; or, when the server asks for
+// a full reconnect (LeaveRequest action RECONNECT, on the socket or as the
+// answer to a resume), it joins again as a new participant with a new peer
+// connection and the same capture behind the same gate. It gives up after
+// the grace time, and the call ends with the reason.
 func (c *RTCCall) watchSignal(sig *signal) {
 	select {
 	case <-c.over:
@@ -709,46 +846,90 @@ func (c *RTCCall) watchSignal(sig *signal) {
 	if c.sig == sig {
 		c.sig = nil
 	}
+	rejoin := c.rejoin
 	c.mu.Unlock()
 	select {
 	case <-c.over:
 		return
 	default:
 	}
-	c.log.Warn("signalling lost; resuming the session", "err", sig.err)
+	if rejoin {
+		c.log.Warn("signalling closed for a full reconnect; joining again")
+	} else {
+		c.log.Warn("signalling lost; resuming the session", "err", sig.err)
+	}
 	deadline := time.Now().Add(c.grace)
 	wait := 200 * time.Millisecond
+	pause := wait
+	var last error
 	for time.Now().Before(deadline) {
 		select {
 		case <-c.over:
 			return
-		case <-time.After(wait):
+		case <-time.After(pause):
 		}
-		wait = min(2*wait, 2*time.Second)
-		next, err := c.resume(time.Until(deadline))
+		pause, wait = wait, min(2*wait, 2*time.Second)
+		c.mu.Lock()
+		rejoin := c.rejoin
+		c.mu.Unlock()
+		var next *signal
+		var err error
+		if rejoin {
+			next, err = c.reconnect(time.Until(deadline))
+		} else {
+			next, err = c.resume(time.Until(deadline))
+		}
 		if err != nil {
-			c.log.Warn("resume failed; retrying", "err", err)
+			last = err
+			if errors.Is(err, errFullReconnect) {
+				c.log.Info("resume refused: the server asks for a full reconnect", "err", err)
+				pause = 0
+				continue
+			}
+			c.log.Warn("reconnect failed; retrying", "rejoin", rejoin, "err", err)
 			if errors.Is(err, ErrRejected) {
 				break
 			}
 			continue
 		}
-		c.resumes.Add(1)
+		if rejoin {
+			c.rejoins.Add(1)
+		} else {
+			c.resumes.Add(1)
+		}
 		go c.watchSignal(next)
+		return
+	}
+	if last != nil {
+		c.end(fmt.Errorf("lost the conference server for more than %s (last attempt: %v): %w", c.grace, last, whip.ErrICEFailed))
 		return
 	}
 	c.end(fmt.Errorf("lost the conference server for more than %s: %w", c.grace, whip.ErrICEFailed))
 }
 
-func (c *RTCCall) resume(left time.Duration) (*signal, error) {
-	c.mu.Lock()
-	tok, sid := c.token, c.sid
-	c.mu.Unlock()
-	if c.conn.cfg.APIKey != "" { // a fresh token: the call may outlast the first one
+// errFullReconnect: the server will not resume the session and asks for a
+// full reconnect instead (it has closed the participant).
+var errFullReconnect = errors.New("the conference server asks for a full reconnect")
+
+// freshToken is the token for a resume or a rejoin: a new one where the
+// unit signs its own (the call may outlast the first), else the server's
+// latest refresh.
+func (c *RTCCall) freshToken() string {
+	if c.conn.cfg.APIKey != "" {
 		if t, err := c.conn.token(); err == nil {
-			tok = t
+			return t
 		}
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.token
+}
+
+func (c *RTCCall) resume(left time.Duration) (*signal, error) {
+	tok := c.freshToken()
+	c.mu.Lock()
+	sid := c.sid
+	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), min(left, 5*time.Second))
 	defer cancel()
 	jr := &lkp.JoinRequest{
@@ -764,10 +945,19 @@ func (c *RTCCall) resume(left time.Duration) (*signal, error) {
 	}
 	if l := first.GetLeave(); l != nil {
 		sig.close()
+		if l.GetAction() == lkp.LeaveRequest_RECONNECT {
+			c.mu.Lock()
+			c.rejoin = true
+			c.mu.Unlock()
+			return nil, fmt.Errorf("%w (%s)", errFullReconnect, l.GetReason())
+		}
 		return nil, fmt.Errorf("%w: the server will not resume the session (%s)", ErrRejected, l.GetReason())
 	}
-	if rc := first.GetReconnect(); rc != nil {
-		if err := c.pc.SetConfiguration(c.conn.pcConfig(rc.GetIceServers())); err != nil {
+	c.mu.Lock()
+	pc := c.pc
+	c.mu.Unlock()
+	if rc := first.GetReconnect(); rc != nil && pc != nil {
+		if err := pc.SetConfiguration(c.conn.pcConfig(rc.GetIceServers())); err != nil {
 			c.log.Debug("resume: ICE servers not taken", "err", err)
 		}
 	}
@@ -776,23 +966,68 @@ func (c *RTCCall) resume(left time.Duration) (*signal, error) {
 	c.negotiating = false // an answer lost with the old socket never comes
 	c.lastPong = time.Now()
 	c.mu.Unlock()
-	go sig.loop(c.handle)
+	go sig.loop(func(r *lkp.SignalResponse) { c.handle(sig, r) })
 	// New paths may be needed (the address may have changed): restart ICE.
 	c.negotiate(true)
 	return sig, nil
 }
 
-// onState turns the connection state into recovery or the end of the call.
-func (c *RTCCall) onState(s webrtc.PeerConnectionState) {
-	if s == webrtc.PeerConnectionStateConnected && c.onConnected != nil {
-		c.onConnected()
+// rejoinWait bounds one full-reconnect attempt: the join and the new media
+// connection.
+const rejoinWait = 10 * time.Second
+
+// reconnect is one full-reconnect attempt: the old peer connection goes
+// (its senders let go of the camera and microphone tracks; the capture
+// keeps running behind the gate), and connect joins again. It returns once
+// media flows on the new peer connection.
+func (c *RTCCall) reconnect(left time.Duration) (*signal, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), min(left, rejoinWait))
+	defer cancel()
+	c.mu.Lock()
+	old := c.pc
+	c.pc = nil // its callbacks are not the call's news any more
+	c.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
 	}
-	if !c.connected.Load() {
-		return // Join is still deciding
+	s, err := c.connect(ctx, c.freshToken(), true)
+	if err != nil {
+		return nil, fmt.Errorf("rejoin: %w", err)
+	}
+	select {
+	case <-s.up:
+	case <-ctx.Done():
+		s.sig.close()
+		c.mu.Lock()
+		if c.sig == s.sig {
+			c.sig = nil
+		}
+		c.mu.Unlock()
+		return nil, fmt.Errorf("rejoin: no media connection within %s: %w", min(left, rejoinWait), whip.ErrICEFailed)
+	case <-c.over:
+		return nil, fmt.Errorf("rejoin: %w", c.reason())
+	}
+	c.mu.Lock()
+	c.rejoin = false
+	c.mu.Unlock()
+	c.log.Info("rejoined the room as a new participant")
+	return s.sig, nil
+}
+
+// onState turns the connection state of the call's peer connection into
+// recovery or the end of the call.
+func (c *RTCCall) onState(pc *webrtc.PeerConnection, s webrtc.PeerConnectionState) {
+	if !c.connected.Load() || c.peer() != pc {
+		return // Join is still deciding, or pc has been replaced
 	}
 	if s == webrtc.PeerConnectionStateClosed {
-		go c.end(errors.New("the conference server closed the call"))
-		return
+		// The server closed the media session (DTLS close): as when it
+		// closes the participant for a full reconnect. The signalling says
+		// what comes next (a leave ends the call, a resume may be answered
+		// with a full reconnect); until then it is a lost path, and the
+		// call ends if nothing brings it back within the grace time.
+		c.log.Warn("the conference server closed the media connection; waiting for the signalling")
+		s = webrtc.PeerConnectionStateFailed
 	}
 	c.recovery.onState(s)
 }
@@ -801,8 +1036,12 @@ func (c *RTCCall) onState(s webrtc.PeerConnectionState) {
 // over the WebSocket.
 func (c *RTCCall) restartOverSignal() error {
 	c.mu.Lock()
+	pc := c.pc
 	c.negotiating = false // a restart replaces any offer still waiting
 	c.mu.Unlock()
+	if pc != nil && pc.ConnectionState() == webrtc.PeerConnectionStateClosed {
+		return errNoRestart // only a full reconnect brings a closed one back
+	}
 	c.negotiate(true)
 	return nil
 }
@@ -836,7 +1075,9 @@ func (c *RTCCall) leaveQuietly() {
 func (c *RTCCall) close() {
 	c.closeOnce.Do(func() {
 		c.capt.Stop(time.Second)
-		_ = c.pc.Close()
+		if pc := c.peer(); pc != nil {
+			_ = pc.Close()
+		}
 		c.capt.Close()
 		c.player.Close()
 		c.conn.mu.Lock()

@@ -24,6 +24,14 @@ import (
 
 func joinRTC(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, opt livekit.RTCOptions) (*livekit.RTCCall, *gate.Gate) {
 	t.Helper()
+	call, g, _ := joinRTCConn(t, lk, room, n, opt)
+	return call, g
+}
+
+// joinRTCConn is joinRTC that also returns the connector (its Counters say
+// what reached the encoders).
+func joinRTCConn(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, opt livekit.RTCOptions) (*livekit.RTCCall, *gate.Gate, *livekit.RTCConnector) {
+	t.Helper()
 	g := gate.New()
 	if opt.Speaker == "" {
 		opt.Speaker = playout.DeviceNull // no sound card here
@@ -45,7 +53,7 @@ func joinRTC(t *testing.T, lk *farend.LiveKit, room string, n transport.Net, opt
 	}
 	t.Cleanup(func() { _ = call.Leave(context.Background()) })
 	g.Set(gate.State{Video: true, Audio: true})
-	return call, g
+	return call, g, conn
 }
 
 func waitPlayout(t *testing.T, call *livekit.RTCCall, what string, d time.Duration, cond func(playout.Stats) bool) playout.Stats {
@@ -134,6 +142,31 @@ func TestRTCTwoWayCall(t *testing.T) {
 	}
 }
 
+// twoWay is a call between the unit and a publishing patient, each seeing
+// the other; every far-end report is watched for the unit leaving.
+type twoWay struct {
+	call *livekit.RTCCall
+	fe   *farend.FarEnd
+	who  string // the patient's pseudonym on the unit
+	pr   presence
+}
+
+// startTwoWay brings the patient into the unit's call and waits until each
+// side shows the other.
+func startTwoWay(t *testing.T, lk *farend.LiveKit, room string, call *livekit.RTCCall) *twoWay {
+	t.Helper()
+	w := &twoWay{call: call, fe: farend.StartFarEnd(t, lk, room, "patient", farend.Publish(), farend.Watch("unit-1"), farend.ReportInterval(100*time.Millisecond))}
+	w.watch(t, 20*time.Second, "sees the unit's video", func(s farend.FarEndStats) bool { return s.FPS >= 20 })
+	w.who = nextPresence(t, call, 5*time.Second).Participant
+	waitPlayout(t, call, "show the patient", 20*time.Second, func(s playout.Stats) bool { return videoFrom(s, w.who).FPS >= 15 })
+	return w
+}
+
+func (w *twoWay) watch(t *testing.T, d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
+	t.Helper()
+	return farWaitT(t, w.fe, what, d, func(s farend.FarEndStats) bool { w.pr.observe(s); return cond(s) })
+}
+
 func farWaitT(t *testing.T, fe *farend.FarEnd, what string, d time.Duration, cond func(farend.FarEndStats) bool) farend.FarEndStats {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -156,15 +189,12 @@ func TestRTCNetworkBreakResumes(t *testing.T) {
 		t.Fatal(err)
 	}
 	call, _ := joinRTC(t, lk, "break", cutNet{Net: sys, cut: &cut}, livekit.RTCOptions{})
-	fe := farend.StartFarEnd(t, lk, "break", "patient", farend.Publish(), farend.ReportInterval(100*time.Millisecond))
-	var pr presence
+	w := startTwoWay(t, lk, "break", call)
+	who, pr := w.who, &w.pr
 	watch := func(d time.Duration, what string, cond func(farend.FarEndStats) bool) farend.FarEndStats {
 		t.Helper()
-		return farWaitT(t, fe, what, d, func(s farend.FarEndStats) bool { pr.observe(s); return cond(s) })
+		return w.watch(t, d, what, cond)
 	}
-	watch(20*time.Second, "sees the unit's video", func(s farend.FarEndStats) bool { return s.FPS >= 20 })
-	who := nextPresence(t, call, 5*time.Second).Participant
-	waitPlayout(t, call, "show the patient", 20*time.Second, func(s playout.Stats) bool { return videoFrom(s, who).FPS >= 15 })
 
 	cut.Store(true)
 	t0 := time.Now()

@@ -176,13 +176,7 @@ func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
 	call.connected.Store(true)
 	c.log.Debug("join timings", "capture", tCapture.Sub(t0), "peer_connection", tPC.Sub(tCapture),
 		"offer_and_post", tPublish.Sub(tPC), "ice_dtls", time.Since(tPublish), "total", time.Since(t0))
-	go func() { // a camera or microphone lost mid-call ends the call with the reason
-		select {
-		case err := <-capt.Lost():
-			call.end(err)
-		case <-call.over:
-		}
-	}()
+	go endOnDeviceLoss(capt, call.over, call.end)
 	c.mu.Lock()
 	c.cur = call
 	c.mu.Unlock()
@@ -211,7 +205,7 @@ func (c *WHIPConnector) newPeerConnection(client *whip.Client, capt *capture.Cap
 		return nil, nil, fmt.Errorf("new peer connection: %w", err)
 	}
 	for _, t := range capt.Tracks() {
-		if _, err := pc.AddTransceiverFromTrack(boundedUnbind{t}, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		if _, err := pc.AddTransceiverFromTrack(newBoundedUnbind(t), webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
 			pc.Close()
 			return nil, nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
 		}
