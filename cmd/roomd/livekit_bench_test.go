@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,7 +110,8 @@ func BenchmarkCallResources(b *testing.B) { callResources(b, "livekit-whip", 1) 
 // BenchmarkCallResources3Party: the same on connector "livekit" in a
 // 3-party call: two far ends publishing camera and microphone, the unit
 // sending, receiving both, mixing both voices (null speaker) and counting
-// both pictures.
+// both pictures. It fails unless both far ends decode the unit's video and
+// the unit decodes both far ends' video, at the end of the measured time.
 func BenchmarkCallResources3Party(b *testing.B) { callResources(b, "livekit", 2) }
 
 func callResources(b *testing.B, connector string, farEnds int) {
@@ -123,13 +125,14 @@ func callResources(b *testing.B, connector string, farEnds int) {
 	if err := os.WriteFile(cfgPath, []byte(connectorConfig(connector, lk, "res-room", "")), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	var opts []farend.Option
+	// Each far end measures the unit's video, not another far end's.
+	opts := []farend.Option{farend.Watch("unit-1")}
 	if farEnds > 1 {
 		opts = append(opts, farend.Publish())
 	}
-	fe := farend.StartFarEnd(b, lk, "res-room", "patient", opts...)
+	fes := []*farend.FarEnd{farend.StartFarEnd(b, lk, "res-room", "patient", opts...)}
 	for i := 1; i < farEnds; i++ {
-		farend.StartFarEnd(b, lk, "res-room", fmt.Sprintf("relative-%d", i), farend.Publish())
+		fes = append(fes, farend.StartFarEnd(b, lk, "res-room", fmt.Sprintf("relative-%d", i), opts...))
 	}
 	sock := filepath.Join(dir, "s.sock")
 	cmd := exec.Command(bin, "--sim", "--config", cfgPath, "--socket", sock, "--http", "off")
@@ -147,8 +150,13 @@ func callResources(b *testing.B, connector string, farEnds int) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.FPS >= 20 }); err != nil {
-		b.Fatalf("far end never got the call: %v", err)
+	for _, fe := range fes {
+		if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.FPS >= 20 }); err != nil {
+			b.Fatalf("far end %s never got the call: %v; last %s", fe.Identity, err, fe.Stats())
+		}
+	}
+	if farEnds > 1 {
+		unitShows(ctx, b, api, farEnds)
 	}
 	pid := cmd.Process.Pid
 	var rssKB, cpuPct float64
@@ -159,11 +167,56 @@ func callResources(b *testing.B, connector string, farEnds int) {
 		cpuPct += float64(c1-c0) / 100 / time.Since(t0).Seconds() * 100 // USER_HZ = 100
 		rssKB += float64(vmRSS(b, pid))
 	}
-	if s := fe.Stats(); s.FPS < 20 {
-		b.Fatalf("the far end was not getting the call at the end: %.1f fps", s.FPS)
+	// What the call carried, checked at the end of the measured time: each
+	// far end decodes the unit's video, and the unit both far ends'.
+	minFar := math.Inf(1)
+	for _, fe := range fes {
+		s := fe.Stats()
+		if s.VideoFrom != "unit-1" || s.VideoFramesDecoded == 0 || s.FPS < 20 {
+			b.Fatalf("far end %s was not decoding the unit's video at the end: %s", fe.Identity, s)
+		}
+		minFar = min(minFar, s.FPS)
+		b.Logf("far end %s: %d frames of the unit's video decoded, %.0f fps", fe.Identity, s.VideoFramesDecoded, s.FPS)
 	}
 	b.ReportMetric(rssKB/float64(b.N)/1024, "call-RSS-MB")
 	b.ReportMetric(cpuPct/float64(b.N), "call-CPU-%")
+	b.ReportMetric(minFar, "far-end-min-fps")
+	if farEnds > 1 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		b.ReportMetric(unitShows(ctx, b, api, farEnds), "unit-min-remote-fps")
+	}
+}
+
+// unitShows waits until the unit (roomd's status) decodes video from n far
+// ends, and returns the lowest frame rate among them.
+func unitShows(ctx context.Context, b *testing.B, api *localapi.Client, n int) float64 {
+	b.Helper()
+	var st status
+	for {
+		st = status{}
+		if err := api.Status(ctx, &st); err != nil {
+			b.Fatalf("unit status: %v", err)
+		}
+		low, who := math.Inf(1), map[string]uint64{}
+		if st.Remote != nil {
+			for _, v := range st.Remote.Video {
+				if !v.Ended && v.Frames > 0 && v.FPS > 0 {
+					who[v.Participant] = v.Frames
+					low = min(low, v.FPS)
+				}
+			}
+		}
+		if len(who) >= n {
+			b.Logf("the unit decodes %d far ends' video (frames by pseudonym %v), lowest %.0f fps", len(who), who, low)
+			return low
+		}
+		select {
+		case <-ctx.Done():
+			b.Fatalf("the unit decodes video from %d of %d far ends: %+v", len(who), n, st.Remote)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // cpuTicks is utime+stime of pid in clock ticks.
