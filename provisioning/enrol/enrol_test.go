@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -35,7 +36,7 @@ type fleetUnderTest struct {
 	topics              link.Topics
 }
 
-func newFleet(t *testing.T) *fleetUnderTest {
+func newFleet(t testing.TB) *fleetUnderTest {
 	t.Helper()
 	c, err := ca.Init(filepath.Join(t.TempDir(), "fleet-ca"), "")
 	if err != nil {
@@ -49,7 +50,7 @@ func newFleet(t *testing.T) *fleetUnderTest {
 	return &fleetUnderTest{ca: c, b: b, enrolCert: cert, enrolKey: key}
 }
 
-func (f *fleetUnderTest) newCode(t *testing.T) string {
+func (f *fleetUnderTest) newCode(t testing.TB) string {
 	t.Helper()
 	code := enrol.NewClaimCode()
 	if err := f.ca.Update(func(l *ca.Ledger) error {
@@ -74,7 +75,7 @@ type unit struct {
 	err      error
 }
 
-func (f *fleetUnderTest) newUnit(t *testing.T) *unit {
+func (f *fleetUnderTest) newUnit(t testing.TB) *unit {
 	t.Helper()
 	k, created, err := identity.LoadOrCreateKey(filepath.Join(t.TempDir(), "identity"))
 	if err != nil || !created {
@@ -115,7 +116,7 @@ func (u *unit) last() enrol.Status {
 	return u.statuses[len(u.statuses)-1]
 }
 
-func (u *unit) waitPhase(t *testing.T, phase string) enrol.Status {
+func (u *unit) waitPhase(t testing.TB, phase string) enrol.Status {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
@@ -129,7 +130,7 @@ func (u *unit) waitPhase(t *testing.T, phase string) enrol.Status {
 }
 
 // request reads unit id's retained request as the fleet manager does.
-func (f *fleetUnderTest) request(t *testing.T, id string) enrol.Request {
+func (f *fleetUnderTest) request(t testing.TB, id string) enrol.Request {
 	t.Helper()
 	got := make(chan []byte, 8)
 	admin := f.b.Client(t, f.b.Admin().Name)
@@ -151,7 +152,7 @@ func (f *fleetUnderTest) request(t *testing.T, id string) enrol.Request {
 	return enrol.Request{}
 }
 
-func (f *fleetUnderTest) respond(t *testing.T, id string, decision []byte) {
+func (f *fleetUnderTest) respond(t testing.TB, id string, decision []byte) {
 	t.Helper()
 	admin := f.b.Client(t, f.b.Admin().Name)
 	if tok := admin.Publish(f.topics.EnrolResponse(id), 1, true, decision); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -481,7 +482,7 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 }
 
 // enrolled runs a unit through enrolment and installs its identity.
-func (f *fleetUnderTest) enrolled(t *testing.T, groups ...string) (*unit, string) {
+func (f *fleetUnderTest) enrolled(t testing.TB, groups ...string) (*unit, string) {
 	t.Helper()
 	u := f.newUnit(t)
 	_ = u.c.SetClaimCode(f.newCode(t))
@@ -553,5 +554,53 @@ func TestRevokedUnitIsRefusedAtNextConnect(t *testing.T) {
 	defer cancel()
 	if err := otherLink.WaitConnected(ctx); err != nil {
 		t.Fatalf("a unit that was not revoked lost its broker: %v", err)
+	}
+}
+
+// BenchmarkEnrolment: a fresh unit's claim code in → its own certificate
+// in use (first connect as itself), with the fleet answering at once.
+// Real Mosquitto with TLS; the human approval step is not in the figure.
+func BenchmarkEnrolment(b *testing.B) {
+	f := newFleet(b)
+	var total time.Duration
+	defer func() { b.ReportMetric(float64(total.Milliseconds())/float64(b.N), "ms/enrolment") }()
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		code := f.newCode(b)
+		u := f.newUnit(b)
+		b.StartTimer()
+		start := time.Now()
+		_ = u.c.SetClaimCode(code)
+		req := f.request(b, u.id)
+		d, err := enrol.Approve(f.ca, req, nil, f.b.URL(), "k")
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.respond(b, u.id, d)
+		<-u.done
+		if u.err != nil {
+			b.Fatal(u.err)
+		}
+		dir := filepath.Dir(u.key.Path())
+		if err := identity.Install(dir, u.st); err != nil {
+			b.Fatal(err)
+		}
+		lk, err := link.Open(link.Options{Broker: f.b.URL(), CAFile: filepath.Join(dir, identity.CAFile),
+			CertFile: filepath.Join(dir, identity.CertFile), KeyFile: u.key.Path(), DeviceID: u.id, StoreDir: b.TempDir(),
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = lk.WaitConnected(ctx)
+		cancel()
+		total += time.Since(start)
+		b.StopTimer()
+		lk.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
 	}
 }
