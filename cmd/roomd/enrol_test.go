@@ -140,7 +140,7 @@ func (f *enrolFleet) enrolUnit(t *testing.T, extra string, groups ...string) (*u
 	dir := t.TempDir()
 	code := strings.TrimSpace(f.run("enrol", "code", "--note", "test clinic"))
 	u := startUnit(t, f.unitConfig(dir, extra))
-	s := u.within(10*time.Second, "unit asks for a claim code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })
+	s := u.within(30*time.Second, "unit asks for a claim code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })
 	id := s.Fleet.Enrolment.Device
 	if !strings.HasPrefix(id, "ku-") {
 		t.Fatalf("device id %q is not derived from the unit's key", id)
@@ -149,7 +149,7 @@ func (f *enrolFleet) enrolUnit(t *testing.T, extra string, groups ...string) (*u
 	if err := u.api.Enrol(context.Background(), strings.ToLower(code)); err != nil {
 		t.Fatal(err)
 	}
-	u.within(10*time.Second, "unit waits for approval", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
+	u.within(30*time.Second, "unit waits for approval", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
 
 	list := f.run("enrol", "list")
 	if !strings.Contains(list, id) || !strings.Contains(list, code) || !strings.Contains(list, "pending") {
@@ -198,14 +198,14 @@ func TestEnrolFreshUnitReceivesFirstSignedConfig(t *testing.T) {
 	if !strings.Contains(out, id) {
 		t.Fatalf("push did not report the unit:\n%s", out)
 	}
-	u.within(10*time.Second, "config applied", func(s status) bool {
+	u.within(30*time.Second, "config applied", func(s status) bool {
 		return s.Fleet.Versions["group:ward-3"] == 1 && s.Fleet.Generation > 0
 	})
 
 	// Restarting the unit keeps its identity: same id, no new enrolment.
 	u.shutdown()
 	u2 := startUnit(t, f.unitConfig(dir, ""))
-	s := u2.within(10*time.Second, "enrolled unit comes back as itself", func(s status) bool {
+	s := u2.within(30*time.Second, "enrolled unit comes back as itself", func(s status) bool {
 		return enrolment(s).Phase == enrol.PhaseEnrolled && s.Fleet.Connected
 	})
 	if s.Fleet.Enrolment.Device != id {
@@ -222,7 +222,7 @@ func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 	f.run("enrol", "code") // a code exists, but not the one typed below
 	dir := t.TempDir()
 	u := startUnit(t, f.unitConfig(dir, ""))
-	s := u.within(10*time.Second, "claim code wanted", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })
+	s := u.within(30*time.Second, "claim code wanted", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })
 	id := s.Fleet.Enrolment.Device
 
 	if err := u.api.Enrol(context.Background(), "not-a-code"); err == nil || !strings.Contains(err.Error(), "claim code") {
@@ -231,7 +231,7 @@ func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 	if err := u.api.Enrol(context.Background(), enrol.NewClaimCode()); err != nil {
 		t.Fatal(err)
 	}
-	u.within(10*time.Second, "waiting", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
+	u.within(30*time.Second, "waiting", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
 	list := f.run("enrol", "list")
 	if !strings.Contains(list, enrol.ReasonWrongCode) {
 		t.Fatalf("enrol list does not flag the wrong claim code:\n%s", list)
@@ -240,7 +240,7 @@ func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 		t.Fatalf("approve with a wrong claim code: err=%v\n%s", err, out)
 	}
 	f.run("enrol", "reject", id)
-	s = u.within(10*time.Second, "rejection shown", func(s status) bool { return enrolment(s).Phase == enrol.PhaseRejected })
+	s = u.within(30*time.Second, "rejection shown", func(s status) bool { return enrolment(s).Phase == enrol.PhaseRejected })
 	if enrolment(s).Reason != enrol.ReasonWrongCode {
 		t.Fatalf("unit shows %+v", enrolment(s))
 	}
@@ -254,7 +254,7 @@ func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 	os.Remove(filepath.Join(dir, "identity", savedClaimFile))
 	u.shutdown()
 	u = startUnit(t, f.unitConfig(dir, ""))
-	u.within(10*time.Second, "waiting with the boot-partition code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
+	u.within(30*time.Second, "waiting with the boot-partition code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
 	f.run("enrol", "approve", id)
 	u.within(20*time.Second, "enrolled", func(s status) bool { return enrolment(s).Phase == enrol.PhaseEnrolled && s.Fleet.Connected })
 }
@@ -263,7 +263,7 @@ func TestRenewalDuringCallKeepsTheCall(t *testing.T) {
 	f := newEnrolFleet(t)
 	// Due at once: a 90-day certificate is inside 2200 h of expiry.
 	u, id, _ := f.enrolUnit(t, "renew_before = \"2200h\"\n")
-	before := u.within(10*time.Second, "renewal asked", func(s status) bool { return s.Fleet.Enrolment.Renewing })
+	before := u.within(30*time.Second, "renewal asked", func(s status) bool { return s.Fleet.Enrolment.Renewing })
 	oldSerial := before.Fleet.Enrolment.Serial
 
 	u.press("join")

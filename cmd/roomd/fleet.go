@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/broker"
@@ -59,6 +60,9 @@ type fleetSetup struct {
 	// prov is the unit's own identity when it enrols (fleet.enrol_cert);
 	// nil for a unit given its certificate by hand or the --sim demo.
 	prov *provisioning
+	// idMu guards device, groups and keys, which enrolment sets while the
+	// local API reads the connection for status.
+	idMu sync.Mutex
 }
 
 // provisioningOrNil is the unit's enrolled identity, if it enrols.
@@ -76,6 +80,8 @@ func (s *fleetSetup) needsEnrolment() bool { return s != nil && s.prov != nil &&
 // enrolled identity (the unit's own config wins where it sets them).
 func (s *fleetSetup) adoptIdentity(local *Config) error {
 	st := s.prov.state()
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
 	s.device = s.prov.id
 	if len(local.Fleet.Groups) == 0 {
 		s.groups = st.Groups
@@ -243,6 +249,8 @@ func (s *fleetSetup) connection(cfg *Config) (afleet.Connection, error) {
 		}
 		brokerURL = s.demo.URL()
 	}
+	s.idMu.Lock()
+	defer s.idMu.Unlock()
 	o := link.Options{
 		Broker:   brokerURL,
 		CAFile:   cfg.Fleet.CAFile,
