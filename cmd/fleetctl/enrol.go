@@ -44,9 +44,48 @@ func openCA(cmd string, dir *string) (*ca.CA, error) {
 }
 
 // caCmd is "fleetctl ca init|crl".
+const caUsage = `usage: fleetctl ca init --dir DIR --broker mqtts://HOST:8883 [--broker-host H,...] [--name NAME]
+       fleetctl ca crl [--ca-dir DIR] [--out FILE]
+
+init  create the fleet CA, the fleet signing key, the broker's and the fleet
+      manager's certificates and the units' enrolment bundle in DIR
+crl   rewrite the revocation list (it is valid 180 days; OpenSSL refuses every
+      client once it lapses) and optionally copy it to the broker
+Each subcommand takes --help.
+`
+
+const enrolUsage = `usage: fleetctl enrol code [--count N] [--note TEXT]
+       fleetctl enrol codes
+       fleetctl enrol list [--all] [--json]
+       fleetctl enrol approve ID [--group G]... [--unit-broker URL]
+       fleetctl enrol reject ID [--reason TEXT]
+
+code     make claim codes for installers (one per unit)
+codes    list the claim codes, used or not
+list     units waiting for approval: device, model, version, claim code,
+         first seen, and why one cannot be approved
+approve  sign the unit's certificate and send it with the fleet key, the
+         broker and its groups
+reject   send the unit a refusal it shows on roomctl status
+All take --ca-dir (or $FLEETCTL_CA_DIR); list, approve and reject also the
+broker settings. Each subcommand takes --help.
+`
+
+// groupHelp answers "fleetctl ca --help" and the like.
+func groupHelp(env *cmdEnv, args []string, usage string) bool {
+	if len(args) > 0 && (args[0] == "--help" || args[0] == "-h" || args[0] == "-help" || args[0] == "help") {
+		fmt.Fprint(env.stdout, usage)
+		return true
+	}
+	return false
+}
+
 func caCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	if groupHelp(env, args, caUsage) {
+		return nil
+	}
 	if len(args) == 0 {
-		return errors.New("ca: give a subcommand: init or crl (see fleetctl help)")
+		return errors.New("ca: give a subcommand: init or crl (see fleetctl ca --help)")
 	}
 	switch args[0] {
 	case "init":
@@ -188,6 +227,9 @@ func copyCRL(env *cmdEnv, c *ca.CA, out string) error {
 
 // enrolCmd is "fleetctl enrol code|codes|list|approve|reject".
 func enrolCmd(ctx context.Context, env *cmdEnv, args []string) error {
+	if groupHelp(env, args, enrolUsage) {
+		return nil
+	}
 	if len(args) == 0 {
 		return errors.New("enrol: give a subcommand: code, codes, list, approve or reject")
 	}

@@ -235,6 +235,17 @@ func TestHelpAndUnknownCommand(t *testing.T) {
 			t.Errorf("%s --help:\n%s", c, out)
 		}
 	}
+	// Every command answers --help (the man page is made from them).
+	for _, c := range subcommands() {
+		if out, _, err := fleetctl(t, c.name, "--help"); err != nil || !strings.Contains(out, "usage: fleetctl "+c.name) {
+			t.Errorf("%s --help: %v\n%s", c.name, err, out)
+		}
+	}
+	for _, sub := range [][]string{{"ca", "init"}, {"ca", "crl"}, {"enrol", "code"}, {"enrol", "list"}, {"enrol", "approve"}, {"enrol", "reject"}} {
+		if out, _, err := fleetctl(t, append(sub, "--help")...); err != nil || !strings.Contains(out, "-ca-dir") && !strings.Contains(out, "-dir") {
+			t.Errorf("%v --help: %v\n%s", sub, err, out)
+		}
+	}
 	if _, _, err := fleetctl(t, "frobnicate"); err == nil || !strings.Contains(err.Error(), "fleetctl --help") {
 		t.Errorf("unknown command: %v", err)
 	}
