@@ -224,6 +224,16 @@ func runLab(t *testing.T) {
 		t.Fatalf("far end decoded no video from the unit: %v (stats %s)", err, fe.Stats())
 	}
 	step(fmt.Sprintf("far end decoded the unit's video: %d frames, %dx%d, %.1f fps", st.VideoFramesDecoded, st.FrameWidth, st.FrameHeight, st.FPS))
+	// The microphone: snd-aloop's capture side through roomd's ALSA driver
+	// and opus. Nothing plays into the loopback, so this proves the path
+	// (packets reach the browser), not a level.
+	actx, acancel := context.WithTimeout(ctx, 30*time.Second)
+	defer acancel()
+	if st, err = fe.WaitFor(actx, func(s farend.FarEndStats) bool { return s.AudioPacketsReceived >= 25 }); err != nil {
+		t.Errorf("far end received no audio from the unit's microphone: %v (stats %s)", err, fe.Stats())
+	} else {
+		step(fmt.Sprintf("far end received the unit's microphone: %d audio packets", st.AudioPacketsReceived))
+	}
 
 	// PRIVACY: shutter closes (actuator low, closed sensor), LED leaves
 	// LIVE, and the far end's picture stops.
