@@ -32,6 +32,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -422,14 +423,6 @@ func (l *Ledger) SortedUnits() []*Unit {
 	for _, u := range l.Units {
 		out = append(out, u)
 	}
-	slices.SortFunc(out, func(a, b *Unit) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b *Unit) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
