@@ -50,7 +50,7 @@ func TestUnitPassesSystemdAnalyzeVerify(t *testing.T) {
 func TestNetworkHelperUnitsVerify(t *testing.T) {
 	sa := requireTool(t, "systemd-analyze")
 	dir := t.TempDir()
-	for _, name := range []string{"konsult-network.service", "konsult-network.path", "konsult-claim.service"} {
+	for _, name := range []string{"konsult-network.service", "konsult-network.path", "konsult-claim.service", "konsult-reset.path", "konsult-reset.service"} {
 		b, err := os.ReadFile(name)
 		if err != nil {
 			t.Fatal(err)
@@ -60,7 +60,7 @@ func TestNetworkHelperUnitsVerify(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, "konsult-network.path"), filepath.Join(dir, "konsult-network.service"), filepath.Join(dir, "konsult-claim.service")).CombinedOutput()
+	out, err := exec.Command(sa, "verify", "--man=no", filepath.Join(dir, "konsult-network.path"), filepath.Join(dir, "konsult-network.service"), filepath.Join(dir, "konsult-claim.service"), filepath.Join(dir, "konsult-reset.path"), filepath.Join(dir, "konsult-reset.service")).CombinedOutput()
 	if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 		t.Fatalf("systemd-analyze verify konsult-network units: %v\n%s", err, out)
 	}

@@ -340,6 +340,11 @@ func TestFactoryResetByButtonHold(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "state", "config")); !os.IsNotExist(err) {
 		t.Fatalf("fleet state survived the reset: %v", err)
 	}
+	// The logs are the system's journal: roomd leaves a marker for
+	// konsult-reset.service (root) to vacuum it.
+	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
+		t.Fatalf("no request to wipe the logs: %v", err)
+	}
 
 	// A hold released early does nothing.
 	u2, id2, _ := f.enrolUnit(t, "")

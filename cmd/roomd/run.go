@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/konsult/konsult/hal/led"
 	"github.com/konsult/konsult/hal/shutter"
 	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
@@ -315,21 +317,35 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 // file under /etc and the journal are the installer's and the system's;
 // README.md "Factory reset" says what stays.
 func factoryWipe(fl *fleetSetup, local *Config, simulate bool) error {
+	idDir := identityDir(local.Fleet, simulate, local.API.Socket)
+	var err error
 	if fl != nil && fl.prov != nil {
-		return fl.prov.wipeAll()
-	}
-	dirs := []string{identityDir(local.Fleet, simulate, local.API.Socket)}
-	if fl != nil {
-		dirs = append(dirs, fl.stateDir)
-	}
-	var errs []error
-	for _, d := range dirs {
-		if err := os.RemoveAll(d); err != nil {
-			errs = append(errs, err)
+		err = fl.prov.wipeAll()
+	} else {
+		dirs := []string{idDir}
+		if fl != nil {
+			dirs = append(dirs, fl.stateDir)
 		}
+		var errs []error
+		for _, d := range dirs {
+			if e := os.RemoveAll(d); e != nil {
+				errs = append(errs, e)
+			}
+		}
+		err = errors.Join(errs...)
 	}
-	return errors.Join(errs...)
+	if err != nil {
+		return err
+	}
+	// The journal is the system's: konsult-reset.path sees this marker and
+	// konsult-reset.service (root) vacuums it, then removes the marker.
+	marker := filepath.Join(filepath.Dir(idDir), resetMarker)
+	return atomicfile.Write(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o600)
 }
+
+// resetMarker, next to the identity directory (/var/lib/konsult), asks
+// konsult-reset.service to wipe the logs after a factory reset.
+const resetMarker = "factory-reset"
 
 // newLogger logs at level, which a fleet config can change while roomd runs.
 func newLogger(cfg *Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
