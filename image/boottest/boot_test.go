@@ -72,7 +72,15 @@ func TestImageBoots(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "unit.img")
 	run(t, "cp", "--sparse=always", img, disk)
-	injectTestFiles(t, disk, dir, broker, port)
+	rootSize := injectTestFiles(t, disk, dir, broker, port)
+	// A card bigger than the image, as every real one is: the unit must
+	// grow its root filesystem to fill it (konsult-growroot.service).
+	const grow = 1 << 30
+	if st, err := os.Stat(disk); err != nil {
+		t.Fatal(err)
+	} else if err := os.Truncate(disk, st.Size()+grow); err != nil {
+		t.Fatal(err)
+	}
 
 	// The fleet sees the unit come online: its retained status on the
 	// broker, published by roomd inside the guest over TLS.
@@ -172,6 +180,11 @@ func TestImageBoots(t *testing.T) {
 	if f := strings.TrimSpace(section(out, "failed")); f != "" {
 		t.Errorf("failed units in the guest:\n%s", f)
 	}
+	fsSize, _ := strconv.ParseInt(strings.TrimSpace(section(out, "root-size")), 10, 64)
+	if fsSize < rootSize+grow/2 { // ext4 keeps a few % for itself
+		t.Errorf("the root filesystem is %d MiB on a root partition of %d MiB with %d MiB free after it: not grown to the disk\n%s",
+			fsSize>>20, rootSize>>20, grow>>20, section(out, "growroot"))
+	}
 	score := regexp.MustCompile(`Overall exposure level for roomd.service: ([0-9.]+) (\S+)`).FindStringSubmatch(section(out, "security"))
 	if score == nil {
 		t.Errorf("no systemd-analyze security score:\n%s", section(out, "security"))
@@ -181,9 +194,10 @@ func TestImageBoots(t *testing.T) {
 	summary := fmt.Sprintf("boot test %s\n"+
 		"  guest: kernel start -> time-sync.target %.1f s, -> roomd started %.1f s, -> roomd READY=1 %.1f s\n"+
 		"  host wall clock: QEMU start -> roomd ready reported %.1f s, -> unit online on the broker %.1f s\n"+
-		"  systemd-analyze security roomd: %s %s",
+		"  systemd-analyze security roomd: %s %s\n"+
+		"  root filesystem: %d MiB in the image, grown to %d MiB on a disk %d MiB larger",
 		time.Now().UTC().Format(time.RFC3339), float64(syncMono)/1e6, float64(startMono)/1e6, float64(readyMono)/1e6,
-		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2])
+		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], rootSize>>20, fsSize>>20, grow>>20)
 	t.Log(summary)
 	if p := os.Getenv("KONSULT_BOOT_RESULT"); p != "" {
 		_ = os.WriteFile(p, []byte(summary+"\n"), 0o644)
@@ -213,7 +227,8 @@ func reexecInLoopbackNetns(t *testing.T) {
 // injectTestFiles writes the test's unit identity, config and reporting
 // service into the root filesystem of disk (partition 2), with debugfs on an
 // extracted copy: no loop device, no mount.
-func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port string) {
+// It returns the size of the root partition.
+func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port string) int64 {
 	t.Helper()
 	var layout struct {
 		PartitionTable struct {
@@ -324,6 +339,7 @@ state_dir = "/var/lib/konsult/fleet"
 		t.Fatalf("test config not in the image:\n%s", got)
 	}
 	copyRange(t, root, disk, 0, size, true)
+	return size
 }
 
 // copyRange copies size bytes from src at off to dst (at off when back).

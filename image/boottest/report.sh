@@ -9,6 +9,8 @@ section roomd-show systemctl show roomd -p ActiveState -p SubState -p NRestarts 
 section time-sync systemctl show time-sync.target -p ActiveEnterTimestampMonotonic
 section proc-status grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff|CapBnd|Seccomp):' "/proc/$pid/status"
 section socket ls -ln /run/konsult/
+section growroot journalctl -b -u konsult-growroot --no-pager -o cat
+section root-size findmnt -bno SIZE /
 section security systemd-analyze security --no-pager roomd
 section failed systemctl --failed --no-legend --plain
 section journal journalctl -b -u roomd --no-pager -o cat
