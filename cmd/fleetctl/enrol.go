@@ -49,7 +49,7 @@ const caUsage = `usage: fleetctl ca init --dir DIR --broker mqtts://HOST:8883 [-
 
 init  create the fleet CA, the fleet signing key, the broker's and the fleet
       manager's certificates and the units' enrolment bundle in DIR
-crl   rewrite the revocation list (it is valid 180 days; OpenSSL refuses every
+crl   rewrite the revocation list (valid 10 years; OpenSSL refuses every
       client once it lapses) and optionally copy it to the broker
 Each subcommand takes --help.
 `
@@ -220,8 +220,8 @@ func copyCRL(env *cmdEnv, c *ca.CA, out string) error {
 		}
 		src = out
 	}
-	fmt.Fprintf(env.stdout, "revocation list %s (valid %s): restart Mosquitto to load it (systemctl restart mosquitto; Mosquitto 2.0 does not reload it on SIGHUP)\n",
-		src, ca.CRLLifetime)
+	fmt.Fprintf(env.stdout, "revocation list %s (valid until %s): restart Mosquitto to load it (systemctl restart mosquitto; Mosquitto 2.0 does not reload it on SIGHUP)\n",
+		src, time.Now().Add(ca.CRLLifetime).Format("2006-01-02"))
 	return nil
 }
 

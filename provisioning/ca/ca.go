@@ -58,9 +58,12 @@ const (
 	// credential, which are renewed by hand.
 	ToolLifetime = 2 * 365 * 24 * time.Hour
 	// CRLLifetime is how long a CRL is valid. OpenSSL (Mosquitto) refuses
-	// every client once the CRL's next-update time has passed, so fleetctl
-	// rewrites it whenever it touches the CA; `fleetctl ca crl` refreshes it.
-	CRLLifetime = 180 * 24 * time.Hour
+	// every client once the CRL's next-update time has passed. The broker
+	// reads the list from a local file the fleet manager installs, so a short
+	// lifetime adds no freshness, only a date on which the whole fleet is shut
+	// out if nobody refreshed it: it lasts as long as the CA's own tools.
+	// fleetctl still rewrites it whenever it touches the CA.
+	CRLLifetime = 10 * 365 * 24 * time.Hour
 )
 
 // Issued is one certificate in the ledger.
