@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
@@ -41,6 +42,10 @@ func Start(addr string) (*Broker, error) {
 		Logger: slog.New(minLevel{slog.Default().Handler(), slog.LevelWarn}),
 	})
 	if err := srv.AddHook(new(loopbackOnly), nil); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	// Last, so no later hook can drop a packet it holds the lock for.
+	if err := srv.AddHook(&serialRetained{aliasMax: srv.Options.Capabilities.TopicAliasMaximum}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	ln := listeners.NewTCP(listeners.Config{ID: "loopback", Address: addr})
@@ -91,6 +96,71 @@ func (h *loopbackOnly) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) 
 }
 
 func (h *loopbackOnly) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+// serialRetained works around a data race in mochi-mqtt v2.7.9 (the family
+// of its issue #200): a wildcard SUBSCRIBE reads each topic's retain path
+// while a retained PUBLISH, from another client's goroutine, writes it, with
+// no lock between them. Units republish retained status all the time and
+// fleetctl subscribes with wildcards, so the demo hit it. The hook runs the
+// server's processing of client PUBLISH and SUBSCRIBE packets, and of wills,
+// one at a time: it locks when such a packet has been read and unlocks once
+// the server has processed it. Packets the server rejects before processing
+// (it then skips OnPacketProcessed) are validated the same way here and never
+// lock. Deliveries to subscribers are non-blocking sends in mochi, so nothing
+// waits for another client while holding the lock.
+type serialRetained struct {
+	mqtt.HookBase
+	aliasMax uint16
+	mu       sync.Mutex
+	held     sync.Map // *mqtt.Client → struct{}: its packet in process holds mu
+}
+
+func (h *serialRetained) ID() string { return "serial-retained" }
+
+func (h *serialRetained) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketProcessed, mqtt.OnWill, mqtt.OnWillSent}, []byte{b})
+}
+
+func (h *serialRetained) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		if pk.PublishValidate(h.aliasMax) != packets.CodeSuccess {
+			return pk, nil
+		}
+	case packets.Subscribe:
+		if pk.SubscribeValidate() != packets.CodeSuccess {
+			return pk, nil
+		}
+	default:
+		return pk, nil
+	}
+	h.mu.Lock()
+	h.held.Store(cl, struct{}{})
+	return pk, nil
+}
+
+func (h *serialRetained) OnPacketProcessed(cl *mqtt.Client, _ packets.Packet, _ error) {
+	if _, ok := h.held.LoadAndDelete(cl); ok {
+		h.mu.Unlock()
+	}
+}
+
+// A will is published by the server itself once its client is gone (its
+// read loop has ended, so it holds no lock). Delayed wills (MQTT 5) return
+// before OnWillSent: they are not locked.
+func (h *serialRetained) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if will.WillDelayInterval == 0 {
+		h.mu.Lock()
+		h.held.Store(cl, struct{}{})
+	}
+	return will, nil
+}
+
+func (h *serialRetained) OnWillSent(cl *mqtt.Client, _ packets.Packet) {
+	if _, ok := h.held.LoadAndDelete(cl); ok {
+		h.mu.Unlock()
+	}
+}
 
 // minLevel drops records below min.
 type minLevel struct {

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -87,4 +88,47 @@ func TestRefusesNonLoopback(t *testing.T) {
 			t.Errorf("Start(%q) accepted", addr)
 		}
 	}
+}
+
+// Units republish retained status while fleetctl subscribes with wildcards
+// (each fleetctl units or watch is a new client): every subscription gets the
+// retained status, and under -race this catches the unlocked
+// retained-message index in mochi.
+func TestRetainedWhileWildcardSubscribing(t *testing.T) {
+	b := start(t)
+	pub := connect(t, b, "unit-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ctx.Err() == nil; i++ {
+			// New topics too: mochi writes a topic's retain path on each.
+			topic := fmt.Sprintf("konsult/device/unit-%d/status", i%50)
+			pub.Publish(topic, 1, true, `{"online":true}`).WaitTimeout(time.Second)
+			time.Sleep(time.Millisecond) // a busy fleet, not a flood
+		}
+	}()
+	n := 0
+	for ; ctx.Err() == nil; n++ {
+		got := make(chan struct{}, 1)
+		sub := connect(t, b, fmt.Sprintf("fleetctl-%d", n))
+		tok := sub.Subscribe("konsult/device/+/status", 1, func(paho.Client, paho.Message) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+		if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe: %v", tok.Error())
+		}
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("subscription %d: no retained status delivered", n+1)
+		}
+		sub.Disconnect(0)
+	}
+	<-done
+	t.Logf("%d wildcard subscriptions each got the retained status", n)
 }
