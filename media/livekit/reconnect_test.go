@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -334,4 +335,68 @@ func firstChange(h []congestion.Change, since time.Time) time.Duration {
 		}
 	}
 	return 0
+}
+
+// onMessage is a slog handler that runs fn on every record it logs.
+type onMessage struct {
+	slog.Handler
+	fn func(slog.Record)
+}
+
+func (h onMessage) Handle(ctx context.Context, r slog.Record) error {
+	h.fn(r)
+	return h.Handler.Handle(ctx, r)
+}
+
+// The first ICE attempt of a join finds no path (every UDP packet dropped);
+// the network is back when the unit notices: the same press of JOIN still
+// ends in a call the far end sees, with no fault to clear.
+func TestJoinTriesICEOnceMore(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	var cut atomic.Bool
+	cut.Store(true)
+	sys, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failedAt atomic.Int64
+	log := slog.New(onMessage{slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}), func(r slog.Record) {
+		if r.Level == slog.LevelWarn && strings.Contains(r.Message, "trying once more") {
+			failedAt.Store(time.Now().UnixNano())
+			cut.Store(false)
+		}
+	}})
+	g := gate.New()
+	conn, err := livekit.NewWHIP(livekit.Config{
+		URL: lk.URL, Room: "retry-room", Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret,
+		Net: cutNet{Net: sys, cut: &cut}, DisconnectGrace: 10 * time.Second,
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice}, g, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := farend.StartFarEnd(t, lk, "retry-room", "patient", farend.ReportInterval(100*time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	call, err := conn.Join(ctx)
+	if err != nil {
+		t.Fatalf("join with the first ICE attempt cut off: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = call.Leave(ctx)
+	})
+	if failedAt.Load() == 0 {
+		t.Fatal("the join connected although every UDP packet was dropped: the test's cut did not work")
+	}
+	g.Set(gate.State{Video: true, Audio: true})
+	wctx, wcancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer wcancel()
+	if _, err := fe.WaitFor(wctx, func(s farend.FarEndStats) bool { return s.VideoFramesDecoded >= 10 }); err != nil {
+		t.Fatalf("far end: the unit's video after the second attempt: %v; last %s", err, fe.Stats())
+	}
+	t.Logf("first ICE attempt failed %.1f s after JOIN; connected on the second, %.1f s after JOIN",
+		time.Duration(failedAt.Load()-t0.UnixNano()).Seconds(), time.Since(t0).Seconds())
 }

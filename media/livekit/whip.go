@@ -137,7 +137,21 @@ func (c *WHIPConnector) KeepWarm(ctx context.Context, interval time.Duration) {
 
 // Join publishes into the room and returns once media flows (ICE and DTLS
 // connected) or fails with a reason a person can act on.
+//
+// When ICE finds no path it tries once more with a fresh session, if ctx
+// leaves time: a single lost burst of connectivity checks (seen through
+// QEMU's user network in the hardware lab) should not turn a press of JOIN
+// into a fault the staff must clear. A second ICE failure is the answer.
 func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
+	call, err := c.join(ctx)
+	if err == nil || !errors.Is(err, whip.ErrICEFailed) || ctx.Err() != nil {
+		return call, err
+	}
+	c.log.Warn("join: no media path to the server, trying once more with a new session", "err", err)
+	return c.join(ctx)
+}
+
+func (c *WHIPConnector) join(ctx context.Context) (*Call, error) {
 	t0 := time.Now()
 	tok, err := c.token()
 	if err != nil {
