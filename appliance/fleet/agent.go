@@ -81,6 +81,9 @@ type Options struct {
 	Reboot func()
 	// Version is roomd's software version, for status and events.
 	Version string
+	// Doctor runs the unit's self-check for the doctor command. Nil: the
+	// command fails.
+	Doctor func(context.Context) []DoctorCheck
 	// Identity, if set, is the unit's own certificate (enrolment): it is
 	// reported, renewed through the certificate command, and nil for a
 	// unit provisioned with certificate files by hand.
@@ -622,7 +625,11 @@ func (a *Agent) handleCommand(ctx context.Context, m link.Message) {
 		return
 	}
 	res = CommandResult{Name: c.Name, Nonce: c.Nonce}
-	if err := a.run(ctx, c); err != nil {
+	checks, err := a.run(ctx, c)
+	for _, ch := range checks {
+		res.Checks = append(res.Checks, DoctorCheck{Name: ch.Name, OK: ch.OK, Detail: a.redact.text(ch.Detail), Fix: a.redact.text(ch.Fix)})
+	}
+	if err != nil {
 		res.Reason, res.Message = "failed", a.redact.text(err.Error())
 		a.log.Warn("command failed", "name", c.Name, "err", res.Message)
 		a.publish(EventCommandRefused, res)
@@ -649,7 +656,7 @@ func peekCommand(env []byte) CommandResult {
 		return out
 	}
 	switch p.Name {
-	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate:
+	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate, fleet.CommandDoctor:
 		out.Name = p.Name
 	}
 	if len(p.Nonce) == 32 && isLowerHex(p.Nonce) {
@@ -667,7 +674,18 @@ func isLowerHex(s string) bool {
 	return true
 }
 
-func (a *Agent) run(ctx context.Context, c *fleet.Command) error {
+// run carries out a verified command; doctor also returns its checks.
+func (a *Agent) run(ctx context.Context, c *fleet.Command) ([]DoctorCheck, error) {
+	if c.Name == fleet.CommandDoctor {
+		if a.opts.Doctor == nil {
+			return nil, errors.New("this unit has no self-check")
+		}
+		return a.opts.Doctor(ctx), nil
+	}
+	return nil, a.do(ctx, c)
+}
+
+func (a *Agent) do(ctx context.Context, c *fleet.Command) error {
 	ap := a.opts.Appliance
 	needsAppliance := c.Name == fleet.CommandJoin || c.Name == fleet.CommandLeave || c.Name == fleet.CommandIdentify
 	if needsAppliance && ap == nil {

@@ -170,6 +170,18 @@ type CommandResult struct {
 	// "failed" when a verified command could not be carried out.
 	Reason  string `json:"reason,omitempty"`
 	Message string `json:"message,omitempty"`
+	// Checks (doctor only) are the unit's self-check, as roomctl doctor
+	// shows them, with any secret cut out.
+	Checks []DoctorCheck `json:"checks,omitempty"`
+}
+
+// DoctorCheck is one line of a unit's self-check: a part of the unit, whether
+// it works, what was found and, when it does not, what to do.
+type DoctorCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+	Fix    string `json:"fix,omitempty"`
 }
 
 // Call is the data of EventCallJoined and EventCallLeft.

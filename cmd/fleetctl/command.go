@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -26,6 +27,8 @@ type cmdResult struct {
 	Reason  string    `json:"reason,omitempty"`
 	Message string    `json:"message,omitempty"`
 	At      time.Time `json:"at,omitzero"`
+	// Checks: the unit's self-check (doctor only).
+	Checks []afleet.DoctorCheck `json:"checks,omitempty"`
 }
 
 func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
@@ -42,7 +45,7 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 		return helpIsNil(err)
 	}
 	if len(pos) != 1 {
-		return errors.New("cmd: give exactly one command name: join, leave, identify, reboot or report-now")
+		return errors.New("cmd: give exactly one command name: join, leave, identify, reboot, report-now or doctor")
 	}
 	if *wait < 0 {
 		return errors.New("cmd: --wait must be 0 or more, e.g. 10s")
@@ -149,7 +152,7 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != afleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
 			continue
 		}
-		r.Result, r.Reason, r.Message, r.At = resDone, "", "", ev.At
+		r.Result, r.Reason, r.Message, r.At, r.Checks = resDone, "", "", ev.At, d.Checks
 		if ev.Type == afleet.EventCommandRefused {
 			r.Result, r.Reason, r.Message = resRefused, d.Reason, d.Message
 		}
@@ -173,10 +176,54 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 		if err := table(env.stdout, []string{"UNIT", "RESULT", "AT", "DETAIL"}, rows); err != nil {
 			return fmt.Errorf("cmd: %w", err)
 		}
+		if p.Name == fleet.CommandDoctor {
+			printDoctor(env.stdout, out)
+		}
 	} else {
 		fmt.Fprintf(env.stderr, "no unit has reported being in group %s: nobody got the command\n", p.Target.Group)
 	}
-	return cmdOutcome(p, out)
+	if err := cmdOutcome(p, out); err != nil {
+		return err
+	}
+	return doctorOutcome(out)
+}
+
+// printDoctor writes each unit's self-check the way roomctl doctor does on
+// the unit itself.
+func printDoctor(w io.Writer, out []cmdResult) {
+	for _, r := range out {
+		if r.Result != resDone {
+			continue
+		}
+		fmt.Fprintf(w, "\n%s\n", r.Unit)
+		for _, ch := range r.Checks {
+			mark := "ok  "
+			if !ch.OK {
+				mark = "FAIL"
+			}
+			fmt.Fprintf(w, "  %s  %-16s %s\n", mark, ch.Name, oneLine(ch.Detail))
+			if ch.Fix != "" {
+				fmt.Fprintf(w, "        %-16s fix: %s\n", "", oneLine(ch.Fix))
+			}
+		}
+	}
+}
+
+// doctorOutcome fails when any unit's self-check found a problem, as
+// roomctl doctor does, so scripts can tell.
+func doctorOutcome(out []cmdResult) error {
+	var bad []string
+	for _, r := range out {
+		for _, ch := range r.Checks {
+			if !ch.OK {
+				bad = append(bad, r.Unit+": "+ch.Name)
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("doctor: %d check(s) failed (%s)", len(bad), strings.Join(bad, ", "))
+	}
+	return nil
 }
 
 // presence sets a unit that has not answered to offline, never seen or no

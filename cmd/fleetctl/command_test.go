@@ -1,10 +1,13 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"strings"
 	"testing"
 	"time"
+
+	afleet "github.com/konsult/konsult/appliance/fleet"
 )
 
 func TestCmdToAGroup(t *testing.T) {
@@ -53,5 +56,45 @@ func TestCmdRefused(t *testing.T) {
 	out, _, err = f.fleetctl("cmd", "--key", f.key, "--device", "room-99", "leave", "--wait", "1s")
 	if err == nil || row(t, out, "room-99")[1] != "never seen" {
 		t.Fatalf("cmd to an unknown unit: %v\n%s", err, out)
+	}
+}
+
+// doctor brings each unit's self-check back; a failed check fails the
+// command, as roomctl doctor does on the unit, and names unit and check.
+func TestCmdDoctor(t *testing.T) {
+	units := map[string][]string{"room-11": {"clinic-a"}, "room-12": {"clinic-a"}}
+	f := startFleet(t, units)
+	withDoctor := func(checks ...afleet.DoctorCheck) unitOpt {
+		return func(o *afleet.Options, _ *testUnit) {
+			o.Doctor = func(context.Context) []afleet.DoctorCheck { return checks }
+		}
+	}
+	f.startUnit("room-11", units["room-11"], withDoctor(
+		afleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
+		afleet.DoctorCheck{Name: "camera", OK: true, Detail: "/dev/video0 (C920)"}))
+	f.startUnit("room-12", units["room-12"], withDoctor(
+		afleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
+		afleet.DoctorCheck{Name: "shutter", OK: false, Detail: "open sensor (pin 29) never went high", Fix: "check the wire on pin 29"}))
+
+	out, errOut, err := f.fleetctl("cmd", "--key", f.key, "--group", "clinic-a", "doctor", "--wait", "5s")
+	t.Logf("fleetctl cmd --group clinic-a doctor:\n%s%sfleetctl: %v", errOut, out, err)
+	if err == nil || !strings.Contains(err.Error(), "1 check(s) failed (room-12: shutter)") {
+		t.Fatalf("doctor with a failed check: %v", err)
+	}
+	for _, want := range []string{
+		"room-11\n  ok    board            pi4: gpiochip0\n  ok    camera           /dev/video0 (C920)\n",
+		"room-12\n  ok    board            pi4: gpiochip0\n  FAIL  shutter          open sensor (pin 29) never went high\n" +
+			"                         fix: check the wire on pin 29\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks\n%s", want)
+		}
+	}
+
+	// All well: exit status 0.
+	out, _, err = f.fleetctl("cmd", "--key", f.key, "--device", "room-11", "doctor", "--wait", "5s", "--json")
+	var res []cmdResult
+	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res) != 1 || len(res[0].Checks) != 2 {
+		t.Fatalf("doctor room-11 --json: %v\n%s", err, out)
 	}
 }

@@ -26,7 +26,7 @@ func subcommands() []subcommand {
 	return []subcommand{
 		{"keygen", "--out DIR [--force]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen, ""},
 		{"sign", "--key FILE (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign, ""},
-		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now", signCommand, ""},
+		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now, doctor", signCommand, ""},
 		{"push", "--key FILE (--device ID | --group NAME) --version N [--urgent] [--expires 168h] [--wait 30s] [--json] CONFIG.toml | push --envelope FILE", "sign and publish a config, then wait for the units to apply or refuse it", push, pushNotes},
 		{"status", "[--group NAME] [--json]", "list the units: online, call state, config versions, software version, last seen", status, brokerNotes},
 		{"watch", "[--device ID | --group NAME] [--type T[,T]] [--count N] [--for D] [--json]", "print the units' events as they happen", watch, watchNotes},
@@ -174,7 +174,12 @@ event id) are dropped. Runs until interrupted, --count or --for.
 
 ` + brokerNotes
 
-const cmdNotes = `Waits for each unit's command_done or command_refused. Exit status 0 only
-if every unit carried it out.
+const cmdNotes = `Commands: join, leave, identify [--seconds N], reboot, report-now, doctor.
+doctor runs each unit's self-check (what roomctl doctor shows on the unit:
+wiring, camera, microphone, encoder choice) and prints it under the table;
+units on the Konsult image have no login, so this is how to see them.
+
+Waits for each unit's command_done or command_refused. Exit status 0 only
+if every unit carried it out (and, for doctor, every check passed).
 
 ` + brokerNotes

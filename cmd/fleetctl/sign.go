@@ -124,7 +124,7 @@ func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 		return helpIsNil(err)
 	}
 	if len(pos) != 1 {
-		return errors.New("sign-command: give exactly one command name: join, leave, identify, reboot or report-now")
+		return errors.New("sign-command: give exactly one command name: join, leave, identify, reboot, report-now or doctor")
 	}
 	e, p, err := signCommandArgs(env, "sign-command", *keyPath, tf, pos[0], fs, *seconds, *expires)
 	if err != nil {

@@ -1,11 +1,11 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/konsult/konsult/internal/atomicfile"
 	"io"
 	"log/slog"
 	"os"
@@ -14,6 +14,7 @@ import (
 	"sync"
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/identity"
@@ -324,10 +325,17 @@ func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, er
 			return h.apply(c)
 		},
 		Appliance: fleetAppliance{h},
-		Identity:  s.identityHooks(),
-		Reboot:    reboot,
-		Version:   Version,
-		Logger:    s.log,
+		Doctor: func(ctx context.Context) []afleet.DoctorCheck {
+			var out []afleet.DoctorCheck
+			for _, c := range h.Doctor(ctx) {
+				out = append(out, afleet.DoctorCheck(c))
+			}
+			return out
+		},
+		Identity: s.identityHooks(),
+		Reboot:   reboot,
+		Version:  Version,
+		Logger:   s.log,
 	})
 	if err != nil {
 		return nil, err

@@ -94,6 +94,10 @@ const (
 	// CommandCertificate installs a renewed certificate (arg
 	// "certificate": PEM), sent by fleetctl renew.
 	CommandCertificate = "certificate"
+	// CommandDoctor runs the unit's self-check (what roomctl doctor shows)
+	// and sends the checks back with command_done: the Konsult image has no
+	// login, so this is how a fleet manager sees an installation's wiring.
+	CommandDoctor = "doctor"
 )
 
 // MaxCommandLifetime bounds expires_at - issued_at for a command: a command is
@@ -133,7 +137,7 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 	var out CommandArgs
 	allowed := map[string]bool{}
 	switch name {
-	case CommandJoin, CommandLeave, CommandReboot, CommandReportNow:
+	case CommandJoin, CommandLeave, CommandReboot, CommandReportNow, CommandDoctor:
 	case CommandIdentify:
 		allowed["seconds"] = true
 		out.Seconds = IdentifyDefaultSeconds
@@ -148,7 +152,7 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 			return out, fmt.Errorf("certificate's argument must be one PEM certificate of at most %d bytes", MaxCertificateArg)
 		}
 	default:
-		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now or certificate", name)
+		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now, doctor or certificate", name)
 	}
 	for k := range args {
 		if !allowed[k] {
