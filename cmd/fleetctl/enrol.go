@@ -54,13 +54,14 @@ crl   rewrite the revocation list (valid 10 years; OpenSSL refuses every
 Each subcommand takes --help.
 `
 
-const enrolUsage = `usage: fleetctl enrol code [--count N] [--note TEXT]
+const enrolUsage = `usage: fleetctl enrol code [--count N] [--note TEXT] [--valid 720h]
        fleetctl enrol codes
        fleetctl enrol list [--all] [--json]
        fleetctl enrol approve ID [--group G]... [--unit-broker URL]
        fleetctl enrol reject ID [--reason TEXT]
 
-code     make claim codes for installers (one per unit)
+code     make claim codes for installers (one per unit; valid 30 days
+         unless --valid says otherwise, 0 = never expire)
 codes    list the claim codes, used or not
 list     units waiting for approval: device, model, version, claim code,
          first seen, and why one cannot be approved
@@ -254,11 +255,15 @@ func enrolCode(env *cmdEnv, args []string) error {
 	dir := addCADir(fs)
 	n := fs.Int("count", 1, "how many codes")
 	note := fs.String("note", "", "a note kept with the codes, e.g. the clinic or installer")
+	valid := fs.Duration("valid", 30*24*time.Hour, "how long an unused code can enrol a unit (0: never expires)")
 	if _, err := parseFlags(fs, env, args); err != nil {
 		return helpIsNil(err)
 	}
 	if *n < 1 || *n > 1000 {
 		return errors.New("enrol code: --count must be 1 to 1000")
+	}
+	if *valid < 0 {
+		return errors.New("enrol code: --valid must be 0 (never expires) or more, e.g. 168h")
 	}
 	c, err := openCA("enrol code", dir)
 	if err != nil {
@@ -269,7 +274,11 @@ func enrolCode(env *cmdEnv, args []string) error {
 		for range *n {
 			code := enrol.NewClaimCode()
 			codes = append(codes, code)
-			l.ClaimCodes = append(l.ClaimCodes, ca.ClaimCode{Code: code, Note: *note, Created: env.now().UTC()})
+			cc := ca.ClaimCode{Code: code, Note: *note, Created: env.now().UTC()}
+			if *valid > 0 {
+				cc.Expires = cc.Created.Add(*valid)
+			}
+			l.ClaimCodes = append(l.ClaimCodes, cc)
 		}
 		return nil
 	}); err != nil {
@@ -298,12 +307,19 @@ func enrolCodes(env *cmdEnv, args []string) error {
 	var rows [][]string
 	for _, cc := range l.ClaimCodes {
 		used := "unused"
-		if cc.UsedBy != "" {
+		switch {
+		case cc.UsedBy != "":
 			used = cc.UsedBy + " " + clock(cc.UsedAt)
+		case !cc.Expires.IsZero() && env.now().After(cc.Expires):
+			used = "expired"
 		}
-		rows = append(rows, []string{cc.Code, clock(cc.Created), used, cc.Note})
+		expires := "never"
+		if !cc.Expires.IsZero() {
+			expires = clock(cc.Expires)
+		}
+		rows = append(rows, []string{cc.Code, clock(cc.Created), expires, used, cc.Note})
 	}
-	return table(env.stdout, []string{"CLAIM CODE", "CREATED", "USED BY", "NOTE"}, rows)
+	return table(env.stdout, []string{"CLAIM CODE", "CREATED", "EXPIRES", "USED BY", "NOTE"}, rows)
 }
 
 // pendingRequests reads every retained enrolment request.

@@ -220,6 +220,29 @@ func TestEnrolFreshUnitReceivesFirstSignedConfig(t *testing.T) {
 func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 	f := newEnrolFleet(t)
 	f.run("enrol", "code") // a code exists, but not the one typed below
+	// Codes expire: 30 days by default, or what the fleet manager says.
+	week := strings.TrimSpace(f.run("enrol", "code", "--valid", "168h"))
+	codes := f.run("enrol", "codes")
+	if !strings.Contains(codes, "EXPIRES") || !strings.Contains(codes, week) {
+		t.Fatalf("enrol codes does not list the code with its expiry:\n%s", codes)
+	}
+	for _, l := range strings.Split(codes, "\n") {
+		c := strings.Fields(l)
+		if len(c) < 2 || c[0] != week {
+			continue
+		}
+		if len(c) < 6 {
+			t.Fatalf("enrol codes: a 168h code reads %q", l)
+		}
+		created, err1 := time.Parse("2006-01-02 15:04:05", c[1]+" "+c[2])
+		expires, err2 := time.Parse("2006-01-02 15:04:05", c[3]+" "+c[4])
+		if err1 != nil || err2 != nil || expires.Sub(created) != 168*time.Hour || c[5] != "unused" {
+			t.Fatalf("enrol codes: a 168h code reads %q", l)
+		}
+	}
+	if out, err := f.try("enrol", "code", "--valid", "-1h"); err == nil || !strings.Contains(out, "--valid") {
+		t.Fatalf("enrol code --valid -1h: %v\n%s", err, out)
+	}
 	dir := t.TempDir()
 	u := startUnit(t, f.unitConfig(dir, ""))
 	s := u.within(30*time.Second, "claim code wanted", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })

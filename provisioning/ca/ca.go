@@ -94,6 +94,9 @@ type ClaimCode struct {
 	Code    string    `json:"code"`
 	Note    string    `json:"note,omitempty"`
 	Created time.Time `json:"created"`
+	// Expires: an unused code is refused after this (zero: never, as in
+	// ledgers written before codes expired).
+	Expires time.Time `json:"expires,omitzero"`
 	UsedBy  string    `json:"used_by,omitempty"`
 	UsedAt  time.Time `json:"used_at,omitzero"`
 }

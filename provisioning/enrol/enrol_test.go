@@ -276,6 +276,35 @@ func TestEnrolRefusals(t *testing.T) {
 		}
 	})
 
+	t.Run("expired claim code", func(t *testing.T) {
+		code := enrol.NewClaimCode()
+		if err := f.ca.Update(func(l *ca.Ledger) error {
+			l.ClaimCodes = append(l.ClaimCodes, ca.ClaimCode{Code: code, Created: time.Now().Add(-31 * 24 * time.Hour), Expires: time.Now().Add(-24 * time.Hour)})
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		u := f.newUnit(t)
+		_ = u.c.SetClaimCode(code)
+		req := f.request(t, u.id)
+		l, _ := f.ca.Ledger()
+		p := enrol.Evaluate(req, l)
+		if p.Problem != enrol.ReasonExpiredCode || !strings.Contains(p.Message, "expired on") || !strings.Contains(p.Message, "new one") {
+			t.Fatalf("an expired code: %+v", p)
+		}
+		if _, err := enrol.Approve(f.ca, req, nil, f.b.URL(), "k"); !errors.Is(err, enrol.ErrNotApprovable) {
+			t.Fatalf("approve an expired code: %v", err)
+		}
+		d, err := enrol.Reject(f.ca, req, p.Problem, p.Message)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.respond(t, u.id, d)
+		if s := u.waitPhase(t, enrol.PhaseRejected); s.Reason != enrol.ReasonExpiredCode {
+			t.Fatalf("unit shows %+v", s)
+		}
+	})
+
 	// The remaining cases are decisions the real fleet would not send; the
 	// test writes them with the fleet's own keys, as an attacker or a
 	// mistaken tool could.

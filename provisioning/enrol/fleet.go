@@ -21,7 +21,8 @@ type Pending struct {
 }
 
 // Evaluate checks a request against the ledger: a well-formed CSR for the
-// id it claims, and a claim code the fleet handed out and nobody used.
+// id it claims, and a claim code the fleet handed out, nobody used, and
+// still valid.
 func Evaluate(req Request, l *ca.Ledger) Pending {
 	p := Pending{Request: req}
 	fail := func(reason, msg string) Pending { p.Problem, p.Message = reason, msg; return p }
@@ -43,6 +44,9 @@ func Evaluate(req Request, l *ca.Ledger) Pending {
 		p.ClaimCode = c.Code
 		if c.UsedBy != "" && c.UsedBy != id {
 			return fail(ReasonUsedCode, fmt.Sprintf("claim code %s was already used by %s: give the installer a new one (fleetctl enrol code)", c.Code, c.UsedBy))
+		}
+		if c.UsedBy == "" && !c.Expires.IsZero() && time.Now().After(c.Expires) {
+			return fail(ReasonExpiredCode, fmt.Sprintf("claim code %s expired on %s: give the installer a new one (fleetctl enrol code)", c.Code, c.Expires.UTC().Format("2006-01-02 15:04 MST")))
 		}
 		return p
 	}

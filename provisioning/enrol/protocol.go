@@ -61,10 +61,11 @@ const (
 
 // Rejection reasons (Decision.Reason).
 const (
-	ReasonWrongCode  = "wrong_claim_code"
-	ReasonUsedCode   = "claim_code_used"
-	ReasonRejected   = "rejected"
-	ReasonBadRequest = "bad_request"
+	ReasonWrongCode   = "wrong_claim_code"
+	ReasonUsedCode    = "claim_code_used"
+	ReasonExpiredCode = "claim_code_expired"
+	ReasonRejected    = "rejected"
+	ReasonBadRequest  = "bad_request"
 )
 
 // Decision is the fleet's answer to a request.
