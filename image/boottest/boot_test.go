@@ -30,6 +30,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -59,9 +60,9 @@ func TestImageBoots(t *testing.T) {
 			t.Fatalf("%v: build it with make image-amd64", err)
 		}
 	}
-	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk"} {
+	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk", "mcopy"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: apt-get install qemu-system-x86 e2fsprogs fdisk", tool)
+			t.Fatalf("%s not found: apt-get install qemu-system-x86 e2fsprogs fdisk mtools", tool)
 		}
 	}
 
@@ -72,7 +73,11 @@ func TestImageBoots(t *testing.T) {
 	dir := t.TempDir()
 	disk := filepath.Join(dir, "unit.img")
 	run(t, "cp", "--sparse=always", img, disk)
-	rootSize := injectTestFiles(t, disk, dir, broker, port)
+	// The installer's claim code, written into konsult-claim.txt on the
+	// FAT partition as from any PC: konsult-claim.service must move it off
+	// the card into roomd's identity directory on first boot.
+	claim := enrol.NewClaimCode()
+	rootSize := injectTestFiles(t, disk, dir, broker, port, claim)
 	// A card bigger than the image, as every real one is: the unit must
 	// grow its root filesystem to fill it (konsult-growroot.service).
 	const grow = 1 << 30
@@ -180,6 +185,16 @@ func TestImageBoots(t *testing.T) {
 	if f := strings.TrimSpace(section(out, "failed")); f != "" {
 		t.Errorf("failed units in the guest:\n%s", f)
 	}
+	// The disk as a Pi's card: root on partition 2, the FAT boot partition
+	// mounted at /boot/firmware.
+	mounts := section(out, "mounts")
+	if !regexp.MustCompile(`(?m)^/ /dev/vda2 ext4$`).MatchString(mounts) || !regexp.MustCompile(`(?m)^/boot/firmware /dev/vda1 vfat$`).MatchString(mounts) {
+		t.Errorf("root is not /dev/vda2 (ext4) or the boot partition not /dev/vda1 (vfat) at /boot/firmware:\n%s", mounts)
+	}
+	want, _ := enrol.NormalizeClaimCode(claim)
+	if c := section(out, "claim"); !strings.Contains(c, "identity: "+want) || strings.Contains(c, "card: "+claim) {
+		t.Errorf("the claim code was not moved from the boot partition into roomd's identity directory:\n%s", c)
+	}
 	fsSize, _ := strconv.ParseInt(strings.TrimSpace(section(out, "root-size")), 10, 64)
 	if fsSize < rootSize+grow/2 { // ext4 keeps a few % for itself
 		t.Errorf("the root filesystem is %d MiB on a root partition of %d MiB with %d MiB free after it: not grown to the disk\n%s",
@@ -199,6 +214,7 @@ func TestImageBoots(t *testing.T) {
 		time.Now().UTC().Format(time.RFC3339), float64(syncMono)/1e6, float64(startMono)/1e6, float64(readyMono)/1e6,
 		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], rootSize>>20, fsSize>>20, grow>>20)
 	t.Log(summary)
+	t.Logf("what roomd waited for (systemd-analyze critical-chain):\n%s", section(out, "chain"))
 	if p := os.Getenv("KONSULT_BOOT_RESULT"); p != "" {
 		_ = os.WriteFile(p, []byte(summary+"\n"), 0o644)
 	}
@@ -227,8 +243,9 @@ func reexecInLoopbackNetns(t *testing.T) {
 // injectTestFiles writes the test's unit identity, config and reporting
 // service into the root filesystem of disk (partition 2), with debugfs on an
 // extracted copy: no loop device, no mount.
-// It returns the size of the root partition.
-func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port string) int64 {
+// It writes claim into konsult-claim.txt on the boot partition (mtools)
+// and returns the size of the root partition.
+func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port, claim string) int64 {
 	t.Helper()
 	var layout struct {
 		PartitionTable struct {
@@ -319,6 +336,9 @@ state_dir = "/var/lib/konsult/fleet"
 		"write "+put("timesyncd.conf", asset("timesyncd-boottest.conf"))+" /etc/systemd/timesyncd.conf.d/boottest.conf",
 		"write "+put("proxy.socket", asset("broker-proxy.socket"))+" /etc/systemd/system/konsult-broker-proxy.socket",
 		"write "+put("proxy.service", []byte(proxy))+" /etc/systemd/system/konsult-broker-proxy.service",
+		// The image enables no socket unit of its own, so the directory may
+		// not exist (debugfs does not make it for symlink).
+		"mkdir /etc/systemd/system/sockets.target.wants",
 		"symlink /etc/systemd/system/sockets.target.wants/konsult-broker-proxy.socket /etc/systemd/system/konsult-broker-proxy.socket",
 		"write "+put("boottest.service", asset("boottest.service"))+" /etc/systemd/system/konsult-boottest.service",
 		"symlink /etc/systemd/system/multi-user.target.wants/konsult-boottest.service /etc/systemd/system/konsult-boottest.service",
@@ -338,7 +358,15 @@ state_dir = "/var/lib/konsult/fleet"
 	if got := output(t, "debugfs", "-R", "cat /etc/konsult/roomd.toml", root); !bytes.Contains(got, []byte(deviceID)) {
 		t.Fatalf("test config not in the image:\n%s", got)
 	}
-	copyRange(t, root, disk, 0, size, true)
+	for dir, unit := range map[string]string{"sockets.target.wants": "konsult-broker-proxy.socket", "multi-user.target.wants": "konsult-boottest.service"} {
+		if got := output(t, "debugfs", "-R", "ls /etc/systemd/system/"+dir, root); !bytes.Contains(got, []byte(unit)) {
+			t.Fatalf("%s is not enabled in the image (no link in %s):\n%s", unit, dir, got)
+		}
+	}
+	copyRange(t, root, disk, off, size, true)
+
+	card := put("konsult-claim.txt", []byte("# Konsult enrolment claim code.\n"+claim+"\n"))
+	run(t, "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", disk, pt.Partitions[0].Start*sector), card, "::konsult-claim.txt")
 	return size
 }
 

@@ -9,8 +9,11 @@ section roomd-show systemctl show roomd -p ActiveState -p SubState -p NRestarts 
 section time-sync systemctl show time-sync.target -p ActiveEnterTimestampMonotonic
 section proc-status grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff|CapBnd|Seccomp):' "/proc/$pid/status"
 section socket ls -ln /run/konsult/
+section mounts sh -c 'for m in / /boot/firmware; do echo "$m $(findmnt -rno SOURCE,FSTYPE "$m")"; done'
+section claim sh -c 'echo "identity: $(cat /var/lib/konsult/identity/claim-code)"; echo "card: $(grep -v "^#" /boot/firmware/konsult-claim.txt)"'
 section growroot journalctl -b -u konsult-growroot --no-pager -o cat
 section root-size findmnt -bno SIZE /
+section chain systemd-analyze critical-chain --no-pager roomd.service
 section security systemd-analyze security --no-pager roomd
 section failed systemctl --failed --no-legend --plain
 section journal journalctl -b -u roomd --no-pager -o cat
