@@ -13,7 +13,9 @@ section mounts sh -c 'for m in / /boot/firmware; do echo "$m $(findmnt -rno SOUR
 section claim sh -c 'echo "identity: $(cat /var/lib/konsult/identity/claim-code)"; echo "card: $(grep -v "^#" /boot/firmware/konsult-claim.txt)"'
 section growroot journalctl -b -u konsult-growroot --no-pager -o cat
 section root-size findmnt -bno SIZE /
-section chain systemd-analyze critical-chain --no-pager roomd.service
+# Boot is not finished yet (getty waits), so no critical-chain: when each
+# unit on roomd's path started and became active, in ms since the kernel.
+section timings sh -c 'for u in NetworkManager NetworkManager-wait-online systemd-timesyncd systemd-time-wait-sync konsult-growroot konsult-claim roomd; do echo "$u: started $(( $(systemctl show -P InactiveExitTimestampMonotonic $u.service) / 1000 )) ms, active $(( $(systemctl show -P ActiveEnterTimestampMonotonic $u.service) / 1000 )) ms"; done'
 section security systemd-analyze security --no-pager roomd
 section failed systemctl --failed --no-legend --plain
 section journal journalctl -b -u roomd --no-pager -o cat
