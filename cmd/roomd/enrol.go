@@ -188,8 +188,9 @@ func (p *provisioning) enrol(ctx context.Context, version string) error {
 	}
 	p.mu.Lock()
 	p.client = c
+	code, src := p.claimCode() // under p.mu: see Enrol
 	p.mu.Unlock()
-	if code, src := p.claimCode(); code != "" {
+	if code != "" {
 		if err := c.SetClaimCode(code); err != nil {
 			p.log.Warn("claim code not usable", "source", src, "err", err)
 		} else {
@@ -242,16 +243,23 @@ func (p *provisioning) Enrol(code string) error {
 	if err != nil {
 		return err
 	}
+	// Under p.mu, against enrol(), which starts its client and reads the
+	// saved code under it too: a code given just as enrolment starts is
+	// either in the file before enrol() reads it or handed to its client,
+	// never lost in between (roomctl enrol right after boot).
 	p.mu.Lock()
 	enrolled, c := p.enrolled, p.client
-	p.mu.Unlock()
 	if enrolled {
+		p.mu.Unlock()
 		return fmt.Errorf("this unit is already enrolled as %s: to enrol it again, factory-reset it first (roomctl factory-reset --yes)", p.id)
 	}
 	if !p.fleet.enrols() {
+		p.mu.Unlock()
 		return errors.New("this unit is not set up to enrol: its config needs fleet.broker, fleet.ca_file, fleet.enrol_cert and fleet.enrol_key (the enrolment bundle from fleetctl ca init)")
 	}
-	if err := atomicfile.Write(filepath.Join(p.dir, savedClaimFile), []byte(n+"\n"), 0o600); err != nil {
+	err = atomicfile.Write(filepath.Join(p.dir, savedClaimFile), []byte(n+"\n"), 0o600)
+	p.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("save the claim code: %w", err)
 	}
 	if c != nil {

@@ -429,3 +429,19 @@ func TestTakeClaimFromBootPartition(t *testing.T) {
 		t.Fatalf("short code on the card: %v", err)
 	}
 }
+
+// An installer who types roomctl enrol the moment roomd answers: the code
+// must not fall between the API and an enrolment client still starting
+// (it did, under load: the unit then waited for a code it had been given).
+func TestEnrolCodeRightAfterStart(t *testing.T) {
+	f := newEnrolFleet(t)
+	for i := range 4 {
+		code := strings.TrimSpace(f.run("enrol", "code"))
+		u := startUnit(t, f.unitConfig(t.TempDir(), ""))
+		if err := u.api.Enrol(context.Background(), code); err != nil {
+			t.Fatalf("unit %d: %v", i, err)
+		}
+		u.within(30*time.Second, fmt.Sprintf("unit %d sends its request", i), func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
+		u.shutdown()
+	}
+}
