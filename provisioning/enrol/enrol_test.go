@@ -584,6 +584,20 @@ func TestRevokedUnitIsRefusedAtNextConnect(t *testing.T) {
 			t.Fatalf("revoked unit never got a certificate_revoked refusal; errors %q, connected=%v", seen, lk.Connected())
 		}
 	}
+	// Every later attempt says so too. With TLS 1.3 the broker's refusal
+	// comes after the unit's handshake is done, and a unit that has already
+	// written CONNECT saw only "connection reset" (no fault LED) unless the
+	// link probes for the alert.
+	for i := 0; i < 5; i++ {
+		select {
+		case err := <-errs:
+			if !link.Revoked(err) {
+				t.Fatalf("attempt %d after the refusal: %v (not reported as revoked)", i+1, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("no further connection attempt within 20s")
+		}
+	}
 	if lk.Connected() {
 		t.Fatal("revoked unit is connected")
 	}

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"net"
@@ -26,6 +27,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -547,17 +549,67 @@ func (l *Link) onNotify(_ mqtt.Client, n mqtt.ConnectionNotification) {
 		case <-l.ctx.Done():
 		}
 	case mqtt.ConnectionNotificationFailed:
+		reason := n.Reason
+		if l.tls != nil && droppedAfterHandshake(reason) {
+			if perr := l.probeTLS(); isTLSAlert(perr) {
+				reason = fmt.Errorf("%w; the broker refused this unit's certificate: %w", reason, perr)
+			}
+		}
 		l.mu.Lock()
-		l.lastErr = n.Reason
+		l.lastErr = reason
 		closed := l.closed
 		l.mu.Unlock()
 		if !closed {
-			l.log.Warn("fleet link: connection attempt failed", "broker", l.host, "err", n.Reason)
+			l.log.Warn("fleet link: connection attempt failed", "broker", l.host, "err", reason)
 			if l.opts.OnConnectError != nil {
-				l.opts.OnConnectError(n.Reason)
+				l.opts.OnConnectError(reason)
 			}
 		}
 	}
+}
+
+// droppedAfterHandshake says the broker cut the connection rather than
+// refusing it (a reset, a broken pipe, an early EOF).
+func droppedAfterHandshake(err error) bool {
+	if err == nil || isTLSAlert(err) {
+		return false
+	}
+	if errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, io.EOF) {
+		return true
+	}
+	// paho does not always wrap with %w.
+	m := err.Error()
+	return strings.Contains(m, "connection reset by peer") || strings.Contains(m, "broken pipe") || strings.HasSuffix(m, "EOF")
+}
+
+func isTLSAlert(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "remote error: tls:")
+}
+
+// probeTLS connects again and only reads. With TLS 1.3 the broker checks
+// the unit's certificate after the handshake has finished on the unit's
+// side; its refusal (an alert, then close) is lost when the unit has
+// already written CONNECT and the close resets the socket, so a revoked
+// unit saw only "connection reset" (and no fault) whenever it wrote first.
+// A connection that writes nothing receives the alert. A broker that
+// accepts the certificate waits for CONNECT: the read times out, nil.
+func (l *Link) probeTLS() error {
+	ctx, cancel := context.WithTimeout(l.ctx, l.opts.ConnectTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: l.tls}
+	c, err := d.DialContext(ctx, "tcp", l.host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	var b [1]byte
+	_, err = c.Read(b[:])
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return nil
+	}
+	return err
 }
 
 func (l *Link) setUp(gen uint64) {
