@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +97,37 @@ func TestCmdDoctor(t *testing.T) {
 	var res []cmdResult
 	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res) != 1 || len(res[0].Checks) != 2 {
 		t.Fatalf("doctor room-11 --json: %v\n%s", err, out)
+	}
+}
+
+// fakeIdentity is an enrolled unit's certificate as the agent reports it.
+type fakeIdentity struct{ r afleet.IdentityReport }
+
+func (f fakeIdentity) Report() *afleet.IdentityReport  { r := f.r; return &r }
+func (f fakeIdentity) InstallCertificate(string) error { return errors.New("not in this test") }
+
+// A unit whose certificate is due, and one whose certificate ran out: status
+// says so in time, because nobody running fleetctl renew means the unit
+// drops off the fleet on its certificate's last day.
+func TestStatusShowsCertificatesDue(t *testing.T) {
+	units := map[string][]string{"room-11": nil, "room-12": nil, "room-13": nil}
+	f := startFleet(t, units)
+	withIdentity := func(r afleet.IdentityReport) unitOpt {
+		return func(o *afleet.Options, _ *testUnit) { o.Identity = fakeIdentity{r} }
+	}
+	due := time.Now().Add(20 * 24 * time.Hour).UTC()
+	f.startUnit("room-11", nil, withIdentity(afleet.IdentityReport{Serial: "1", NotAfter: due, RenewalCSR: "-----BEGIN CERTIFICATE REQUEST-----\n..."}))
+	f.startUnit("room-12", nil, withIdentity(afleet.IdentityReport{Serial: "2", NotAfter: time.Now().Add(80 * 24 * time.Hour)}))
+	f.startUnit("room-13", nil, withIdentity(afleet.IdentityReport{Serial: "3", NotAfter: time.Now().Add(-time.Hour), LastRenewalError: "certificate is for another unit"}))
+
+	out := statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "certificate expired", "asks for renewal")
+	if r := row(t, out, "room-11"); !strings.Contains(r[7], "certificate expires "+clock(due)) || !strings.Contains(r[7], "fleetctl renew") {
+		t.Errorf("a unit asking for renewal: %q", r)
+	}
+	if r := row(t, out, "room-12"); strings.Contains(strings.Join(r, " "), "certificate") {
+		t.Errorf("a unit with 80 days left has a note: %q", r)
+	}
+	if r := row(t, out, "room-13"); !strings.Contains(r[7], "certificate expired") || !strings.Contains(r[7], "last renewal not installed: certificate is for another unit") {
+		t.Errorf("a unit whose certificate ran out: %q", r)
 	}
 }

@@ -26,6 +26,9 @@ type unitStatus struct {
 	LastRejection    *afleet.Rejection `json:"last_rejection,omitempty"`
 	LastRollback     *afleet.Rollback  `json:"last_rollback,omitempty"`
 	LastSeen         time.Time         `json:"last_seen,omitzero"`
+	// Certificate is the unit's enrolled certificate as it reports it
+	// (absent for a unit given its certificate by hand).
+	Certificate *afleet.IdentityReport `json:"certificate,omitempty"`
 	// Documents says which retained documents exist: status, reported.
 	Documents map[string]bool `json:"documents"`
 }
@@ -115,6 +118,7 @@ func statusOf(u *unitView) unitStatus {
 			s.Versions = r.Versions
 		}
 		s.Pending, s.Deferred, s.LastRejection, s.LastRollback = r.Pending, r.Deferred, r.LastRejection, r.LastRollback
+		s.Certificate = r.Identity
 		// The reported document is the unit's own account of its config;
 		// status may lag behind it or be the broker's last will.
 		s.ConfigGeneration = r.Generation
@@ -197,6 +201,19 @@ func notesCell(s unitStatus) string {
 	}
 	if rb := s.LastRollback; rb != nil && rb.ToGeneration == s.ConfigGeneration {
 		notes = append(notes, fmt.Sprintf("runs its last known good config since %s: %s", clock(rb.At), oneLine(rb.Reason)))
+	}
+	// Certificates last 90 days: a unit nobody renews drops off the fleet
+	// on that day, so say so while there is time.
+	if c := s.Certificate; c != nil && !c.NotAfter.IsZero() {
+		switch {
+		case !now().Before(c.NotAfter):
+			notes = append(notes, fmt.Sprintf("certificate expired %s: it cannot connect; factory-reset and enrol it again", clock(c.NotAfter)))
+		case c.RenewalCSR != "":
+			notes = append(notes, fmt.Sprintf("certificate expires %s and the unit asks for renewal: run fleetctl renew (or keep fleetctl renew --watch running)", clock(c.NotAfter)))
+		}
+		if c.LastRenewalError != "" {
+			notes = append(notes, "last renewal not installed: "+oneLine(c.LastRenewalError))
+		}
 	}
 	return strings.Join(notes, "; ")
 }
