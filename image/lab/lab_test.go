@@ -40,6 +40,8 @@ const (
 	room      = "lab-room"          //
 	guestPort = 8080                // the guest agent
 	labBudget = 6 * time.Minute     // the whole lab, boot to power-off
+	// iceFlakeMarker names the one failure make lab retries (see JOIN).
+	iceFlakeMarker = "LAB-ICE-THROUGH-SLIRP-FAILED"
 )
 
 // TestLab boots the lab and drives roomd through real kernel interfaces. It
@@ -209,6 +211,13 @@ func runLab(t *testing.T) {
 	pressAt := agent.press("JOIN")
 	live, err := agent.waitLine("LED", "1", pressAt, 45*time.Second, time.Second)
 	if err != nil {
+		if strings.Contains(agent.get("/roomd/log"), "ICE connection failed") {
+			// Seen in 2 of 9 CI runs: no ICE path from the guest through
+			// QEMU's user network to LiveKit on the host, for both of
+			// roomd's attempts, while the next lab run passes. make lab
+			// runs the lab once more on this marker; the cause is open.
+			t.Fatalf("%s: JOIN: %v (roomd: ICE to LiveKit through QEMU's user network failed)", iceFlakeMarker, err)
+		}
 		t.Fatalf("JOIN: %v", err)
 	}
 	first := agent.firstChange("LED", pressAt)
