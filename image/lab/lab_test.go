@@ -212,6 +212,16 @@ func runLab(t *testing.T) {
 	live, err := agent.waitLine("LED", "1", pressAt, 45*time.Second, time.Second)
 	if err != nil {
 		if strings.Contains(agent.get("/roomd/log"), "ICE connection failed") {
+			// For whoever finds the cause: LiveKit's own view of ICE.
+			if b, rerr := os.ReadFile(lk.LogPath); rerr == nil {
+				var lines []string
+				for _, l := range strings.Split(string(b), "\n") {
+					if strings.Contains(l, "andidate") || strings.Contains(l, "ICE") || strings.Contains(l, "udp") {
+						lines = append(lines, l)
+					}
+				}
+				t.Logf("livekit-server log, ICE lines:\n%s", strings.Join(lines, "\n"))
+			}
 			// Seen in 2 of 9 CI runs: no ICE path from the guest through
 			// QEMU's user network to LiveKit on the host, for both of
 			// roomd's attempts, while the next lab run passes. make lab
