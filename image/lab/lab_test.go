@@ -222,6 +222,11 @@ func runLab(t *testing.T) {
 				}
 				t.Logf("livekit-server log, ICE lines:\n%s", strings.Join(lines, "\n"))
 			}
+			// Which UDP sockets the namespace holds: slirp hands the guest's
+			// packets for 10.0.2.2 to 127.0.0.1 on this side.
+			if out, serr := exec.Command("ss", "-uanp").CombinedOutput(); serr == nil {
+				t.Logf("UDP sockets in the lab's namespace (ss -uanp):\n%s", out)
+			}
 			// Seen in 2 of 9 CI runs: no ICE path from the guest through
 			// QEMU's user network to LiveKit on the host, for both of
 			// roomd's attempts, while the next lab run passes. make lab
