@@ -37,15 +37,16 @@ bench:
 	    print line }' $(CACHE)/bench.txt
 
 ## lab: the QEMU hardware lab (Debian's kernel, vivid, snd-aloop, gpio-sim, vicodec; roomd inside); ~3-5 min, root
-# One more run only when the guest's ICE to LiveKit through QEMU's user
-# network failed (image/lab: iceFlakeMarker), an open lab problem, not the unit's.
+# Up to two more runs, only when the guest's ICE to LiveKit through QEMU's
+# user network failed (image/lab: iceFlakeMarker; about 1 run in 4), an open
+# lab problem, not the unit's. Every run's output is printed.
 lab: setup
-	@mkdir -p .cache; KONSULT_LAB=1 KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -count=1 -timeout 15m -v -run '^TestLab$$' ./image/lab/ >.cache/lab-run.log 2>&1; \
-	rc=$$?; cat .cache/lab-run.log; \
-	if [ $$rc -ne 0 ] && grep -q LAB-ICE-THROUGH-SLIRP-FAILED .cache/lab-run.log; then \
-	  echo "make lab: the guest's ICE through QEMU's user network failed (known open lab problem): running the lab once more"; \
-	  KONSULT_LAB=1 KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -count=1 -timeout 15m -v -run '^TestLab$$' ./image/lab/; \
-	else exit $$rc; fi
+	@mkdir -p .cache; for try in 1 2 3; do \
+	  KONSULT_LAB=1 KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -count=1 -timeout 15m -v -run '^TestLab$$' ./image/lab/ >.cache/lab-run.log 2>&1; \
+	  rc=$$?; cat .cache/lab-run.log; \
+	  if [ $$rc -eq 0 ] || ! grep -q LAB-ICE-THROUGH-SLIRP-FAILED .cache/lab-run.log; then exit $$rc; fi; \
+	  echo "make lab: run $$try: the guest's ICE through QEMU's user network failed (known open lab problem)"; \
+	done; exit 1
 
 ## lint: gofmt, go vet, staticcheck
 lint: setup
