@@ -87,9 +87,57 @@ func TestUnitHardening(t *testing.T) {
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
 		"StateDirectory=konsult", "RuntimeDirectory=konsult", "CapabilityBoundingSet=",
 		"After=network-online.target time-sync.target",
+		// Issue 14: roomd's own journal namespace (a factory reset wipes it
+		// and nothing else), and no core dumps (frames, keys, tokens).
+		"LogNamespace=konsult", "LimitCORE=0",
 	} {
 		if !have[want] {
 			t.Errorf("roomd.service lacks %q", want)
 		}
+	}
+}
+
+// Issue 14, finding 4: the factory reset (root, triggered by a file the
+// konsult user writes) may touch roomd's journal namespace only: every
+// journalctl it runs names the namespace, and it can write no other journal
+// directory. The root helpers dump no core (they hold Wi-Fi secrets and the
+// claim code).
+func TestRootHelpersStayInTheirLane(t *testing.T) {
+	b, err := os.ReadFile("konsult-reset.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "ExecStart=") && strings.Contains(l, "journalctl") {
+			n++
+			if !strings.Contains(l, " --namespace=konsult ") {
+				t.Errorf("konsult-reset.service runs journalctl outside roomd's namespace: %s", l)
+			}
+		}
+		if rw, ok := strings.CutPrefix(l, "ReadWritePaths="); ok {
+			for _, p := range strings.Fields(rw) {
+				p = strings.TrimPrefix(p, "-")
+				if strings.Contains(p, "/log/journal") && !strings.HasSuffix(p, "/%m.konsult") {
+					t.Errorf("konsult-reset.service can write the journal directory %s, not only roomd's namespace", p)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("konsult-reset.service no longer wipes roomd's logs")
+	}
+	for _, name := range []string{"konsult-reset.service", "konsult-network.service", "konsult-claim.service"} {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains("\n"+string(b), "\nLimitCORE=0\n") {
+			t.Errorf("%s lacks LimitCORE=0", name)
+		}
+	}
+	if c, err := os.ReadFile("journald@konsult.conf"); err != nil || !strings.Contains(string(c), "\nMaxRetentionSec=") || !strings.Contains(string(c), "\nSystemMaxUse=") {
+		t.Errorf("journald@konsult.conf gives roomd's namespace no retention or size limit: %v", err)
 	}
 }

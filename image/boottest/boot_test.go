@@ -182,6 +182,7 @@ func TestImageBoots(t *testing.T) {
 			t.Errorf("a network-facing socket (the unit must have none): %s", l)
 		}
 	}
+	checkLogNamespace(t, section(out, "log-before"), section(out, "log-after"))
 	if f := strings.TrimSpace(section(out, "failed")); f != "" {
 		t.Errorf("failed units in the guest:\n%s", f)
 	}
@@ -222,6 +223,44 @@ func TestImageBoots(t *testing.T) {
 	t.Logf("units on roomd's path (monotonic ms since kernel start):\n%s", section(out, "timings"))
 	if p := os.Getenv("KONSULT_BOOT_RESULT"); p != "" {
 		_ = os.WriteFile(p, []byte(summary+"\n"), 0o644)
+	}
+}
+
+// checkLogNamespace checks issue 14's finding 4 from the report: roomd's
+// lines land in its own journal namespace (konsult) and not in the system
+// journal, and a factory reset (roomctl factory-reset, then
+// konsult-reset.service as root) empties that namespace of the old roomd's
+// lines while another program's line in the system journal stays.
+func checkLogNamespace(t *testing.T, before, after string) {
+	t.Helper()
+	val := func(text, key string) int {
+		m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `: (\d+)\s*$`).FindStringSubmatch(text)
+		if m == nil {
+			return -1
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+	if n := val(before, "namespace"); n < 1 {
+		t.Errorf("roomd's \"ready\" line is not in the konsult journal namespace (%d):\n%s", n, before)
+	}
+	if n := val(before, "system"); n != 0 {
+		t.Errorf("roomd's own lines reached the system journal (%d lines):\n%s", n, before)
+	}
+	if m := regexp.MustCompile(`restarted: (\d+) -> (\d+)`).FindStringSubmatch(after); m == nil || m[1] == m[2] || m[2] == "0" {
+		t.Errorf("roomd did not start again after the factory reset:\n%s", after)
+	}
+	if !strings.Contains(after, "Result=success") {
+		t.Errorf("konsult-reset.service did not succeed:\n%s", after)
+	}
+	if n := val(after, "old in namespace"); n != 0 {
+		t.Errorf("the factory reset left the old roomd's lines in its namespace (%d):\n%s", n, after)
+	}
+	if n := val(after, "new in namespace"); n < 1 {
+		t.Errorf("the new roomd does not log into the namespace after the reset (%d):\n%s", n, after)
+	}
+	if n := val(after, "system marker"); n != 1 {
+		t.Errorf("the factory reset touched the system journal: another program's line is gone (%d):\n%s", n, after)
 	}
 }
 

@@ -17,8 +17,31 @@ section root-size findmnt -bno SIZE /
 # unit on roomd's path started and became active, in ms since the kernel.
 section timings sh -c 'for u in NetworkManager NetworkManager-wait-online systemd-timesyncd systemd-time-wait-sync konsult-growroot konsult-claim roomd; do echo "$u: started $(( $(systemctl show -P InactiveExitTimestampMonotonic $u.service) / 1000 )) ms, active $(( $(systemctl show -P ActiveEnterTimestampMonotonic $u.service) / 1000 )) ms"; done'
 section security systemd-analyze security --no-pager roomd
+# Issue 14: roomd logs into its own journal namespace, and a factory reset
+# wipes that namespace and nothing else. A line in the system journal from
+# another program must survive the reset; the first roomd's lines must not.
+tag="boottest-marker-$(cat /proc/sys/kernel/random/uuid)"
+logger -t konsult-boottest "$tag"
+section log-before sh -c "echo \"namespace: \$(journalctl -q --namespace=konsult _PID=$pid --no-pager -o cat | grep -c msg=ready)\"; echo \"system: \$(journalctl -q _PID=$pid --no-pager -o cat | wc -l)\""
+roomctl --socket /run/konsult/roomd.sock factory-reset --yes >/dev/null 2>&1 || echo "roomctl factory-reset failed"
+newpid=""
+for _ in $(seq 1 240); do
+  newpid="$(systemctl show -p MainPID --value roomd)"
+  if [ "$newpid" != "$pid" ] && [ "$newpid" != 0 ] && [ "$(systemctl show -p ActiveState --value roomd)" = active ] &&
+     [ ! -e /var/lib/konsult/factory-reset ] && [ "$(systemctl show -p InactiveExitTimestampMonotonic --value konsult-reset.service)" != 0 ] &&
+     [ "$(systemctl show -p ActiveState --value konsult-reset.service)" != activating ]; then
+    break
+  fi
+  sleep 0.5
+done
+section log-after sh -c "echo \"restarted: $pid -> $newpid\"; \
+  echo \"old in namespace: \$(journalctl -q --namespace=konsult _PID=$pid --no-pager -o cat | grep -c msg=ready)\"; \
+  echo \"new in namespace: \$(journalctl -q --namespace=konsult _PID=$newpid --no-pager -o cat | grep -c msg=ready)\"; \
+  echo \"system marker: \$(journalctl -q -t konsult-boottest --no-pager -o cat | grep -c $tag)\"; \
+  systemctl show konsult-reset.service -p Result -p NRestarts; \
+  journalctl -b -u konsult-reset --no-pager -o cat | tail -n 5"
 section failed systemctl --failed --no-legend --plain
-section journal journalctl -b -u roomd --no-pager -o cat
+section journal journalctl --namespace=konsult -b -u roomd --no-pager -o cat
 section nft nft list ruleset
 section listening ss -Hlntu
 echo "@@ done"
