@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/icepolicy"
 )
 
 // Config configures a Client. Only Endpoint is required.
@@ -51,8 +53,15 @@ type Config struct {
 	AllowedHosts []string
 
 	// ICEServers are extra STUN/TURN servers, merged with those the server
-	// announces in Link headers (see Client.ICEServers).
+	// announces in Link headers (see Client.ICEServers). They are the
+	// operator's own and pass unchecked.
 	ICEServers []webrtc.ICEServer
+
+	// ICEPolicy bounds what the server may hand out: the ICE servers of its
+	// Link headers and the candidates of its answers (counts, and no
+	// internal addresses unless allowed). Nil is icepolicy.ForServer of the
+	// endpoint: internal addresses only for an endpoint that is one.
+	ICEPolicy *icepolicy.Policy
 
 	// TrickleCandidates sends the offer and ICE-restart fragments without
 	// candidate lines and delivers the candidates in a trickle PATCH right
@@ -71,6 +80,7 @@ type Config struct {
 type Client struct {
 	cfg      Config
 	endpoint *url.URL
+	ice      icepolicy.Policy
 	http     *http.Client
 	log      *slog.Logger
 
@@ -80,6 +90,10 @@ type Client struct {
 
 // cleanupTimeout bounds the best-effort DELETE after a failure.
 const cleanupTimeout = 5 * time.Second
+
+// maxResponseHeaders bounds the header block of a response read by the
+// default transport.
+const maxResponseHeaders = 64 << 10
 
 // maxResponseBody bounds how much of a response is read (SDP answers are a
 // few kB).
@@ -104,6 +118,10 @@ func New(cfg Config) (*Client, error) {
 		log:      newLogger(cfg.Logger, cfg.Token),
 	}
 	c.cfg.AllowedHosts = slices.Clone(cfg.AllowedHosts)
+	c.ice = icepolicy.ForServer(cfg.Endpoint, false)
+	if cfg.ICEPolicy != nil {
+		c.ice = *cfg.ICEPolicy
+	}
 	c.cfg.ICEServers = slices.Clone(cfg.ICEServers)
 	if err := c.checkURL(u); err != nil {
 		return nil, scrub(err, cfg.Token)
@@ -134,9 +152,12 @@ func defaultTransport() *http.Transport {
 		TLSClientConfig:       &tls.Config{MinVersion: tls.VersionTLS12},
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: 20 * time.Second,
-		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConns:          4,
-		ForceAttemptHTTP2:     true,
+		// Go's client default is 10 MB; a WHIP response has a few headers
+		// (Location, ETag, a handful of Link ice-servers).
+		MaxResponseHeaderBytes: maxResponseHeaders,
+		IdleConnTimeout:        90 * time.Second,
+		MaxIdleConns:           4,
+		ForceAttemptHTTP2:      true,
 	}
 }
 
@@ -182,7 +203,7 @@ func (c *Client) preflight(ctx context.Context) ([]webrtc.ICEServer, error) {
 		return c.ICEServers(), c.httpError(resp, nil)
 	}
 	if resp.StatusCode/100 == 2 {
-		servers := parseICEServers(resp.Header.Values("Link"))
+		servers := c.boundICEServers(parseICEServers(resp.Header.Values("Link")))
 		c.learn(servers)
 		c.log.Debug("whip: preflight", "endpoint", c.Endpoint(), "status", resp.StatusCode, "ice_servers", len(servers))
 	}
@@ -245,6 +266,7 @@ func (c *Client) publish(ctx context.Context, pc *webrtc.PeerConnection) (*Sessi
 	if cr.location == nil {
 		return nil, perr
 	}
+	cr.iceServers = c.boundICEServers(cr.iceServers)
 	s := c.newSession(pc, cr)
 	c.log.Info("whip: session created", "location", safeURL(cr.location), "etag", cr.etag != "", "ice_servers", len(cr.iceServers))
 	if perr != nil {
@@ -259,7 +281,11 @@ func (c *Client) publish(ctx context.Context, pc *webrtc.PeerConnection) (*Sessi
 		c.learn(cr.iceServers)
 		c.applyICEServers(pc, cr.iceServers)
 	}
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: cr.answer}); err != nil {
+	answer, dropped, why := s.cands.FilterSDP(cr.answer)
+	if dropped > 0 {
+		c.log.Warn("whip: remote candidates of the answer dropped", "dropped", dropped, "why", why)
+	}
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: answer}); err != nil {
 		s.abort(ctx, "answer rejected by peer connection")
 		return nil, fmt.Errorf("%w: SDP answer not accepted: %w", ErrBadResponse, err)
 	}
@@ -340,6 +366,17 @@ func (c *Client) applyICEServers(pc *webrtc.PeerConnection, servers []webrtc.ICE
 	}
 	cfg.ICEServers = accepted
 	_ = pc.SetConfiguration(cfg)
+}
+
+// boundICEServers applies the ICE policy to servers announced in Link
+// headers: at most icepolicy.MaxServers entries and MaxURLs URLs, none at a
+// refused address.
+func (c *Client) boundICEServers(servers []webrtc.ICEServer) []webrtc.ICEServer {
+	kept, dropped := c.ice.Servers(servers)
+	if dropped > 0 {
+		c.log.Warn("whip: ICE servers of the Link headers dropped by the ICE policy", "kept", len(kept), "dropped_urls", dropped)
+	}
+	return kept
 }
 
 // created is the useful content of a 201 response.

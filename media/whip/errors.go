@@ -55,6 +55,10 @@ var (
 	// ErrHostNotAllowed: the host is not on Config.AllowedHosts. Nothing
 	// was sent to it (no DNS lookup, no connection).
 	ErrHostNotAllowed = errors.New("whip: refused: host is not on the allow-list")
+	// ErrLoopbackRefused: a redirect or session Location of a server that
+	// is not on loopback pointed at a loopback host (the unit's own
+	// services). Nothing was sent to it.
+	ErrLoopbackRefused = errors.New("whip: refused: only a loopback endpoint may lead to a loopback host")
 	// ErrICEFailed: ICE connectivity checks failed (no network path
 	// between the unit and the media server: firewall, NAT, missing TURN).
 	ErrICEFailed = errors.New("whip: ICE connection failed")
@@ -216,7 +220,7 @@ func classifyTransportErr(ctx context.Context, method, host string, err error) e
 	}
 	// Policy refusals from CheckRedirect are already complete errors.
 	if errors.Is(inner, ErrInsecureScheme) || errors.Is(inner, ErrHostNotAllowed) ||
-		errors.Is(inner, errRedirect) {
+		errors.Is(inner, ErrLoopbackRefused) || errors.Is(inner, errRedirect) {
 		return inner
 	}
 	var (

@@ -136,6 +136,8 @@ type whipOpts struct {
 	location string
 	headers  http.Header
 	patch    func(w http.ResponseWriter, r *http.Request, body string)
+	// answer, if set, rewrites the SDP answer before it is sent.
+	answer func(string) string
 }
 
 func newWHIPServer(t testing.TB, o whipOpts) (*httptest.Server, *recorder) {
@@ -155,6 +157,9 @@ func newWHIPHandler(t testing.TB, o whipOpts) *recorder {
 		switch r.Method {
 		case http.MethodPost:
 			_, ans := answerer(t, body)
+			if o.answer != nil {
+				ans = o.answer(ans)
+			}
 			for k, v := range o.headers {
 				w.Header()[k] = v
 			}

@@ -5,6 +5,8 @@ import (
 
 	"github.com/pion/stun/v4"
 	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/icepolicy"
 )
 
 // link is one RFC 8288 link-value: a target and its parameters (names
@@ -161,9 +163,21 @@ func hasRel(rels, want string) bool {
 // supported) are mapped to webrtc.ICEServer. Entries pion would reject
 // (unparsable URI, TURN without credentials, unknown credential-type) are
 // skipped so the result can always be passed to webrtc.Configuration.
+//
+// Only the first icepolicy.MaxLinkHeaderBytes of Link values are read, and
+// parsing stops once more entries than a policy could keep were found: the
+// rest is a server's noise, not ICE servers.
 func parseICEServers(values []string) []webrtc.ICEServer {
 	var out []webrtc.ICEServer
+	budget := icepolicy.MaxLinkHeaderBytes
 	for _, v := range values {
+		if budget <= 0 || len(out) >= 4*icepolicy.MaxURLs {
+			break
+		}
+		if len(v) > budget {
+			v = v[:budget]
+		}
+		budget -= len(v)
 		for _, l := range parseLinks(v) {
 			if !hasRel(l.params["rel"], "ice-server") {
 				continue

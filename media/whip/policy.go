@@ -35,6 +35,13 @@ func isLoopbackHost(host string) bool {
 	return err == nil && a.Unmap().IsLoopback()
 }
 
+// isUnspecifiedHost reports whether host is 0.0.0.0 or ::, which Linux
+// connects to loopback.
+func isUnspecifiedHost(host string) bool {
+	a, err := netip.ParseAddr(normHost(host))
+	return err == nil && a.Unmap().IsUnspecified()
+}
+
 // hostMatches reports whether host matches an allow-list pattern: exact
 // (case-insensitive) or "*.example.org" for any subdomain of example.org
 // (but not example.org itself).
@@ -79,6 +86,12 @@ func (c *Client) checkURL(u *url.URL) error {
 	default:
 		return fmt.Errorf("%w: unsupported scheme %q for host %s", ErrInsecureScheme, u.Scheme, host)
 	}
+	// A remote server must not aim the unit at its own loopback services
+	// (a redirect or a Location to 127.0.0.1, over http or https): only an
+	// endpoint that is itself on loopback may lead there.
+	if (isLoopbackHost(host) || isUnspecifiedHost(host)) && c.endpoint != nil && !isLoopbackHost(c.endpoint.Hostname()) {
+		return fmt.Errorf("%w: %s leads to %s", ErrLoopbackRefused, safeURL(c.endpoint), host)
+	}
 	if len(c.cfg.AllowedHosts) > 0 && !c.onAllowList(host) {
 		return fmt.Errorf("%w: host %s", ErrHostNotAllowed, host)
 	}
@@ -86,12 +99,34 @@ func (c *Client) checkURL(u *url.URL) error {
 }
 
 // tokenAllowedFor reports whether the bearer token may be sent to u: only to
-// the endpoint's own host name, or to a host on a non-empty allow-list.
+// the endpoint's own origin (scheme, host and port: another port on the
+// same host is another service), or to a host on a non-empty allow-list
+// (the operator named those hosts as the conference's own).
 func (c *Client) tokenAllowedFor(u *url.URL) bool {
-	if normHost(u.Hostname()) == normHost(c.endpoint.Hostname()) {
+	if sameOrigin(u, c.endpoint) {
 		return true
 	}
 	return len(c.cfg.AllowedHosts) > 0 && c.onAllowList(u.Hostname())
+}
+
+// sameOrigin compares scheme, host and port (an absent port is the
+// scheme's default).
+func sameOrigin(a, b *url.URL) bool {
+	return strings.EqualFold(a.Scheme, b.Scheme) && normHost(a.Hostname()) == normHost(b.Hostname()) &&
+		effectivePort(a) == effectivePort(b)
+}
+
+func effectivePort(u *url.URL) string {
+	if p := u.Port(); p != "" {
+		return p
+	}
+	switch strings.ToLower(u.Scheme) {
+	case "https", "wss":
+		return "443"
+	case "http", "ws":
+		return "80"
+	}
+	return ""
 }
 
 // checkRedirect is installed as http.Client.CheckRedirect. It applies the

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/icepolicy"
 )
 
 // patchSupport records what is known about PATCH (trickle ICE / ICE
@@ -31,6 +33,7 @@ type Session struct {
 	pc         *webrtc.PeerConnection
 	location   *url.URL
 	iceServers []webrtc.ICEServer
+	cands      *icepolicy.Candidates // the server's candidates taken so far
 
 	patchMu sync.Mutex // serializes PATCH requests: trickle waits for an ICE restart
 
@@ -41,7 +44,8 @@ type Session struct {
 }
 
 func (c *Client) newSession(pc *webrtc.PeerConnection, cr created) *Session {
-	s := &Session{c: c, pc: pc, location: cr.location, etag: cr.etag, iceServers: cr.iceServers}
+	s := &Session{c: c, pc: pc, location: cr.location, etag: cr.etag, iceServers: cr.iceServers,
+		cands: &icepolicy.Candidates{Policy: c.ice}}
 	if cr.acceptPatch != nil {
 		s.patch = patchNo
 		if slices.Contains(cr.acceptPatch, contentTypeSDPFrag) {
@@ -268,6 +272,19 @@ func (s *Session) restartICE(ctx context.Context) error {
 	if remote.ufrag == "" || remote.pwd == "" {
 		return fmt.Errorf("%w: ICE restart answer lacks ice-ufrag/ice-pwd", ErrBadResponse)
 	}
+	var kept []string
+	var why error
+	for _, cand := range remote.candidates {
+		if err := s.cands.Take(remote.ufrag, cand); err != nil {
+			why = err
+			continue
+		}
+		kept = append(kept, cand)
+	}
+	if dropped := len(remote.candidates) - len(kept); dropped > 0 {
+		s.c.log.Warn("whip: remote candidates of the ICE restart answer dropped", "dropped", dropped, "why", why)
+	}
+	remote.candidates = kept
 	rd := s.pc.RemoteDescription()
 	if rd == nil {
 		return errors.New("whip: peer connection has no remote description")
