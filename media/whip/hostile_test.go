@@ -29,7 +29,6 @@ func linkFlood(n int, host string) []string {
 	return v
 }
 
-
 // TestHostileLinkFloodBounded: a server announcing 30,000 TURN servers and
 // then taking an ICE restart made pion open a socket and goroutines per
 // URL (measured before the fix: ~64,000 goroutines, 870 MB heap). The unit
