@@ -12,6 +12,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/konsult/konsult/hal/board"
+	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/link"
 	"github.com/konsult/konsult/provisioning/network"
 )
@@ -107,9 +108,13 @@ type FleetConfig struct {
 	ConfirmTimeout Duration `toml:"confirm_timeout"`
 	// Enrolment (README.md "Enrolment"): with enrol_cert set and cert_file
 	// not, the unit makes its own key and enrols with a claim code.
-	IdentityDir string   `toml:"identity_dir"`
-	EnrolCert   string   `toml:"enrol_cert"`
-	EnrolKey    string   `toml:"enrol_key"`
+	IdentityDir string `toml:"identity_dir"`
+	EnrolCert   string `toml:"enrol_cert"`
+	EnrolKey    string `toml:"enrol_key"`
+	// EnrolBroker is where the unit enrols: the broker's listener for
+	// the shared credential, never the enrolled units' one ("" = the host
+	// of broker on port 8884).
+	EnrolBroker string   `toml:"enrol_broker"`
 	ClaimCode   string   `toml:"claim_code"`
 	ClaimFile   string   `toml:"claim_file"`
 	RenewBefore Duration `toml:"renew_before"`
@@ -119,9 +124,18 @@ type FleetConfig struct {
 // certificate by hand.
 func (f *FleetConfig) enrols() bool { return f.EnrolCert != "" && f.CertFile == "" }
 
+// enrolBroker is fleet.enrol_broker, or its default derived from
+// fleet.broker.
+func (f *FleetConfig) enrolBroker() string {
+	if f.EnrolBroker != "" {
+		return f.EnrolBroker
+	}
+	return enrol.EnrolBroker(f.Broker)
+}
+
 // localOnlyFleetKeys are the [fleet] keys a fleet config may not set.
 var localOnlyFleetKeys = []string{"enabled", "device_id", "groups", "fleet_key", "state_dir",
-	"identity_dir", "enrol_cert", "enrol_key", "claim_code", "claim_file"}
+	"identity_dir", "enrol_cert", "enrol_key", "enrol_broker", "claim_code", "claim_file"}
 
 // Duration is a time.Duration written as "30ms", "2s".
 type Duration struct{ time.Duration }

@@ -178,7 +178,7 @@ func readClaimFile(path string) string {
 // out, then installs the identity.
 func (p *provisioning) enrol(ctx context.Context, version string) error {
 	c, err := enrol.NewClient(enrol.ClientOptions{
-		Broker: p.fleet.Broker, CAFile: p.fleet.CAFile, CertFile: p.fleet.EnrolCert, KeyFile: p.fleet.EnrolKey,
+		Broker: p.fleet.enrolBroker(), CAFile: p.fleet.CAFile, CertFile: p.fleet.EnrolCert, KeyFile: p.fleet.EnrolKey,
 		Key: p.key, DeviceID: p.id, Model: p.model, Version: version, FirstRequested: p.firstRequested(),
 		Logger: p.log, OnStatus: p.setStatus,
 	})

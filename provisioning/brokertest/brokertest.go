@@ -53,16 +53,19 @@ type Identity struct {
 
 // Broker is a running Mosquitto.
 type Broker struct {
-	t         testing.TB
-	dir       string
-	conf      string
-	crl       string
-	port      int
-	pki       *pki
-	ids       map[string]Identity
-	admin     string
-	mosq      string
-	clientTLS *tls.Config // the admin's, to probe readiness
+	t    testing.TB
+	dir  string
+	conf string
+	crl  string
+	port int // the enrolled units' listener (8883)
+	// sharedPort is the listener of enrolling units and the fleet
+	// manager (8884).
+	sharedPort int
+	pki        *pki
+	ids        map[string]Identity
+	admin      string
+	mosq       string
+	clientTLS  *tls.Config // the admin's, to probe readiness
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -162,11 +165,15 @@ func (b *Broker) setup(opts Options) error {
 	if b.port, err = freePort(); err != nil {
 		return err
 	}
+	if b.sharedPort, err = freePort(); err != nil {
+		return err
+	}
 	conf, err := renderConf(mosquitto.Conf, map[string]string{
 		"pid_file":             "",
 		"log_dest":             "stderr",
 		"persistence_location": dataDir + "/",
-		"listener":             strconv.Itoa(b.port) + " 127.0.0.1",
+		"listener 8883":        strconv.Itoa(b.port) + " 127.0.0.1",
+		"listener 8884":        strconv.Itoa(b.sharedPort) + " 127.0.0.1",
 		"cafile":               b.pki.CAFile,
 		"certfile":             serverCert,
 		"keyfile":              serverKey,
@@ -196,22 +203,27 @@ func (b *Broker) setup(opts Options) error {
 }
 
 // renderConf replaces the value of each key in subs on its (uncommented)
-// line of the shipped conf; an empty value drops the line. A key missing from
-// the shipped conf is an error, so the tests notice when it drifts.
+// lines of the shipped conf; an empty value drops the line. A key of the
+// form "listener 8883" matches that line only (the shipped conf has one
+// listener per port); other keys match every line that sets them (cafile,
+// certfile, ... once per listener). A key missing from the shipped conf is an
+// error, so the tests notice when it drifts.
 func renderConf(shipped string, subs map[string]string) (string, error) {
 	seen := map[string]bool{}
 	var out strings.Builder
 	for line := range strings.Lines(shipped) {
-		key, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if v, ok := subs[key]; ok {
-			if seen[key] {
-				return "", fmt.Errorf("brokertest: shipped mosquitto.conf sets %s twice", key)
-			}
+		trimmed := strings.TrimSpace(line)
+		key, _, _ := strings.Cut(trimmed, " ")
+		if _, ok := subs[trimmed]; ok {
+			key = trimmed
+		}
+		if v, ok := subs[key]; ok && !strings.HasPrefix(trimmed, "#") {
 			seen[key] = true
 			if v == "" {
 				continue
 			}
-			line = key + " " + v + "\n"
+			name, _, _ := strings.Cut(key, " ")
+			line = name + " " + v + "\n"
 		}
 		out.WriteString(line)
 	}
@@ -284,6 +296,21 @@ func (b *Broker) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 
 // URL is the broker URL for link.Options.Broker.
 func (b *Broker) URL() string { return "mqtts://" + b.Addr() }
+
+// SharedAddr is host:port of the listener for enrolling units and the fleet
+// manager (shipped as 8884), where clients choose their client ids (each
+// must begin with ClientIDPrefix).
+func (b *Broker) SharedAddr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(b.sharedPort))
+}
+
+// SharedURL is SharedAddr as a broker URL: fleetctl's --broker, a unit's
+// fleet.enrol_broker.
+func (b *Broker) SharedURL() string { return "mqtts://" + b.SharedAddr() }
+
+// ClientIDPrefix is what the shipped mosquitto.conf requires every client id
+// a client sends to begin with (clientid_prefixes).
+const ClientIDPrefix = link.ClientIDPrefix
 
 // CAFile is the test fleet CA.
 func (b *Broker) CAFile() string { return b.pki.CAFile }
@@ -387,11 +414,14 @@ func (b *Broker) probe() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	d := tls.Dialer{Config: b.clientTLS}
-	c, err := d.DialContext(ctx, "tcp", b.Addr())
-	if err != nil {
-		return err
+	for _, addr := range []string{b.Addr(), b.SharedAddr()} {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		c.Close()
 	}
-	return c.Close()
+	return nil
 }
 
 // Stop stops Mosquitto (SIGTERM, so it saves its database as on a clean
@@ -459,20 +489,37 @@ func (b *Broker) Running() bool {
 	}
 }
 
-// Client connects a paho client with name's certificate, with client id
-// name plus a random suffix unless a ClientOption sets one, and disconnects
-// it when the test ends. It fails the test if the first connection takes
-// more than 10 s.
+// Client connects a paho client with name's certificate to the shared
+// listener (SharedAddr), with client id konsult/test/<name>-<random> unless
+// a ClientOption sets one (which gets ClientIDPrefix if it lacks it), and
+// disconnects it when the test ends. It fails the test if the first
+// connection takes more than 10 s. UnitClient connects to the units'
+// listener instead.
 func (b *Broker) Client(t testing.TB, name string, opts ...func(*mqtt.ClientOptions)) mqtt.Client {
 	t.Helper()
+	return b.connect(t, b.SharedAddr(), name, opts)
+}
+
+// UnitClient is Client on the enrolled units' listener (Addr), where the
+// broker replaces the client id with the certificate's CN.
+func (b *Broker) UnitClient(t testing.TB, name string, opts ...func(*mqtt.ClientOptions)) mqtt.Client {
+	t.Helper()
+	return b.connect(t, b.Addr(), name, opts)
+}
+
+func (b *Broker) connect(t testing.TB, addr, name string, opts []func(*mqtt.ClientOptions)) mqtt.Client {
+	t.Helper()
 	o := mqtt.NewClientOptions()
-	o.AddBroker("ssl://" + b.Addr())
+	o.AddBroker("ssl://" + addr)
 	o.SetTLSConfig(b.TLSConfig(name))
-	o.SetClientID(name + "-" + rand.Text()[:8])
+	o.SetClientID(ClientIDPrefix + "test/" + name + "-" + rand.Text()[:8])
 	o.SetProtocolVersion(4)
 	o.SetConnectTimeout(5 * time.Second)
 	for _, f := range opts {
 		f(o)
+	}
+	if !strings.HasPrefix(o.ClientID, ClientIDPrefix) {
+		o.SetClientID(ClientIDPrefix + "test/" + o.ClientID)
 	}
 	c := mqtt.NewClient(o)
 	tok := c.Connect()

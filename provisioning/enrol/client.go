@@ -38,11 +38,32 @@ type Status struct {
 	At      time.Time `json:"at"`
 }
 
+// EnrolPort is the shipped broker's listener for enrolling units and the
+// fleet manager (deploy/mosquitto); 8883 is the enrolled units'.
+const EnrolPort = "8884"
+
+// EnrolBroker derives the enrolment broker from the fleet broker URL: the
+// same host on EnrolPort. "" stays "".
+func EnrolBroker(fleetBroker string) string {
+	if fleetBroker == "" {
+		return ""
+	}
+	u, err := url.Parse(fleetBroker)
+	if err != nil || u.Hostname() == "" {
+		return fleetBroker // NewClient's connect names what is wrong with it
+	}
+	u.Host = net.JoinHostPort(u.Hostname(), EnrolPort)
+	return u.String()
+}
+
 // ClientOptions configures a unit's enrolment.
 type ClientOptions struct {
-	// Broker is mqtts://host[:port]; CAFile the fleet CA, which the
-	// unit trusts for the broker and for the decision; CertFile and
-	// KeyFile the fleet's shared enrolment credential.
+	// Broker is the enrolment listener, mqtts://host[:port] (port
+	// default EnrolPort): not the enrolled units' one, where the shared
+	// credential's client id would be its CN, the same for every
+	// enrolling unit. CAFile the fleet CA, which the unit trusts for the
+	// broker and for the decision; CertFile and KeyFile the fleet's shared
+	// enrolment credential.
 	Broker                    string
 	CAFile, CertFile, KeyFile string
 	Prefix                    string
@@ -85,7 +106,7 @@ func NewClient(o ClientOptions) (*Client, error) {
 	if o.OnStatus == nil {
 		o.OnStatus = func(Status) {}
 	}
-	for name, v := range map[string]string{"broker": o.Broker, "ca_file": o.CAFile, "enrol_cert": o.CertFile, "enrol_key": o.KeyFile} {
+	for name, v := range map[string]string{"enrol_broker": o.Broker, "ca_file": o.CAFile, "enrol_cert": o.CertFile, "enrol_key": o.KeyFile} {
 		if v == "" {
 			return nil, fmt.Errorf("enrol: fleet.%s is empty: the unit needs the fleet's broker, CA and enrolment credential to enrol", name)
 		}
@@ -255,17 +276,20 @@ func ReasonFor(err error) string {
 func (c *Client) connect(ctx context.Context, status func(phase, reason, msg string)) (mqtt.Client, error) {
 	u, err := url.Parse(c.o.Broker)
 	if err != nil || (u.Scheme != "mqtts" && u.Scheme != "ssl") || u.Hostname() == "" {
-		return nil, fmt.Errorf("enrol: broker %q: write it as mqtts://host[:8883]", c.o.Broker)
+		return nil, fmt.Errorf("enrol: broker %q: write it as mqtts://host[:%s]", c.o.Broker, EnrolPort)
 	}
 	port := u.Port()
 	if port == "" {
-		port = "8883"
+		port = EnrolPort
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(c.ca)
 	opts := mqtt.NewClientOptions().
 		AddBroker("ssl://" + net.JoinHostPort(u.Hostname(), port)).
-		SetClientID(c.o.DeviceID).
+		// Its own id, under the prefix the broker requires of chosen ids:
+		// enrolling units never share one, so they never close each
+		// other's connections, and none can be an enrolled unit's.
+		SetClientID(c.topics.EnrolClientID(c.o.DeviceID)).
 		SetCleanSession(true).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(c.o.Retry * 4).

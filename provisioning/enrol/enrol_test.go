@@ -87,7 +87,7 @@ func (f *fleetUnderTest) newUnit(t testing.TB) *unit {
 	}
 	u := &unit{id: id, key: k, done: make(chan struct{})}
 	u.c, err = enrol.NewClient(enrol.ClientOptions{
-		Broker: f.b.URL(), CAFile: f.b.CAFile(), CertFile: f.enrolCert, KeyFile: f.enrolKey,
+		Broker: f.b.SharedURL(), CAFile: f.b.CAFile(), CertFile: f.enrolCert, KeyFile: f.enrolKey,
 		Key: k, DeviceID: id, Model: "test-board", Version: "test", Retry: 200 * time.Millisecond,
 		OnStatus: func(s enrol.Status) {
 			u.mu.Lock()
@@ -450,7 +450,7 @@ func TestEnrolCredentialReachesNoDeviceTopic(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(f.ca.CertPEM())
-	o := mqtt.NewClientOptions().AddBroker("ssl://" + f.b.Addr()).SetClientID(self).
+	o := mqtt.NewClientOptions().AddBroker("ssl://" + f.b.SharedAddr()).SetClientID(f.topics.EnrolClientID(self)).
 		SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}})
 	cl := mqtt.NewClient(o)
 	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {

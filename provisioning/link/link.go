@@ -222,7 +222,10 @@ func Open(opts Options) (*Link, error) {
 	o := mqtt.NewClientOptions()
 	o.AddBroker("tcp://" + host) // dialled by l.dial, which applies TLS
 	o.SetCustomOpenConnectionFn(l.dial)
-	o.SetClientID(id)
+	// The broker keys the persistent session by the CN, not by this id
+	// (deploy/mosquitto: use_username_as_clientid), so no other certificate
+	// can take it over.
+	o.SetClientID(UnitClientID(id))
 	o.SetProtocolVersion(4)
 	o.SetCleanSession(false)
 	o.SetResumeSubs(false) // onConnect subscribes afresh on every connect

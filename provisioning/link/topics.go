@@ -11,6 +11,26 @@ import (
 // DefaultPrefix is the root of a fleet's topic tree.
 const DefaultPrefix = "konsult"
 
+// ClientIDPrefix begins every MQTT client id a Konsult client sends. The
+// shipped Mosquitto config (deploy/mosquitto) refuses any other
+// (clientid_prefixes), which is what keeps a chosen id from ever being a
+// unit's: on the units' listener the broker replaces the id with the
+// certificate's CN, a device id, and a device id never contains "/".
+const ClientIDPrefix = "konsult/"
+
+// UnitClientID is the client id an enrolled unit sends. Mosquitto's units'
+// listener replaces it with the unit's CN (its device id); a broker that
+// does not gets this one, still unique per unit.
+func UnitClientID(deviceID string) string { return ClientIDPrefix + "device/" + deviceID }
+
+// EnrolClientID is the client id of a unit enrolling with the shared
+// credential: exactly the root of its enrolment topics, so that the shipped
+// ACL's %c/request and %c/response patterns grant it its own request and
+// response and nothing else.
+func (t Topics) EnrolClientID(deviceID string) string {
+	return t.prefix() + "/enrol/" + deviceID
+}
+
 // Kind names a topic of the fleet tree.
 type Kind int
 
