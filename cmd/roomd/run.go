@@ -262,25 +262,37 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		go feedWatchdog(ctx, p, h.alive, sdNotify, log)
 	}
 
+	// A factory reset (buttons or API) must end roomd in every
+	// configuration: with the fleet off (agentDone is closed at once) and
+	// after the agent has stopped, too. So the agent's end only stops
+	// watching the agent; the loop still waits for a reset, a restart or a
+	// signal.
 	var result error
-	select {
-	case <-ctx.Done():
-	case <-restart:
-		log.Warn("restarting: the fleet asked for it")
-		result = errRestart
-	case <-resetC:
-		log.Warn("factory reset: wiping the unit's identity and fleet state, then starting as a new unit")
-		result = errFactoryReset
-	case err := <-agentDone:
-		if err != nil {
-			log.Error("fleet agent stopped; the unit keeps running without its fleet", "err", err)
+	agentC, agentEnded := (<-chan error)(agentDone), fl == nil
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-restart:
+			log.Warn("restarting: the fleet asked for it")
+			result = errRestart
+			break wait
+		case <-resetC:
+			log.Warn("factory reset: wiping the unit's identity and fleet state, then starting as a new unit")
+			result = errFactoryReset
+			break wait
+		case err := <-agentC:
+			agentC, agentEnded = nil, true
+			if err != nil {
+				log.Error("fleet agent stopped; the unit keeps running without its fleet", "err", err)
+			}
 		}
-		<-ctx.Done()
 	}
 	log.Info("stopping: closing the shutter and leaving any call")
 	_ = sdNotify("STOPPING=1")
 	stopAgent()
-	if fl != nil {
+	if !agentEnded {
 		if err := <-agentDone; err != nil && !errors.Is(err, context.Canceled) {
 			log.Warn("fleet agent", "err", err)
 		}
@@ -322,10 +334,15 @@ func factoryWipe(fl *fleetSetup, local *Config, simulate bool) error {
 	if fl != nil && fl.prov != nil {
 		err = fl.prov.wipeAll()
 	} else {
-		dirs := []string{idDir}
+		// With the fleet off the state folder may still hold what an
+		// earlier fleet left there: it goes too, as README.md says.
+		stateDir := local.Fleet.StateDir
 		if fl != nil {
-			dirs = append(dirs, fl.stateDir)
+			stateDir = fl.stateDir
+		} else if stateDir == "" {
+			stateDir = defaultStateDir(simulate, local.API.Socket)
 		}
+		dirs := []string{idDir, stateDir}
 		var errs []error
 		for _, d := range dirs {
 			if e := os.RemoveAll(d); e != nil {
