@@ -16,6 +16,7 @@ import (
 	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/icepolicy"
 )
 
 // base is what every LiveKit connector shares, whatever its signalling:
@@ -68,6 +69,11 @@ func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error)
 	}
 	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
 	return &base{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac}, nil
+}
+
+// icePolicy is what the server may hand out over ICE (icepolicy.ForServer).
+func (c *base) icePolicy() icepolicy.Policy {
+	return icepolicy.ForServer(c.cfg.URL, c.cfg.AllowPrivateICE)
 }
 
 // Encoders reports the encoder choice for doctor.

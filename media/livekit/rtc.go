@@ -27,6 +27,7 @@ import (
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
 	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/icepolicy"
 	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/whip"
 )
@@ -271,6 +272,7 @@ func (c *RTCCall) connect(ctx context.Context, tok string, again bool) (*session
 	}
 	c.mu.Lock()
 	c.pc, c.sig, c.sid = pc, sig, join.GetParticipant().GetSid()
+	c.remoteCands = &icepolicy.Candidates{Policy: c.conn.icePolicy()}
 	c.offerID = 1
 	c.negotiating = true // until the answer to the offer in the join request
 	c.again, c.restartICE = false, false
@@ -352,11 +354,22 @@ func (c *RTCCall) publishWhenOpen(pc *webrtc.PeerConnection, ts []mediadevices.T
 	}
 }
 
+// pcConfig is the configuration of a peer connection: the operator's own
+// ICE servers, and those of the server's join or reconnect response as far
+// as the ICE policy lets them (a count cap, no internal hosts).
 func (c *RTCConnector) pcConfig(fromServer []*lkp.ICEServer) webrtc.Configuration {
-	servers := append([]webrtc.ICEServer(nil), c.opt.ICEServers...)
-	for _, s := range fromServer {
-		servers = append(servers, webrtc.ICEServer{URLs: s.GetUrls(), Username: s.GetUsername(), Credential: s.GetCredential()})
+	var offered []webrtc.ICEServer
+	for i, s := range fromServer {
+		if i >= icepolicy.MaxServers { // the rest would be dropped anyway: do not copy them
+			break
+		}
+		offered = append(offered, webrtc.ICEServer{URLs: s.GetUrls(), Username: s.GetUsername(), Credential: s.GetCredential()})
 	}
+	kept, dropped := c.icePolicy().Servers(offered)
+	if dropped += max(0, len(fromServer)-icepolicy.MaxServers); dropped > 0 {
+		c.log.Warn("ICE servers of the conference server dropped by the ICE policy", "kept", len(kept), "dropped", dropped)
+	}
+	servers := append(append([]webrtc.ICEServer(nil), c.opt.ICEServers...), kept...)
 	cfg := webrtc.Configuration{ICEServers: servers, BundlePolicy: webrtc.BundlePolicyMaxBundle}
 	if c.opt.ForceRelay {
 		cfg.ICETransportPolicy = webrtc.ICETransportPolicyRelay
@@ -422,6 +435,7 @@ type RTCCall struct {
 	again        bool // negotiate once more when the answer is in
 	restartICE   bool // the next offer restarts ICE
 	pendingCands []webrtc.ICECandidateInit
+	remoteCands  *icepolicy.Candidates // the server's candidates for pc, per ICE generation
 	pingEvery    time.Duration
 	pingTimeout  time.Duration
 	lastPong     time.Time
@@ -660,6 +674,10 @@ func (c *RTCCall) handle(sig *signal, r *lkp.SignalResponse) {
 	case *lkp.SignalResponse_Trickle:
 		var init webrtc.ICECandidateInit
 		if err := json.Unmarshal([]byte(m.Trickle.GetCandidateInit()), &init); err == nil {
+			if err := c.takeCandidate(init); err != nil {
+				c.log.Debug("trickle: candidate of the server dropped", "err", err)
+				return
+			}
 			_ = pc.AddICECandidate(init)
 		}
 	case *lkp.SignalResponse_Update:
@@ -707,6 +725,39 @@ func (c *RTCCall) handle(sig *signal, r *lkp.SignalResponse) {
 	}
 }
 
+// candidates is the current peer connection's budget of remote candidates.
+func (c *RTCCall) candidates() *icepolicy.Candidates {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.remoteCands == nil {
+		c.remoteCands = &icepolicy.Candidates{Policy: c.conn.icePolicy()}
+	}
+	return c.remoteCands
+}
+
+// takeCandidate applies the ICE policy to a candidate the server trickled:
+// the unit sends connectivity checks to every candidate it takes, so a
+// server must not name internal hosts or thousands of addresses.
+func (c *RTCCall) takeCandidate(init webrtc.ICECandidateInit) error {
+	if strings.TrimSpace(init.Candidate) == "" {
+		return nil // end of candidates
+	}
+	// Counted against the current generation whatever ufrag it claims: only
+	// a new remote description starts a new count, else a server could
+	// reset it with every trickle.
+	return c.candidates().Take("", init.Candidate)
+}
+
+// filterRemote drops the candidates of a server's SDP that the ICE policy
+// refuses.
+func (c *RTCCall) filterRemote(sdp string) string {
+	out, dropped, why := c.candidates().FilterSDP(sdp)
+	if dropped > 0 {
+		c.log.Warn("negotiation: candidates of the server dropped by the ICE policy", "dropped", dropped, "why", why)
+	}
+	return out
+}
+
 func (c *RTCCall) onAnswer(pc *webrtc.PeerConnection, sd *lkp.SessionDescription) {
 	c.mu.Lock()
 	if sd.GetId() != 0 && sd.GetId() != c.offerID {
@@ -714,7 +765,7 @@ func (c *RTCCall) onAnswer(pc *webrtc.PeerConnection, sd *lkp.SessionDescription
 		return // the answer to an offer since replaced
 	}
 	c.mu.Unlock()
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: sd.GetSdp()}); err != nil {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: c.filterRemote(sd.GetSdp())}); err != nil {
 		c.log.Warn("negotiation: answer not taken", "err", err)
 	}
 	c.mu.Lock()
@@ -730,7 +781,7 @@ func (c *RTCCall) onAnswer(pc *webrtc.PeerConnection, sd *lkp.SessionDescription
 // onOffer answers an offer from the server (not used by LiveKit with one
 // peer connection today, but part of the protocol).
 func (c *RTCCall) onOffer(pc *webrtc.PeerConnection, sig *signal, sd *lkp.SessionDescription) {
-	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: sd.GetSdp()}); err != nil {
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: c.filterRemote(sd.GetSdp())}); err != nil {
 		c.log.Warn("negotiation: server offer not taken", "err", err)
 		return
 	}

@@ -32,8 +32,13 @@ type Config struct {
 	APIKey       string
 	APISecret    string
 	Token        string
-	AllowedHosts []string      // if set, the server's host must be on it
-	TokenTTL     time.Duration // default 10 minutes
+	AllowedHosts []string // if set, the server's host must be on it
+	// AllowPrivateICE lets the server hand out TURN servers and candidates
+	// at loopback, link-local and private addresses (a media server on the
+	// clinic's own network). Without it only a server whose URL is itself
+	// such an address may (icepolicy.ForServer).
+	AllowPrivateICE bool
+	TokenTTL        time.Duration // default 10 minutes
 	// DisconnectGrace is how long the unit tries to get a lost connection
 	// back (ICE restarts) before the call counts as ended. Default 10 s.
 	DisconnectGrace time.Duration
@@ -75,6 +80,7 @@ func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnecto
 }
 
 func (c *WHIPConnector) client(token string) (*whip.Client, error) {
+	pol := c.icePolicy()
 	return whip.New(whip.Config{
 		Endpoint:          strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1",
 		Token:             token,
@@ -82,6 +88,7 @@ func (c *WHIPConnector) client(token string) (*whip.Client, error) {
 		Logger:            c.log,
 		TrickleCandidates: true,
 		HTTPClient:        c.http,
+		ICEPolicy:         &pol,
 	})
 }
 
