@@ -381,15 +381,24 @@ func tlsConfig(o Options) (*tls.Config, error) {
 // dial opens the connection for paho. Doing it here rather than in paho
 // means Close cancels a dial in progress, and no proxy environment variable
 // can reroute the connection.
+//
+// The connection refuses packets over MaxPacketSize before paho reads them.
 func (l *Link) dial(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.opts.ConnectTimeout)
 	defer cancel()
+	var c net.Conn
+	var err error
 	if l.tls == nil {
 		var d net.Dialer
-		return d.DialContext(ctx, "tcp", l.host)
+		c, err = d.DialContext(ctx, "tcp", l.host)
+	} else {
+		d := tls.Dialer{Config: l.tls}
+		c, err = d.DialContext(ctx, "tcp", l.host)
 	}
-	d := tls.Dialer{Config: l.tls}
-	return d.DialContext(ctx, "tcp", l.host)
+	if err != nil {
+		return nil, err
+	}
+	return newLimitConn(c, MaxPacketSize), nil
 }
 
 // Messages delivers the fleet's configs and commands. It is closed by Close.
