@@ -17,6 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -43,12 +44,21 @@ type fleetClient struct {
 	syncTop string
 	log     *slog.Logger
 
-	mu    sync.Mutex
-	queue []fleetMsg
-	wake  chan struct{} // a message was queued
-	first chan error    // the first connect's outcome
-	once  sync.Once
+	mu     sync.Mutex
+	queue  []fleetMsg
+	queued int           // payload bytes in queue
+	wake   chan struct{} // a message was queued
+	first  chan error    // the first connect's outcome
+	once   sync.Once
 }
+
+// maxMessage is the largest message fleetctl reads: a signed config
+// envelope, the largest legitimate one (fleet.MaxEnvelopeSize, and the
+// shipped broker's message_size_limit).
+const maxMessage = fleet.MaxEnvelopeSize
+
+// maxQueued bounds the payload bytes received and not yet handled.
+const maxQueued = 512 << 20
 
 // connectTimeout bounds the first connection; a broker that does not answer
 // in this time is down or unreachable, and saying so beats hanging.
@@ -71,7 +81,11 @@ func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	id := "fleetctl-" + hex.EncodeToString(rnd[:])
+	tag := hex.EncodeToString(rnd[:])
+	// A client id of its own for every fleetctl process (watch and a push
+	// at once must not close each other's connection), under the prefix
+	// the shipped broker requires of every chosen id (deploy/mosquitto).
+	id := link.ClientIDPrefix + "fleetctl/" + tag
 	fc := &fleetClient{
 		topics:  link.Topics{Prefix: s.Prefix},
 		host:    host,
@@ -83,7 +97,7 @@ func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters
 	// The sync marker travels on a topic of fleetctl's own under the fleet
 	// prefix (which the fleet manager's ACL covers) and only this client
 	// subscribes to it.
-	fc.syncTop = s.Prefix + "/fleetctl/" + id + "/sync"
+	fc.syncTop = s.Prefix + "/fleetctl/" + tag + "/sync"
 	for _, f := range append(filters, fc.syncTop) {
 		fc.filters[f] = 1
 	}
@@ -212,6 +226,12 @@ func (fc *fleetClient) subscribe(c mqtt.Client) error {
 // waits for this handler, and a blocked reader would never see the PUBACK
 // a publisher is waiting for.
 func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
+	// What units and enrolling units write is capped here as well as by
+	// the broker (message_size_limit): fleetctl may face another broker.
+	if len(m.Payload()) > maxMessage {
+		fc.log.Warn("skipped an oversized message", "topic", m.Topic(), "bytes", len(m.Payload()), "max", maxMessage)
+		return
+	}
 	msg := fleetMsg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), at: time.Now()}
 	if msg.Topic == fc.syncTop {
 		msg.sync = string(msg.Payload)
@@ -223,6 +243,12 @@ func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
 		msg.Kind, msg.Unit = k, name
 	}
 	fc.mu.Lock()
+	if fc.queued+len(msg.Payload) > maxQueued {
+		fc.mu.Unlock()
+		fc.log.Warn("skipped a message: fleetctl holds too much unread", "topic", msg.Topic, "max_bytes", maxQueued)
+		return
+	}
+	fc.queued += len(msg.Payload)
 	fc.queue = append(fc.queue, msg)
 	fc.mu.Unlock()
 	select {
@@ -237,6 +263,7 @@ func (fc *fleetClient) Next(ctx context.Context) (fleetMsg, error) {
 		fc.mu.Lock()
 		if len(fc.queue) > 0 {
 			m := fc.queue[0]
+			fc.queued -= len(m.Payload)
 			fc.queue[0] = fleetMsg{}
 			fc.queue = fc.queue[1:]
 			fc.mu.Unlock()

@@ -195,13 +195,13 @@ func printDoctor(w io.Writer, out []cmdResult) {
 		if r.Result != resDone {
 			continue
 		}
-		fmt.Fprintf(w, "\n%s\n", r.Unit)
+		fmt.Fprintf(w, "\n%s\n", clean(r.Unit))
 		for _, ch := range r.Checks {
 			mark := "ok  "
 			if !ch.OK {
 				mark = "FAIL"
 			}
-			fmt.Fprintf(w, "  %s  %-16s %s\n", mark, ch.Name, oneLine(ch.Detail))
+			fmt.Fprintf(w, "  %s  %-16s %s\n", mark, clean(ch.Name), oneLine(ch.Detail))
 			if ch.Fix != "" {
 				fmt.Fprintf(w, "        %-16s fix: %s\n", "", oneLine(ch.Fix))
 			}

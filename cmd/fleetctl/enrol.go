@@ -57,16 +57,17 @@ Each subcommand takes --help.
 const enrolUsage = `usage: fleetctl enrol code [--count N] [--note TEXT] [--valid 720h]
        fleetctl enrol codes
        fleetctl enrol list [--all] [--json]
-       fleetctl enrol approve ID [--group G]... [--unit-broker URL]
+       fleetctl enrol approve ID [--group G]... [--unit-broker URL] [--force]
        fleetctl enrol reject ID [--reason TEXT]
 
 code     make claim codes for installers (one per unit; valid 30 days
          unless --valid says otherwise, 0 = never expire)
 codes    list the claim codes, used or not
 list     units waiting for approval: device, model, version, claim code,
-         first seen, and why one cannot be approved
+         first seen, and why one cannot be approved ("contested": two
+         units sent the same claim code)
 approve  sign the unit's certificate and send it with the fleet key, the
-         broker and its groups
+         broker and its groups; a contested code needs --force
 reject   send the unit a refusal it shows on roomctl status
 All take --ca-dir (or $FLEETCTL_CA_DIR); list, approve and reject also the
 broker settings. Each subcommand takes --help.
@@ -101,7 +102,7 @@ func caInit(env *cmdEnv, args []string) error {
 	fs := newFlags("ca init")
 	dir := fs.String("dir", "", "directory for the fleet CA (created 0700; keep it off the broker, backed up)")
 	name := fs.String("name", "Konsult fleet CA", "the CA's name")
-	broker := fs.String("broker", "", "the broker units and fleetctl reach, mqtts://HOST:8883 (its host goes into the broker's certificate)")
+	broker := fs.String("broker", "", "the broker units reach, mqtts://HOST:8883 (its host goes into the broker's certificate; fleetctl reaches the same host on 8884)")
 	hosts := fs.String("broker-host", "", "more names or addresses for the broker's certificate, comma-separated")
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -171,8 +172,8 @@ func caInit(env *cmdEnv, args []string) error {
 		{filepath.Join(brokerDir, "acl"), []byte(acl), 0o644},
 		{filepath.Join(adminDir, "ca.crt"), c.CertPEM(), 0o644},
 		{filepath.Join(adminDir, "fleetctl.toml"), fmt.Appendf(nil,
-			"# fleetctl settings for this fleet (fleetctl ca init)\nbroker = %q\nca = \"ca.crt\"\ncert = %q\ncert_key = %q\n",
-			*broker, filepath.Base(adminCert), filepath.Base(adminKey)), 0o600},
+			"# fleetctl settings for this fleet (fleetctl ca init): the broker's listener for the fleet manager\nbroker = %q\nca = \"ca.crt\"\ncert = %q\ncert_key = %q\n",
+			withPort(*broker, managerPort), filepath.Base(adminCert), filepath.Base(adminKey)), 0o600},
 		{filepath.Join(enrolDir, "ca.crt"), c.CertPEM(), 0o644},
 		{filepath.Join(enrolDir, "roomd-fleet.toml"), fmt.Appendf(nil,
 			"# The [fleet] section every new unit ships with (fleetctl ca init).\n# Copy this directory to /etc/konsult/enrol on the unit or image.\n[fleet]\nbroker = %q\nca_file = \"/etc/konsult/enrol/ca.crt\"\nenrol_cert = \"/etc/konsult/enrol/%s\"\nenrol_key = \"/etc/konsult/enrol/%s\"\n",
@@ -322,6 +323,41 @@ func enrolCodes(env *cmdEnv, args []string) error {
 	return table(env.stdout, []string{"CLAIM CODE", "CREATED", "EXPIRES", "USED BY", "NOTE"}, rows)
 }
 
+// contested maps each pending request whose claim code another pending
+// request also proves to the device ids of those others. Someone who read
+// the code off the card before the unit first booted can race the real
+// unit with it, so neither may be approved on the code alone.
+func contested(reqs []enrol.Request, l *ca.Ledger) map[string][]string {
+	byCode := map[string][]string{}
+	for _, r := range reqs {
+		if p := enrol.Evaluate(r, l); p.Problem == "" && p.ClaimCode != "" {
+			byCode[p.ClaimCode] = append(byCode[p.ClaimCode], r.DeviceID)
+		}
+	}
+	out := map[string][]string{}
+	for _, ids := range byCode {
+		if len(ids) < 2 {
+			continue
+		}
+		for _, id := range ids {
+			for _, o := range ids {
+				if o != id {
+					out[id] = append(out[id], o)
+				}
+			}
+		}
+	}
+	return out
+}
+
+func contestedMessage(id string, others []string) string {
+	for i, o := range others {
+		others[i] = clean(o)
+	}
+	return fmt.Sprintf("its claim code was also sent by %s: someone may have read the code off the card; ask the installer for the device id the unit itself shows (roomctl status), approve only that one with fleetctl enrol approve %s --force, and reject the other",
+		strings.Join(others, ", "), clean(id))
+}
+
 // pendingRequests reads every retained enrolment request.
 func pendingRequests(ctx context.Context, env *cmdEnv, bs *brokerSettings, cmd string) (*fleetClient, []enrol.Request, error) {
 	t := link.Topics{Prefix: bs.Prefix}
@@ -385,11 +421,14 @@ func enrolList(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	var out []row
 	seen := map[string]bool{}
+	rivals := contested(reqs, l)
 	for _, r := range reqs {
 		p := enrol.Evaluate(r, l)
 		st, detail := "pending", ""
 		if p.Problem != "" {
 			st, detail = "cannot approve: "+p.Problem, p.Message
+		} else if others := rivals[r.DeviceID]; len(others) > 0 {
+			st, detail = "contested", contestedMessage(r.DeviceID, others)
 		}
 		if r.Refusal != nil {
 			detail = strings.TrimSpace(detail + " unit refused the last approval (" + r.Refusal.Reason + "): " + r.Refusal.Message)
@@ -398,7 +437,7 @@ func enrolList(ctx context.Context, env *cmdEnv, args []string) error {
 			st = "approved, not collected yet"
 		}
 		seen[r.DeviceID] = true
-		out = append(out, row{r.DeviceID, r.Model, r.Version, p.ClaimCode, r.FirstRequested, st, oneLine(detail)})
+		out = append(out, row{clean(r.DeviceID), clean(r.Model), clean(r.Version), p.ClaimCode, r.FirstRequested, st, oneLine(detail)})
 	}
 	if *all {
 		for _, u := range l.SortedUnits() {
@@ -433,7 +472,8 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	var groups stringList
 	fs.Var(&groups, "group", "approve: a group the unit joins (repeat for more; later groups win in the merge)")
 	reason := fs.String("reason", "", "reject: what the installer is told")
-	unitBroker := fs.String("unit-broker", "", "approve: the broker the unit uses from now on (default: --broker)")
+	force := fs.Bool("force", false, "approve: approve although another pending unit sent the same claim code (only for the device id the installer read off the unit)")
+	unitBroker := fs.String("unit-broker", "", "approve: the broker the unit uses from now on (default: the host of --broker on port 8883, the units' listener)")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -462,13 +502,20 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	req := reqs[i]
 	var decision []byte
 	if approve {
+		l, err := c.Ledger()
+		if err != nil {
+			return err
+		}
+		if others := contested(reqs, l)[id]; len(others) > 0 && !*force {
+			return fmt.Errorf("%s: refused: %s", cmd, contestedMessage(id, others))
+		}
 		pub, err := os.ReadFile(filepath.Join(c.Dir, "fleet.pub"))
 		if err != nil {
 			return fmt.Errorf("%s: the fleet's public key: %w", cmd, err)
 		}
 		b := *unitBroker
 		if b == "" {
-			b = bs.Broker
+			b = withPort(bs.Broker, unitsPort)
 		}
 		if decision, err = enrol.Approve(c, req, groups, b, string(pub)); err != nil {
 			return fmt.Errorf("%s: %w", cmd, err)
@@ -619,7 +666,7 @@ func renewCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		done[m.Unit] = csr
 		cert, err := enrol.Renew(c, m.Unit, csr)
 		if err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
 			return
 		}
 		arg, _ := json.Marshal(string(cert))
@@ -627,15 +674,15 @@ func renewCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		e, err := fleet.SignCommand(priv, fleet.CommandPayload{Name: fleet.CommandCertificate, Args: map[string]json.RawMessage{"certificate": arg},
 			Nonce: fleet.NewNonce(), IssuedAt: now, ExpiresAt: now.Add(time.Hour), Target: fleet.Target{Device: m.Unit}})
 		if err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
 			return
 		}
 		if err := fc.Publish(ctx, t.DeviceCmd(m.Unit), false, e.Marshal()); err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %v\n", m.Unit, err)
+			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
 			return
 		}
 		renewed++
-		fmt.Fprintf(env.stdout, "renewed %s: new certificate sent\n", m.Unit)
+		fmt.Fprintf(env.stdout, "renewed %s: new certificate sent\n", clean(m.Unit))
 	}
 	if err := fc.Sync(ctx, handle); err != nil {
 		return fmt.Errorf("renew: %w", err)

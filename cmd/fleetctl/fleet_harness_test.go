@@ -61,7 +61,7 @@ func noSettings(t *testing.T) {
 // conn are fleetctl's flags to reach the broker as fleet-admin.
 func (f *testFleet) conn() []string {
 	a := f.b.Admin()
-	return []string{"--broker", f.b.URL(), "--ca", f.b.CAFile(), "--cert", a.CertFile, "--cert-key", a.KeyFile}
+	return []string{"--broker", f.b.SharedURL(), "--ca", f.b.CAFile(), "--cert", a.CertFile, "--cert-key", a.KeyFile}
 }
 
 // fleetctl runs fleetctl with the broker flags appended.

@@ -95,7 +95,7 @@ func benchPush(b *testing.B, n int) {
 	runtime.KeepAlive(agents)
 
 	admin := br.Admin()
-	bs := &brokerSettings{Broker: br.URL(), CA: br.CAFile(), Cert: admin.CertFile, CertKey: admin.KeyFile, Prefix: link.DefaultPrefix}
+	bs := &brokerSettings{Broker: br.SharedURL(), CA: br.CAFile(), Cert: admin.CertFile, CertKey: admin.KeyFile, Prefix: link.DefaultPrefix}
 	t := link.Topics{}
 	topic := t.GroupConfig(group)
 	ctx := context.Background()

@@ -245,12 +245,12 @@ func TestConnectionErrorsNameTheFix(t *testing.T) {
 		want []string
 	}{
 		"no broker":      {base, []string{"no broker", "--broker", "FLEETCTL_BROKER"}},
-		"no cert":        {append(base, "--broker", f.b.URL()), []string{"--ca, --cert, --cert-key"}},
+		"no cert":        {append(base, "--broker", f.b.SharedURL()), []string{"--ca, --cert, --cert-key"}},
 		"plain tcp":      {append(base, "--broker", "tcp://10.1.2.3:1883"), []string{"unencrypted", "mqtts://"}},
 		"password":       {append(base, "--broker", "mqtts://admin:hunter2@127.0.0.1"), []string{"must not carry"}},
-		"wrong CA":       {append(base, "--broker", f.b.URL(), "--ca", a.CertFile, "--cert", a.CertFile, "--cert-key", a.KeyFile), []string{"--ca is not the CA"}},
+		"wrong CA":       {append(base, "--broker", f.b.SharedURL(), "--ca", a.CertFile, "--cert", a.CertFile, "--cert-key", a.KeyFile), []string{"--ca is not the CA"}},
 		"nobody there":   {append(base, "--broker", "mqtts://127.0.0.1:1", "--ca", f.b.CAFile(), "--cert", a.CertFile, "--cert-key", a.KeyFile), []string{"is the broker running"}},
-		"unit's cert":    {append(base, "--broker", f.b.URL(), "--ca", f.b.CAFile(), "--cert", unit.CertFile, "--cert-key", unit.KeyFile), []string{"did not hand back", "fleet-admin"}},
+		"unit's cert":    {append(base, "--broker", f.b.SharedURL(), "--ca", f.b.CAFile(), "--cert", unit.CertFile, "--cert-key", unit.KeyFile), []string{"did not hand back", "fleet-admin"}},
 		"push, no key":   {[]string{"push", "--device", "room-12", "--version", "1", cfg}, []string{"--key is required"}},
 		"push, no wait":  {[]string{"push", "--key", f.key, "--device", "room-12", "--version", "1", "--wait", "-1s", cfg}, []string{"--wait"}},
 		"cmd, bad name":  {[]string{"cmd", "--key", f.key, "--device", "room-12", "selfdestruct"}, []string{"unknown command", "identify"}},
@@ -310,7 +310,7 @@ func TestSettingsFileAndEnvironment(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfgDir, "fleetctl.toml"), []byte(settings), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{"XDG_CONFIG_HOME": filepath.Join(dir, "xdg"), "FLEETCTL_BROKER": f.b.URL()}
+	env := map[string]string{"XDG_CONFIG_HOME": filepath.Join(dir, "xdg"), "FLEETCTL_BROKER": f.b.SharedURL()}
 	getenv = func(k string) string { return env[k] }
 	t.Cleanup(func() { getenv = os.Getenv })
 

@@ -24,7 +24,7 @@ var getenv = os.Getenv
 // $FLEETCTL_CONFIG, else $XDG_CONFIG_HOME/konsult/fleetctl.toml, else
 // ~/.config/konsult/fleetctl.toml):
 //
-//	broker   = "mqtts://broker.clinic.example:8883"   # FLEETCTL_BROKER
+//	broker   = "mqtts://broker.clinic.example:8884"   # FLEETCTL_BROKER
 //	ca       = "fleet-ca.crt"                         # FLEETCTL_CA
 //	cert     = "fleet-admin.crt"                      # FLEETCTL_CERT
 //	cert_key = "fleet-admin.key"                      # FLEETCTL_CERT_KEY
@@ -49,7 +49,7 @@ type brokerSettingsFlags struct{ broker, ca, cert, certKey, prefix *string }
 func addBrokerFlags(fs *flag.FlagSet) *brokerSettings {
 	s := &brokerSettings{}
 	s.flags = brokerSettingsFlags{
-		broker:  fs.String("broker", "", "fleet broker, mqtts://host[:8883] (tcp:// only to this machine, e.g. the demo's broker) [$FLEETCTL_BROKER]"),
+		broker:  fs.String("broker", "", "the fleet broker's listener for the fleet manager, mqtts://host[:8884] (8883 is the units'; tcp:// only to this machine, e.g. the demo's broker) [$FLEETCTL_BROKER]"),
 		ca:      fs.String("ca", "", "fleet CA certificate that signed the broker's certificate [$FLEETCTL_CA]"),
 		cert:    fs.String("cert", "", "the fleet manager's client certificate (CN fleet-admin) [$FLEETCTL_CERT]"),
 		certKey: fs.String("cert-key", "", "the private key of --cert (not the fleet signing key) [$FLEETCTL_CERT_KEY]"),
@@ -101,11 +101,14 @@ func (s *brokerSettings) resolve(cmd string) error {
 		}
 	}
 	if s.Broker == "" {
-		return fmt.Errorf("%s: no broker: pass --broker mqtts://HOST:8883, set FLEETCTL_BROKER, or put broker = \"...\" in %s", cmd, displayConfigPath(path))
+		return fmt.Errorf("%s: no broker: pass --broker mqtts://HOST:8884, set FLEETCTL_BROKER, or put broker = \"...\" in %s", cmd, displayConfigPath(path))
 	}
-	_, useTLS, err := brokerAddr(s.Broker)
+	addr, useTLS, err := brokerAddr(s.Broker)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
+	}
+	if _, port, _ := net.SplitHostPort(addr); useTLS && port == unitsPort {
+		return fmt.Errorf("%s: --broker %s is the units' port: there the broker names every client after its certificate, so two fleetctl at once would throw each other off; use the fleet manager's port, %s", cmd, s.Broker, withPort(s.Broker, managerPort))
 	}
 	if useTLS && (s.CA == "" || s.Cert == "" || s.CertKey == "") {
 		var missing []string
@@ -169,19 +172,19 @@ func displayConfigPath(p string) string {
 func brokerAddr(broker string) (string, bool, error) {
 	u, err := url.Parse(broker)
 	if err != nil {
-		return "", false, errors.New("--broker is not a URL: use mqtts://HOST:8883")
+		return "", false, errors.New("--broker is not a URL: use mqtts://HOST:8884")
 	}
 	if u.User != nil {
 		return "", false, errors.New("--broker must not carry a user or password: fleetctl authenticates with its client certificate (--cert, --cert-key)")
 	}
 	if u.Hostname() == "" {
-		return "", false, fmt.Errorf("--broker %q has no host: use mqtts://HOST:8883", u.Redacted())
+		return "", false, fmt.Errorf("--broker %q has no host: use mqtts://HOST:8884", u.Redacted())
 	}
 	port := u.Port()
 	switch u.Scheme {
 	case "mqtts", "ssl", "tls":
 		if port == "" {
-			port = "8883"
+			port = managerPort
 		}
 		return net.JoinHostPort(u.Hostname(), port), true, nil
 	case "tcp", "mqtt":
@@ -193,7 +196,32 @@ func brokerAddr(broker string) (string, bool, error) {
 		}
 		return net.JoinHostPort(u.Hostname(), port), false, nil
 	}
-	return "", false, fmt.Errorf("--broker scheme %q: use mqtts://HOST:8883 (or tcp:// to a broker on this machine)", u.Scheme)
+	return "", false, fmt.Errorf("--broker scheme %q: use mqtts://HOST:8884 (or tcp:// to a broker on this machine)", u.Scheme)
+}
+
+// The shipped broker's listeners (deploy/mosquitto): 8883 for enrolled
+// units, where the broker makes each client's id its certificate's CN (so
+// every fleetctl would be "fleet-admin" and close the others' connections),
+// and 8884 for the fleet manager and enrolling units, where each chooses
+// its own.
+const (
+	unitsPort   = "8883"
+	managerPort = "8884"
+)
+
+// withPort is broker (an mqtts:// URL) on port; other URLs (the demo's
+// tcp:// broker, one listener for all) stay as they are.
+func withPort(broker, port string) string {
+	u, err := url.Parse(broker)
+	if err != nil || u.Hostname() == "" {
+		return broker
+	}
+	switch u.Scheme {
+	case "mqtts", "ssl", "tls":
+		u.Host = net.JoinHostPort(u.Hostname(), port)
+		return u.String()
+	}
+	return broker
 }
 
 func isLoopback(host string) bool {

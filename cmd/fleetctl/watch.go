@@ -111,7 +111,7 @@ func watch(ctx context.Context, env *cmdEnv, args []string) error {
 			if err != nil {
 				continue
 			}
-			fmt.Fprintf(env.stdout, "%s\n", b)
+			fmt.Fprintf(env.stdout, "%s\n", safeJSON(b))
 			continue
 		}
 		printEvent(env.stdout, ev)
@@ -122,7 +122,7 @@ func watch(ctx context.Context, env *cmdEnv, args []string) error {
 // printEvent writes one event as a line: time, unit, type, then the data's
 // fields as key=value in name order.
 func printEvent(w io.Writer, ev event) {
-	fmt.Fprintf(w, "%s  %-12s  %-18s  %s\n", clock(ev.At), ev.Unit, ev.Type, dataFields(ev.Data))
+	fmt.Fprintf(w, "%s  %-12s  %-18s  %s\n", clock(ev.At), clean(ev.Unit), clean(ev.Type), clean(dataFields(ev.Data)))
 }
 
 func dataFields(raw json.RawMessage) string {

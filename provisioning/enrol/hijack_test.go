@@ -69,8 +69,8 @@ func (a *attacker) try(t *testing.T, f *fleetUnderTest, certFile, keyFile string
 	pool.AppendCertsFromPEM(f.ca.CertPEM())
 	for _, addr := range []string{f.b.Addr(), f.b.SharedAddr()} {
 		for _, id := range ids {
-			o := mqtt.NewClientOptions().AddBroker("ssl://"+addr).SetClientID(id).SetCleanSession(false).
-				SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5*time.Second).
+			o := mqtt.NewClientOptions().AddBroker("ssl://" + addr).SetClientID(id).SetCleanSession(false).
+				SetProtocolVersion(4).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second).
 				SetTLSConfig(&tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}).
 				SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 					a.mu.Lock()
