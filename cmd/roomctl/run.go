@@ -292,9 +292,12 @@ func doctor(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 	failed := 0
 	for _, ch := range checks {
 		mark := "ok  "
-		if !ch.OK {
+		switch {
+		case !ch.OK:
 			mark = "FAIL"
 			failed++
+		case strings.HasPrefix(ch.Detail, "warning:"):
+			mark = "warn" // works, but the fix is worth making
 		}
 		fmt.Fprintf(w, "%s  %-16s %s\n", mark, ch.Name, ch.Detail)
 		if ch.Fix != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -279,6 +280,7 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 			how = "LiveKit (two-way, its own signalling)"
 		}
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: how + " at " + u.cfg.Conference.URL + ", room " + u.cfg.Conference.Room})
+		out = append(out, hostChecks(u.cfg.Conference.URL, u.cfg.Conference.AllowedHosts, u.cfg.Conference.AllowPrivateICE)...)
 		for _, ch := range u.lk.Encoders() {
 			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
 		}
@@ -287,6 +289,28 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
 	default:
 		out = append(out, localapi.Check{Name: "conference", OK: false, Detail: "no conference server configured", Fix: "add a [conference] section to the config"})
+	}
+	return out
+}
+
+// hostChecks warns about what the conference server may aim the unit at.
+// Warnings pass (the unit works), so they are OK checks whose detail says
+// "warning:" and that carry a fix.
+func hostChecks(serverURL string, allowed []string, allowPrivateICE bool) []localapi.Check {
+	var out []localapi.Check
+	host := "livekit.clinic.example"
+	if u, err := url.Parse(serverURL); err == nil && u.Hostname() != "" {
+		host = u.Hostname()
+	}
+	if len(allowed) == 0 {
+		out = append(out, localapi.Check{Name: "allowed hosts", OK: true,
+			Detail: "warning: conference.allowed_hosts is empty: the server's redirects and session URLs may lead the unit over https to any host, internal addresses (10/8, 192.168/16 ...) included",
+			Fix:    fmt.Sprintf("set conference.allowed_hosts = [%q] (and any other host of the conference service)", host)})
+	}
+	if allowPrivateICE {
+		out = append(out, localapi.Check{Name: "private ice", OK: true,
+			Detail: "warning: conference.allow_private_ice is on: the server may hand out TURN servers and candidates at internal addresses, and the unit connects there",
+			Fix:    "keep it only for a media server on the clinic's own network; otherwise set conference.allow_private_ice = false"})
 	}
 	return out
 }

@@ -53,23 +53,28 @@ type Config struct {
 		LeaveWhenAlone Duration `toml:"leave_when_alone"`
 	} `toml:"call"`
 	Conference struct {
-		Connector        string   `toml:"connector"`
-		URL              string   `toml:"url"`
-		Room             string   `toml:"room"`
-		Identity         string   `toml:"identity"`
-		APIKey           string   `toml:"api_key"`
-		APISecret        string   `toml:"api_secret"`
-		Token            string   `toml:"token"`
-		AllowedHosts     []string `toml:"allowed_hosts"`
-		VideoCodec       string   `toml:"video_codec"`
-		VideoPassthrough string   `toml:"video_passthrough"`
-		Camera           string   `toml:"camera"`
-		Microphone       string   `toml:"microphone"`
-		Width            int      `toml:"width"`
-		Height           int      `toml:"height"`
-		FPS              int      `toml:"fps"`
-		VideoBitrateKbps int      `toml:"video_bitrate_kbps"`
-		AudioBitrateKbps int      `toml:"audio_bitrate_kbps"`
+		Connector    string   `toml:"connector"`
+		URL          string   `toml:"url"`
+		Room         string   `toml:"room"`
+		Identity     string   `toml:"identity"`
+		APIKey       string   `toml:"api_key"`
+		APISecret    string   `toml:"api_secret"`
+		Token        string   `toml:"token"`
+		AllowedHosts []string `toml:"allowed_hosts"`
+		// AllowPrivateICE lets the server hand out TURN servers and ICE
+		// candidates at loopback, link-local and private addresses; needed
+		// only for a media server on the clinic's own network reached by a
+		// name (a server URL that is such an IP allows them already).
+		AllowPrivateICE  bool   `toml:"allow_private_ice"`
+		VideoCodec       string `toml:"video_codec"`
+		VideoPassthrough string `toml:"video_passthrough"`
+		Camera           string `toml:"camera"`
+		Microphone       string `toml:"microphone"`
+		Width            int    `toml:"width"`
+		Height           int    `toml:"height"`
+		FPS              int    `toml:"fps"`
+		VideoBitrateKbps int    `toml:"video_bitrate_kbps"`
+		AudioBitrateKbps int    `toml:"audio_bitrate_kbps"`
 		// Connector "livekit" only: the speaker, TURN/STUN servers beside
 		// the server's own, and relay-only media.
 		Speaker    string      `toml:"speaker"`

@@ -453,6 +453,7 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger, onReset func()) (*un
 		lc := livekit.Config{
 			URL: c.URL, Room: c.Room, Identity: c.Identity,
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
+			AllowPrivateICE: c.AllowPrivateICE,
 		}
 		// A camera that codes H.264 itself is sent without re-encoding
 		// when it offers the configured size (the encoder choice says).
