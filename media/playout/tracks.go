@@ -4,14 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/pion/interceptor"
 	"github.com/pion/rtp"
-	"github.com/pion/rtp/codecs"
-	"github.com/pion/webrtc/v4/pkg/media/samplebuilder"
 )
 
 // RTPSource is a remote track (webrtc.TrackRemote).
@@ -94,6 +91,11 @@ type VideoStats struct {
 	FirstFrameAt time.Time `json:"first_frame_at"`
 	LastFrameAt  time.Time `json:"last_frame_at"`
 	Ended        bool      `json:"ended"`
+	// Buffered is what the unit holds for this video: its last frame and
+	// an unfinished one (at most 2×MaxFrameBytes).
+	Buffered int `json:"buffered_bytes"`
+	// Dropped counts frames over MaxFrameBytes.
+	Dropped uint64 `json:"dropped_oversize"`
 }
 
 type videoTrack struct {
@@ -101,35 +103,40 @@ type videoTrack struct {
 	st     VideoStats
 	recent []time.Time
 	last   []byte
+	held   int // bytes of an unfinished frame
 }
 
 // ShowVideo depacketises one remote video track into whole frames until it
 // ends, counts them and hands them to the display sink. Frames before the
 // first keyframe are dropped: no decoder could show them; keyframe (may be
 // nil) asks the sender for one, once a second until one arrives. It blocks.
+// When the track ends it is forgotten, with its last frame: a long call
+// with people coming and going holds only the videos still there.
 func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func()) error {
-	codec := strings.ToUpper(strings.TrimPrefix(strings.ToLower(mime), "video/"))
-	var dep rtp.Depacketizer
-	switch codec {
-	case "VP8":
-		dep = &codecs.VP8Packet{}
-	case "H264":
-		dep = &codecs.H264Packet{}
-	case "VP9":
-		dep = &codecs.VP9Packet{}
-	default:
+	codec := codecOf(mime)
+	ra, err := newReassembler(codec, MaxFrameBytes)
+	if err != nil {
 		return errors.New("remote video: codec " + mime + " is not supported on the unit")
 	}
 	v := &videoTrack{st: VideoStats{Participant: participant, Codec: codec}}
 	p.mu.Lock()
+	select {
+	case <-p.stop:
+		p.mu.Unlock()
+		return ErrClosed
+	default:
+	}
 	p.videos[v] = struct{}{}
 	p.mu.Unlock()
 	defer func() {
+		p.mu.Lock()
+		delete(p.videos, v)
+		p.mu.Unlock()
 		v.mu.Lock()
 		v.st.Ended = true
+		v.last, v.recent = nil, nil
 		v.mu.Unlock()
 	}()
-	sb := samplebuilder.New(128, dep, 90000)
 	seenKey := false
 	var asked time.Time
 	for {
@@ -146,17 +153,16 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func(
 			return ErrClosed
 		default:
 		}
-		sb.Push(pkt)
-		for s := sb.Pop(); s != nil; s = sb.Pop() {
-			frame := s.Data
+		ra.push(pkt, func(frame []byte) {
 			if p.cfg.Transform != nil {
+				var err error
 				if frame, err = p.cfg.Transform("video", frame); err != nil {
-					continue
+					return
 				}
 			}
 			key, w, h := isKeyframe(codec, frame)
 			if !seenKey && !key {
-				continue
+				return
 			}
 			seenKey = true
 			now := time.Now()
@@ -182,7 +188,11 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func(
 			if p.cfg.OnVideoFrame != nil {
 				p.cfg.OnVideoFrame(VideoFrame{Participant: participant, Codec: codec, Keyframe: key, Width: w, Height: h, Data: frame, At: now})
 			}
-		}
+		})
+		v.mu.Lock()
+		v.held = ra.held()
+		v.st.Dropped = ra.dropped
+		v.mu.Unlock()
 	}
 }
 
@@ -223,7 +233,8 @@ type Stats struct {
 	Video         []VideoStats `json:"video"`
 }
 
-// Stats reads the figures; ended videos stay listed (last state).
+// Stats reads the figures of the videos still there (an ended one is
+// forgotten).
 func (p *Player) Stats() Stats {
 	st := Stats{Device: p.device, SamplesPlayed: p.played.Load()}
 	st.Energy = f64(p.energy.Load())
@@ -246,6 +257,7 @@ func (p *Player) Stats() Stats {
 			}
 		}
 		s.FPS = float64(n)
+		s.Buffered = len(v.last) + v.held
 		v.mu.Unlock()
 		st.Video = append(st.Video, s)
 	}
