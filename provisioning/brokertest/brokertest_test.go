@@ -9,6 +9,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/konsult/konsult/deploy/mosquitto"
 	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
 )
 
 // The broker runs the shipped configuration: client certificates are
@@ -61,5 +63,47 @@ func TestConfIsShippedConf(t *testing.T) {
 		if !strings.Contains(mosquitto.Conf, "\n"+want+"\n") {
 			t.Errorf("shipped mosquitto.conf lacks %q", want)
 		}
+	}
+}
+
+// The size limits of the shipped config pass the largest legitimate
+// message, a signed config envelope of fleet.MaxEnvelopeSize, and refuse
+// one byte more; client certificates are required on both listeners.
+func TestLargestLegitimateMessagePasses(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"unit-a": nil}})
+	noCert := &tls.Config{RootCAs: b.CertPool()}
+	if c, err := tls.Dial("tcp", b.SharedAddr(), noCert); err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		c.Close()
+		if err == nil {
+			t.Fatal("the shared listener accepted a client without a certificate")
+		}
+	}
+	admin := b.Client(t, "fleet-admin")
+	topics := link.Topics{}
+	max, over := topics.DeviceConfig("unit-a"), topics.DeviceConfig("unit-b")
+	for topic, n := range map[string]int{max: fleet.MaxEnvelopeSize, over: fleet.MaxEnvelopeSize + 1} {
+		if tok := admin.Publish(topic, 1, true, make([]byte, n)); !tok.WaitTimeout(10 * time.Second) {
+			t.Fatalf("publish %d bytes: no PUBACK", n)
+		}
+	}
+	got := make(chan string, 4)
+	reader := b.Client(t, "fleet-admin")
+	reader.Subscribe(topics.AllDevices(link.DeviceConfig), 1, func(_ mqtt.Client, m mqtt.Message) {
+		got <- m.Topic()
+	}).Wait()
+	select {
+	case tp := <-got:
+		if tp != max {
+			t.Fatalf("retained %s, the one over the limit", tp)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the %d-byte config was not kept", fleet.MaxEnvelopeSize)
+	}
+	select {
+	case tp := <-got:
+		t.Fatalf("also retained %s, over the limit", tp)
+	case <-time.After(time.Second):
 	}
 }
