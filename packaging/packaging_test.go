@@ -90,6 +90,8 @@ func TestUnitHardening(t *testing.T) {
 		// Issue 14: roomd's own journal namespace (a factory reset wipes it
 		// and nothing else), and no core dumps (frames, keys, tokens).
 		"LogNamespace=konsult", "LimitCORE=0",
+		// Issue 16: a memory ceiling well above a call's 67 MB RSS.
+		"MemoryHigh=384M", "MemoryMax=512M",
 	} {
 		if !have[want] {
 			t.Errorf("roomd.service lacks %q", want)
