@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -234,5 +235,31 @@ func TestEnrolContestedClaimCode(t *testing.T) {
 		if strings.HasPrefix(line, thief.DeviceID) && !strings.Contains(line, enrol.ReasonUsedCode) {
 			t.Errorf("the other request after approval: %q, want %s", line, enrol.ReasonUsedCode)
 		}
+	}
+}
+
+type fakeMsg struct {
+	mqtt.Message
+	topic   string
+	payload []byte
+}
+
+func (m fakeMsg) Topic() string   { return m.topic }
+func (m fakeMsg) Payload() []byte { return m.payload }
+func (m fakeMsg) Retained() bool  { return true }
+
+// fleetctl caps what it reads, whatever the broker lets through: a
+// message above the largest legitimate one (a signed config envelope) is
+// dropped, not queued.
+func TestFleetClientCapsMessages(t *testing.T) {
+	fc := &fleetClient{log: slog.New(slog.DiscardHandler), wake: make(chan struct{}, 1)}
+	topic := link.Topics{}.Reported("ku-a")
+	fc.onMessage(nil, fakeMsg{topic: topic, payload: make([]byte, maxMessage+1)})
+	if len(fc.queue) != 0 {
+		t.Fatalf("fleetctl queued a %d-byte message", maxMessage+1)
+	}
+	fc.onMessage(nil, fakeMsg{topic: topic, payload: make([]byte, maxMessage)})
+	if len(fc.queue) != 1 {
+		t.Fatalf("fleetctl dropped a %d-byte message", maxMessage)
 	}
 }
