@@ -149,22 +149,34 @@ func (n *netApplier) request(ctx context.Context) error {
 // applyNetworkHelper is "roomd --apply-network DIR", run as root by
 // konsult-network.service: it copies DIR's konsult-* keyfiles to
 // NetworkManager's directory, brings them up and answers roomd.
-func applyNetworkHelper(ctx context.Context, dir, nmDir, nmcli string) error {
-	b, err := os.ReadFile(filepath.Join(dir, netRequestFile))
+//
+// DIR belongs to roomd's user, who must not gain anything as root through
+// it: every file is opened without following links and must be a regular
+// file owned by that user (uid, or DIR's owner when uid < 0), within a size
+// cap; every keyfile must be exactly what roomd's renderer writes for a
+// valid [network] section (network.VerifyKeyfile). Anything else refuses
+// the whole set, and the profiles installed before stay.
+func applyNetworkHelper(ctx context.Context, dir, nmDir, nmcli string, uid int) error {
+	sp, err := network.OpenSpool(dir, uid)
+	if err != nil {
+		return fmt.Errorf("apply-network: %w", err)
+	}
+	defer sp.Close()
+	b, err := sp.ReadFile(netRequestFile, 64)
 	if err != nil {
 		return fmt.Errorf("apply-network: %w", err)
 	}
 	seq, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
 	if err != nil {
-		return fmt.Errorf("apply-network: request %q is not a number", strings.TrimSpace(string(b)))
+		return errors.New("apply-network: the request file does not hold a request number")
 	}
 	res := netResult{Seq: seq, OK: true}
-	if err := applyNetworkFiles(ctx, dir, nmDir, nmcli); err != nil {
+	if err := applyNetworkFiles(ctx, sp, nmDir, nmcli); err != nil {
 		res.OK, res.Error = false, err.Error()
 	}
 	res.At = time.Now().UTC()
 	out, _ := json.Marshal(res)
-	if werr := atomicfile.Write(filepath.Join(dir, netResultFile), out, 0o644); werr != nil {
+	if werr := sp.WriteFile(netResultFile, out, 0o644); werr != nil {
 		return fmt.Errorf("apply-network: %w", werr)
 	}
 	if !res.OK {
@@ -173,8 +185,8 @@ func applyNetworkHelper(ctx context.Context, dir, nmDir, nmcli string) error {
 	return nil
 }
 
-func applyNetworkFiles(ctx context.Context, dir, nmDir, nmcli string) error {
-	files, err := network.Current(dir)
+func applyNetworkFiles(ctx context.Context, sp *network.Spool, nmDir, nmcli string) error {
+	files, err := sp.Keyfiles()
 	if err != nil {
 		return err
 	}

@@ -51,7 +51,7 @@ func TestNetworkFromFleetConfig(t *testing.T) {
 			b, _ := os.ReadFile(filepath.Join(spool, netRequestFile))
 			if s := string(b); s != "" && s != last {
 				last = s
-				_ = applyNetworkHelper(ctx, spool, nmDir, nmcli)
+				_ = applyNetworkHelper(ctx, spool, nmDir, nmcli, -1)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

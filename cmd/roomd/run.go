@@ -68,6 +68,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	applyNet := fs.String("apply-network", "", "as root (konsult-network.service): hand the profiles roomd rendered in this directory to NetworkManager, then exit")
 	nmDir := fs.String("nm-dir", network.DefaultDir, "with --apply-network: NetworkManager's keyfile directory")
 	nmcli := fs.String("nmcli", "nmcli", "with --apply-network: the nmcli to run (\"\" = write the keyfiles only)")
+	netUID := fs.Int("network-uid", -1, "with --apply-network: the uid that must own the folder's files (default: the folder's owner, roomd's user)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: roomd [--sim] [--config FILE]\n\nThe Konsult room unit daemon. Flags:\n")
 		fs.PrintDefaults()
@@ -83,7 +84,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if *applyNet != "" {
-		return applyNetworkHelper(ctx, *applyNet, *nmDir, *nmcli)
+		return applyNetworkHelper(ctx, *applyNet, *nmDir, *nmcli, *netUID)
 	}
 	if *takeClaim != "" {
 		c, err := readLocal(*configPath)

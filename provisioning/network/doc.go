@@ -84,6 +84,23 @@
 // NetworkManager ignores keyfiles that are not owned by root or are readable
 // by group or others: Apply must run as root (or through a root helper).
 //
+// # The root helper's side
+//
+// roomd runs unprivileged and renders into a folder of its own; a root
+// helper installs from there. That folder's owner is not trusted with root's
+// powers, so the helper reads it through a Spool: OpenSpool refuses a
+// folder that is a symbolic link, and Spool.Keyfiles opens each file
+// relative to the folder with O_NOFOLLOW and O_NONBLOCK and accepts only
+// regular, singly linked files owned by the folder's owner, at most
+// MaxKeyfileSize bytes. Each keyfile must then pass VerifyKeyfile: it is
+// parsed back into the typed config (only the sections and keys Render
+// writes), validated like a fleet config, rendered again, and must come out
+// byte for byte the same. A file path it names (the EAP-TLS certificate and
+// key, the "enrolment" CA, all read by NetworkManager as root) must be one
+// the folder's owner could read itself, reached through no symbolic link.
+// One refusal refuses the set; the error names the file, line and key,
+// never a value.
+//
 // # The apply/rollback sequence a caller follows
 //
 //	prev, err := network.Current(dir)              // rollback copy
