@@ -45,6 +45,7 @@ type Config struct {
 // a PeerConnection. Nothing is written to disk.
 type Capture struct {
 	Counters *Counters
+	Keys     *KeyFrames // keyframes forced for the slate
 	g        *gate.Gate
 	selector *mediadevices.CodecSelector
 	stream   mediadevices.MediaStream
@@ -137,13 +138,19 @@ func (c *Capture) readerEnded(err error) {
 
 // Open opens the devices and inserts the gate before the encoders.
 func Open(cfg Config) (*Capture, error) {
+	// A camera that codes H.264 itself is opened by its PassThrough, not
+	// by mediadevices (one node streams one format at a time).
+	pt := passThroughOf(cfg.Video)
+	keys := &KeyFrames{}
+	if pt == nil {
+		// Outermost, so it forces keyframes on the encoder through any
+		// frame transform (which keeps the encoder's controller).
+		cfg.Video = keys.Wrap(cfg.Video)
+	}
 	sel := mediadevices.NewCodecSelector(
 		mediadevices.WithVideoEncoders(cfg.Video),
 		mediadevices.WithAudioEncoders(cfg.Audio),
 	)
-	// A camera that codes H.264 itself is opened by its PassThrough, not
-	// by mediadevices (one node streams one format at a time).
-	pt := passThroughOf(cfg.Video)
 	var cam Device
 	var err error
 	if pt == nil {
@@ -179,9 +186,9 @@ func Open(cfg Config) (*Capture, error) {
 		return nil, fmt.Errorf("open camera %q (%dx%d) and microphone %q: %w: check the camera supports that size (v4l2-ctl --list-formats-ext) and set conference.width/height to one it does",
 			cam.Label, cfg.Width, cfg.Height, mic.Label, err)
 	}
-	c := &Capture{g: cfg.Gate, Counters: &Counters{}, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
+	c := &Capture{g: cfg.Gate, Counters: &Counters{}, Keys: keys, selector: sel, stream: stream, done: make(chan struct{}), lost: make(chan error, 2)}
 	for _, t := range stream.GetVideoTracks() {
-		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), stampVideo(cfg.Stamp), GateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded), c.track())
+		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), stampVideo(cfg.Stamp), gateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded, keys), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
 		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())

@@ -4,9 +4,21 @@
 // The gate is a transform on the raw frames, before mediadevices hands them
 // to an encoder. While the gate is shut the transform does not read the
 // camera at all; the encoder waits, so nothing is encoded and nothing is
-// sent. On every close it first hands over one privacy slate (a uniform
-// frame of the camera's size) or one chunk of silence, so the far end's
-// last picture is the slate and its last sound is silence, never the room.
+// sent but the privacy slate (a uniform frame of the camera's size) and
+// silence, so the far end's picture is the slate and its sound is silence,
+// never the room.
+//
+// The slate and the silence go on for as long as the gate is shut, not once
+// per close: on a lossy link the packets of a single slate can be lost, and
+// a decoder that missed one needs a keyframe before it shows anything new
+// (the far end would keep the room's last picture, frozen). So after
+// SlatesPerClose slates one frame interval apart, a slate follows every
+// SlateInterval, each one coded as a keyframe (KeyFrames): it needs no
+// earlier frame, so a far end that lost packets, asks for a keyframe
+// (PLI/FIR) or subscribes while the unit is private is on the slate within
+// one SlateInterval, and never needs a room frame for it. Silence goes on
+// at the microphone's own pace, so the far end's loss concealment has
+// silence, not the room, to extend.
 //
 // The check happens when a frame is handed to the encoder: a camera frame
 // handed over just before the gate shut (at most one) is still encoded, and
@@ -40,9 +52,16 @@ type Counters struct {
 }
 
 // SlatesPerClose is how many slate frames follow each close, one frame
-// interval apart: one frame can be skipped by an encoder's rate control or
-// lost on the way, and the far end must still end on the slate.
+// interval apart: the far end is on the slate a frame or two after the
+// close even when the first is lost. Repeats at SlateInterval follow.
 const SlatesPerClose = 3
+
+// SlateInterval is how often the slate is repeated, as a keyframe, while the
+// gate stays shut: a far end that lost the first slates (or joined later) is
+// on the slate within this time of its next packet getting through. A
+// uniform keyframe is one small packet (see docs/PERFORMANCE.md, "Privacy
+// slate"), so 4 a second cost about 2 kB/s.
+const SlateInterval = 250 * time.Millisecond
 
 // SlateColor is the privacy slate: a uniform dark slate grey.
 var SlateColor = color.YCbCr{Y: 60, Cb: 132, Cr: 124}
@@ -65,6 +84,14 @@ func Slate(w, h int) image.Image {
 // ended, if not nil, is called once with the first error the reader returns:
 // io.EOF when the call is over, anything else when the device failed.
 func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, ended func(error)) video.TransformFunc {
+	return gateVideo(g, w, h, fps, done, n, ended, nil)
+}
+
+// gateVideo is GateVideo that also marks, in keys, when the encoder's next
+// frame should be a keyframe: after every slate, since while shut the next
+// frame is another slate (and if the gate opens instead, a keyframe is what
+// the far end's decoder needs then too). KeyFrames acts on the mark.
+func gateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, ended func(error), keys *KeyFrames) video.TransformFunc {
 	slate := Slate(w, h)
 	interval := time.Second / 30
 	if fps > 0 {
@@ -73,6 +100,12 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 	return func(r video.Reader) video.Reader {
 		slatesDue := SlatesPerClose // the gate starts shut: the slate lets the encoder start
 		var once sync.Once
+		giveSlate := func() (image.Image, func(), error) {
+			n.Slates.Add(1)
+			n.LastIsSlate.Store(true)
+			keys.want()
+			return slate, func() {}, nil
+		}
 		return video.ReaderFunc(func() (img image.Image, release func(), err error) {
 			defer func() {
 				if err != nil && ended != nil {
@@ -82,25 +115,27 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 			for {
 				changed := g.Changed()
 				if !g.State().Video {
+					wait := SlateInterval
 					if slatesDue > 0 {
-						if slatesDue < SlatesPerClose {
-							select { // pace the repeats like camera frames
-							case <-time.After(interval):
-							case <-done:
-								return nil, func() {}, io.EOF
-							}
+						wait = interval // pace the first repeats like camera frames
+						if slatesDue == SlatesPerClose {
+							wait = 0 // the close: the slate at once
 						}
 						slatesDue--
-						n.Slates.Add(1)
-						n.LastIsSlate.Store(true)
-						return slate, func() {}, nil
 					}
-					select {
-					case <-changed:
-						continue
-					case <-done:
-						return nil, func() {}, io.EOF
+					if wait > 0 {
+						t := time.NewTimer(wait)
+						select {
+						case <-t.C:
+						case <-changed:
+							t.Stop()
+							continue
+						case <-done:
+							t.Stop()
+							return nil, func() {}, io.EOF
+						}
 					}
+					return giveSlate()
 				}
 				img, release, err = r.Read()
 				if err != nil {
@@ -125,10 +160,13 @@ func GateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 }
 
 // GateAudio returns the transform that puts g before the audio encoder.
+// While the gate is shut it hands over silence, of the microphone's last
+// format, at the pace the microphone would (one chunk per chunk duration),
+// and never reads the microphone.
 func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error)) audio.TransformFunc {
 	return func(r audio.Reader) audio.Reader {
 		silence := wave.Audio(wave.NewFloat32Interleaved(wave.ChunkInfo{Channels: 1, Len: 960, SamplingRate: 48000}))
-		silenceDue := true
+		var next time.Time // when the next chunk of silence is due; zero: at once
 		var once sync.Once
 		return audio.ReaderFunc(func() (chunk wave.Audio, release func(), err error) {
 			defer func() {
@@ -139,18 +177,26 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 			for {
 				changed := g.Changed()
 				if !g.State().Audio {
-					if silenceDue {
-						silenceDue = false
-						n.Silences.Add(1)
-						return silence, func() {}, nil
+					now := time.Now()
+					if wait := next.Sub(now); wait > 0 {
+						t := time.NewTimer(wait)
+						select {
+						case <-t.C:
+						case <-changed:
+							t.Stop()
+							continue
+						case <-done:
+							t.Stop()
+							return nil, func() {}, io.EOF
+						}
+					} else if next.IsZero() || -wait > 5*chunkLen(silence) {
+						next = now // the close, or far behind: the pace starts again from now
 					}
-					select {
-					case <-changed:
-						continue
-					case <-done:
-						return nil, func() {}, io.EOF
-					}
+					next = next.Add(chunkLen(silence))
+					n.Silences.Add(1)
+					return silence, func() {}, nil
 				}
+				next = time.Time{}
 				chunk, release, err = r.Read()
 				if err != nil {
 					if !errors.Is(err, io.EOF) {
@@ -166,12 +212,20 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 				rel()
 				// Silence of the mic's own format, for the next close.
 				silence = silent(chunk)
-				silenceDue = true
 				n.AudioChunks.Add(1)
 				return chunk, release, nil
 			}
 		})
 	}
+}
+
+// chunkLen is how much time a chunk of audio covers (20 ms if unknown).
+func chunkLen(a wave.Audio) time.Duration {
+	info := a.ChunkInfo()
+	if info.Len <= 0 || info.SamplingRate <= 0 {
+		return 20 * time.Millisecond
+	}
+	return time.Duration(info.Len) * time.Second / time.Duration(info.SamplingRate)
 }
 
 func silent(a wave.Audio) wave.Audio {

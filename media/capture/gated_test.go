@@ -42,16 +42,29 @@ func TestGateVideo(t *testing.T) {
 		}
 	}()
 
-	// Shut from the start: the slate (so an encoder can start), then nothing,
-	// and the camera is never read.
-	for i := 0; i < SlatesPerClose; i++ {
-		if f := <-frames; func() bool { _, ok := f.(*image.YCbCr); return !ok }() {
-			t.Fatalf("frame %d on a shut gate is %T, not the slate", i, f)
+	// Shut from the start: the slate (so an encoder can start), then the
+	// slate again every SlateInterval, and the camera is never read.
+	shutFor := func(d time.Duration) (slates int) {
+		t.Helper()
+		end := time.After(d)
+		for {
+			select {
+			case f := <-frames:
+				if _, ok := f.(*image.YCbCr); !ok {
+					t.Fatalf("frame on a shut gate is %T, not the slate", f)
+				}
+				slates++
+			case <-end:
+				return slates
+			}
 		}
 	}
-	time.Sleep(150 * time.Millisecond)
-	if len(frames) != 0 || cam.reads.Load() != 0 {
-		t.Fatalf("shut gate: %d more frames, camera read %d times", len(frames), cam.reads.Load())
+	want := SlatesPerClose + int(time.Second/SlateInterval) - 1
+	if n := shutFor(time.Second); n < want {
+		t.Fatalf("gate shut for 1 s: %d slates, want at least %d (the slate repeated while shut)", n, want)
+	}
+	if cam.reads.Load() != 0 {
+		t.Fatalf("shut gate: camera read %d times", cam.reads.Load())
 	}
 
 	g.Set(gate.State{Video: true})
@@ -61,14 +74,19 @@ func TestGateVideo(t *testing.T) {
 	}
 
 	g.Set(gate.State{})
-	time.Sleep(150 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
 	passed, reads := n.VideoFrames.Load(), cam.reads.Load()
-	time.Sleep(100 * time.Millisecond)
+	for len(frames) > 0 { // the camera frames of the open gate, and the first slates
+		<-frames
+	}
+	if got := shutFor(time.Second); got < int(time.Second/SlateInterval)-1 {
+		t.Fatalf("gate shut again for 1 s: %d slates", got)
+	}
 	if n.VideoFrames.Load() != passed || cam.reads.Load() != reads {
 		t.Fatal("camera frames kept passing after the gate shut")
 	}
-	if n.Slates.Load() != 2*SlatesPerClose || !n.LastIsSlate.Load() {
-		t.Fatalf("after close: slates %d, last is slate %v", n.Slates.Load(), n.LastIsSlate.Load())
+	if !n.LastIsSlate.Load() {
+		t.Fatal("after close, the last frame is not the slate")
 	}
 
 	close(done)

@@ -34,7 +34,7 @@ import (
 //   - While the gate is shut the camera is not read; the far end gets the
 //     privacy slate, pre-coded as H.264 (an IDR, then P frames) at the
 //     camera's size, SlatesPerClose units one frame interval apart, then
-//     nothing.
+//     the slate's IDR again every SlateInterval until the gate opens.
 //   - When it opens, whatever the camera finished meanwhile is dropped
 //     unread (Camera.Flush), a keyframe is asked for where the driver can
 //     be asked, and camera units are dropped until the first IDR: the far
@@ -250,10 +250,20 @@ func (r *passThroughReader) Read() (au []byte, release func(), err error) {
 				n.LastIsSlate.Store(true)
 				return au, func() {}, nil
 			}
+			// Then the slate's IDR (with its SPS and PPS) again and again,
+			// for a far end that lost the first units, asks for a keyframe
+			// or subscribes while the unit is private: it decodes on its own.
+			t := time.NewTimer(SlateInterval)
 			select {
+			case <-t.C:
+				n.Slates.Add(1)
+				n.LastIsSlate.Store(true)
+				return r.slate[0], func() {}, nil
 			case <-changed:
+				t.Stop()
 				continue
 			case <-r.c.done:
+				t.Stop()
 				return nil, nil, io.EOF
 			}
 		}

@@ -166,13 +166,25 @@ func (c *ptCall) next(t *testing.T) []byte {
 	return nil
 }
 
-// quiet checks nothing is sent for d.
+// quiet checks that for d nothing is sent but the slate's IDR, repeated
+// every SlateInterval (a far end that lost the slate gets it again).
 func (c *ptCall) quiet(t *testing.T, d time.Duration) {
 	t.Helper()
-	select {
-	case u := <-c.units:
-		t.Fatalf("sent while the gate is shut and the slate is done: NAL types %v", nalTypes(u))
-	case <-time.After(d):
+	end := time.After(d)
+	n := 0
+	for {
+		select {
+		case u := <-c.units:
+			if !bytes.Equal(u, c.slate[0]) {
+				t.Fatalf("sent while the gate is shut, not the slate's IDR: NAL types %v", nalTypes(u))
+			}
+			n++
+		case <-end:
+			if want := int(d/capture.SlateInterval) - 1; n < want {
+				t.Fatalf("the slate's IDR came %d times in %s with the gate shut, want at least %d", n, d, want)
+			}
+			return
+		}
 	}
 }
 
@@ -223,9 +235,9 @@ func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 	fake.Source = newCameraCoder(t, ptW, ptH).code
 	c := startPassThrough(t, fake)
 
-	// Shut at the start: the slate, then nothing, while the camera streams.
+	// Shut at the start: the slate, then its IDR repeated, while the camera streams.
 	c.expectSlate(t)
-	c.quiet(t, 400*time.Millisecond)
+	c.quiet(t, 800*time.Millisecond)
 	if made, _, _, _ := fake.Stats(); made == 0 {
 		t.Fatal("the fake camera made no frames")
 	}
@@ -263,7 +275,7 @@ func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 		t.Errorf("camera bitrates: %v, want the configured then congestion control's", b)
 	}
 
-	// Shut again: slate from its IDR, then nothing; open: camera from an IDR.
+	// Shut again: slate from its IDR, then the IDR repeated; open: camera from an IDR.
 	c.g.Set(gate.State{})
 	for { // at most the unit read as the gate shut is still sent
 		u := c.next(t)
@@ -279,7 +291,7 @@ func TestPassThroughGateSlateThenCameraFromIDR(t *testing.T) {
 	if !c.capt.Counters.LastIsSlate.Load() {
 		t.Error("LastIsSlate false after a close")
 	}
-	c.quiet(t, 300*time.Millisecond)
+	c.quiet(t, 800*time.Millisecond)
 	c.g.Set(ptOpen)
 	c.expectCameraFromIDR(t)
 }
