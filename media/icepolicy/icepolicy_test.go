@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/pion/transport/v5"
+	"github.com/pion/transport/v5/stdnet"
 	"github.com/pion/webrtc/v4"
 )
 
@@ -100,5 +102,27 @@ func TestCandidatesPerGeneration(t *testing.T) {
 	out, dropped, _ = c.FilterSDP(sdp("b", 3))
 	if got := strings.Count(out, "a=candidate:"); got != 6 || dropped != 0 {
 		t.Errorf("a new ICE generation is not a new count: %d kept, %d dropped", got, dropped)
+	}
+}
+
+func TestGuardNet(t *testing.T) {
+	std, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := GuardNet(std, Policy{}, []string{"127.0.0.2"})
+	for addr, refused := range map[string]bool{
+		"224.0.0.0:5353":   false, // pion's own mDNS
+		"203.0.113.5:3478": false, "127.0.0.1:3478": true, "10.0.0.1:3478": true, "[::1]:3478": true,
+		"127.0.0.2:3478": false, // the operator's own server
+	} {
+		_, uerr := g.ResolveUDPAddr("udp", addr)
+		_, terr := g.ResolveTCPAddr("tcp", addr)
+		if (uerr != nil) != refused || (terr != nil) != refused {
+			t.Errorf("%s: udp %v, tcp %v, want refused=%v", addr, uerr, terr, refused)
+		}
+	}
+	if GuardNet(std, Policy{AllowPrivate: true}, nil) != transport.Net(std) {
+		t.Error("AllowPrivate should leave the network as it is")
 	}
 }

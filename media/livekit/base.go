@@ -10,6 +10,7 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/transport/v5/stdnet"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/capture"
@@ -143,9 +144,18 @@ func (c *base) newAPI(capt *capture.Capture, codecs ...func(*webrtc.MediaEngine)
 	// call's recovery starts early; "failed" after 5 s only means the
 	// recovery restarts ICE, not that the call ends.
 	se.SetICETimeouts(2*time.Second, 5*time.Second, 500*time.Millisecond)
-	if c.cfg.Net != nil {
-		se.SetNet(c.cfg.Net)
+	// STUN and TURN servers named by a host name are checked once resolved
+	// (icepolicy.GuardNet): a server's "turn.example" may point at the
+	// clinic's own network.
+	n := c.cfg.Net
+	if n == nil {
+		std, err := stdnet.NewNet()
+		if err != nil {
+			return nil, nil, fmt.Errorf("network: %w", err)
+		}
+		n = std
 	}
+	se.SetNet(icepolicy.GuardNet(n, c.icePolicy(), nil))
 	if isLoopbackURL(c.cfg.URL) {
 		// A server on this machine (make run, tests): offer loopback
 		// candidates only, and no mDNS names it could not resolve.

@@ -21,6 +21,8 @@ import (
 	"github.com/gorilla/websocket"
 	lkp "github.com/livekit/protocol/livekit"
 	"github.com/pion/ice/v4"
+	"github.com/pion/transport/v5"
+	"github.com/pion/transport/v5/stdnet"
 	"github.com/pion/webrtc/v4"
 	"google.golang.org/protobuf/proto"
 
@@ -171,7 +173,7 @@ func fakeAnswer(offer string, cands []string) (string, error) {
 // serves it over TLS as https://example.com (a server that is not on the
 // local network, so the strict ICE policy applies); else it is
 // http://127.0.0.1 (a server on the unit: internal addresses allowed).
-func startHostile(t *testing.T, h *hostileLK, remote bool) *RTCConnector {
+func startHostile(t *testing.T, h *hostileLK, remote bool, n ...transport.Net) *RTCConnector {
 	t.Helper()
 	var srv *httptest.Server
 	mux := http.NewServeMux()
@@ -186,7 +188,11 @@ func startHostile(t *testing.T, h *hostileLK, remote bool) *RTCConnector {
 	if remote {
 		u = "https://example.com"
 	}
-	conn, err := NewRTC(Config{URL: u, Room: "r", Identity: "unit-1", APIKey: "k", APISecret: "secret-secret-secret-secret-secret"},
+	cfg := Config{URL: u, Room: "r", Identity: "unit-1", APIKey: "k", APISecret: "secret-secret-secret-secret-secret"}
+	if len(n) > 0 {
+		cfg.Net = n[0]
+	}
+	conn, err := NewRTC(cfg,
 		Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
 			Camera: capture.TestDevice, Microphone: capture.TestDevice},
 		RTCOptions{Speaker: playout.DeviceNull}, gate.New(), slog.New(slog.NewTextHandler(io.Discard, nil)))
@@ -307,5 +313,37 @@ func TestHostileInternalTargetsRefused(t *testing.T) {
 	defer sinks.mu.Unlock()
 	if len(sinks.hit) != 0 {
 		t.Errorf("a remote server aimed the unit at its own loopback: sinks reached %v (0-2 TURN/STUN, 3-5 candidates)", sinks.hit)
+	}
+}
+
+// fakeDNS is the system's network with one more name: internal.test
+// resolves to loopback, as a server's own DNS name may point anywhere.
+type fakeDNS struct{ *stdnet.Net }
+
+func (f fakeDNS) ResolveUDPAddr(network, address string) (*net.UDPAddr, error) {
+	return f.Net.ResolveUDPAddr(network, strings.Replace(address, "internal.test", "127.0.0.1", 1))
+}
+
+func (f fakeDNS) ResolveTCPAddr(network, address string) (*net.TCPAddr, error) {
+	return f.Net.ResolveTCPAddr(network, strings.Replace(address, "internal.test", "127.0.0.1", 1))
+}
+
+// TestHostileTURNNameResolvingInternalRefused: the literal checks cannot
+// see where a name points; a TURN or STUN server whose name resolves to an
+// internal address is refused once resolved.
+func TestHostileTURNNameResolvingInternalRefused(t *testing.T) {
+	sinks := newUDPSinks(t, 2)
+	h := &hostileLK{iceServers: []*lkp.ICEServer{{Urls: []string{
+		fmt.Sprintf("turn:internal.test:%d?transport=udp", sinks.port(0)), fmt.Sprintf("stun:internal.test:%d", sinks.port(1)),
+	}, Username: "u", Credential: "c"}}}
+	std, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	joinFor(t, startHostile(t, h, true, fakeDNS{std}), 3*time.Second)
+	sinks.mu.Lock()
+	defer sinks.mu.Unlock()
+	if len(sinks.hit) != 0 {
+		t.Errorf("a server's name for a loopback address reached it: sinks %v (0 TURN, 1 STUN)", sinks.hit)
 	}
 }
