@@ -82,7 +82,13 @@ func (f *enrolFleet) try(args ...string) (string, error) {
 	cmd.Env = append(os.Environ(), "FLEETCTL_CA_DIR="+f.caDir, "HOME="+f.t.TempDir(), "XDG_CONFIG_HOME=")
 	if f.b != nil {
 		adm := f.b.Admin()
-		cmd.Env = append(cmd.Env, "FLEETCTL_BROKER="+f.b.URL(), "FLEETCTL_CA="+f.b.CAFile(),
+		// fleetctl on the fleet manager's listener; approve sends the unit
+		// the units' one.
+		if len(args) > 1 && args[0] == "enrol" && args[1] == "approve" {
+			args = append(args, "--unit-broker", f.b.URL())
+		}
+		cmd.Args = append([]string{f.bin}, args...)
+		cmd.Env = append(cmd.Env, "FLEETCTL_BROKER="+f.b.SharedURL(), "FLEETCTL_CA="+f.b.CAFile(),
 			"FLEETCTL_CERT="+adm.CertFile, "FLEETCTL_CERT_KEY="+adm.KeyFile)
 	}
 	var stdout, stderr bytes.Buffer
@@ -99,6 +105,7 @@ func (f *enrolFleet) unitConfig(dir, extra string) string {
 factory_reset_hold = "3s"
 [fleet]
 broker = %q
+enrol_broker = %q
 ca_file = %q
 enrol_cert = %q
 enrol_key = %q
@@ -106,7 +113,7 @@ identity_dir = %q
 state_dir = %q
 claim_file = %q
 confirm_timeout = "5s"
-%s`, f.b.URL(), filepath.Join(e, "ca.crt"), filepath.Join(e, "konsult-enrol.crt"), filepath.Join(e, "konsult-enrol.key"),
+%s`, f.b.URL(), f.b.SharedURL(), filepath.Join(e, "ca.crt"), filepath.Join(e, "konsult-enrol.crt"), filepath.Join(e, "konsult-enrol.key"),
 		filepath.Join(dir, "identity"), filepath.Join(dir, "state"), filepath.Join(dir, "konsult-claim.txt"), extra)
 }
 
