@@ -152,6 +152,7 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		call.close()
 		return nil, fmt.Errorf("join room: %w", err)
 	}
+	call.upAt = time.Now()
 	go call.watchSignal(sess.sig)
 	go call.pinger()
 
@@ -272,6 +273,8 @@ func (c *RTCCall) connect(ctx context.Context, tok string, again bool) (*session
 	}
 	c.mu.Lock()
 	c.pc, c.sig, c.sid = pc, sig, join.GetParticipant().GetSid()
+	gone := make(chan struct{})
+	c.pcGone = gone
 	c.remoteCands = &icepolicy.Candidates{Policy: c.conn.icePolicy()}
 	c.offerID = 1
 	c.negotiating = true // until the answer to the offer in the join request
@@ -285,7 +288,7 @@ func (c *RTCCall) connect(ctx context.Context, tok string, again bool) (*session
 	}
 	go sig.loop(func(r *lkp.SignalResponse) { c.handle(sig, r) })
 	if len(later) > 0 {
-		go c.publishWhenOpen(pc, later)
+		go c.publishWhenOpen(pc, gone, later)
 	}
 	return s, nil
 }
@@ -318,7 +321,12 @@ func (c *RTCCall) gateOpen(kind webrtc.RTPCodecType) bool {
 // gate shut, each once its gate opens: announced to the room, then offered.
 // Until then the room has the unit without that track: nothing at all
 // leaves for it.
-func (c *RTCCall) publishWhenOpen(pc *webrtc.PeerConnection, ts []mediadevices.Track) {
+//
+// It ends when pc is replaced (gone), not only when the gate next opens: a
+// server that makes the unit rejoin again and again while the gate is shut
+// would otherwise leave one of these, holding its closed peer connection,
+// per rejoin.
+func (c *RTCCall) publishWhenOpen(pc *webrtc.PeerConnection, gone <-chan struct{}, ts []mediadevices.Track) {
 	for {
 		changed := c.conn.gate.Changed()
 		var still []mediadevices.Track
@@ -348,6 +356,8 @@ func (c *RTCCall) publishWhenOpen(pc *webrtc.PeerConnection, ts []mediadevices.T
 		}
 		select {
 		case <-changed:
+		case <-gone:
+			return
 		case <-c.over:
 			return
 		}
@@ -435,6 +445,11 @@ type RTCCall struct {
 	again        bool // negotiate once more when the answer is in
 	restartICE   bool // the next offer restarts ICE
 	pendingCands []webrtc.ICECandidateInit
+	untracked    int                   // far-end participants over MaxOthers
+	farLog       lineBudget            // far-end join/leave lines
+	pcGone       chan struct{}         // closed when pc is replaced: its helpers stop
+	upAt         time.Time             // when the signalling last came up
+	flaps        int                   // leave/rejoin cycles in a row shorter than stableAfter
 	remoteCands  *icepolicy.Candidates // the server's candidates for pc, per ICE generation
 	pingEvery    time.Duration
 	pingTimeout  time.Duration
@@ -542,16 +557,36 @@ func (c *RTCCall) participant(p *lkp.ParticipantInfo) {
 		name := c.others[p.GetSid()]
 		delete(c.others, p.GetSid())
 		ev = &media.Presence{Participant: name, Joined: false, Others: len(c.others)}
+	case p.GetState() != lkp.ParticipantInfo_DISCONNECTED && !known && len(c.others) >= MaxOthers:
+		// A server (or a flood of joins) cannot grow the map without limit.
+		c.untracked++
+		ok, _ := c.farLog.allow(time.Now())
+		n := c.untracked
+		c.mu.Unlock()
+		if ok {
+			c.log.Warn("far end: more participants than the unit tracks; not tracked", "max", MaxOthers, "untracked", n)
+		}
+		return
 	case p.GetState() != lkp.ParticipantInfo_DISCONNECTED && !known:
 		name := c.pseudonym(p.GetIdentity())
 		c.others[p.GetSid()] = name
 		ev = &media.Presence{Participant: name, Joined: true, Others: len(c.others)}
 	}
+	var logIt bool
+	var skipped int
+	if ev != nil {
+		logIt, skipped = c.farLog.allow(time.Now())
+	}
 	c.mu.Unlock()
 	if ev == nil {
 		return
 	}
-	c.log.Info("far end", "participant", ev.Participant, "joined", ev.Joined, "others", ev.Others)
+	if skipped > 0 {
+		c.log.Info("far end: changes not logged (too many)", "count", skipped)
+	}
+	if logIt {
+		c.log.Info("far end", "participant", ev.Participant, "joined", ev.Joined, "others", ev.Others)
+	}
 	select {
 	case <-c.over:
 	case c.presence <- *ev:
@@ -611,6 +646,17 @@ func (c *RTCCall) onTrack(pc *webrtc.PeerConnection, t *webrtc.TrackRemote) {
 			c.log.Debug("far end track ended", "participant", who, "err", err)
 		}
 	}()
+}
+
+// ownSenders counts the unit's own tracks of kind on pc.
+func ownSenders(pc *webrtc.PeerConnection, kind webrtc.RTPCodecType) int {
+	n := 0
+	for _, t := range pc.GetTransceivers() {
+		if s := t.Sender(); s != nil && s.Track() != nil && t.Kind() == kind {
+			n++
+		}
+	}
+	return n
 }
 
 func addReceivers(pc *webrtc.PeerConnection, audio, video int) error {
@@ -686,8 +732,19 @@ func (c *RTCCall) handle(sig *signal, r *lkp.SignalResponse) {
 		}
 	case *lkp.SignalResponse_MediaSectionsRequirement:
 		// More people publish than the offer has receive sections for: add
-		// them and offer again, as livekit-client does.
-		if err := addReceivers(pc, int(m.MediaSectionsRequirement.GetNumAudios()), int(m.MediaSectionsRequirement.GetNumVideos())); err != nil {
+		// them and offer again, as livekit-client does; never more than the
+		// unit can play and show, however many are asked for.
+		wantA, wantV := m.MediaSectionsRequirement.GetNumAudios(), m.MediaSectionsRequirement.GetNumVideos()
+		roomA, roomV := recvBudget(pc)
+		a, v := min(int64(wantA), int64(roomA)), min(int64(wantV), int64(roomV))
+		if int64(wantA) > a || int64(wantV) > v {
+			c.log.Warn("receive sections: the server asks for more than the unit plays and shows; the rest are not added",
+				"audio_asked", wantA, "video_asked", wantV, "audio_added", a, "video_added", v, "max_audio", MaxRecvAudio, "max_video", MaxRecvVideo)
+		}
+		if a == 0 && v == 0 {
+			return
+		}
+		if err := addReceivers(pc, int(a), int(v)); err != nil {
 			c.log.Warn("receive sections", "err", err)
 		}
 		c.negotiate(false)
@@ -781,6 +838,13 @@ func (c *RTCCall) onAnswer(pc *webrtc.PeerConnection, sd *lkp.SessionDescription
 // onOffer answers an offer from the server (not used by LiveKit with one
 // peer connection today, but part of the protocol).
 func (c *RTCCall) onOffer(pc *webrtc.PeerConnection, sig *signal, sd *lkp.SessionDescription) {
+	// Every section of an offer becomes a transceiver: an offer with more
+	// than the unit can play and show is refused whole.
+	if a, v := offerSections(sd.GetSdp()); a > ownSenders(pc, webrtc.RTPCodecTypeAudio)+MaxRecvAudio || v > ownSenders(pc, webrtc.RTPCodecTypeVideo)+MaxRecvVideo {
+		c.log.Warn("negotiation: server offer refused: more media sections than the unit plays and shows",
+			"audio", a, "video", v, "max_audio", MaxRecvAudio, "max_video", MaxRecvVideo)
+		return
+	}
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: c.filterRemote(sd.GetSdp())}); err != nil {
 		c.log.Warn("negotiation: server offer not taken", "err", err)
 		return
@@ -904,14 +968,27 @@ func (c *RTCCall) watchSignal(sig *signal) {
 		return
 	default:
 	}
+	if errors.Is(sig.err, ErrMessageTooBig) {
+		// Not a lost connection but a server breaking the protocol (or
+		// trying to exhaust the unit): a resume would only fetch it again.
+		c.log.Error("signalling: the conference server sent an oversized message; ending the call", "limit", MaxSignalMessage)
+		c.end(fmt.Errorf("signalling: %w", sig.err))
+		return
+	}
 	if rejoin {
 		c.log.Warn("signalling closed for a full reconnect; joining again")
 	} else {
 		c.log.Warn("signalling lost; resuming the session", "err", sig.err)
 	}
 	deadline := time.Now().Add(c.grace)
-	wait := 200 * time.Millisecond
-	pause := wait
+	c.mu.Lock()
+	pause, flaps := cycleBackoff(c.flaps, c.upAt, time.Now(), c.grace)
+	c.flaps = flaps
+	c.mu.Unlock()
+	if flaps > 0 {
+		c.log.Info("signalling: lost again soon after coming back; waiting longer before the next attempt", "wait", pause.Round(time.Millisecond), "in_a_row", flaps)
+	}
+	wait := max(pause, firstBackoff)
 	var last error
 	for time.Now().Before(deadline) {
 		select {
@@ -919,7 +996,7 @@ func (c *RTCCall) watchSignal(sig *signal) {
 			return
 		case <-time.After(pause):
 		}
-		pause, wait = wait, min(2*wait, 2*time.Second)
+		pause, wait = jitter(wait), min(2*wait, max(2*time.Second, backoffCap(c.grace)))
 		c.mu.Lock()
 		rejoin := c.rejoin
 		c.mu.Unlock()
@@ -938,7 +1015,7 @@ func (c *RTCCall) watchSignal(sig *signal) {
 				continue
 			}
 			c.log.Warn("reconnect failed; retrying", "rejoin", rejoin, "err", err)
-			if errors.Is(err, ErrRejected) {
+			if errors.Is(err, ErrRejected) || errors.Is(err, ErrMessageTooBig) {
 				break
 			}
 			continue
@@ -948,6 +1025,9 @@ func (c *RTCCall) watchSignal(sig *signal) {
 		} else {
 			c.resumes.Add(1)
 		}
+		c.mu.Lock()
+		c.upAt = time.Now()
+		c.mu.Unlock()
 		go c.watchSignal(next)
 		return
 	}
@@ -1037,6 +1117,10 @@ func (c *RTCCall) reconnect(left time.Duration) (*signal, error) {
 	c.mu.Lock()
 	old := c.pc
 	c.pc = nil // its callbacks are not the call's news any more
+	if c.pcGone != nil {
+		close(c.pcGone)
+		c.pcGone = nil
+	}
 	c.mu.Unlock()
 	if old != nil {
 		_ = old.Close()

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -14,7 +15,13 @@ import (
 	"github.com/gorilla/websocket"
 	lkp "github.com/livekit/protocol/livekit"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/konsult/konsult/media/internal/snippet"
 )
+
+// maxBodySnippet bounds how much of a refusing server's body a fault
+// reason quotes.
+const maxBodySnippet = 200
 
 // signal is one WebSocket to LiveKit's /rtc/v1: protobuf SignalRequests out,
 // SignalResponses in. A resume opens a new one; the call outlives it.
@@ -61,10 +68,10 @@ func dialSignal(ctx context.Context, base string, token string, jr *lkp.JoinRequ
 		host := u.Host
 		if resp != nil {
 			defer resp.Body.Close()
-			buf := make([]byte, 512)
-			n, _ := resp.Body.Read(buf)
-			msg := strings.TrimSpace(string(buf[:n]))
-			msg = strings.ReplaceAll(msg, token, "[token]")
+			// The body is the server's text: printable, short, without
+			// the token, or it could forge log lines and fault reasons.
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+			msg := snippet.Clean(body, maxBodySnippet, token)
 			switch resp.StatusCode {
 			case http.StatusUnauthorized, http.StatusForbidden:
 				return nil, nil, fmt.Errorf("%w: %s (%s): check api_key/api_secret or the token", ErrRejected, resp.Status, msg)
@@ -81,6 +88,9 @@ func dialSignal(ctx context.Context, base string, token string, jr *lkp.JoinRequ
 			return nil, nil, fmt.Errorf("cannot reach the conference server %s: %v: check the url and that the server runs", host, scrubURL(err, u))
 		}
 	}
+	// gorilla checks the limit against each frame's declared length
+	// before reading it: an oversized message costs nothing.
+	ws.SetReadLimit(MaxSignalMessage)
 	s := &signal{ws: ws, done: make(chan struct{})}
 	// The first message is the join (or reconnect) response, or a leave.
 	if dl, ok := ctx.Deadline(); ok {
@@ -109,6 +119,9 @@ func scrubURL(err error, u *url.URL) string {
 func (s *signal) read() (*lkp.SignalResponse, error) {
 	for {
 		mt, b, err := s.ws.ReadMessage()
+		if errors.Is(err, websocket.ErrReadLimit) {
+			return nil, ErrMessageTooBig
+		}
 		if err != nil {
 			return nil, err
 		}
