@@ -67,6 +67,10 @@ type FarEndStats struct {
 	StampFramesRead  int
 	StampFramesValid int
 
+	// VideoFreezes is Chromium's inbound-rtp freezeCount for the measured
+	// track (a frame shown much later than the frames before it).
+	VideoFreezes int
+
 	AudioFrom            string
 	AudioEnergy          float64 // RMS (0..1) over the last ~170 ms
 	AudioEnergyPeak      float64 // highest AudioEnergy seen so far
@@ -79,33 +83,35 @@ type FarEndStats struct {
 }
 
 type pageReport struct {
-	Connected          bool       `json:"connected"`
-	State              string     `json:"state"`
-	Left               bool       `json:"left"`
-	Published          bool       `json:"published"`
-	RemoteParticipants []string   `json:"remoteParticipants"`
-	ParticipantsLeft   []string   `json:"participantsLeft"`
-	VideoFrom          string     `json:"videoFrom"`
-	AudioFrom          string     `json:"audioFrom"`
-	FramesPresented    int        `json:"framesPresented"`
-	FirstFrameMs       float64    `json:"firstFrameMs"`
-	LastFrameMs        float64    `json:"lastFrameMs"`
-	MeanRGB            [3]float64 `json:"meanRGB"`
-	StdDev             float64    `json:"stdDev"`
-	FramesDecoded      int        `json:"framesDecoded"`
-	FrameWidth         int        `json:"frameWidth"`
-	FrameHeight        int        `json:"frameHeight"`
-	VideoPackets       int        `json:"videoPackets"`
-	StatsFPS           float64    `json:"statsFps"`
-	FPS                float64    `json:"fps"`
-	AudioPackets       int        `json:"audioPackets"`
-	AudioEnergy        float64    `json:"audioEnergy"`
-	AudioPeak          float64    `json:"audioPeak"`
-	StampRead          int        `json:"stampRead"`
-	StampValid         int        `json:"stampValid"`
-	StampAges          []float64  `json:"stampAges"`
-	Errors             []string   `json:"errors"`
-	Logs               []string   `json:"logs"`
+	Connected          bool         `json:"connected"`
+	State              string       `json:"state"`
+	Left               bool         `json:"left"`
+	Published          bool         `json:"published"`
+	RemoteParticipants []string     `json:"remoteParticipants"`
+	ParticipantsLeft   []string     `json:"participantsLeft"`
+	VideoFrom          string       `json:"videoFrom"`
+	AudioFrom          string       `json:"audioFrom"`
+	FramesPresented    int          `json:"framesPresented"`
+	FirstFrameMs       float64      `json:"firstFrameMs"`
+	LastFrameMs        float64      `json:"lastFrameMs"`
+	MeanRGB            [3]float64   `json:"meanRGB"`
+	StdDev             float64      `json:"stdDev"`
+	FramesDecoded      int          `json:"framesDecoded"`
+	FrameWidth         int          `json:"frameWidth"`
+	FrameHeight        int          `json:"frameHeight"`
+	VideoPackets       int          `json:"videoPackets"`
+	StatsFPS           float64      `json:"statsFps"`
+	FPS                float64      `json:"fps"`
+	AudioPackets       int          `json:"audioPackets"`
+	AudioEnergy        float64      `json:"audioEnergy"`
+	AudioPeak          float64      `json:"audioPeak"`
+	StampRead          int          `json:"stampRead"`
+	StampValid         int          `json:"stampValid"`
+	StampAges          []float64    `json:"stampAges"`
+	Frames             [][3]float64 `json:"frames"`
+	Freezes            int          `json:"freezes"`
+	Errors             []string     `json:"errors"`
+	Logs               []string     `json:"logs"`
 }
 
 type config struct {
@@ -119,6 +125,7 @@ type config struct {
 	token      string
 	extraFlags []string
 	stamps     bool
+	frames     bool
 }
 
 // Option configures StartFarEnd.
@@ -152,6 +159,25 @@ func WithToken(token string) Option { return func(c *config) { c.token = token }
 // compositor. The unit must stamp (roomd: [sim] stamp = true).
 func ReadStamps() Option { return func(c *config) { c.stamps = true } }
 
+// LogFrames makes the page report every presented frame (see Frames), not
+// only the last one.
+func LogFrames() Option { return func(c *config) { c.frames = true } }
+
+// FrameSample is one presented frame at the far end.
+type FrameSample struct {
+	At      time.Time // page time it was handed to the compositor
+	StdDev  float64   // pixel std-dev over a 64x36 downscale (UniformStdDev)
+	Uniform bool      // a slate, black, a flat colour: not a picture of the room
+	Stamp   int64     // its capture stamp (capture.StampMs) with ReadStamps; -1 none
+}
+
+// Frames are the frames presented so far (LogFrames), oldest first.
+func (f *FarEnd) Frames() []FrameSample {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]FrameSample(nil), f.frames...)
+}
+
 // ChromiumFlags adds command-line flags for Chromium.
 func ChromiumFlags(flags ...string) Option {
 	return func(c *config) { c.extraFlags = append(c.extraFlags, flags...) }
@@ -173,6 +199,7 @@ type FarEnd struct {
 	mu        sync.Mutex
 	stats     FarEndStats
 	stampAges []time.Duration
+	frames    []FrameSample
 	changed   chan struct{}
 	cmdOut    string
 	pageLogs  []string
@@ -244,7 +271,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"url": lk.WSURL, "token": token, "identity": identity, "publish": c.publish,
 		"width": c.width, "height": c.height, "fps": c.fps, "watch": c.watch,
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
-		"stamp": c.stamps,
+		"stamp": c.stamps, "frames": c.frames,
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
@@ -328,6 +355,10 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 		Reports:              prev.Reports + 1,
 	}
 	s.StampFramesRead, s.StampFramesValid = p.StampRead, p.StampValid
+	s.VideoFreezes = p.Freezes
+	for _, fr := range p.Frames {
+		f.frames = append(f.frames, FrameSample{At: msTime(fr[0]), StdDev: fr[1], Uniform: fr[1] >= 0 && fr[1] < UniformStdDev, Stamp: int64(fr[2])})
+	}
 	if s.FirstFrameAt.IsZero() && (p.FramesDecoded > 0 || p.FramesPresented > 0) {
 		s.FirstFrameAt = now
 	}
