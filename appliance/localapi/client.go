@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -29,6 +30,13 @@ func Dial(target string) *Client {
 		return &Client{hc: &http.Client{}, base: strings.TrimSuffix(target, "/"), where: target}
 	}
 	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		// In the guessable fallback folder, whoever made it first could
+		// be listening in roomd's place.
+		if dir := filepath.Dir(target); dir == fallbackSocketDir() {
+			if err := privateDir(dir, false); err != nil {
+				return nil, err
+			}
+		}
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", target)
 	}}
@@ -47,6 +55,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {

@@ -1,14 +1,17 @@
 // Package localapi is the unit's local control API: JSON over HTTP, served
-// on a unix socket (mode 0600, for roomctl on the unit) and optionally on a
-// loopback-only TCP address (for a local page). Nothing here is reachable
-// from the network.
+// on a unix socket (mode 0600, for roomctl on the unit) and, when asked for,
+// on a loopback-only TCP address (for a page on the unit itself). Nothing
+// here is reachable from the network, and the TCP listener refuses what a
+// browser could send from any other site (guard.go).
 //
 //	GET  /v1/status           unit status (state, gate, LED, shutter, faults)
 //	GET  /v1/events           live events, one JSON object per line
 //	POST /v1/action           {"action":"join"}  as a button or command would
 //	GET  /v1/doctor           wiring checks
-//	POST /v1/press            {"button":"join","hold_ms":100}   simulated board only
-//	POST /v1/fault            {"fault":"stuck_shutter","on":true} simulated board only
+//	POST /v1/enrol            {"code":"..."}                     unix socket only
+//	POST /v1/factory-reset    {"confirm":true}                   unix socket only
+//	POST /v1/press            {"button":"join","hold_ms":100}   simulated board, unix socket only
+//	POST /v1/fault            {"fault":"stuck_shutter","on":true} simulated board, unix socket only
 package localapi
 
 import (
@@ -16,12 +19,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
-	"os"
-	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/konsult/konsult/appliance"
@@ -64,9 +66,109 @@ type Check struct {
 // ErrUnsupported is returned (as 409) for simulated-board calls on hardware.
 var ErrUnsupported = errors.New("only the simulated board (roomd --sim) takes pressed buttons and injected faults")
 
-// Handler returns the API's HTTP handler.
-func Handler(u Unit, log *slog.Logger) http.Handler {
+// MaxEventStreams is how many /v1/events streams one listener serves at
+// once; each holds a goroutine and a 256-event buffer until its reader goes.
+const MaxEventStreams = 8
+
+// Server serves the API on roomd's listeners: the whole API on the unix
+// socket, and on loopback TCP only what a local page may do, behind the
+// checks in guard.go.
+type Server struct {
+	unit Unit
+	log  *slog.Logger
+
+	// Limits, fields so that tests can shorten them.
+	readHeaderTimeout time.Duration // a client gets this long to send its headers
+	idleTimeout       time.Duration // a kept-alive connection with no request is closed after this
+	bodyTimeout       time.Duration // and this long to send a request body
+	eventWriteTimeout time.Duration // an event stream whose reader stops reading is cut after this
+	maxEventStreams   int           // per listener
+
+	ctx    context.Context // every request's context: Shutdown ends the event streams
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	servers []*http.Server
+}
+
+// NewServer returns a Server for u; start it with Serve.
+func NewServer(u Unit, log *slog.Logger) *Server {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		unit: u, log: log,
+		readHeaderTimeout: 5 * time.Second,
+		idleTimeout:       60 * time.Second,
+		bodyTimeout:       10 * time.Second,
+		eventWriteTimeout: 10 * time.Second,
+		maxEventStreams:   MaxEventStreams,
+		ctx:               ctx, cancel: cancel,
+	}
+}
+
+// Serve serves the API on l until Shutdown. A unix socket (ListenUnix) gets
+// the whole API. A TCP listener must be on loopback (ListenLoopback) and
+// gets the browser-proof subset: see guard.go. There is deliberately no
+// WriteTimeout or ReadTimeout: either would cut /v1/events streams.
+func (s *Server) Serve(l net.Listener) error {
+	var h http.Handler
+	if l.Addr().Network() == "unix" {
+		h = s.logRequests(requireJSON(s.routes(true), s.log, s.bodyTimeout), "unix")
+	} else {
+		g, err := newLoopbackGuard(l.Addr(), s.log, s.bodyTimeout)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		h = s.logRequests(g.wrap(requireJSON(s.routes(false), s.log, s.bodyTimeout)), "http")
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: s.readHeaderTimeout,
+		IdleTimeout:       s.idleTimeout,
+		MaxHeaderBytes:    16 << 10,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		l.Close()
+		return http.ErrServerClosed
+	}
+	s.servers = append(s.servers, srv)
+	s.mu.Unlock()
+	return srv.Serve(l)
+}
+
+// Shutdown ends every event stream, stops the listeners and waits (until
+// ctx ends) for requests under way.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	servers := s.servers
+	s.mu.Unlock()
+	s.cancel()
+	var errs []error
+	for _, srv := range servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// unixOnly are the calls a local page never needs and must never make:
+// they enrol, wipe, or press the simulated buttons (pressing PRIVACY and
+// JOIN together is a factory reset). roomctl makes them on the socket.
+var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/fault"}
+
+// routes is the API's mux. Each listener gets its own, so the event-stream
+// cap of one listener (a flood over HTTP) leaves the other's alone.
+func (s *Server) routes(unixSocket bool) http.Handler {
+	u := s.unit
 	mux := http.NewServeMux()
+	streams := make(chan struct{}, s.maxEventStreams)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, u.Status())
 	})
@@ -74,14 +176,20 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 		writeJSON(w, http.StatusOK, u.Doctor(r.Context()))
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case streams <- struct{}{}:
+			defer func() { <-streams }()
+		default:
+			w.Header().Set("Retry-After", "5")
+			writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("too many event streams open (%d, the most this API serves at once): each `roomctl watch` holds one; close one and try again", cap(streams)))
+			return
+		}
 		events, cancel := u.Subscribe(256)
 		defer cancel()
+		rc := http.NewResponseController(w)
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		w.WriteHeader(http.StatusOK)
-		flusher, _ := w.(http.Flusher)
-		if flusher != nil {
-			flusher.Flush()
-		}
+		_ = rc.Flush()
 		enc := json.NewEncoder(w)
 		for {
 			select {
@@ -89,11 +197,13 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 				if !ok {
 					return
 				}
+				// A reader that stops reading would hold its slot forever.
+				_ = rc.SetWriteDeadline(time.Now().Add(s.eventWriteTimeout))
 				if err := enc.Encode(ev); err != nil {
 					return
 				}
-				if flusher != nil {
-					flusher.Flush()
+				if err := rc.Flush(); err != nil {
+					return
 				}
 			case <-r.Context().Done():
 				return
@@ -104,7 +214,7 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 		var req struct {
 			Action string `json:"action"`
 		}
-		if !readJSON(w, r, &req) {
+		if !s.readJSON(w, r, &req) {
 			return
 		}
 		a, err := appliance.ParseAction(req.Action)
@@ -118,11 +228,19 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 		}
 		writeJSON(w, http.StatusAccepted, map[string]string{"action": string(a)})
 	})
+	if !unixSocket {
+		for _, p := range unixOnly {
+			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+				writeErr(w, http.StatusForbidden, fmt.Errorf("%s is served only on the unit's unix socket (roomctl on the unit), not on loopback HTTP", p))
+			})
+		}
+		return mux
+	}
 	mux.HandleFunc("POST /v1/enrol", func(w http.ResponseWriter, r *http.Request) {
 		var req struct {
 			Code string `json:"code"`
 		}
-		if !readJSON(w, r, &req) {
+		if !s.readJSON(w, r, &req) {
 			return
 		}
 		p, ok := u.(Provisioner)
@@ -141,7 +259,7 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 		var req struct {
 			Confirm bool `json:"confirm"`
 		}
-		if !readJSON(w, r, &req) {
+		if !s.readJSON(w, r, &req) {
 			return
 		}
 		if !req.Confirm {
@@ -164,11 +282,11 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 			Button string `json:"button"`
 			HoldMS int    `json:"hold_ms"`
 		}
-		if !readJSON(w, r, &req) {
+		if !s.readJSON(w, r, &req) {
 			return
 		}
-		s := u.Sim()
-		if s == nil {
+		sim := u.Sim()
+		if sim == nil {
 			writeErr(w, http.StatusConflict, ErrUnsupported)
 			return
 		}
@@ -180,7 +298,7 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 			writeErr(w, http.StatusBadRequest, fmt.Errorf("hold_ms %d is longer than a minute", req.HoldMS))
 			return
 		}
-		if err := s.Press(r.Context(), req.Button, hold); err != nil {
+		if err := sim.Press(r.Context(), req.Button, hold); err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
@@ -191,37 +309,55 @@ func Handler(u Unit, log *slog.Logger) http.Handler {
 			Fault string `json:"fault"`
 			On    bool   `json:"on"`
 		}
-		if !readJSON(w, r, &req) {
+		if !s.readJSON(w, r, &req) {
 			return
 		}
-		s := u.Sim()
-		if s == nil {
+		sim := u.Sim()
+		if sim == nil {
 			writeErr(w, http.StatusConflict, ErrUnsupported)
 			return
 		}
-		if err := s.SetFault(req.Fault, req.On); err != nil {
+		if err := sim.SetFault(req.Fault, req.On); err != nil {
 			writeErr(w, http.StatusBadRequest, err)
 			return
 		}
 		writeJSON(w, http.StatusOK, req)
 	})
-	return logRequests(mux, log)
+	return mux
 }
 
-func logRequests(h http.Handler, log *slog.Logger) http.Handler {
+func (s *Server) logRequests(h http.Handler, transport string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		log.Debug("local api", "method", r.Method, "path", r.URL.Path)
+		s.log.Debug("local api", "method", r.Method, "path", r.URL.Path, "on", transport)
 		h.ServeHTTP(w, r)
 	})
 }
 
-func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+// readJSON decodes exactly one JSON value of at most 64 KiB into v. Data
+// after it is refused: it is how a browser form smuggles a JSON body
+// (`{"action":"join"}=`), and a body that is more than it says is not one
+// to act on.
+func (s *Server) readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	// The body gets its own deadline: the server has no ReadTimeout (it
+	// would end event streams), so a client trickling a body would
+	// otherwise hold the handler for ever.
+	// The deadline stays on a refused body: the server reads what is left
+	// of it before it answers, and must not wait for a trickle there.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(s.bodyTimeout))
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
+		w.Header().Set("Connection", "close")
 		writeErr(w, http.StatusBadRequest, fmt.Errorf("bad request body: %w", err))
 		return false
 	}
+	if err := dec.Decode(new(json.RawMessage)); !errors.Is(err, io.EOF) {
+		w.Header().Set("Connection", "close")
+		writeErr(w, http.StatusBadRequest, errors.New("bad request body: data after the JSON value (send exactly one JSON object)"))
+		return false
+	}
+	_ = rc.SetReadDeadline(time.Time{})
 	return true
 }
 
@@ -233,56 +369,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func writeErr(w http.ResponseWriter, code int, err error) {
 	writeJSON(w, code, map[string]string{"error": err.Error()})
-}
-
-// ListenUnix listens on a unix socket that only the unit's user can use
-// (mode 0600), replacing a stale socket left by a crash.
-func ListenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("create socket directory: %w", err)
-	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("socket %s is in use: is another roomd running?", path)
-	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("restrict socket %s to mode 0600: %w", path, err)
-	}
-	return l, nil
-}
-
-// ListenLoopback listens on addr, which must be a loopback address: the API
-// has no authentication beyond "you are on the unit".
-func ListenLoopback(addr string) (net.Listener, error) {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("http address %q: want ip:port such as 127.0.0.1:8787: %w", addr, err)
-	}
-	if !ap.Addr().IsLoopback() {
-		return nil, fmt.Errorf("http address %q is not a loopback address: the local API must stay on the unit (use 127.0.0.1)", addr)
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
-	}
-	return l, nil
-}
-
-// DefaultSocket is where roomd listens and roomctl looks when not told:
-// $KONSULT_SOCKET, else /run/konsult/roomd.sock when /run/konsult exists
-// (the packaged service), else a per-user directory under the temp dir.
-func DefaultSocket() string {
-	if s := os.Getenv("KONSULT_SOCKET"); s != "" {
-		return s
-	}
-	if fi, err := os.Stat("/run/konsult"); err == nil && fi.IsDir() {
-		return "/run/konsult/roomd.sock"
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("konsult-%d", os.Getuid()), "roomd.sock")
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -210,7 +209,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		listeners = append(listeners, hl)
 	}
-	srv := &http.Server{Handler: localapi.Handler(h, log), ReadHeaderTimeout: 5 * time.Second}
+	// localapi decides what each listener serves: the whole API on the
+	// socket, the browser-proof part on loopback HTTP.
+	srv := localapi.NewServer(h, log)
 	for _, l := range listeners {
 		go func() { _ = srv.Serve(l) }()
 	}
