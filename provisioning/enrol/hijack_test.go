@@ -316,3 +316,18 @@ func TestOversizedEnrolmentRequestIsNotRetained(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// A unit enrols on the fleet broker's host at the enrolment listener's
+// port unless fleet.enrol_broker says otherwise.
+func TestEnrolBrokerDefault(t *testing.T) {
+	for in, want := range map[string]string{
+		"mqtts://broker.clinic.example:8883": "mqtts://broker.clinic.example:8884",
+		"mqtts://broker.clinic.example":      "mqtts://broker.clinic.example:8884",
+		"ssl://[2001:db8::1]:8883":           "ssl://[2001:db8::1]:8884",
+		"":                                   "",
+	} {
+		if got := enrol.EnrolBroker(in); got != want {
+			t.Errorf("EnrolBroker(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
