@@ -72,6 +72,11 @@ func TestWatchAGroup(t *testing.T) {
 	if err := wait(); err != nil {
 		t.Fatalf("watch: %v", err)
 	}
+	// watch ran while cmd and push connected as the same fleet manager:
+	// each fleetctl has a client id of its own, none closed another.
+	if log := f.b.Log(); strings.Contains(log, "already connected, closing old connection") {
+		t.Fatalf("one fleetctl threw another off the broker:\n%s", log)
+	}
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	t.Logf("fleetctl watch --group clinic-a:\n%s", out.String())
 	if len(lines) != 3 {
