@@ -46,7 +46,8 @@ type Options struct {
 	// be DeviceID. They are read again at every connection attempt, so a
 	// renewed certificate is picked up without restarting.
 	CertFile, KeyFile string
-	// DeviceID is the unit's id, also its MQTT client id.
+	// DeviceID is the unit's id; its MQTT client id is UnitClientID(DeviceID),
+	// which the shipped broker replaces with the certificate's CN.
 	DeviceID string
 	// Groups are the groups whose config and commands the unit follows.
 	Groups []string
