@@ -69,8 +69,8 @@ type sigFake struct {
 	refuseBody string
 	// answerOffers makes the server answer the unit's later offers.
 	answerOffers bool
-	conns      atomic.Int32
-	srv        *httptest.Server
+	conns        atomic.Int32
+	srv          *httptest.Server
 }
 
 func newSigFake(t *testing.T, script func(c *sigConn)) *sigFake {
@@ -111,10 +111,12 @@ func (f *sigFake) serve(w http.ResponseWriter, r *http.Request) {
 			f.t.Errorf("fake server: %v", err)
 			return
 		}
-		defer pc.Close()
+		// The media outlives the socket, as on a real server: a resume
+		// finds it still up.
+		f.t.Cleanup(func() { _ = pc.Close() })
 		c.pc = pc
 		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Join{Join: &lkp.JoinResponse{
-			Participant: &lkp.ParticipantInfo{Sid: fmt.Sprintf("PA_unit%d", n), Identity: "unit-1"},
+			Participant:  &lkp.ParticipantInfo{Sid: fmt.Sprintf("PA_unit%d", n), Identity: "unit-1"},
 			PingInterval: 5, PingTimeout: 30,
 		}}})
 		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Answer{Answer: &lkp.SessionDescription{Type: "answer", Sdp: ans, Id: 1}}})
@@ -426,7 +428,7 @@ func TestJoinResponseSize(t *testing.T) {
 			Attributes: map[string]string{"lk.agent.state": "idle"}})
 	}
 	jr := &lkp.SignalResponse{Message: &lkp.SignalResponse_Join{Join: &lkp.JoinResponse{
-		Room: &lkp.Room{Sid: "RM_0123456789", Name: "consult-0123456789", NumParticipants: MaxOthers + 1, Metadata: strings.Repeat("m", 200)},
+		Room:        &lkp.Room{Sid: "RM_0123456789", Name: "consult-0123456789", NumParticipants: MaxOthers + 1, Metadata: strings.Repeat("m", 200)},
 		Participant: ps[0], OtherParticipants: ps, ServerVersion: "1.9.0", ServerRegion: "eu-west",
 		IceServers: []*lkp.ICEServer{{Urls: []string{"turn:turn.clinic.example:443?transport=udp", "turns:turn.clinic.example:443?transport=tcp"}, Username: strings.Repeat("u", 64), Credential: strings.Repeat("c", 64)}},
 	}}}
@@ -437,5 +439,181 @@ func TestJoinResponseSize(t *testing.T) {
 	t.Logf("join response with %d participants: %d bytes (%d per participant); limit %d", MaxOthers, len(b), len(b)/MaxOthers, MaxSignalMessage)
 	if 5*len(b) > MaxSignalMessage {
 		t.Fatalf("the largest legitimate join response (%d bytes) is more than a fifth of the limit", len(b))
+	}
+}
+
+// A server that sends Leave{RESUME} right after every resume: before the
+// fix the unit came back every 200 ms for ever (80 WebSocket connections
+// in 20 s). The pauses must grow, and start short again once a connection
+// has stayed up.
+func TestHostileLeaveLoopBacksOff(t *testing.T) {
+	old := stableAfter
+	stableAfter = time.Second
+	t.Cleanup(func() { stableAfter = old })
+	var mu sync.Mutex
+	arrived := map[int]time.Time{}
+	left := map[int]time.Time{}
+	const flappy = 5 // connections dropped at once; the next one stays up
+	f := newSigFake(t, func(c *sigConn) {
+		mu.Lock()
+		arrived[c.n] = time.Now()
+		mu.Unlock()
+		switch {
+		case c.n == 1:
+			time.Sleep(300 * time.Millisecond)
+		case c.n == flappy+1:
+			time.Sleep(1500 * time.Millisecond) // stable
+		case c.n > flappy+2:
+			return
+		default:
+			time.Sleep(20 * time.Millisecond)
+		}
+		mu.Lock()
+		left[c.n] = time.Now()
+		mu.Unlock()
+		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Leave{Leave: &lkp.LeaveRequest{Action: lkp.LeaveRequest_RESUME, Reason: lkp.DisconnectReason_SERVER_SHUTDOWN}}})
+	})
+	conn, _ := sigConnector(t, f, nil, 15*time.Second)
+	call := sigJoin(t, conn)
+	deadline := time.Now().Add(20 * time.Second)
+	for f.conns.Load() < flappy+3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var gaps []time.Duration
+	for n := 1; n <= flappy+1; n++ {
+		if arrived[n+1].IsZero() {
+			t.Fatalf("connection %d never came (resumes %d)", n+1, call.Resumes())
+		}
+		gaps = append(gaps, arrived[n+1].Sub(left[n]).Round(time.Millisecond))
+	}
+	t.Logf("pause before each new connection after a leave: %v (the last after a connection that stayed up %s)", gaps, 1500*time.Millisecond)
+	for i := 1; i < flappy; i++ {
+		if gaps[i] < gaps[i-1] {
+			t.Errorf("pause %d (%s) shorter than the one before (%s): no growing backoff", i+1, gaps[i], gaps[i-1])
+		}
+	}
+	if g := gaps[flappy-1]; g < 800*time.Millisecond {
+		t.Errorf("after %d leaves in a row the unit came back within %s; want at least 800 ms", flappy, g)
+	}
+	if g := gaps[flappy]; g > 600*time.Millisecond {
+		t.Errorf("after a connection that stayed up past %s the unit waited %s; want the short first pause again", stableAfter, g)
+	}
+}
+
+// publishers counts the goroutines waiting to publish a held-back track.
+func publishers() int {
+	buf := make([]byte, 4<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "livekit.(*RTCCall).publishWhenOpen(")
+}
+
+// The server makes the unit rejoin as a new participant (Leave{RECONNECT})
+// five times while the gate is shut. Before the fix each rejoin left a
+// publishWhenOpen goroutine holding its closed peer connection until the
+// gate next opened.
+func TestRejoinsWithGateShutLeakNothing(t *testing.T) {
+	const rejoins = 5
+	f := newSigFake(t, func(c *sigConn) {
+		if c.jr.GetReconnect() || c.n > rejoins {
+			return
+		}
+		time.Sleep(500 * time.Millisecond) // media up
+		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Leave{Leave: &lkp.LeaveRequest{Action: lkp.LeaveRequest_RECONNECT, Reason: lkp.DisconnectReason_STATE_MISMATCH}}})
+	})
+	conn, g := sigConnector(t, f, nil, 15*time.Second)
+	call := sigJoin(t, conn)
+	g.Set(gate.State{}) // PRIVACY: shut for the whole test
+	p0 := publishers()
+	deadline := time.Now().Add(30 * time.Second)
+	for call.Rejoins() < rejoins && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if call.Rejoins() < rejoins {
+		t.Fatalf("%d rejoins within 30 s, want %d", call.Rejoins(), rejoins)
+	}
+	time.Sleep(200 * time.Millisecond)
+	n := publishers()
+	t.Logf("%d rejoins with the gate shut: %d goroutines waiting to publish (before: %d), %d goroutines in all", rejoins, n, p0, runtime.NumGoroutine())
+	if n > 1 {
+		t.Fatalf("%d goroutines waiting to publish after %d rejoins with the gate shut; want 1 (the current peer connection's)", n, rejoins)
+	}
+}
+
+// A server that refuses the WebSocket with a body of terminal escapes,
+// forged log lines and the unit's own token: the fault reason quotes it
+// printable, on one line, short, without the token.
+func TestHandshakeBodyCleaned(t *testing.T) {
+	f := newSigFake(t, nil)
+	f.refuse = http.StatusBadRequest
+	f.refuseBody = "\x1b[2J\x1b[31mroom closed\r\ntime=2026-12-02 level=ERROR msg=\"shutter open\"\x07\x00" + strings.Repeat("x", 600)
+	conn, _ := sigConnector(t, f, nil, 5*time.Second)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/rtc/v1", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(f.refuse)
+		// A body that echoes the unit's own token back, after the escapes.
+		_, _ = io.WriteString(w, strings.Replace(f.refuseBody, "room closed", "room closed for "+strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer "), 1))
+	})
+	f.srv.Config.Handler = mux
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	call, err := conn.Join(ctx)
+	if err == nil {
+		_ = call.Leave(context.Background())
+		t.Fatal("joined a server that refuses the WebSocket")
+	}
+	msg := err.Error()
+	t.Logf("join: %q", msg)
+	if strings.ContainsAny(msg, "\x1b\r\n\x07\x00") {
+		t.Errorf("the fault reason carries control characters from the server's body: %q", msg)
+	}
+	if strings.Contains(msg, "eyJ") {
+		t.Errorf("the fault reason quotes the token: %q", msg)
+	}
+	if len(msg) > 400 {
+		t.Errorf("the fault reason is %d bytes long: it quotes too much of the server's body", len(msg))
+	}
+}
+
+// A server announces 5,000 participants that nobody will ever see. Before
+// the fix the unit tracked every one and logged a line for each.
+func TestFakeParticipantsBounded(t *testing.T) {
+	h := &countingHandler{}
+	f := newSigFake(t, func(c *sigConn) {
+		if c.n != 1 {
+			return
+		}
+		var ps []*lkp.ParticipantInfo
+		for i := 0; i < 5000; i++ {
+			ps = append(ps, &lkp.ParticipantInfo{Sid: fmt.Sprintf("PA_fake%d", i), Identity: fmt.Sprintf("fake-%d", i), State: lkp.ParticipantInfo_ACTIVE})
+			if len(ps) == 500 {
+				_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Update{Update: &lkp.ParticipantUpdate{Participants: ps}}})
+				ps = nil
+			}
+		}
+		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Update{Update: &lkp.ParticipantUpdate{Participants: []*lkp.ParticipantInfo{{Sid: "PA_last", Identity: "last", State: lkp.ParticipantInfo_ACTIVE}}}}})
+	})
+	conn, _ := sigConnector(t, f, h, 10*time.Second)
+	call := sigJoin(t, conn)
+	deadline := time.Now().Add(10 * time.Second)
+	for call.Others() < MaxOthers && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	lines := 0
+	h.mu.Lock()
+	for m, n := range h.msgs {
+		if strings.HasPrefix(m, "far end") {
+			lines += n
+		}
+	}
+	h.mu.Unlock()
+	t.Logf("5,000 fake participants: the unit tracks %d, wrote %d far-end log lines", call.Others(), lines)
+	if call.Others() > MaxOthers {
+		t.Errorf("the unit tracks %d far-end participants, want at most %d", call.Others(), MaxOthers)
+	}
+	if lines > 2*logBurst {
+		t.Errorf("%d far-end log lines for one flood, want at most %d", lines, 2*logBurst)
 	}
 }

@@ -591,7 +591,9 @@ func (c *RTCCall) participant(p *lkp.ParticipantInfo) {
 	case <-c.over:
 	case c.presence <- *ev:
 	default:
-		c.log.Warn("far end: presence event dropped (nobody reading)")
+		if logIt {
+			c.log.Warn("far end: presence event dropped (nobody reading)")
+		}
 	}
 }
 
