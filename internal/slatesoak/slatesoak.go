@@ -44,8 +44,7 @@ func Presses(n int) int {
 // Press is one PRIVACY press and what the far end showed for it.
 type Press struct {
 	At, Reopen time.Time
-	Loss       int  // % random UDP loss during the press
-	Cut        bool // all UDP dropped for CutFor from the press on
+	Phase
 
 	// Converged is when, after the press, the far end showed the slate for
 	// good (no room frame after it until the reopen); -1: never.
@@ -58,6 +57,10 @@ type Press struct {
 	// StampAfterPress counts room frames shown whose capture stamp is at or
 	// after the press; NoStamp those whose stamp did not read back.
 	StampAfterPress, NoStamp int
+	// AudioBefore is the far end's audio energy (RMS, 0..1) just before
+	// the press; AudioPrivate the highest it reported from AudioSettle
+	// after the press until the reopen (the room's sound, or silence).
+	AudioBefore, AudioPrivate float64
 	// LastRoomStamp is the capture stamp of the last room frame shown
 	// before the slate held, as ms before the press (-1: unreadable).
 	LastRoomStampAge time.Duration
@@ -65,30 +68,55 @@ type Press struct {
 
 // OK says whether the press met the requirement.
 func (p Press) OK() bool {
-	return p.Converged >= 0 && p.Converged <= Bound && p.LateRoom == 0 && p.StampAfterPress == 0 && p.NoStamp == 0
+	return p.Converged >= 0 && p.Converged <= Bound && p.LateRoom == 0 && p.StampAfterPress == 0 && (p.NoStamp == 0 || !p.Stamped) &&
+		p.AudioPrivate < Silent
 }
+
+// Silent is the far-end audio energy below which it hears nothing (the
+// unit's test microphone, a tone, reports about 0.1 and more).
+const Silent = 0.01
+
+// AudioSettle is how long after the press the far end may still play what
+// was sent before it: its jitter buffer, and the analyser's 170 ms window.
+const AudioSettle = 500 * time.Millisecond
 
 func (p Press) String() string {
 	c := "never"
 	if p.Converged >= 0 {
 		c = p.Converged.Round(time.Millisecond).String()
 	}
-	return fmt.Sprintf("loss %d%% cut %v: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press",
-		p.Loss, p.Cut, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond))
+	return fmt.Sprintf("%s: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press; audio energy %.3f before, up to %.3f while private",
+		p.Phase, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond), p.AudioBefore, p.AudioPrivate)
 }
 
 // CutFor is the total outage at the press (the 300 ms).
 const CutFor = 300 * time.Millisecond
 
-// Run makes n presses: each opens the gate, waits for the room at the far
-// end, presses (gate shut: the debounced PRIVACY), keeps the unit private
-// for Private, and judges what the far end showed. With cut, all UDP is
-// dropped for CutFor from the press on.
-func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, loss, n int, cut bool) []Press {
+// Phase is a run of presses under one condition.
+type Phase struct {
+	Loss    int  // % random UDP loss
+	N       int  // presses (Presses(N) is used)
+	Cut     bool // all UDP dropped for CutFor from each press on
+	Stamped bool // the unit stamps its camera frames: check every stamp
+}
+
+func (ph Phase) String() string {
+	s := fmt.Sprintf("%d %% loss", ph.Loss)
+	if ph.Cut {
+		s = "300 ms cut at the press, " + s
+	}
+	return s
+}
+
+// Run makes the phase's presses: each opens the gate, waits for the room at
+// the far end, presses (gate shut: the debounced PRIVACY), keeps the unit
+// private for Private, and judges what the far end showed.
+func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Phase) []Press {
 	t.Helper()
-	net.Loss(loss)
+	net.Loss(ph.Loss)
+	cut := ph.Cut
 	var out []Press
-	for i := range n {
+	for i := range Presses(ph.N) {
 		g.Set(gate.State{Video: true, Audio: true})
 		opened := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -100,13 +128,18 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, loss,
 			t.Fatalf("press %d: the far end never showed the room again after the gate opened: %v; %s", i, err, fe.Stats())
 		}
 		time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
-		p := Press{Loss: loss, Cut: cut, At: time.Now()}
+		p := Press{Phase: ph, AudioBefore: fe.Stats().AudioEnergy, At: time.Now()}
 		var restored <-chan struct{}
 		if cut {
 			restored = net.CutFor(CutFor)
 		}
 		g.Set(gate.State{})
-		time.Sleep(Private)
+		for time.Since(p.At) < Private {
+			time.Sleep(50 * time.Millisecond)
+			if s := fe.Stats(); s.ReceivedAt.Sub(p.At) > AudioSettle {
+				p.AudioPrivate = max(p.AudioPrivate, s.AudioEnergy)
+			}
+		}
 		p.Reopen = time.Now()
 		if restored != nil {
 			<-restored
@@ -195,6 +228,11 @@ func Check(t *testing.T, label string, ps []Press) {
 			t.Errorf("%s: press %d: %s", label, i, p)
 		}
 	}
-	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d",
-		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad)
+	var audioBefore, audioPrivate float64
+	for _, p := range ps {
+		audioBefore = max(audioBefore, p.AudioBefore)
+		audioPrivate = max(audioPrivate, p.AudioPrivate)
+	}
+	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; far-end audio energy up to %.3f open, %.4f private",
+		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad, audioBefore, audioPrivate)
 }

@@ -48,7 +48,10 @@ type Counters struct {
 	Slates      atomic.Uint64
 	AudioChunks atomic.Uint64 // microphone chunks admitted
 	Silences    atomic.Uint64
-	LastIsSlate atomic.Bool
+	// StaleDropped counts microphone chunks read right after the gate
+	// opened that the mic had held since it was shut: dropped unsent.
+	StaleDropped atomic.Uint64
+	LastIsSlate  atomic.Bool
 }
 
 // SlatesPerClose is how many slate frames follow each close, one frame
@@ -167,6 +170,8 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 	return func(r audio.Reader) audio.Reader {
 		silence := wave.Audio(wave.NewFloat32Interleaved(wave.ChunkInfo{Channels: 1, Len: 960, SamplingRate: 48000}))
 		var next time.Time // when the next chunk of silence is due; zero: at once
+		stale := true      // the gate was shut: what the mic holds now is from then
+		dropped := 0       // stale chunks dropped since the gate opened
 		var once sync.Once
 		return audio.ReaderFunc(func() (chunk wave.Audio, release func(), err error) {
 			defer func() {
@@ -194,15 +199,33 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 					}
 					next = next.Add(chunkLen(silence))
 					n.Silences.Add(1)
+					stale = true
 					return silence, func() {}, nil
 				}
 				next = time.Time{}
+				began := time.Now()
 				chunk, release, err = r.Read()
 				if err != nil {
 					if !errors.Is(err, io.EOF) {
 						err = fmt.Errorf("microphone lost: %w", err)
 					}
 					return nil, func() {}, err
+				}
+				// After the gate was shut, a microphone that kept capturing
+				// (a driver's ring buffer, the test driver catching up) hands
+				// over what it holds at once: sound from while the unit was
+				// muted, and a burst that would sit in the far end's jitter
+				// buffer and play on into the next mute. Chunks that come
+				// faster than half their length go; the first that had to be
+				// waited for is live.
+				if stale && err == nil {
+					if time.Since(began) < chunkLen(chunk)/2 && dropped < maxStale {
+						release()
+						dropped++
+						n.StaleDropped.Add(1)
+						continue
+					}
+					stale, dropped = false, 0
 				}
 				rel, ok := g.Enter(gate.Audio)
 				if !ok {
@@ -218,6 +241,10 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 		})
 	}
 }
+
+// maxStale bounds the chunks dropped after one open (10 s of 20 ms chunks):
+// a microphone that never blocks is live, not stale.
+const maxStale = 500
 
 // chunkLen is how much time a chunk of audio covers (20 ms if unknown).
 func chunkLen(a wave.Audio) time.Duration {
