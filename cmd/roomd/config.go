@@ -13,6 +13,7 @@ import (
 
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/provisioning/enrol"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 	"github.com/konsult/konsult/provisioning/network"
 )
@@ -228,11 +229,9 @@ func (l localConfig) effective(fleetTOML []byte) (*Config, error) {
 func decodeStrict(text string, c *Config) (toml.MetaData, error) {
 	md, err := toml.Decode(text, c)
 	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return md, fmt.Errorf("line %d: %s", pe.Position.Line, pe.Message)
-		}
-		return md, err
+		// By line and key only: the parser quotes the offending text, and
+		// in a config that is often a secret (api_secret = s3cret, unquoted).
+		return md, errors.New(fleet.DescribeTOMLErrorIn(err, []byte(text)))
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		keys := make([]string, 0, len(und))

@@ -17,47 +17,151 @@ import (
 func ParseTOML(b []byte) (map[string]any, error) {
 	m := map[string]any{}
 	if _, err := toml.Decode(string(b), &m); err != nil {
-		return nil, fmt.Errorf("config is not valid TOML: %s", DescribeTOMLError(err))
+		return nil, fmt.Errorf("config is not valid TOML: %s", DescribeTOMLErrorIn(err, b))
 	}
 	return m, nil
 }
 
 // DescribeTOMLError describes a TOML decoding error by position and key with
 // any quoted text longer than three characters cut out, so it is safe to show
-// for a config that holds secrets.
-func DescribeTOMLError(err error) string {
+// for a config that holds secrets. Prefer DescribeTOMLErrorIn, which also
+// knows the text and so can cut out shorter pieces of it.
+func DescribeTOMLError(err error) string { return DescribeTOMLErrorIn(err, nil) }
+
+// decodeErr is how the decoder reports a value that does not fit its
+// destination (a type mismatch, an UnmarshalText error).
+var decodeErr = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"\n]*)"\): (.*)$`)
+
+// DescribeTOMLErrorIn describes a TOML decoding error of text by line and
+// key, never by value: quoted pieces of the parser's message are cut out
+// (a short one such as '=' is kept only if the offending line's value does
+// not hold it), and if any word of that value is still in the message, the
+// message is withheld. An unquoted secret (api_secret = s3cret) is what the
+// parser quotes back in "expected value but found ..." otherwise.
+func DescribeTOMLErrorIn(err error, text []byte) string {
 	var pe toml.ParseError
-	if !errors.As(err, &pe) {
-		return "the document could not be decoded"
+	if errors.As(err, &pe) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "line %d, column %d", pe.Position.Line, pe.Position.Col)
+		if k := errorKey(pe.LastKey, text, pe.Position.Line); k != "" {
+			fmt.Fprintf(&b, " (key %s)", k)
+		}
+		val := lineValue(text, pe.Position.Line)
+		if msg, ok := redactMessage(pe.Message, val, text != nil); ok {
+			b.WriteString(": " + strings.TrimSuffix(msg, "."))
+			if strings.HasPrefix(pe.Message, "expected value but found") {
+				b.WriteString(" (a text value goes in double quotes: key = \"...\")")
+			}
+		} else {
+			b.WriteString(": syntax error")
+		}
+		return b.String()
 	}
-	var b strings.Builder
-	fmt.Fprintf(&b, "line %d, column %d", pe.Position.Line, pe.Position.Col)
-	if pe.LastKey != "" {
-		fmt.Fprintf(&b, " (after key %s)", pe.LastKey)
+	if m := decodeErr.FindStringSubmatch(err.Error()); m != nil {
+		n, _ := strconv.Atoi(m[1])
+		msg, ok := redactMessage(m[3], lineValue(text, n), text != nil)
+		if !ok {
+			msg = "the value does not fit this key"
+		}
+		return fmt.Sprintf("line %d (key %s): %s", n, m[2], msg)
 	}
-	if msg, ok := redactQuoted(pe.Message); ok {
-		b.WriteString(": " + strings.TrimSuffix(msg, "."))
-	} else {
-		b.WriteString(": syntax error")
+	return "the document could not be decoded"
+}
+
+var bareKey = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
+
+// errorKey names the key an error is about: the parser's last key, or,
+// when the error comes after the key was read (trailing text), that key
+// within the parser's current table.
+func errorKey(last string, text []byte, n int) string {
+	if text == nil || n < 1 {
+		return last
 	}
-	return b.String()
+	lines := strings.Split(string(text), "\n")
+	if n > len(lines) {
+		return last
+	}
+	m := bareKey.FindStringSubmatch(lines[n-1])
+	if m == nil || strings.Contains("."+last+".", "."+m[1]+".") {
+		return last
+	}
+	if last == "" {
+		return m[1]
+	}
+	return last + "." + m[1]
+}
+
+// lineValue is what follows the first '=' on line n of text (the whole
+// line if it has none): the part of the line a secret would be in.
+func lineValue(text []byte, n int) string {
+	if text == nil || n < 1 {
+		return ""
+	}
+	lines := strings.Split(string(text), "\n")
+	if n > len(lines) {
+		return ""
+	}
+	l := lines[n-1]
+	if _, v, ok := strings.Cut(l, "="); ok {
+		return v
+	}
+	return l
 }
 
 var quoted = regexp.MustCompile(`'[^'\n]*'|"(?:[^"\\\n]|\\.)*"`)
 
-// redactQuoted replaces quoted segments longer than three characters with
-// '…'. Short ones ("'='", "'\"'") are the syntax the message is about. It
-// returns false if a stray quote is left over, because then it cannot tell
-// where a quoted value ends.
-func redactQuoted(msg string) (string, bool) {
+// redactMessage cuts quoted segments out of a parser message. Without the
+// text (known false) only pieces of up to three characters stay: they are
+// the syntax the message is about ('=', '}'). With it, a quoted piece stays
+// only if it is not a piece of the offending line's value val (an example
+// such as "30ms", a key name). It returns false if a stray quote is left
+// over (it cannot tell where a quoted value ends) or a word of val is
+// still in the message.
+func redactMessage(msg, val string, known bool) (string, bool) {
+	words := strings.FieldsFunc(val, func(r rune) bool { return strings.ContainsRune(" \t\"'=,[]{}#", r) })
+	holdsValue := func(s string) bool {
+		for _, w := range words {
+			if len(w) >= 3 && strings.Contains(s, w) {
+				return true
+			}
+		}
+		return false
+	}
 	out := quoted.ReplaceAllStringFunc(msg, func(q string) string {
-		if len([]rune(q))-2 <= 3 {
+		inner := unescapeQuoted(q[1 : len(q)-1])
+		keep := len([]rune(inner)) <= 3
+		if known {
+			keep = inner != "" && !strings.Contains(val, inner) && !holdsValue(inner) && !sharesRun(inner, val)
+		}
+		if keep {
 			return q
 		}
 		return q[:1] + "…" + q[len(q)-1:]
 	})
-	rest := quoted.ReplaceAllString(out, "")
-	return out, !strings.ContainsAny(rest, `'"`)
+	if strings.ContainsAny(quoted.ReplaceAllString(out, ""), `'"`) || holdsValue(out) {
+		return "", false
+	}
+	return out, true
+}
+
+// sharesRun reports whether a and b have four characters in a row in
+// common: the parser quotes a prefix of a bad value ("1979-05-27T").
+func sharesRun(a, b string) bool {
+	for i := 0; i+4 <= len(a); i++ {
+		if strings.Contains(b, a[i:i+4]) {
+			return true
+		}
+	}
+	return false
+}
+
+// unescapeQuoted turns the parser's '\n' back into a newline, so a quoted
+// newline is never taken for a piece of the value.
+func unescapeQuoted(s string) string {
+	if u, err := strconv.Unquote(`"` + s + `"`); err == nil {
+		return u
+	}
+	return s
 }
 
 // RedactValues returns msg with every string value of the TOML config cut
