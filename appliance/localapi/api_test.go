@@ -51,10 +51,14 @@ func send(t *testing.T, hc *http.Client, base string, r req) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
+// testHTTP gives up rather than hang on an answer that never ends (an
+// event stream the API should have refused).
+var testHTTP = &http.Client{Timeout: 5 * time.Second}
+
 func jsonHeader() http.Header { return http.Header{"Content-Type": {"application/json"}} }
 
 func join() req {
-	return req{path: "/v1/action", body: `{"action":"join"}`, header: jsonHeader()}
+	return req{method: "POST", path: "/v1/action", body: `{"action":"join"}`, header: jsonHeader()}
 }
 
 func portOf(t *testing.T, base string) string {
@@ -78,7 +82,7 @@ func TestHTTPRefusesAHostThatIsNotLoopback(t *testing.T) {
 	} {
 		for _, r := range []req{join(), {method: "GET", path: "/v1/status"}, {method: "GET", path: "/v1/events"}} {
 			r.host = host
-			code, body := send(t, http.DefaultClient, base, r)
+			code, body := send(t, testHTTP, base, r)
 			if code != http.StatusMisdirectedRequest {
 				t.Errorf("%s %s with Host %q: %d %s, want 421", r.method, r.path, host, code, body)
 			}
@@ -104,7 +108,7 @@ func TestHTTPRefusesAHostThatIsNotLoopback(t *testing.T) {
 	for _, host := range []string{"127.0.0.1:" + port, "localhost:" + port, "LocalHost:" + port, "[::1]:" + port} {
 		r := join()
 		r.host = host
-		if code, body := send(t, http.DefaultClient, base, r); code != http.StatusAccepted {
+		if code, body := send(t, testHTTP, base, r); code != http.StatusAccepted {
 			t.Errorf("Host %q: %d %s, want 202", host, code, body)
 		}
 	}
@@ -137,7 +141,7 @@ func TestHTTPRefusesAnotherOrigin(t *testing.T) {
 				}
 				r.header[k] = v
 			}
-			code, body := send(t, http.DefaultClient, base, r)
+			code, body := send(t, testHTTP, base, r)
 			if code != http.StatusForbidden || strings.Contains(body, statusMarker) {
 				t.Errorf("%s %s with %v: %d %s, want 403", r.method, r.path, h, code, body)
 			}
@@ -149,7 +153,7 @@ func TestHTTPRefusesAnotherOrigin(t *testing.T) {
 	r := join()
 	r.header.Set("Origin", "http://127.0.0.1:"+port)
 	r.header.Set("Sec-Fetch-Site", "same-origin")
-	if code, body := send(t, http.DefaultClient, base, r); code != http.StatusAccepted {
+	if code, body := send(t, testHTTP, base, r); code != http.StatusAccepted {
 		t.Errorf("the unit's own origin: %d %s, want 202", code, body)
 	}
 }
@@ -165,7 +169,7 @@ func TestPostMustBeJSON(t *testing.T) {
 		name string
 		hc   *http.Client
 		base string
-	}{{"http", http.DefaultClient, base}, {"unix", unix.hc, unix.base}} {
+	}{{"http", testHTTP, base}, {"unix", unix.hc, unix.base}} {
 		for _, ct := range [][]string{
 			{"text/plain"}, {"text/plain;charset=UTF-8"}, {"application/x-www-form-urlencoded"},
 			{"multipart/form-data; boundary=x"}, nil, {""}, {"application/json; charset=latin1"},
@@ -204,7 +208,7 @@ func TestTrailingDataIsRefused(t *testing.T) {
 		name string
 		hc   *http.Client
 		base string
-	}{{"http", http.DefaultClient, base}, {"unix", unix.hc, unix.base}} {
+	}{{"http", testHTTP, base}, {"unix", unix.hc, unix.base}} {
 		for _, body := range []string{
 			"{\"action\":\"join\"}=", "{\"action\":\"join\"}=\r\n", `{"action":"join"}{"action":"leave"}`,
 			`{"action":"join"} x`, `{"action":"join"}]`, `{"action":"join"}"`,
@@ -253,7 +257,7 @@ func TestUnixOnlyCalls(t *testing.T) {
 		{path: "/v1/fault", body: `{"fault":"stuck_shutter","on":true}`, header: jsonHeader()},
 	}
 	for _, r := range calls {
-		code, body := send(t, http.DefaultClient, base, r)
+		code, body := send(t, testHTTP, base, r)
 		if code != http.StatusForbidden || !strings.Contains(body, "unix socket") {
 			t.Errorf("HTTP %s: %d %s, want 403 naming the unix socket", r.path, code, body)
 		}
@@ -320,7 +324,7 @@ func TestEventStreamsAreCapped(t *testing.T) {
 	u := &fakeUnit{}
 	log, _ := newLogRecorder()
 	unix, base := startAPI(t, u, log)
-	hc := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 100}}
+	hc := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 100}, Timeout: 10 * time.Second}
 	var open []*http.Response
 	for i := 0; i < MaxEventStreams; i++ {
 		resp := openStream(t, hc, base)
