@@ -37,7 +37,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("roomctl", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", localapi.DefaultSocket(), "roomd's unix socket")
-	httpURL := fs.String("http", "", "roomd's loopback HTTP API instead of the socket, e.g. http://127.0.0.1:8787")
+	httpURL := fs.String("http", "", "roomd's loopback HTTP API instead of the socket, e.g. http://127.0.0.1:8787 (roomd serves it only with api.http or --http; enrol, factory-reset, press, hold and fault need the socket)")
 	fs.Usage = func() { fmt.Fprint(fs.Output(), usage, "\nFlags:\n"); fs.PrintDefaults() }
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

@@ -61,7 +61,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	configPath := fs.String("config", "", "config file (TOML); built-in defaults when empty")
 	simulate := fs.Bool("sim", false, "run on the simulated board and the local simulated conference")
 	socket := fs.String("socket", "", "override api.socket")
-	httpAddr := fs.String("http", "", "override api.http (\"off\" to disable)")
+	httpAddr := fs.String("http", "", "override api.http: also serve the local API on this loopback address, e.g. 127.0.0.1:8787 (\"off\" to disable; off by default)")
 	printDefaults := fs.Bool("print-default-config", false, "print the built-in config and exit")
 	takeClaim := fs.String("take-claim", "", "as root (konsult-claim.service): move the claim code from this file (the boot partition's konsult-claim.txt) into the unit's identity directory, then exit")
 	applyNet := fs.String("apply-network", "", "as root (konsult-network.service): hand the profiles roomd rendered in this directory to NetworkManager, then exit")
