@@ -76,8 +76,9 @@ func (p Press) OK() bool {
 // unit's test microphone, a tone, reports about 0.1 and more).
 const Silent = 0.01
 
-// AudioSettle is how long after the press the far end may still play what
-// was sent before it: its jitter buffer, and the analyser's 170 ms window.
+// AudioSettle is how long after the press (after the end of a cut) the far
+// end may still play what was sent before it: its jitter buffer, and the
+// analyser's 170 ms window.
 const AudioSettle = 500 * time.Millisecond
 
 func (p Press) String() string {
@@ -136,7 +137,11 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 		g.Set(gate.State{})
 		for time.Since(p.At) < Private {
 			time.Sleep(50 * time.Millisecond)
-			if s := fe.Stats(); s.ReceivedAt.Sub(p.At) > AudioSettle {
+			settle := AudioSettle
+			if cut {
+				settle += CutFor // nothing arrives before the cut ends: the far end conceals until then
+			}
+			if s := fe.Stats(); s.ReceivedAt.Sub(p.At) > settle {
 				p.AudioPrivate = max(p.AudioPrivate, s.AudioEnergy)
 			}
 		}

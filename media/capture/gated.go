@@ -172,6 +172,8 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 		var next time.Time // when the next chunk of silence is due; zero: at once
 		stale := true      // the gate was shut: what the mic holds now is from then
 		dropped := 0       // stale chunks dropped since the gate opened
+		var liveFrom time.Time
+		var liveDur time.Duration // audio handed over since liveFrom
 		var once sync.Once
 		return audio.ReaderFunc(func() (chunk wave.Audio, release func(), err error) {
 			defer func() {
@@ -226,7 +228,17 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 						continue
 					}
 					stale, dropped = false, 0
+					liveFrom, liveDur = time.Now(), 0
 				}
+				// And never faster than real time: a backlog the check above
+				// missed (a loaded machine can make even a buffered read slow)
+				// goes too, rather than reaching the far end as a burst.
+				if liveDur-time.Since(liveFrom) > maxAhead {
+					release()
+					n.StaleDropped.Add(1)
+					continue
+				}
+				liveDur += chunkLen(chunk)
 				rel, ok := g.Enter(gate.Audio)
 				if !ok {
 					release()
@@ -241,6 +253,11 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 		})
 	}
 }
+
+// maxAhead is how far the audio handed over since the gate opened may run
+// ahead of the clock (a microphone's delivery jitter) before chunks are
+// dropped as backlog.
+const maxAhead = 100 * time.Millisecond
 
 // maxStale bounds the chunks dropped after one open (10 s of 20 ms chunks):
 // a microphone that never blocks is live, not stale.
