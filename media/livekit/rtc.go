@@ -743,12 +743,11 @@ func (c *RTCCall) handle(sig *signal, r *lkp.SignalResponse) {
 			c.log.Warn("receive sections: the server asks for more than the unit plays and shows; the rest are not added",
 				"audio_asked", wantA, "video_asked", wantV, "audio_added", a, "video_added", v, "max_audio", MaxRecvAudio, "max_video", MaxRecvVideo)
 		}
-		if a == 0 && v == 0 {
-			return
-		}
 		if err := addReceivers(pc, int(a), int(v)); err != nil {
 			c.log.Warn("receive sections", "err", err)
 		}
+		// Even with nothing added: LiveKit sends 0/0 to have the unit offer
+		// again, which binds the track it has just given an existing section.
 		c.negotiate(false)
 	case *lkp.SignalResponse_RefreshToken:
 		c.mu.Lock()

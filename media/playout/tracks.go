@@ -96,6 +96,8 @@ type VideoStats struct {
 	Buffered int `json:"buffered_bytes"`
 	// Dropped counts frames over MaxFrameBytes.
 	Dropped uint64 `json:"dropped_oversize"`
+	// Received counts the RTP payload bytes of this video.
+	Received uint64 `json:"received_bytes"`
 }
 
 type videoTrack struct {
@@ -190,6 +192,7 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func(
 			}
 		})
 		v.mu.Lock()
+		v.st.Received += uint64(len(pkt.Payload))
 		v.held = ra.held()
 		v.st.Dropped = ra.dropped
 		v.mu.Unlock()
