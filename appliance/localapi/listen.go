@@ -41,6 +41,17 @@ func ListenUnix(path string) (net.Listener, error) {
 	return l, nil
 }
 
+// PrepareSocketDir checks (and makes, 0700) the folder of socket when it is
+// the temp dir's fallback folder; other folders are left to ListenUnix.
+// roomd calls it before anything else writes there: in --sim the unit's
+// key and the demo fleet's signing key live beside the socket.
+func PrepareSocketDir(socket string) error {
+	if dir := filepath.Dir(socket); dir == fallbackSocketDir() {
+		return privateDir(dir, true)
+	}
+	return nil
+}
+
 // ListenLoopback listens on addr, which must be a loopback address: the API
 // has no authentication beyond "you are on the unit".
 func ListenLoopback(addr string) (net.Listener, error) {

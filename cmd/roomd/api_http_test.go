@@ -1,8 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -115,5 +118,32 @@ func TestHTTPWhenAskedForRefusesBrowsers(t *testing.T) {
 			t.Fatalf("privacy_on over HTTP did not take: %+v", st)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// In --sim the unit's key and the demo fleet's signing key go beside the
+// socket: in a fallback folder someone else made first, roomd must refuse
+// before it writes anything there.
+func TestSimRefusesAFallbackFolderOthersCanWrite(t *testing.T) {
+	if _, err := os.Stat("/run/konsult"); err == nil {
+		t.Skip("/run/konsult exists: the fallback folder is not used here")
+	}
+	base := t.TempDir()
+	t.Setenv("TMPDIR", base)
+	t.Setenv("KONSULT_SOCKET", "")
+	dir := filepath.Join(base, fmt.Sprintf("konsult-%d", os.Getuid()))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--sim"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "written by group or others") {
+		t.Fatalf("roomd --sim with a world-writable %s: %v", dir, err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("roomd wrote into the refused folder: %v", entries)
 	}
 }

@@ -126,6 +126,10 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	// Before the fleet setup below writes keys beside the socket.
+	if err := localapi.PrepareSocketDir(cfg.API.Socket); err != nil {
+		return fmt.Errorf("local API: %w", err)
+	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, stderr, level)
 
