@@ -79,8 +79,8 @@ type Server struct {
 
 	// Limits, fields so that tests can shorten them.
 	readHeaderTimeout time.Duration // a client gets this long to send its headers
+	bodyTimeout       time.Duration // and this long to send its body
 	idleTimeout       time.Duration // a kept-alive connection with no request is closed after this
-	bodyTimeout       time.Duration // and this long to send a request body
 	eventWriteTimeout time.Duration // an event stream whose reader stops reading is cut after this
 	maxEventStreams   int           // per listener
 
