@@ -10,7 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/konsult/konsult/media/internal/snippet"
 )
 
 // Sentinel errors. Every error returned by this package that has an
@@ -141,39 +142,7 @@ const maxBodySnippet = 200
 // token is removed after cleaning (so control characters cannot split it)
 // and before truncation (so no prefix of it survives).
 func sanitizeSnippet(body []byte, token string) string {
-	const maxScan = 64 << 10
-	if len(body) > maxScan {
-		body = body[:maxScan]
-	}
-	var b strings.Builder
-	space := false
-	for len(body) > 0 {
-		r, size := utf8.DecodeRune(body)
-		body = body[size:]
-		switch {
-		case r == utf8.RuneError && size <= 1:
-			continue
-		case r == ' ' || r == '\t' || r == '\n' || r == '\r':
-			space = b.Len() > 0
-			continue
-		case r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0):
-			continue
-		}
-		if space {
-			b.WriteByte(' ')
-			space = false
-		}
-		b.WriteRune(r)
-	}
-	s := redact(b.String(), token)
-	if len(s) > maxBodySnippet {
-		cut := maxBodySnippet
-		for cut > 0 && !utf8.RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut]
-	}
-	return s
+	return snippet.Clean(body, maxBodySnippet, token)
 }
 
 const redacted = "[REDACTED]"
