@@ -213,11 +213,6 @@ func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
-func (h *countingHandler) count(msg string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.msgs[msg]
-}
 
 // sigConnector is a connector to the fake server with the test camera and
 // microphone, logging into h (nil: discarded).
@@ -417,10 +412,10 @@ func TestJoinResponseSize(t *testing.T) {
 			layers = append(layers, &lkp.VideoLayer{Quality: lkp.VideoQuality(q), Width: w, Height: w * 9 / 16, Bitrate: w * 1000, Ssrc: uint32(1000 + q)})
 		}
 		cam := &lkp.TrackInfo{Sid: fmt.Sprintf("TR_VCam%010d", i), Type: lkp.TrackType_VIDEO, Name: "camera", Source: lkp.TrackSource_CAMERA,
-			Width: 1280, Height: 720, Simulcast: true, Layers: layers, MimeType: "video/VP8", Mid: fmt.Sprint(2 * i), Stream: "camera",
+			Width: 1280, Height: 720, MimeType: "video/VP8", Mid: fmt.Sprint(2 * i), Stream: "camera",
 			Codecs: []*lkp.SimulcastCodecInfo{{MimeType: "video/VP8", Mid: fmt.Sprint(2 * i), Cid: "e7c1a5b8-4f0d-4c3e-9c1b-2f6a1d3e5b7c", Layers: layers}}}
 		mic := &lkp.TrackInfo{Sid: fmt.Sprintf("TR_AMic%010d", i), Type: lkp.TrackType_AUDIO, Name: "microphone", Source: lkp.TrackSource_MICROPHONE,
-			MimeType: "audio/red", Mid: fmt.Sprint(2*i + 1), Stereo: false, AudioFeatures: []lkp.AudioTrackFeature{lkp.AudioTrackFeature_TF_ECHO_CANCELLATION, lkp.AudioTrackFeature_TF_NOISE_SUPPRESSION},
+			MimeType: "audio/red", Mid: fmt.Sprint(2*i + 1), AudioFeatures: []lkp.AudioTrackFeature{lkp.AudioTrackFeature_TF_ECHO_CANCELLATION, lkp.AudioTrackFeature_TF_NOISE_SUPPRESSION},
 			Codecs: []*lkp.SimulcastCodecInfo{{MimeType: "audio/red", Mid: fmt.Sprint(2*i + 1), Cid: "0b9d3f2e-6a1c-4e8b-8d7f-3c5e1a9b2d4f"}}}
 		ps = append(ps, &lkp.ParticipantInfo{Sid: fmt.Sprintf("PA_%012d", i), Identity: fmt.Sprintf("patient-%08d@clinic.example", i), Name: "A Person With A Long Name",
 			State: lkp.ParticipantInfo_ACTIVE, Tracks: []*lkp.TrackInfo{cam, mic}, Metadata: `{"role":"patient","lang":"nl"}`, JoinedAt: 1764633600,

@@ -25,10 +25,11 @@ const (
 
 	// MaxSignalMessage bounds one signalling message. The largest a real
 	// server sends is a join (or reconnect) response listing the room:
-	// 1.9 KB per participant with a camera and a microphone (codecs,
-	// three simulcast layers; TestJoinResponseSize), about 190 KB for
-	// MaxOthers participants; an offer with every section is under 60 KB.
-	// 1 MiB is five times the largest.
+	// about 450 bytes per participant with a camera (three simulcast
+	// layers) and a microphone (TestJoinResponseSize), 45 KB for MaxOthers
+	// participants; an offer with every section is a few tens of KB.
+	// 1 MiB is more than 20 times the largest, and leaves room for rooms
+	// of a couple of thousand people.
 	MaxSignalMessage = 1 << 20
 
 	// MaxOthers bounds the far-end participants the unit tracks (and names
