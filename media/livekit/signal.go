@@ -72,11 +72,12 @@ func dialSignal(ctx context.Context, base string, token string, jr *lkp.JoinRequ
 			// the token, or it could forge log lines and fault reasons.
 			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 			msg := snippet.Clean(body, maxBodySnippet, token)
+			status := snippet.Clean([]byte(resp.Status), 64, token) // the reason phrase is the server's too
 			switch resp.StatusCode {
 			case http.StatusUnauthorized, http.StatusForbidden:
-				return nil, nil, fmt.Errorf("%w: %s (%s): check api_key/api_secret or the token", ErrRejected, resp.Status, msg)
+				return nil, nil, fmt.Errorf("%w: %s (%s): check api_key/api_secret or the token", ErrRejected, status, msg)
 			}
-			return nil, nil, fmt.Errorf("%w: %s from %s (%s)", ErrRejected, resp.Status, host, msg)
+			return nil, nil, fmt.Errorf("%w: %s from %s (%s)", ErrRejected, status, host, msg)
 		}
 		// The dialer's errors carry the URL, and with it the join request:
 		// say what failed without it.
