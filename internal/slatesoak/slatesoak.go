@@ -43,7 +43,9 @@ func Presses(n int) int {
 
 // Press is one PRIVACY press and what the far end showed for it.
 type Press struct {
-	At, Reopen time.Time
+	// At is just before the gate is told to shut, Shut once it has (frames
+	// already admitted are encoded by then), Reopen when it opens again.
+	At, Shut, Reopen time.Time
 	Phase
 
 	// Converged is when, after the press, the far end showed the slate for
@@ -141,8 +143,9 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 		if cut {
 			restored = net.CutFor(CutFor) // nft takes some ms: the cut is in place before the press
 		}
-		p.At = time.Now() // the gate shuts now: every frame captured before this may still be shown
+		p.At = time.Now()
 		g.Set(gate.State{})
+		p.Shut = time.Now()
 		for time.Since(p.At) < Private {
 			time.Sleep(50 * time.Millisecond)
 			settle := AudioSettle
@@ -171,7 +174,10 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 // Judge fills in what the far end showed for p from its presented frames.
 func Judge(frames []farend.FrameSample, p Press) Press {
 	p.Converged, p.LastRoomStampAge = -1, -1
-	pressMs := capture.StampMs(p.At)
+	shut := p.Shut
+	if shut.IsZero() {
+		shut = p.At
+	}
 	var lastRoom *farend.FrameSample
 	var shownAtPress *farend.FrameSample // the picture the far end had when pressed
 	for i := range frames {
@@ -198,7 +204,10 @@ func Judge(frames []farend.FrameSample, p Press) Press {
 		switch {
 		case f.Stamp < 0:
 			p.NoStamp++
-		case capture.StampAge(p.At, uint32(f.Stamp)) <= 0 || uint32(f.Stamp) == pressMs:
+		case capture.StampAge(shut, uint32(f.Stamp)) < 0:
+			// Captured after the gate had shut (stamps are whole ms: one
+			// taken in the millisecond the gate shut is not counted; the
+			// gate drops every frame stamped after it shut anyway).
 			p.StampAfterPress++
 		}
 	}
