@@ -219,6 +219,13 @@ func (l localConfig) effective(fleetTOML []byte) (*Config, error) {
 				return nil, fmt.Errorf("unit.%s can only be set in the unit's own config file, not by the fleet: remove it from the fleet config", k)
 			}
 		}
+		// Who may drive the unit locally is the unit's own business: a
+		// fleet config that opened loopback HTTP would hand every local
+		// user and browser on the machine the API, and one that moved the
+		// socket could point it at a folder others control.
+		if md.IsDefined("api") {
+			return nil, errors.New("[api] can only be set in the unit's own config file, not by the fleet: remove it from the fleet config")
+		}
 	}
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", where, err)
