@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,6 +140,43 @@ func (u *unitUnderTest) wipedAndNew(t *testing.T, dir string, seeded []string) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s survived the factory reset (%v)", p, err)
 		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
+		t.Errorf("no request to wipe the logs: %v", err)
+	}
+}
+
+// Under systemd (the image's boot test runs roomd --sim as a service) a
+// factory reset ends roomd with errFactoryReset, for systemd to start it
+// again (exit 75), instead of starting over in-process: roomd has told
+// systemd STOPPING=1, and systemd would kill the carried-on process.
+func TestSimFactoryResetUnderSystemdExits(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	l, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			if _, _, err := l.ReadFromUnix(buf); err != nil {
+				return
+			}
+		}
+	}()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	dir := t.TempDir()
+	u := startUnit(t, "[fleet]\nenabled = false\n"+dirs(dir))
+	factoryReset(t, u, "api")
+	select {
+	case err := <-u.done:
+		u.done <- err
+		if !errors.Is(err, errFactoryReset) {
+			t.Fatalf("roomd ended with %v, want the factory reset (exit 75)", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("roomd did not exit for systemd to restart it; log:\n%s", tail(u.logs.String(), 20))
 	}
 	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
 		t.Errorf("no request to wipe the logs: %v", err)
