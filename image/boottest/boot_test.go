@@ -247,17 +247,14 @@ func checkLogNamespace(t *testing.T, before, after string) {
 	if n := val(before, "system"); n != 0 {
 		t.Errorf("roomd's own lines reached the system journal (%d lines):\n%s", n, before)
 	}
-	if m := regexp.MustCompile(`restarted: (\d+) -> (\d+)`).FindStringSubmatch(after); m == nil || m[1] == m[2] || m[2] == "0" {
-		t.Errorf("roomd did not start again after the factory reset:\n%s", after)
-	}
 	if !strings.Contains(after, "Result=success") {
 		t.Errorf("konsult-reset.service did not succeed:\n%s", after)
 	}
-	if n := val(after, "old in namespace"); n != 0 {
-		t.Errorf("the factory reset left the old roomd's lines in its namespace (%d):\n%s", n, after)
+	if n := val(after, "before reset in namespace"); n != 0 {
+		t.Errorf("the factory reset left %d of roomd's earlier lines in its namespace:\n%s", n, after)
 	}
 	if n := val(after, "new in namespace"); n < 1 {
-		t.Errorf("the new roomd does not log into the namespace after the reset (%d):\n%s", n, after)
+		t.Errorf("roomd did not start again after the factory reset, or does not log into its namespace (%d):\n%s", n, after)
 	}
 	if n := val(after, "system marker"); n != 1 {
 		t.Errorf("the factory reset touched the system journal: another program's line is gone (%d):\n%s", n, after)
@@ -351,6 +348,9 @@ device_id = %q
 groups = [%q]
 fleet_key = "/etc/konsult/test/fleet.pub"
 state_dir = "/var/lib/konsult/fleet"
+# roomd runs --sim here, which would keep its identity (and the factory
+# reset's marker for konsult-reset.service) next to its socket in /run.
+identity_dir = "/var/lib/konsult/identity"
 `, deviceID, group)
 
 	secret := "0100640" // root:konsult, readable by roomd only

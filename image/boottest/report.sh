@@ -22,24 +22,30 @@ section security systemd-analyze security --no-pager roomd
 # another program must survive the reset; the first roomd's lines must not.
 tag="boottest-marker-$(cat /proc/sys/kernel/random/uuid)"
 logger -t konsult-boottest "$tag"
-section log-before sh -c "echo \"namespace: \$(journalctl -q --namespace=konsult _PID=$pid --no-pager -o cat | grep -c msg=ready)\"; echo \"system: \$(journalctl -q _PID=$pid --no-pager -o cat | wc -l)\""
+# Everything in roomd's namespace up to $cut was logged before the reset.
+cut="$(date +%s)"
+sleep 1.1
+section log-before sh -c "echo \"namespace: \$(journalctl -q --namespace=konsult --until=@$cut --no-pager -o cat | grep -c msg=ready)\"; echo \"system: \$(journalctl -q _SYSTEMD_UNIT=roomd.service --no-pager -o cat | wc -l)\""
 roomctl --socket /run/konsult/roomd.sock factory-reset --yes >/dev/null 2>&1 || echo "roomctl factory-reset failed"
 newpid=""
 for _ in $(seq 1 240); do
   newpid="$(systemctl show -p MainPID --value roomd)"
-  if [ "$newpid" != "$pid" ] && [ "$newpid" != 0 ] && [ "$(systemctl show -p ActiveState --value roomd)" = active ] &&
-     [ ! -e /var/lib/konsult/factory-reset ] && [ "$(systemctl show -p InactiveExitTimestampMonotonic --value konsult-reset.service)" != 0 ] &&
-     [ "$(systemctl show -p ActiveState --value konsult-reset.service)" != activating ]; then
+  if [ "$(systemctl show -p InactiveExitTimestampMonotonic --value konsult-reset.service)" != 0 ] &&
+     [ "$(systemctl show -p ActiveState --value konsult-reset.service)" != activating ] &&
+     [ ! -e /var/lib/konsult/factory-reset ] && [ "$(systemctl show -p ActiveState --value roomd)" = active ] &&
+     [ "$(journalctl -q --namespace=konsult --since=@$cut --no-pager -o cat | grep -c msg=ready)" -ge 1 ]; then
     break
   fi
   sleep 0.5
 done
-section log-after sh -c "echo \"restarted: $pid -> $newpid\"; \
-  echo \"old in namespace: \$(journalctl -q --namespace=konsult _PID=$pid --no-pager -o cat | grep -c msg=ready)\"; \
-  echo \"new in namespace: \$(journalctl -q --namespace=konsult _PID=$newpid --no-pager -o cat | grep -c msg=ready)\"; \
+section log-after sh -c "echo \"pids: $pid -> $newpid\"; \
+  echo \"before reset in namespace: \$(journalctl -q --namespace=konsult --until=@$cut --no-pager -o cat | wc -l)\"; \
+  echo \"new in namespace: \$(journalctl -q --namespace=konsult --since=@$cut --no-pager -o cat | grep -c msg=ready)\"; \
   echo \"system marker: \$(journalctl -q -t konsult-boottest --no-pager -o cat | grep -c $tag)\"; \
   systemctl show konsult-reset.service -p Result -p NRestarts; \
-  journalctl -b -u konsult-reset --no-pager -o cat | tail -n 5"
+  journalctl -b -u konsult-reset.service --no-pager -o short-monotonic | tail -n 8; \
+  journalctl --namespace=konsult --header 2>&1 | grep -E 'File path|State:|Head realtime' ; \
+  ls -la /var/log/journal/*/ /run/log/journal/ 2>&1 | tail -n 20"
 section failed systemctl --failed --no-legend --plain
 section journal journalctl --namespace=konsult -b -u roomd --no-pager -o cat
 section nft nft list ruleset
