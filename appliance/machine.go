@@ -269,7 +269,12 @@ func (m *Machine) Run(ctx context.Context) error {
 				close(p.done)
 				continue
 			}
-			m.apply(m.core.handle(in))
+			effs := m.core.handle(in)
+			// Status first: a watcher that reads it on an event (roomctl
+			// watch, then status) must see at least that event's state,
+			// not the one before it.
+			m.snapshot()
+			m.apply(effs)
 			m.snapshot()
 		case <-ctx.Done():
 			err := m.failClosed()
