@@ -37,7 +37,7 @@ func Path() string {
 type Browser struct {
 	cmd  *exec.Cmd
 	done chan struct{}
-	out  *tail
+	out  *Tail
 
 	closeOnce sync.Once
 }
@@ -67,12 +67,12 @@ func Start(t testing.TB, url string, extra ...string) *Browser {
 		"--user-data-dir=" + profile,
 	}
 	args = append(append(args, extra...), url)
-	b := &Browser{done: make(chan struct{}), out: &tail{max: 64 << 10}}
+	b := &Browser{done: make(chan struct{}), out: NewTail(64 << 10)}
 	b.cmd = exec.Command(bin, args...)
 	b.cmd.Stdout, b.cmd.Stderr = b.out, b.out
 	// Its own process group, so Close can end the renderers and zygotes too.
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	becomeSubreaper()
+	BecomeSubreaper()
 	if err := b.cmd.Start(); err != nil {
 		t.Fatalf("headless: start chromium: %v", err)
 	}
@@ -106,22 +106,24 @@ func (b *Browser) Close() {
 		}
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		<-b.done
-		reapGroup(pid, 2*time.Second)
+		ReapGroup(pid, 2*time.Second)
 	})
 }
 
 var subreaperOnce sync.Once
 
-// becomeSubreaper makes the test process the reaper of Chromium's orphaned
+// BecomeSubreaper makes the test process the reaper of Chromium's orphaned
 // helpers: PID 1 in a container often reaps nobody, leaving zombies.
-func becomeSubreaper() {
+func BecomeSubreaper() {
 	subreaperOnce.Do(func() {
 		const prSetChildSubreaper = 36
 		_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
 	})
 }
 
-func reapGroup(pgid int, timeout time.Duration) {
+// ReapGroup waits for (and so reaps) the test's children in process group
+// pgid until none is left or the timeout passes.
+func ReapGroup(pgid int, timeout time.Duration) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		var ws syscall.WaitStatus
@@ -136,13 +138,18 @@ func reapGroup(pgid int, timeout time.Duration) {
 	}
 }
 
-type tail struct {
+// Tail keeps the last max bytes written to it (a browser's output, for a
+// failing test's message).
+type Tail struct {
 	mu  sync.Mutex
 	buf bytes.Buffer
 	max int
 }
 
-func (b *tail) Write(p []byte) (int, error) {
+// NewTail keeps the last max bytes.
+func NewTail(max int) *Tail { return &Tail{max: max} }
+
+func (b *Tail) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.buf.Write(p)
@@ -152,7 +159,7 @@ func (b *tail) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func (b *tail) String() string {
+func (b *Tail) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()

@@ -1,7 +1,6 @@
 package farend
 
 import (
-	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -18,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/konsult/konsult/internal/headless"
 )
 
 //go:embed page.html
@@ -194,7 +195,7 @@ type FarEnd struct {
 	srv    *httptest.Server
 	cmd    *exec.Cmd
 	done   chan struct{}
-	stderr *tailBuffer
+	stderr *headless.Tail
 
 	mu        sync.Mutex
 	stats     FarEndStats
@@ -265,7 +266,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 	if token == "" {
 		token = lk.Token(identity, room, c.publish, true, c.tokenTTL)
 	}
-	f := &FarEnd{Identity: identity, Room: room, t: t, changed: make(chan struct{}), done: make(chan struct{}), stderr: &tailBuffer{max: 64 << 10}}
+	f := &FarEnd{Identity: identity, Room: room, t: t, changed: make(chan struct{}), done: make(chan struct{}), stderr: headless.NewTail(64 << 10)}
 
 	pageCfg, _ := json.Marshal(map[string]any{
 		"url": lk.WSURL, "token": token, "identity": identity, "publish": c.publish,
@@ -300,7 +301,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 	f.cmd = exec.Command(chromium, args...)
 	f.cmd.Stdout, f.cmd.Stderr = f.stderr, f.stderr
 	f.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	becomeSubreaper()
+	headless.BecomeSubreaper()
 	f.Started = time.Now()
 	if err := f.cmd.Start(); err != nil {
 		f.srv.Close()
@@ -476,10 +477,10 @@ func (f *FarEnd) Close() {
 				<-f.done
 			}
 			// Renderer/zygote children share the group; kill and reap them
-			// (they are reparented to us, see becomeSubreaper) so no
+			// (they are reparented to us, see headless.BecomeSubreaper) so no
 			// zombies are left behind.
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
-			reapGroup(pid, 2*time.Second)
+			headless.ReapGroup(pid, 2*time.Second)
 		}
 		f.srv.CloseClientConnections()
 		f.srv.Close()
@@ -502,56 +503,4 @@ func (s FarEndStats) String() string {
 		s.Connected, s.State, s.RemoteParticipants, s.VideoFrom, s.VideoFramesDecoded, s.FramesPresented, s.FPS,
 		s.FrameWidth, s.FrameHeight, s.LastFrameMeanRGB[0], s.LastFrameMeanRGB[1], s.LastFrameMeanRGB[2],
 		s.LastFrameStdDev, s.LastFrameIsUniform, s.AudioFrom, s.AudioEnergy, s.AudioEnergyPeak, s.AudioPacketsReceived, s.Errors)
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-	max int
-}
-
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if over := b.buf.Len() - b.max; over > 0 {
-		b.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (b *tailBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-var subreaperOnce sync.Once
-
-// becomeSubreaper makes this (test) process the reaper of Chromium's orphaned
-// children: PID 1 in containers often does not reap, which would leave one
-// zombie per Chromium helper process.
-func becomeSubreaper() {
-	subreaperOnce.Do(func() {
-		const prSetChildSubreaper = 36
-		_, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
-	})
-}
-
-// reapGroup waits for (and so reaps) our children in process group pgid
-// until none is left or the timeout passes.
-func reapGroup(pgid int, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		var ws syscall.WaitStatus
-		wpid, err := syscall.Wait4(-pgid, &ws, syscall.WNOHANG, nil)
-		switch {
-		case err == syscall.EINTR:
-		case err != nil: // ECHILD: none left
-			return
-		case wpid == 0: // still running: it has been sent SIGKILL
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
 }
