@@ -58,7 +58,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		usage(stderr)
 		return errors.New("no command given: see fleetctl --help")
 	}
-	name, rest := args[0], args[1:]
+	// "fleetctl --config FILE status", as roomd's demo and the docs write
+	// it: the settings file is the one flag every broker command shares,
+	// so it may come before the command too.
+	var global []string
+	for len(args) > 0 && (args[0] == "--config" || args[0] == "-config") {
+		if len(args) < 2 {
+			return errors.New("--config needs a file: fleetctl --config FILE COMMAND")
+		}
+		global, args = append(global, "--config", args[1]), args[2:]
+	}
+	for len(args) > 0 && (strings.HasPrefix(args[0], "--config=") || strings.HasPrefix(args[0], "-config=")) {
+		global, args = append(global, args[0]), args[1:]
+	}
+	if len(args) == 0 {
+		usage(stderr)
+		return errors.New("no command given: see fleetctl --help")
+	}
+	name, rest := args[0], append(global, args[1:]...)
 	switch name {
 	case "help", "-h", "-help", "--help":
 		usage(stdout)

@@ -253,3 +253,20 @@ func TestHelpAndUnknownCommand(t *testing.T) {
 		t.Error("no command accepted")
 	}
 }
+
+// "fleetctl --config FILE status" (as roomd's demo prints it and the docs
+// write it) reads the same settings file as "fleetctl status --config FILE".
+func TestConfigBeforeTheCommand(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nowhere", "fleetctl.toml")
+	_, _, after := fleetctl(t, "status", "--config", missing)
+	_, _, before := fleetctl(t, "--config", missing, "status")
+	_, _, joined := fleetctl(t, "--config="+missing, "status")
+	for _, err := range []error{after, before, joined} {
+		if err == nil || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("status with a missing settings file: %v (after: %v)", err, after)
+		}
+	}
+	if _, _, err := fleetctl(t, "--config"); err == nil || !strings.Contains(err.Error(), "--config needs a file") {
+		t.Fatalf("--config without a file: %v", err)
+	}
+}
