@@ -30,9 +30,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/konsult/konsult/internal/atomicfile"
@@ -83,14 +85,14 @@ func (k fileKey) Signer() crypto.Signer { return k.key }
 func (k fileKey) Path() string          { return k.path }
 
 // LoadOrCreateKey reads the unit's key from dir, or makes one on first boot.
-// created reports a new key. A key file readable by group or others is
-// refused: someone could have copied it.
+// created reports a new key. A key someone else could know is refused (see
+// readKeyFile): the unit must not authenticate with it.
 func LoadOrCreateKey(dir string) (k KeySource, created bool, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, false, fmt.Errorf("identity: %w", err)
 	}
 	path := filepath.Join(dir, KeyFile)
-	b, err := os.ReadFile(path)
+	b, err := readKeyFile(dir, path)
 	if errors.Is(err, os.ErrNotExist) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
@@ -106,14 +108,7 @@ func LoadOrCreateKey(dir string) (k KeySource, created bool, err error) {
 		return fileKey{path: path, key: key}, true, nil
 	}
 	if err != nil {
-		return nil, false, fmt.Errorf("identity: read key: %w", err)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, false, fmt.Errorf("identity: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, false, fmt.Errorf("identity: %s has mode %v: the unit's key must be 0600 (chmod 600 it, or factory-reset the unit if it may have been copied)", path, fi.Mode().Perm())
+		return nil, false, err
 	}
 	blk, _ := pem.Decode(b)
 	if blk == nil || blk.Type != "PRIVATE KEY" {
@@ -128,6 +123,53 @@ func LoadOrCreateKey(dir string) (k KeySource, created bool, err error) {
 		return nil, false, fmt.Errorf("identity: %s holds a %T, not an ECDSA key", path, parsed)
 	}
 	return fileKey{path: path, key: key}, false, nil
+}
+
+// readKeyFile reads the key through one descriptor opened without following
+// a symlink and checks that descriptor, so what is checked is what is read.
+// Each refusal is a key that someone other than this unit's own user could
+// know: a symlink (the target may be another unit's key or a file another
+// user controls), a key readable or owned by someone else, or a directory
+// others can write (they could swap key.pem for one they made). A missing
+// file is returned as os.ErrNotExist.
+func readKeyFile(dir, path string) ([]byte, error) {
+	const reset = "factory-reset the unit to make a new identity"
+	di, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("identity: %w", err)
+	}
+	if di.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("identity: %s has mode %v: others could replace the unit's key; it must be 0700 (chmod 700 it, or %s if it may have been tampered with)", dir, di.Mode().Perm(), reset)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("identity: %s is a symlink: the unit's key must be its own regular file; %s", path, reset)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("identity: read key: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("identity: read key: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("identity: %s is not a regular file (%v); %s", path, fi.Mode().Type(), reset)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("identity: %s has mode %v: the unit's key must be 0600 (chmod 600 it, or factory-reset the unit if it may have been copied)", path, fi.Mode().Perm())
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("identity: %s belongs to uid %d, not to this unit's user (uid %d): that user could have copied it; %s", path, st.Uid, os.Geteuid(), reset)
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("identity: read key: %w", err)
+	}
+	return b, nil
 }
 
 // NewCSR makes a certificate request for the unit's id, signed by its key.
