@@ -1,5 +1,5 @@
-// Package archtest holds no code: its test fails the build when an import
-// breaks the layer rules of docs/DESIGN.md ("Layers and imports"). The rules
+// Package archtest fails the build when an import breaks the layer rules of
+// docs/DESIGN.md ("Layers and imports"). The rules
 // are written once, in Check (rules.go), so the doc, the test and a reader
 // agree on one list.
 package archtest
