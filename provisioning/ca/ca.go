@@ -122,8 +122,13 @@ func Init(dir, name string) (*CA, error) {
 	if name == "" {
 		name = "Konsult fleet CA"
 	}
-	if _, err := os.Stat(filepath.Join(dir, KeyFile)); err == nil {
-		return nil, fmt.Errorf("ca init: %s already holds a fleet CA: a second one would lock every enrolled unit out; use another --dir", dir)
+	// Any trace of a CA counts, a lone ca.crt or ledger (the key moved to a
+	// backup) or a dangling symlink too: a second CA would lock every
+	// enrolled unit out.
+	for _, f := range []string{KeyFile, CertFile, LedgerFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("ca init: %s already holds a fleet CA (%s): a second one would lock every enrolled unit out; use another --dir", dir, f)
+		}
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("ca init: %w", err)
@@ -308,7 +313,22 @@ const (
 // Issue signs a certificate for pub and records it. Server certificates
 // carry hosts (names or IP addresses); the others are TLS client
 // certificates whose CN is the MQTT username.
+//
+// A unit's CN is its device id, which must be the fingerprint of pub; no
+// other kind may take a name with the unit prefix. The broker's ACL gives a
+// CN the unit's topics by that name alone, so this is where it is made true.
 func (c *CA) Issue(l *Ledger, kind, name string, pub crypto.PublicKey, hosts []string, lifetime time.Duration) ([]byte, error) {
+	if kind == KindUnit {
+		id, err := identity.DeviceID(pub)
+		if err != nil {
+			return nil, fmt.Errorf("issue unit certificate for %s: %w", name, err)
+		}
+		if id != name {
+			return nil, fmt.Errorf("issue unit certificate for %s: the key is unit %s's: a unit's certificate must name the device id of its own key", name, id)
+		}
+	} else if strings.HasPrefix(name, identity.DeviceIDPrefix) {
+		return nil, fmt.Errorf("issue %s certificate for %s: names starting %q are units' device ids", kind, name, identity.DeviceIDPrefix)
+	}
 	now := c.now()
 	tmpl := &x509.Certificate{
 		SerialNumber: newSerial(),
@@ -409,7 +429,7 @@ func (c *CA) Revoke(name, reason string) (int, error) {
 	return n, err
 }
 
-// Revoked reports whether a certificate for pub issued to name was revoked.
+// Revoked reports whether the unit name was revoked.
 func (l *Ledger) Revoked(name string) bool {
 	u := l.Units[name]
 	return u != nil && u.Status == "revoked"

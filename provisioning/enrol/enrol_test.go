@@ -7,9 +7,12 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"log/slog"
+	"math/big"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -334,18 +337,22 @@ func TestEnrolRefusals(t *testing.T) {
 		}
 		return b
 	}
+	// otherCert names id but carries another key, which ca.Issue refuses to
+	// sign: it is made with the CA's key directly, as a mistaken tool could.
 	otherCert := func(t *testing.T, id string, lifetime time.Duration, issuer *ca.CA) string {
 		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		var cert []byte
-		var err error
-		_ = issuer.Update(func(l *ca.Ledger) error {
-			cert, err = issuer.Issue(l, ca.KindUnit, id, &key.PublicKey, nil, lifetime)
-			return err
-		})
+		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+			SerialNumber: big.NewInt(time.Now().UnixNano()),
+			Subject:      pkix.Name{CommonName: id},
+			NotBefore:    time.Now().Add(-time.Minute),
+			NotAfter:     time.Now().Add(lifetime),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		}, issuer.Cert, &key.PublicKey, issuer.Signer())
 		if err != nil {
 			t.Fatal(err)
 		}
-		return string(cert)
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 	}
 	otherCA, err := ca.Init(filepath.Join(t.TempDir(), "other-ca"), "another fleet")
 	if err != nil {
