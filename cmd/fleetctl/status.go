@@ -196,6 +196,14 @@ func notesCell(s unitStatus) string {
 	if s.Deferred {
 		notes = append(notes, "newest config waits for the call to end")
 	}
+	// A group config the unit never received: none was pushed to the group
+	// yet, or the broker's ACL did not let the unit read it (the unit keeps
+	// re-subscribing until it arrives).
+	for _, g := range s.Groups {
+		if _, ok := s.Versions["group:"+g]; !ok {
+			notes = append(notes, fmt.Sprintf("no config for group %s yet", g))
+		}
+	}
 	if rj := s.LastRejection; rj != nil && (rj.Version == 0 || rj.Version > s.Versions[rj.Target]) {
 		notes = append(notes, fmt.Sprintf("refused %s v%d (%s) at %s", targetLabel(rj.Target), rj.Version, rj.Reason, clock(rj.At)))
 	}

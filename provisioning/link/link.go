@@ -68,6 +68,11 @@ type Options struct {
 	// MinBackoff up to MaxBackoff, each with random jitter (defaults 1 s and
 	// 60 s). See jitter.
 	MinBackoff, MaxBackoff time.Duration
+	// RetryMin and RetryMax shape the re-subscription of group config
+	// topics that have delivered nothing since the link opened (see
+	// retryGroups): waits double from RetryMin up to RetryMax (defaults
+	// 5 s and 5 min).
+	RetryMin, RetryMax time.Duration
 	// Status is announced (online) on every connect until PublishStatus
 	// replaces it.
 	Status Status
@@ -157,14 +162,17 @@ type Link struct {
 	msgs   chan Message
 	states chan ConnState
 
-	mu        sync.Mutex
-	closed    bool
-	up        bool
-	upCh      chan struct{} // closed while up
-	gen       uint64        // counts connects and losses, see onConnect
-	lastErr   error
-	status    Status
-	reported  []byte
+	mu       sync.Mutex
+	closed   bool
+	up       bool
+	upCh     chan struct{} // closed while up
+	gen      uint64        // counts connects and losses, see onConnect
+	lastErr  error
+	status   Status
+	reported []byte
+	// heard holds the group config topics that delivered a message since
+	// Open; retryGroups re-subscribes the others.
+	heard     map[string]bool
 	closeOnce sync.Once
 }
 
@@ -203,6 +211,7 @@ func Open(opts Options) (*Link, error) {
 		states: make(chan ConnState, 16),
 		upCh:   make(chan struct{}),
 		status: opts.Status,
+		heard:  map[string]bool{},
 	}
 	if useTLS {
 		if l.tls, err = tlsConfig(opts); err != nil {
@@ -293,6 +302,15 @@ func (o *Options) defaults() error {
 	}
 	if o.MaxBackoff < o.MinBackoff {
 		o.MaxBackoff = o.MinBackoff
+	}
+	if o.RetryMin <= 0 {
+		o.RetryMin = 5 * time.Second
+	}
+	if o.RetryMax <= 0 {
+		o.RetryMax = 5 * time.Minute
+	}
+	if o.RetryMax < o.RetryMin {
+		o.RetryMax = o.RetryMin
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -512,14 +530,24 @@ func (l *Link) onConnect(c mqtt.Client) {
 		l.setDown(gen, fmt.Errorf("link: subscribe: %w", err))
 		return
 	}
+	var refused []string
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		for topic, code := range st.Result() {
-			if code == 0x80 {
-				// Not retried until the next connect: this is a broker ACL
-				// that disagrees with the fleet contract, not a glitch.
-				l.setDown(gen, fmt.Errorf("link: broker refused subscription to %s (check the broker's ACL for %s)", topic, l.opts.DeviceID))
-				return
+			if code != 0x80 {
+				continue
 			}
+			if k, _, _ := l.topics.Parse(topic); k == GroupConfig || k == GroupCmd {
+				// The unit's group lines come from fleetctl acl, which the
+				// fleet manager runs after approving it: retried below.
+				l.log.Warn("fleet link: broker refused a group subscription; retrying with backoff (fleetctl acl, then reload the broker)", "topic", topic)
+				refused = append(refused, topic)
+				continue
+			}
+			// Not retried until the next connect: the unit's own topics are
+			// in the shipped ACL's %u patterns, so this is a broker ACL that
+			// disagrees with the fleet contract, not a glitch.
+			l.setDown(gen, fmt.Errorf("link: broker refused subscription to %s (check the broker's ACL for %s)", topic, l.opts.DeviceID))
+			return
 		}
 	}
 	topics := slices.Sorted(maps.Keys(want))
@@ -540,6 +568,89 @@ func (l *Link) onConnect(c mqtt.Client) {
 	}
 	l.log.Info("fleet link up", "broker", l.host, "subscriptions", topics)
 	l.setUp(gen)
+	go l.retryGroups(c, gen, refused)
+}
+
+// retryGroups re-subscribes, with backoff, to the group config topics that
+// have delivered nothing since Open and to the group topics the broker
+// refused (SUBACK 0x80), until each has delivered (or, for a refused cmd
+// topic, been granted), the connection changes or the link closes.
+//
+// Why: a newly approved unit subscribes to its groups before the fleet
+// manager has added them to the broker's ACL. Mosquitto 2.0 grants such a
+// subscription but withholds the retained config (it checks read access
+// when delivering), and reloading the ACL does not send it either: only a
+// new SUBSCRIBE does. A group that has no config at all costs one
+// SUBSCRIBE every RetryMax.
+func (l *Link) retryGroups(c mqtt.Client, gen uint64, refused []string) {
+	pending := func() map[string]byte {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.closed || gen != l.gen {
+			return nil
+		}
+		f := map[string]byte{}
+		for _, g := range l.opts.Groups {
+			if t := l.topics.GroupConfig(g); !l.heard[t] {
+				f[t] = 1
+			}
+		}
+		for _, t := range refused {
+			if k, _, _ := l.topics.Parse(t); k == GroupCmd {
+				f[t] = 1
+			}
+		}
+		return f
+	}
+	wait := l.opts.RetryMin
+	for {
+		want := pending()
+		if len(want) == 0 {
+			return
+		}
+		select {
+		case <-time.After(wait):
+		case <-l.ctx.Done():
+			return
+		}
+		if want = pending(); len(want) == 0 {
+			return
+		}
+		before := l.heardCount()
+		tok := c.SubscribeMultiple(want, l.onMessage)
+		if !tok.WaitTimeout(l.opts.ConnectTimeout) || tok.Error() != nil {
+			wait = min(2*wait, l.opts.RetryMax)
+			continue
+		}
+		var still []string
+		if st, ok := tok.(*mqtt.SubscribeToken); ok {
+			for t, code := range st.Result() {
+				if code == 0x80 {
+					still = append(still, t)
+				}
+			}
+		}
+		refused = still
+		l.log.Info("fleet link re-subscribed to group topics without a config", "topics", slices.Sorted(maps.Keys(want)), "refused", len(still))
+		// The broker sends retained messages right after the SUBACK; give
+		// them a moment before judging the attempt.
+		select {
+		case <-time.After(time.Second):
+		case <-l.ctx.Done():
+			return
+		}
+		if l.heardCount() > before {
+			wait = l.opts.RetryMin
+		} else {
+			wait = min(2*wait, l.opts.RetryMax)
+		}
+	}
+}
+
+func (l *Link) heardCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.heard)
 }
 
 func (l *Link) onLost(_ mqtt.Client, err error) {
@@ -689,6 +800,9 @@ func (l *Link) onMessage(_ mqtt.Client, m mqtt.Message) {
 	defer l.mu.Unlock()
 	if l.closed {
 		return
+	}
+	if k == GroupConfig {
+		l.heard[topic] = true
 	}
 	select {
 	case l.msgs <- msg:
