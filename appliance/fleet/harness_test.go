@@ -17,6 +17,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/provisioning/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
@@ -115,7 +116,7 @@ type unit struct {
 	subscribed chan struct{} // the admin (re)subscribed
 
 	applied chan string // effective configs handed to Apply
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 
 	agent  *afleet.Agent
 	cancel context.CancelFunc
@@ -125,23 +126,6 @@ type unit struct {
 	// to move the unit onto a dead port.
 	applyErr func(eff string) error
 	opts     afleet.Options
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newUnit(t *testing.T) *unit {
@@ -154,7 +138,7 @@ func newUnit(t *testing.T) *unit {
 	u := &unit{
 		t: t, b: b, priv: priv, app: &fakeAppliance{}, dir: t.TempDir(),
 		events: make(chan event, 256), retained: map[string][]byte{},
-		applied: make(chan string, 64), logs: &syncBuffer{},
+		applied: make(chan string, 64), logs: &syncbuf.Buffer{},
 	}
 	onMsg := func(_ mqtt.Client, m mqtt.Message) {
 		if m.Topic() != topics.Events(unitID) {

@@ -18,6 +18,7 @@ import (
 	"github.com/konsult/konsult/appliance"
 	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/hal/led"
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/provisioning/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -81,7 +82,7 @@ type testUnit struct {
 	agent   *afleet.Agent
 	cancel  context.CancelFunc
 	done    chan struct{}
-	logs    *syncBuffer
+	logs    *syncbuf.Buffer
 
 	mu      sync.Mutex
 	applied []string // effective configs handed to Apply
@@ -134,7 +135,7 @@ func withVersion(v string) unitOpt {
 func (f *testFleet) startUnit(id string, groups []string, opts ...unitOpt) *testUnit {
 	t := f.t
 	t.Helper()
-	u := &testUnit{id: id, done: make(chan struct{}), logs: &syncBuffer{}}
+	u := &testUnit{id: id, done: make(chan struct{}), logs: &syncbuf.Buffer{}}
 	log := slog.New(slog.NewTextHandler(u.logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	u.machine = appliance.New(appliance.Config{
 		Gate:       gate.New(),
@@ -286,23 +287,6 @@ func (c *stubCall) Leave(context.Context) error {
 	return nil
 }
 func (c *stubCall) Ended() <-chan error { return c.ended }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // writeConfig writes a config file for push.
 func writeConfig(t *testing.T, text string) string {

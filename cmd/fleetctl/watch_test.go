@@ -7,15 +7,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
 // startWatch runs fleetctl watch in the background and waits until it is
 // subscribed. The returned func waits for it to end.
-func (f *testFleet) startWatch(args ...string) (stdout *syncBuffer, wait func() error) {
+func (f *testFleet) startWatch(args ...string) (stdout *syncbuf.Buffer, wait func() error) {
 	t := f.t
 	t.Helper()
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	go func() { done <- run(ctx, append(append([]string{"watch"}, args...), f.conn()...), stdout, stderr) }()

@@ -1,28 +1,19 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/media/farend"
 )
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 // The page `make run` prints really joins the room: headless Chromium opens
 // it, and LiveKit lists a patient in the room.
@@ -40,7 +31,7 @@ func TestPageJoinsTheRoom(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	out := &syncBuf{}
+	out := &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--livekit", lk.URL, "--room", "demo-test", "--api-key", lk.APIKey, "--api-secret", lk.APISecret,

@@ -7,9 +7,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/konsult/konsult/internal/syncbuf"
 )
 
 // startRoomd builds and starts a real `roomd --sim` and returns its socket.
@@ -122,7 +123,7 @@ func TestWatchShowsStateChanges(t *testing.T) {
 	sock := startRoomd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	var buf syncBuf
+	var buf syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"--socket", sock, "watch"}, &buf, &buf) }()
 	time.Sleep(200 * time.Millisecond)
@@ -143,21 +144,4 @@ func TestWatchShowsStateChanges(t *testing.T) {
 	}
 	cancel()
 	<-done
-}
-
-type syncBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
 }

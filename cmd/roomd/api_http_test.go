@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/internal/syncbuf"
 )
 
 // startRoomd runs roomd --sim with args until the test ends and returns its
@@ -21,7 +22,7 @@ func startRoomd(t *testing.T, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	stdout, logs := &syncBuffer{}, &syncBuffer{}
+	stdout, logs := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	go func() { done <- run(ctx, append([]string{"--sim"}, args...), stdout, logs) }()
 	t.Cleanup(func() {
 		cancel()

@@ -15,6 +15,7 @@ import (
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/internal/syncbuf"
 )
 
 var killCount = flag.Int("kill-count", 200, "how many times TestFleetKill9 SIGKILLs roomd (the issue asks for at least 200)")
@@ -59,8 +60,8 @@ func TestFleetKill9(t *testing.T) {
 		cmd    *exec.Cmd
 		exited chan struct{}
 	}
-	start := func() (proc, *syncBuffer) {
-		logs := &syncBuffer{}
+	start := func() (proc, *syncbuf.Buffer) {
+		logs := &syncbuf.Buffer{}
 		cmd := exec.Command(bin, "--sim", "--config", cfgPath, "--socket", sock, "--http", "off")
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
@@ -75,7 +76,7 @@ func TestFleetKill9(t *testing.T) {
 		<-p.exited
 		kills++
 	}
-	waitReady := func(p proc, logs *syncBuffer, i int) {
+	waitReady := func(p proc, logs *syncbuf.Buffer, i int) {
 		t.Helper()
 		deadline := time.Now().Add(15 * time.Second)
 		for !strings.Contains(logs.String(), "roomd ready") {
@@ -98,7 +99,7 @@ func TestFleetKill9(t *testing.T) {
 	// the retained config just then, which for a moment shows the new
 	// version with the old pins; a crash that left them apart would not
 	// heal, so the check waits up to 2 s for them to agree.
-	check := func(i int, logs *syncBuffer) {
+	check := func(i int, logs *syncbuf.Buffer) {
 		t.Helper()
 		deadline := time.Now().Add(2 * time.Second)
 		for {

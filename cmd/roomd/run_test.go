@@ -10,32 +10,14 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/internal/syncbuf"
 )
-
-// syncBuffer is an io.Writer safe to read while roomd writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // unitUnderTest is roomd --sim running in this process, driven only through
 // its local API, as roomctl would.
@@ -45,7 +27,7 @@ type unitUnderTest struct {
 	events chan appliance.Event
 	done   chan error
 	stop   context.CancelFunc
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 }
 
 func startUnit(t testing.TB, configTOML string) *unitUnderTest {
@@ -61,8 +43,8 @@ func startUnit(t testing.TB, configTOML string) *unitUnderTest {
 		args = append(args, "--config", p)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	u := &unitUnderTest{t: t, done: make(chan error, 1), stop: cancel, logs: &syncBuffer{}, events: make(chan appliance.Event, 1024)}
-	stdout := &syncBuffer{}
+	u := &unitUnderTest{t: t, done: make(chan error, 1), stop: cancel, logs: &syncbuf.Buffer{}, events: make(chan appliance.Event, 1024)}
+	stdout := &syncbuf.Buffer{}
 	go func() { u.done <- run(ctx, args, stdout, u.logs) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(stdout.String(), "roomd ready") {
@@ -414,7 +396,7 @@ func TestSIGTERMClosesShutter(t *testing.T) {
 	}
 	sock := filepath.Join(dir, "roomd.sock")
 	cmd := exec.Command(bin, "--sim", "--socket", sock, "--http", "off")
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cmd.Stderr = logs
 	cmd.Stdout = logs
 	if err := cmd.Start(); err != nil {

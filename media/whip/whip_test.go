@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/internal/syncbuf"
 )
 
 func TestPublishAndDelete(t *testing.T) {
@@ -677,7 +679,7 @@ func TestTLS(t *testing.T) {
 // TestTokenNeverLeaks drives many failure paths with a server that echoes
 // the token everywhere it can, and checks every error and log line.
 func TestTokenNeverLeaks(t *testing.T) {
-	var logs logBuffer
+	var logs syncbuf.Buffer
 	logger := debugLogger(&logs)
 	var errs []error
 	check := func(err error) {
