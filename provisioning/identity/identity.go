@@ -125,49 +125,56 @@ func LoadOrCreateKey(dir string) (k KeySource, created bool, err error) {
 	return fileKey{path: path, key: key}, false, nil
 }
 
-// readKeyFile reads the key through one descriptor opened without following
-// a symlink and checks that descriptor, so what is checked is what is read.
-// Each refusal is a key that someone other than this unit's own user could
-// know: a symlink (the target may be another unit's key or a file another
-// user controls), a key readable or owned by someone else, or a directory
-// others can write (they could swap key.pem for one they made). A missing
-// file is returned as os.ErrNotExist.
+// readKeyFile reads the key; see readOwn. Unlike the other files the key
+// may not be readable by anyone else either: someone could have copied it.
 func readKeyFile(dir, path string) ([]byte, error) {
+	return readOwn(dir, path, 0o077, "the unit's key must be 0600 (chmod 600 it, or factory-reset the unit if it may have been copied)")
+}
+
+// readOwn reads a file the unit trusts (its key, its pinned CA and fleet
+// key) through one descriptor opened without following a symlink and checks
+// that descriptor, so what is checked is what is read. Each refusal is a file
+// someone other than this unit's own user could have written or put there:
+// a symlink (the target may be another unit's key or a file another user
+// controls), a file with a mode bit in deny or owned by someone else, or a
+// directory others can write (they could swap the file for one they made).
+// A missing file is returned as os.ErrNotExist.
+func readOwn(dir, path string, deny os.FileMode, fix string) ([]byte, error) {
 	const reset = "factory-reset the unit to make a new identity"
 	di, err := os.Stat(dir)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	if di.Mode().Perm()&0o022 != 0 {
-		return nil, fmt.Errorf("identity: %s has mode %v: others could replace the unit's key; it must be 0700 (chmod 700 it, or %s if it may have been tampered with)", dir, di.Mode().Perm(), reset)
+		return nil, fmt.Errorf("identity: %s has mode %v: others could replace the unit's identity; it must be 0700 (chmod 700 it, or %s if it may have been tampered with)", dir, di.Mode().Perm(), reset)
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("identity: %s is a symlink: the unit's key must be its own regular file; %s", path, reset)
+		return nil, fmt.Errorf("identity: %s is a symlink: it must be the unit's own regular file; %s", path, reset)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("identity: read key: %w", err)
+		return nil, fmt.Errorf("identity: read: %w", err)
 	}
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("identity: read key: %w", err)
+		return nil, fmt.Errorf("identity: read: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("identity: %s is not a regular file (%v); %s", path, fi.Mode().Type(), reset)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("identity: %s has mode %v: the unit's key must be 0600 (chmod 600 it, or factory-reset the unit if it may have been copied)", path, fi.Mode().Perm())
+	if fi.Mode().Perm()&deny != 0 {
+		return nil, fmt.Errorf("identity: %s has mode %v: %s", path, fi.Mode().Perm(), fix)
 	}
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("identity: %s belongs to uid %d, not to this unit's user (uid %d): that user could have copied it; %s", path, st.Uid, os.Geteuid(), reset)
+		return nil, fmt.Errorf("identity: %s belongs to uid %d, not to this unit's user (uid %d): that user could have written it; %s", path, st.Uid, os.Geteuid(), reset)
 	}
 	b, err := io.ReadAll(f)
 	if err != nil {
-		return nil, fmt.Errorf("identity: read key: %w", err)
+		return nil, fmt.Errorf("identity: read %s: %w", path, err)
 	}
 	return b, nil
 }
@@ -252,12 +259,14 @@ func ParseCert(b []byte) (*x509.Certificate, error) {
 // enrolment. The derived files are rewritten if they are missing or differ,
 // so a crash between writes heals at the next start.
 func Load(dir string) (st State, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	// identity.json pins the fleet's CA and signing key: whoever can write
+	// it could make the unit trust their own configs.
+	b, err := readOwn(dir, filepath.Join(dir, StateFile), 0o022, "others could change the fleet key the unit trusts; factory-reset the unit and enrol it again")
 	if errors.Is(err, os.ErrNotExist) {
 		return State{}, false, nil
 	}
 	if err != nil {
-		return State{}, false, fmt.Errorf("identity: %w", err)
+		return State{}, false, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
 		return State{}, false, fmt.Errorf("identity: %s is damaged (%w): factory-reset the unit and enrol it again", filepath.Join(dir, StateFile), err)

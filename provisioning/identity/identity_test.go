@@ -293,3 +293,64 @@ func boolStr(b bool) string {
 	}
 	return "false"
 }
+
+// TestInstalledIdentity: identity.json pins the fleet CA and fleet key, so
+// one that another user could have written is refused, and the derived
+// files are rewritten from it at each start.
+func TestInstalledIdentity(t *testing.T) {
+	install := func(t *testing.T) (string, identity.State) {
+		dir := filepath.Join(t.TempDir(), "identity")
+		k, _, err := identity.LoadOrCreateKey(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := identity.DeviceID(k.Signer().Public())
+		st := identity.State{DeviceID: id, Certificate: "CERT\n", CA: "CA\n", FleetKey: "fleet key\n", Broker: "mqtts://b:8883", Groups: []string{"g"}}
+		if err := identity.Install(dir, st); err != nil {
+			t.Fatal(err)
+		}
+		return dir, st
+	}
+	t.Run("round trip, derived files healed", func(t *testing.T) {
+		dir, st := install(t)
+		if fi, _ := os.Stat(filepath.Join(dir, identity.StateFile)); fi.Mode().Perm() != 0o600 {
+			t.Errorf("identity.json mode %v, want 0600", fi.Mode().Perm())
+		}
+		write(t, filepath.Join(dir, identity.FleetKeyFile), []byte("attacker's key\n"), 0o644)
+		got, ok, err := identity.Load(dir)
+		if err != nil || !ok || got.DeviceID != st.DeviceID || got.FleetKey != st.FleetKey {
+			t.Fatalf("Load: %+v %v %v", got, ok, err)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, identity.FleetKeyFile)); string(b) != st.FleetKey {
+			t.Errorf("fleet.pub still %q after a start", b)
+		}
+	})
+	t.Run("not enrolled", func(t *testing.T) {
+		if _, ok, err := identity.Load(filepath.Join(t.TempDir(), "identity")); ok || err != nil {
+			t.Fatalf("ok=%v err=%v", ok, err)
+		}
+	})
+	t.Run("writable by others", func(t *testing.T) {
+		dir, _ := install(t)
+		if err := os.Chmod(filepath.Join(dir, identity.StateFile), 0o666); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := identity.Load(dir); err == nil || !strings.Contains(err.Error(), "fleet key") {
+			t.Fatalf("a 0666 identity.json: %v", err)
+		}
+	})
+	t.Run("symlink", func(t *testing.T) {
+		dir, _ := install(t)
+		p := filepath.Join(dir, identity.StateFile)
+		planted := filepath.Join(t.TempDir(), "planted.json")
+		if err := os.Rename(p, planted); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(planted, p); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := identity.Load(dir); err == nil || !strings.Contains(err.Error(), "symlink") {
+			t.Fatalf("a symlinked identity.json: %v", err)
+		}
+	})
+}
