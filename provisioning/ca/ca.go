@@ -180,9 +180,16 @@ func Open(dir string) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open fleet CA: %s: %w", CertFile, err)
 	}
-	kb, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	kp := filepath.Join(dir, KeyFile)
+	kb, err := os.ReadFile(kp)
 	if err != nil {
 		return nil, fmt.Errorf("open fleet CA: %w", err)
+	}
+	// Whoever can read the CA key can enrol units and sign tool certificates.
+	if fi, err := os.Stat(kp); err != nil {
+		return nil, fmt.Errorf("open fleet CA: %w", err)
+	} else if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("open fleet CA: %s has mode %v: the CA key must be 0600 (chmod 600 it; if others may have copied it, make a new CA and enrol the units again)", kp, fi.Mode().Perm())
 	}
 	blk, _ := pem.Decode(kb)
 	if blk == nil {

@@ -326,3 +326,24 @@ func TestRevokeMarksAnEnrolledUnit(t *testing.T) {
 		t.Fatalf("unit after revoke: %+v", l.Units[id])
 	}
 }
+
+// TestOpenRefusesAReadableKey: a CA key others can read may have been
+// copied; fleetctl stops instead of going on signing with it.
+func TestOpenRefusesAReadableKey(t *testing.T) {
+	c := newCA(t)
+	kp := filepath.Join(c.Dir, ca.KeyFile)
+	for _, mode := range []os.FileMode{0o640, 0o604} {
+		if err := os.Chmod(kp, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ca.Open(c.Dir); err == nil || !strings.Contains(err.Error(), "must be 0600") {
+			t.Errorf("Open with ca.key %v: %v", mode, err)
+		}
+	}
+	if err := os.Chmod(kp, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Open(c.Dir); err != nil {
+		t.Fatalf("Open after chmod 600: %v", err)
+	}
+}
