@@ -591,12 +591,13 @@ func aclCmd(_ context.Context, env *cmdEnv, args []string) error {
 	return nil
 }
 
-// revokeCmd revokes a unit's certificates.
-func revokeCmd(_ context.Context, env *cmdEnv, args []string) error {
+// revokeCmd revokes a unit's certificates and clears its retained topics.
+func revokeCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("revoke")
 	dir := addCADir(fs)
 	reason := fs.String("reason", "revoked by the fleet manager", "why (kept in the CA's ledger)")
 	out := fs.String("crl-out", "", "also copy the new revocation list here (e.g. the broker's /etc/mosquitto/konsult/crl.pem)")
+	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
 		return helpIsNil(err)
@@ -608,12 +609,31 @@ func revokeCmd(_ context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	n, err := c.Revoke(pos[0], *reason)
+	l, err := c.Ledger()
 	if err != nil {
+		return fmt.Errorf("revoke: %w", err)
+	}
+	if u := l.Units[pos[0]]; u != nil && u.Status == "revoked" {
+		// Run again to clear what the first run could not reach.
+		fmt.Fprintf(env.stdout, "%s was already revoked %s\n", pos[0], clock(u.Decided))
+	} else {
+		n, err := c.Revoke(pos[0], *reason)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "revoked %d certificate(s) of %s\n", n, pos[0])
+	}
+	if err := copyCRL(env, c, *out); err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stdout, "revoked %d certificate(s) of %s\n", n, pos[0])
-	return copyCRL(env, c, *out)
+	// The ACL still grants the unit its group topics until it is rendered
+	// again from the ledger, which no longer lists it as approved.
+	fmt.Fprintf(env.stdout, "re-render the broker's ACL without it: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
+	if err := clearRetained(ctx, env, bs, pos[0]); err != nil {
+		return fmt.Errorf("revoke: %s is revoked in the CA, but its retained status, reported state and config stay on the broker (%w): run fleetctl revoke %s again with the broker settings", pos[0], err, pos[0])
+	}
+	fmt.Fprintf(env.stdout, "cleared the retained status, reported state and config of %s on the broker\n", pos[0])
+	return nil
 }
 
 // renewCmd signs the renewal requests units put in their reported

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -25,6 +27,7 @@ const (
 	resOffline    = "offline"     // offline per its retained status; it gets the config on reconnect
 	resNeverSeen  = "never_seen"  // no status or reported document on the broker at all
 	resNoAnswer   = "no_answer"   // online, but said nothing about the config within --wait
+	resRevoked    = "revoked"     // the CA's ledger (--ca-dir) marks it revoked: it will not connect again
 )
 
 // pushResult is one unit's answer to a push.
@@ -67,10 +70,15 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 	envFile := fs.String("envelope", "", "push this envelope from fleetctl sign instead of signing a config file")
 	wait := fs.Duration("wait", 30*time.Second, "how long to wait for the units' answers (0: publish and return)")
 	asJSON := fs.Bool("json", false, "print the results as JSON")
+	caDir := fs.String("ca-dir", "", "the fleet CA directory, to name revoked units as such and leave them out of the exit status [$FLEETCTL_CA_DIR]")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
 		return helpIsNil(err)
+	}
+	revoked, err := revokedUnits("push", *caDir)
+	if err != nil {
+		return err
 	}
 	var e fleet.Envelope
 	var p fleet.ConfigPayload
@@ -121,7 +129,7 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("push: %w", err)
 	}
 
-	job := &pushJob{payload: p, topic: topic, envelope: raw, wait: *wait, prog: newProgress(env.stderr, time.Now())}
+	job := &pushJob{payload: p, topic: topic, envelope: raw, wait: *wait, prog: newProgress(env.stderr, time.Now()), revoked: revoked}
 	results, err := job.run(ctx, fc, view, newDedup(1<<16))
 	if err != nil {
 		return fmt.Errorf("push: %w", err)
@@ -156,13 +164,14 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 }
 
 // pushOutcome is push's exit status: an error unless every unit applied the
-// config or will once its call ends.
+// config or will once its call ends. A revoked unit never will, and nothing
+// the fleet manager does about the config changes that: it does not count.
 func pushOutcome(p fleet.ConfigPayload, results []pushResult) error {
 	counts := map[string]int{}
 	bad := 0
 	for _, r := range results {
 		counts[r.Result]++
-		if r.Result != resApplied && r.Result != resDeferred {
+		if r.Result != resApplied && r.Result != resDeferred && r.Result != resRevoked {
 			bad++
 		}
 	}
@@ -174,6 +183,9 @@ func pushOutcome(p fleet.ConfigPayload, results []pushResult) error {
 		if counts[k] > 0 {
 			parts = append(parts, fmt.Sprintf("%d %s", counts[k], strings.ReplaceAll(k, "_", " ")))
 		}
+	}
+	if counts[resRevoked] > 0 {
+		parts = append(parts, fmt.Sprintf("%d revoked, not counted", counts[resRevoked]))
 	}
 	msg := fmt.Sprintf("version %d for %s: %d of %d units did not apply it (%s)", p.Version, p.Target, bad, len(results), strings.Join(parts, ", "))
 	if counts[resOffline]+counts[resNeverSeen]+counts[resNoAnswer] > 0 {
@@ -200,7 +212,9 @@ func describeResult(r pushResult) (result, detail string) {
 	case resNeverSeen:
 		return "never seen", "no unit with this id has connected to this broker"
 	case resNoAnswer:
-		return "no answer", "online, but said nothing within --wait"
+		return "no answer", "online, but said nothing within --wait; a newly approved unit: is it in the broker's ACL (fleetctl acl, then reload Mosquitto)?"
+	case resRevoked:
+		return "revoked", revokedNote(r.At, r.Message)
 	}
 	return r.Result, ""
 }
@@ -287,6 +301,9 @@ type pushJob struct {
 	// before holds each unit's last rejection and rollback as they were
 	// when the job started: those are answers to earlier pushes.
 	before map[string]priorAnswers
+	// revoked are the units the CA's ledger marks revoked (nil without
+	// --ca-dir).
+	revoked map[string]*ca.Unit
 }
 
 type priorAnswers struct {
@@ -324,6 +341,14 @@ func (j *pushJob) run(ctx context.Context, fc *fleetClient, view *fleetView, dd 
 	if d := j.payload.Target.Device; d != "" && len(j.order) == 0 {
 		j.order = append(j.order, d)
 	}
+	// fleetctl revoke clears a revoked unit's documents; the ledger still
+	// knows its groups.
+	for _, id := range revokedFor(j.revoked, j.payload.Target.Device, j.payload.Target.Group) {
+		if !slices.Contains(j.order, id) {
+			j.order = append(j.order, id)
+		}
+	}
+	slices.Sort(j.order)
 	j.published = time.Now()
 	for _, id := range j.order {
 		j.results[id] = &pushResult{Unit: id, Result: resNoAnswer}
@@ -453,6 +478,10 @@ func (j *pushJob) ours(v uint64, at time.Time) bool {
 // or lost its connection) and say who is offline.
 func (j *pushJob) updateFromView(u *unitView, arrived time.Time) {
 	r := j.results[u.ID]
+	if rv := j.revoked[u.ID]; rv != nil {
+		r.Result, r.At, r.Message = resRevoked, rv.Decided, rv.Reason
+		return
+	}
 	key, v := j.payload.Target.Key(), j.payload.Version
 	if rep := u.Reported; rep != nil {
 		r.Version = rep.Versions[key]

@@ -118,8 +118,8 @@ func TestPushToAGroup(t *testing.T) {
 	if r := row(t, out, "room-13"); r[1] != "offline" || r[3] == "-" {
 		t.Errorf("room-13: %q, want offline with its last-seen time", r)
 	}
-	if r := row(t, out, "room-14"); r[1] != "no answer" {
-		t.Errorf("room-14: %q", r)
+	if r := row(t, out, "room-14"); r[1] != "no answer" || !strings.Contains(r[4], "fleetctl acl") {
+		t.Errorf("room-14: %q, want no answer, pointing at the broker's ACL", r)
 	}
 	if strings.Contains(out, "room-20") {
 		t.Errorf("a unit of another group is listed:\n%s", out)

@@ -33,7 +33,7 @@ func subcommands() []subcommand {
 		{"ca", "init --dir DIR --broker mqtts://HOST:8883 [--broker-host H,...] | crl [--out FILE]", "create the fleet CA, signing key, broker/admin certificates and the units' enrolment bundle; refresh the revocation list", caCmd, enrolNotes},
 		{"enrol", "code [--count N] | codes | list [--all] [--json] | approve ID [--group G]... | reject ID [--reason TEXT]", "claim codes for installers; units waiting for approval; approve or reject them", enrolCmd, enrolNotes},
 		{"acl", "[--out FILE]", "render the broker's ACL: the shipped rules plus each enrolled unit's groups", aclCmd, ""},
-		{"revoke", "ID [--crl-out FILE]", "revoke a unit's certificate; the broker refuses it at its next connect (after Mosquitto restarts)", revokeCmd, ""},
+		{"revoke", "ID [--crl-out FILE]", "revoke a unit's certificate (the broker refuses it at its next connect, after Mosquitto restarts) and clear its retained topics", revokeCmd, ""},
 		{"renew", "[--watch]", "sign the certificate renewals units ask for and send them back", renewCmd, ""},
 		{"cmd", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
@@ -179,8 +179,9 @@ in the file are relative to it. --cert is the fleet manager's certificate
 
 const pushNotes = `The units of a group are those whose retained reported state lists it.
 The table shows per unit: applied, deferred (in a call; applies when it
-ends), rejected with the unit's reason, rolled back, offline, never seen, or
-no answer. Exit status 0 only if every unit applied it (or deferred it).
+ends), rejected with the unit's reason, rolled back, offline, never seen,
+no answer, or revoked (with --ca-dir: the CA's ledger says so). Exit status
+0 only if every unit applied it (or deferred it); revoked units do not count.
 A version not above what the broker holds or a unit runs is refused before
 publishing.
 

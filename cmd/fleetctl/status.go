@@ -31,12 +31,21 @@ type unitStatus struct {
 	Certificate *afleet.IdentityReport `json:"certificate,omitempty"`
 	// Documents says which retained documents exist: status, reported.
 	Documents map[string]bool `json:"documents"`
+	// Revoked is set when the CA's ledger (--ca-dir) marks the unit
+	// revoked: it will not connect again.
+	Revoked *revokedInfo `json:"revoked,omitempty"`
+}
+
+type revokedInfo struct {
+	At     time.Time `json:"at"`
+	Reason string    `json:"reason,omitempty"`
 }
 
 func status(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("status")
 	group := fs.String("group", "", "only the units that report being in this group")
 	asJSON := fs.Bool("json", false, "print the units as JSON")
+	caDir := fs.String("ca-dir", "", "the fleet CA directory, to name revoked units as such [$FLEETCTL_CA_DIR]")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -44,6 +53,10 @@ func status(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if len(pos) > 0 {
 		return fmt.Errorf("status: unexpected argument %q: status takes only flags", pos[0])
+	}
+	revoked, err := revokedUnits("status", *caDir)
+	if err != nil {
+		return err
 	}
 	if *group != "" {
 		if err := link.ValidName(*group); err != nil {
@@ -63,13 +76,27 @@ func status(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := fc.Sync(ctx, func(m fleetMsg) { view.feed(m) }); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
+	// fleetctl revoke clears a revoked unit's documents: the ledger still
+	// names it, so the fleet manager sees where it went.
+	listed := map[string]bool{}
+	for _, id := range revokedFor(revoked, "", *group) {
+		view.unit(id)
+		listed[id] = true
+	}
 	var units []*unitView
 	for _, u := range view.sorted() {
-		if *group == "" || u.inGroup(*group) {
-			if u.Status != nil || u.Reported != nil {
+		if *group == "" || u.inGroup(*group) || listed[u.ID] {
+			if u.Status != nil || u.Reported != nil || listed[u.ID] {
 				units = append(units, u)
 			}
 		}
+	}
+	statusOf := func(u *unitView) unitStatus {
+		s := statusOf(u)
+		if r := revoked[u.ID]; r != nil {
+			s.Revoked = &revokedInfo{At: r.Decided, Reason: r.Reason}
+		}
+		return s
 	}
 	if *asJSON {
 		out := make([]unitStatus, 0, len(units))
@@ -189,6 +216,10 @@ func versionsCell(u *unitView) string {
 // a config not yet confirmed or waiting for a call, a refusal of a version
 // the unit does not run, a rollback it still runs on.
 func notesCell(s unitStatus) string {
+	if r := s.Revoked; r != nil {
+		// Nothing else about it can change any more.
+		return revokedNote(r.At, r.Reason)
+	}
 	var notes []string
 	if s.Pending {
 		notes = append(notes, "config not yet confirmed")

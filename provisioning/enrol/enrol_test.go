@@ -241,6 +241,10 @@ func TestEnrolRefusals(t *testing.T) {
 		if p.Problem != enrol.ReasonWrongCode {
 			t.Fatalf("problem %q, want %q", p.Problem, enrol.ReasonWrongCode)
 		}
+		// "enrol code" makes a new code; the list is "enrol codes".
+		if !strings.Contains(p.Message, "fleetctl enrol codes lists them") {
+			t.Errorf("detail %q does not point at fleetctl enrol codes", p.Message)
+		}
 		if _, err := enrol.Approve(f.ca, req, nil, f.b.URL(), "k"); !errors.Is(err, enrol.ErrNotApprovable) {
 			t.Fatalf("approve a wrong code: %v", err)
 		}

@@ -50,7 +50,7 @@ func Evaluate(req Request, l *ca.Ledger) Pending {
 		}
 		return p
 	}
-	return fail(ReasonWrongCode, "the claim code is not one this fleet handed out: check it with the installer (fleetctl enrol code lists them)")
+	return fail(ReasonWrongCode, "the claim code is not one this fleet handed out: check it with the installer (fleetctl enrol codes lists them)")
 }
 
 // ErrNotApprovable: Approve on a request with a problem.
