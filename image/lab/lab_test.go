@@ -29,6 +29,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/farend"
 )
 
@@ -268,12 +269,25 @@ func runLab(t *testing.T) {
 	if agent.steady("LED", "1", 2500*time.Millisecond) {
 		t.Errorf("PRIVACY: the LED still shows LIVE")
 	}
-	before := fe.Stats().VideoFramesDecoded
-	time.Sleep(2 * time.Second)
-	if after := fe.Stats().VideoFramesDecoded; after > before+3 {
-		t.Errorf("PRIVACY: the far end still decodes the unit's video (%d -> %d frames)", before, after)
+	// While private the far end gets only the repeated slate (a uniform
+	// picture, one every capture.SlateInterval), never vivid's pattern.
+	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
+	_, serr := fe.WaitFor(sctx, func(s farend.FarEndStats) bool { return s.LastFrameIsUniform })
+	scancel()
+	if serr != nil {
+		t.Errorf("PRIVACY: the far end's picture is not the slate: %v (stats %s)", serr, fe.Stats())
 	}
-	step("PRIVACY: shutter closed, LED not LIVE, far end's video stopped")
+	before := fe.Stats().VideoFramesDecoded
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if s := fe.Stats(); !s.LastFrameIsUniform {
+			t.Errorf("PRIVACY: the far end shows the room again while private (stats %s)", s)
+			break
+		}
+	}
+	if after, most := fe.Stats().VideoFramesDecoded, int(2*time.Second/capture.SlateInterval)+3; after > before+most {
+		t.Errorf("PRIVACY: the far end decoded %d frames in 2 s of privacy: more than the repeated slate (at most %d)", after-before, most)
+	}
+	step("PRIVACY: shutter closed, LED not LIVE, far end on the slate")
 
 	// LEAVE: the call ends, LED off, the unit leaves the room.
 	pressAt = agent.press("LEAVE")
