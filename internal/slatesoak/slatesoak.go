@@ -84,6 +84,10 @@ func (p Press) OK() bool {
 // video track).
 const Silent = 0.01
 
+// Audible is the far-end audio energy that says it hears the room before a
+// press (the test tone reports about 0.1 to 0.18).
+const Audible = 0.05
+
 // AudioSettle is how long after the press (after the end of a cut) the far
 // end may still play what was sent before it: its jitter buffer, the
 // analyser's 170 ms window, and the delay Chromium adds to audio to keep
@@ -137,6 +141,17 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 		cancel()
 		if err != nil {
 			t.Fatalf("press %d: the far end never showed the room again after the gate opened: %v; %s", i, err, fe.Stats())
+		}
+		// And hears it: until then the far end may still be filling its
+		// buffers (right after it joined, or after a cut), and sound from
+		// before the press would play during it, late, and be taken for
+		// a leak (seen on the first press of a run: silent before, the
+		// tone 1 s into the press).
+		ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+		_, err = fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.AudioEnergy >= Audible })
+		cancel()
+		if err != nil {
+			t.Fatalf("press %d: the far end never heard the room again after the gate opened: %v; %s", i, err, fe.Stats())
 		}
 		time.Sleep(time.Duration(200+rand.IntN(300)) * time.Millisecond)
 		p := Press{Phase: ph, AudioBefore: fe.Stats().AudioEnergy}
