@@ -127,14 +127,10 @@ func gateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 						slatesDue--
 					}
 					if wait > 0 {
-						t := time.NewTimer(wait)
-						select {
-						case <-t.C:
-						case <-changed:
-							t.Stop()
+						switch pause(wait, changed, done) {
+						case gateChanged:
 							continue
-						case <-done:
-							t.Stop()
+						case callOver:
 							return nil, func() {}, io.EOF
 						}
 					}
@@ -186,14 +182,10 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 				if !g.State().Audio {
 					now := time.Now()
 					if wait := next.Sub(now); wait > 0 {
-						t := time.NewTimer(wait)
-						select {
-						case <-t.C:
-						case <-changed:
-							t.Stop()
+						switch pause(wait, changed, done) {
+						case gateChanged:
 							continue
-						case <-done:
-							t.Stop()
+						case callOver:
 							return nil, func() {}, io.EOF
 						}
 					} else if next.IsZero() || -wait > 5*chunkLen(silence) {
@@ -251,6 +243,29 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 				return chunk, release, nil
 			}
 		})
+	}
+}
+
+type pauseEnd int
+
+const (
+	waited pauseEnd = iota
+	gateChanged
+	callOver
+)
+
+// pause waits d while the gate is shut: the slate's and the silence's
+// pace. It ends early when the gate changes or the call is over.
+func pause(d time.Duration, changed <-chan struct{}, done <-chan struct{}) pauseEnd {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return waited
+	case <-changed:
+		return gateChanged
+	case <-done:
+		return callOver
 	}
 }
 
