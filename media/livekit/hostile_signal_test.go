@@ -41,6 +41,8 @@ type sigConn struct {
 	jr  *lkp.JoinRequest
 	pc  *webrtc.PeerConnection
 	wmu sync.Mutex
+	// offers counts the offers the unit sent on this connection.
+	offers atomic.Int32
 }
 
 func (c *sigConn) send(m *lkp.SignalResponse) error {
@@ -69,7 +71,15 @@ type sigFake struct {
 	refuseBody string
 	// answerOffers makes the server answer the unit's later offers.
 	answerOffers bool
-	conns        atomic.Int32
+	// loseAnswer, when set and true for a connection, takes the unit's
+	// offer into the server's media but never sends the answer: as when
+	// the socket breaks between the two.
+	loseAnswer func(c *sigConn) bool
+	conns      atomic.Int32
+	// media is the server's side of the unit's media session, which a
+	// resume finds again.
+	mu    sync.Mutex
+	media *webrtc.PeerConnection
 	srv          *httptest.Server
 }
 
@@ -104,6 +114,9 @@ func (f *sigFake) serve(w http.ResponseWriter, r *http.Request) {
 	defer ws.Close()
 	c := &sigConn{n: n, ws: ws, jr: &jr}
 	if jr.GetReconnect() {
+		f.mu.Lock()
+		c.pc = f.media
+		f.mu.Unlock()
 		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Reconnect{Reconnect: &lkp.ReconnectResponse{}}})
 	} else {
 		pc, ans, err := answerer(jr.GetPublisherOffer().GetSdp())
@@ -115,6 +128,9 @@ func (f *sigFake) serve(w http.ResponseWriter, r *http.Request) {
 		// finds it still up.
 		f.t.Cleanup(func() { _ = pc.Close() })
 		c.pc = pc
+		f.mu.Lock()
+		f.media = pc
+		f.mu.Unlock()
 		_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Join{Join: &lkp.JoinResponse{
 			Participant:  &lkp.ParticipantInfo{Sid: fmt.Sprintf("PA_unit%d", n), Identity: "unit-1"},
 			PingInterval: 5, PingTimeout: 30,
@@ -133,9 +149,12 @@ func (f *sigFake) serve(w http.ResponseWriter, r *http.Request) {
 			if proto.Unmarshal(b, &req) != nil {
 				continue
 			}
+			if o := req.GetOffer(); o != nil {
+				c.offers.Add(1)
+			}
 			if o := req.GetOffer(); o != nil && c.pc != nil && f.answerOffers {
 				if err := c.pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: o.GetSdp()}); err == nil {
-					if ans, err := c.pc.CreateAnswer(nil); err == nil && c.pc.SetLocalDescription(ans) == nil {
+					if ans, err := c.pc.CreateAnswer(nil); err == nil && c.pc.SetLocalDescription(ans) == nil && (f.loseAnswer == nil || !f.loseAnswer(c)) {
 						_ = c.send(&lkp.SignalResponse{Message: &lkp.SignalResponse_Answer{Answer: &lkp.SessionDescription{Type: "answer", Sdp: ans.SDP, Id: o.GetId()}}})
 					}
 				}

@@ -885,12 +885,8 @@ func (c *RTCCall) negotiate(iceRestart bool) {
 		c.negotiating = false
 		c.mu.Unlock()
 	}
-	offer, err := pc.CreateOffer(&webrtc.OfferOptions{ICERestart: restart})
+	offer, restart, err := c.nextOffer(pc, restart)
 	if err != nil {
-		fail(err)
-		return
-	}
-	if err := pc.SetLocalDescription(offer); err != nil {
 		fail(err)
 		return
 	}
@@ -903,6 +899,36 @@ func (c *RTCCall) negotiate(iceRestart bool) {
 	if restart {
 		c.restarts.Add(1)
 	}
+}
+
+// nextOffer is the offer to send: a new one, or, when an earlier offer's
+// answer was lost with a signalling socket (the peer connection still
+// waits in have-local-offer), that same offer again. pion cannot roll an
+// offer back, and a new offer on top of it is refused; without this the
+// call stayed in have-local-offer for good, and after an ICE restart the
+// server had taken but never answered, media stopped (CI, issue 17 round).
+// A restart still wanted is done once the answer is in. It reports
+// whether the offer it returns restarts ICE.
+func (c *RTCCall) nextOffer(pc *webrtc.PeerConnection, restart bool) (webrtc.SessionDescription, bool, error) {
+	if pc.SignalingState() == webrtc.SignalingStateHaveLocalOffer {
+		if pend := pc.PendingLocalDescription(); pend != nil {
+			c.mu.Lock()
+			if restart {
+				c.restartICE = true
+			}
+			c.again = c.again || restart
+			c.mu.Unlock()
+			return *pend, false, nil
+		}
+	}
+	offer, err := pc.CreateOffer(&webrtc.OfferOptions{ICERestart: restart})
+	if err != nil {
+		return webrtc.SessionDescription{}, false, err
+	}
+	if err := pc.SetLocalDescription(offer); err != nil {
+		return webrtc.SessionDescription{}, false, err
+	}
+	return offer, restart, nil
 }
 
 func (c *RTCCall) setPing(every, timeout int32) {
