@@ -80,7 +80,7 @@ type sigFake struct {
 	// resume finds again.
 	mu    sync.Mutex
 	media *webrtc.PeerConnection
-	srv          *httptest.Server
+	srv   *httptest.Server
 }
 
 func newSigFake(t *testing.T, script func(c *sigConn)) *sigFake {
