@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the real parts that media/farend tests drive (idempotent; fast when
+# Installs the real parts that internal/farend tests drive (idempotent; fast when
 # already done):
 #   - Chromium (Debian package) at /usr/bin/chromium
 #   - livekit-server built from source into .cache/bin/server

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -28,7 +27,7 @@ type cmdResult struct {
 	Message string    `json:"message,omitempty"`
 	At      time.Time `json:"at,omitzero"`
 	// Checks: the unit's self-check (doctor only).
-	Checks []afleet.DoctorCheck `json:"checks,omitempty"`
+	Checks []fleet.DoctorCheck `json:"checks,omitempty"`
 }
 
 func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
@@ -136,24 +135,24 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 			continue
 		}
 		ev, ok := parseEvent(m)
-		if !ok || !dd.first(ev.Unit+"/"+ev.ID) || (ev.Type != afleet.EventCommandDone && ev.Type != afleet.EventCommandRefused) {
+		if !ok || !dd.first(ev.Unit+"/"+ev.ID) || (ev.Type != fleet.EventCommandDone && ev.Type != fleet.EventCommandRefused) {
 			continue
 		}
 		r := results[ev.Unit]
 		if r == nil {
 			continue
 		}
-		var d afleet.CommandResult
+		var d fleet.CommandResult
 		if json.Unmarshal(ev.Data, &d) != nil {
 			continue
 		}
 		// A unit that could not read the command at all cannot name its
 		// nonce; a refusal without one counts if it came after the send.
-		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != afleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
+		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
 			continue
 		}
 		r.Result, r.Reason, r.Message, r.At, r.Checks = resDone, "", "", ev.At, d.Checks
-		if ev.Type == afleet.EventCommandRefused {
+		if ev.Type == fleet.EventCommandRefused {
 			r.Result, r.Reason, r.Message = resRefused, d.Reason, d.Message
 		}
 	}

@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/appliance/agent"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 func TestCmdToAGroup(t *testing.T) {
@@ -65,17 +66,17 @@ func TestCmdRefused(t *testing.T) {
 func TestCmdDoctor(t *testing.T) {
 	units := map[string][]string{"room-11": {"clinic-a"}, "room-12": {"clinic-a"}}
 	f := startFleet(t, units)
-	withDoctor := func(checks ...afleet.DoctorCheck) unitOpt {
-		return func(o *afleet.Options, _ *testUnit) {
-			o.Doctor = func(context.Context) []afleet.DoctorCheck { return checks }
+	withDoctor := func(checks ...fleet.DoctorCheck) unitOpt {
+		return func(o *agent.Options, _ *testUnit) {
+			o.Doctor = func(context.Context) []fleet.DoctorCheck { return checks }
 		}
 	}
 	f.startUnit("room-11", units["room-11"], withDoctor(
-		afleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
-		afleet.DoctorCheck{Name: "camera", OK: true, Detail: "/dev/video0 (C920)"}))
+		fleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
+		fleet.DoctorCheck{Name: "camera", OK: true, Detail: "/dev/video0 (C920)"}))
 	f.startUnit("room-12", units["room-12"], withDoctor(
-		afleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
-		afleet.DoctorCheck{Name: "shutter", OK: false, Detail: "open sensor (pin 29) never went high", Fix: "check the wire on pin 29"}))
+		fleet.DoctorCheck{Name: "board", OK: true, Detail: "pi4: gpiochip0"},
+		fleet.DoctorCheck{Name: "shutter", OK: false, Detail: "open sensor (pin 29) never went high", Fix: "check the wire on pin 29"}))
 
 	out, errOut, err := f.fleetctl("cmd", "--key", f.key, "--group", "clinic-a", "doctor", "--wait", "5s")
 	t.Logf("fleetctl cmd --group clinic-a doctor:\n%s%sfleetctl: %v", errOut, out, err)
@@ -101,9 +102,9 @@ func TestCmdDoctor(t *testing.T) {
 }
 
 // fakeIdentity is an enrolled unit's certificate as the agent reports it.
-type fakeIdentity struct{ r afleet.IdentityReport }
+type fakeIdentity struct{ r fleet.IdentityReport }
 
-func (f fakeIdentity) Report() *afleet.IdentityReport  { r := f.r; return &r }
+func (f fakeIdentity) Report() *fleet.IdentityReport   { r := f.r; return &r }
 func (f fakeIdentity) InstallCertificate(string) error { return errors.New("not in this test") }
 
 // A unit whose certificate is due, and one whose certificate ran out: status
@@ -112,13 +113,13 @@ func (f fakeIdentity) InstallCertificate(string) error { return errors.New("not 
 func TestStatusShowsCertificatesDue(t *testing.T) {
 	units := map[string][]string{"room-11": nil, "room-12": nil, "room-13": nil}
 	f := startFleet(t, units)
-	withIdentity := func(r afleet.IdentityReport) unitOpt {
-		return func(o *afleet.Options, _ *testUnit) { o.Identity = fakeIdentity{r} }
+	withIdentity := func(r fleet.IdentityReport) unitOpt {
+		return func(o *agent.Options, _ *testUnit) { o.Identity = fakeIdentity{r} }
 	}
 	due := time.Now().Add(20 * 24 * time.Hour).UTC()
-	f.startUnit("room-11", nil, withIdentity(afleet.IdentityReport{Serial: "1", NotAfter: due, RenewalCSR: "-----BEGIN CERTIFICATE REQUEST-----\n..."}))
-	f.startUnit("room-12", nil, withIdentity(afleet.IdentityReport{Serial: "2", NotAfter: time.Now().Add(80 * 24 * time.Hour)}))
-	f.startUnit("room-13", nil, withIdentity(afleet.IdentityReport{Serial: "3", NotAfter: time.Now().Add(-time.Hour), LastRenewalError: "certificate is for another unit"}))
+	f.startUnit("room-11", nil, withIdentity(fleet.IdentityReport{Serial: "1", NotAfter: due, RenewalCSR: "-----BEGIN CERTIFICATE REQUEST-----\n..."}))
+	f.startUnit("room-12", nil, withIdentity(fleet.IdentityReport{Serial: "2", NotAfter: time.Now().Add(80 * 24 * time.Hour)}))
+	f.startUnit("room-13", nil, withIdentity(fleet.IdentityReport{Serial: "3", NotAfter: time.Now().Add(-time.Hour), LastRenewalError: "certificate is for another unit"}))
 
 	out := statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "certificate expired", "asks for renewal")
 	if r := row(t, out, "room-11"); !strings.Contains(r[7], "certificate expires "+clock(due)) || !strings.Contains(r[7], "fleetctl renew") {

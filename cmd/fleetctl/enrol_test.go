@@ -17,8 +17,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -187,8 +186,8 @@ func TestEnrolListCleansWhatRequestsSay(t *testing.T) {
 func TestStatusCleansWhatUnitsReport(t *testing.T) {
 	const id = "ku-hostilehostilehostile"
 	f := newEnrolFleet(t, id)
-	rep, _ := json.Marshal(afleet.ReportedDoc{Device: "ku-hostilehostilehostile", Groups: []string{"ward" + hostile}, At: time.Now()})
-	st, _ := json.Marshal(afleet.StatusDoc{Online: true, State: "idle" + hostile, Version: "9.9" + hostile, At: time.Now()})
+	rep, _ := json.Marshal(fleet.ReportedDoc{Device: "ku-hostilehostilehostile", Groups: []string{"ward" + hostile}, At: time.Now()})
+	st, _ := json.Marshal(fleet.StatusDoc{Online: true, State: "idle" + hostile, Version: "9.9" + hostile, At: time.Now()})
 	u := f.b.Identity(id)
 	tp := link.Topics{}
 	f.publishAs(u.CertFile, u.KeyFile, f.b.Addr(), link.UnitClientID(id), tp.Reported(id), rep)

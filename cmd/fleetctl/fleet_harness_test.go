@@ -16,11 +16,11 @@ import (
 
 	"github.com/BurntSushi/toml"
 	"github.com/konsult/konsult/appliance"
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/hal/led"
 	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/media/gate"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -79,7 +79,7 @@ func (f *testFleet) fleetctl(args ...string) (stdout, stderr string, err error) 
 type testUnit struct {
 	id      string
 	machine *appliance.Machine
-	agent   *afleet.Agent
+	agent   *agent.Agent
 	cancel  context.CancelFunc
 	done    chan struct{}
 	logs    *syncbuf.Buffer
@@ -88,12 +88,12 @@ type testUnit struct {
 	applied []string // effective configs handed to Apply
 }
 
-type unitOpt func(*afleet.Options, *testUnit)
+type unitOpt func(*agent.Options, *testUnit)
 
 // maxCallLimit makes the unit's schema refuse call.max_length above d, as
 // an older roomd with a lower limit would.
 func maxCallLimit(d time.Duration) unitOpt {
-	return func(o *afleet.Options, _ *testUnit) {
+	return func(o *agent.Options, _ *testUnit) {
 		o.Validate = func(eff []byte) error { return validateRoomd(eff, d) }
 	}
 }
@@ -101,7 +101,7 @@ func maxCallLimit(d time.Duration) unitOpt {
 // hangOnApply makes roomd hang when it is handed a new config: the unit
 // stays connected but never answers.
 func hangOnApply(release <-chan struct{}) unitOpt {
-	return func(o *afleet.Options, u *testUnit) {
+	return func(o *agent.Options, u *testUnit) {
 		apply := o.Apply
 		boots := 0
 		o.Apply = func(eff []byte) error {
@@ -115,7 +115,7 @@ func hangOnApply(release <-chan struct{}) unitOpt {
 
 // failApply makes roomd fail to run any config that contains s.
 func failApply(s string) unitOpt {
-	return func(o *afleet.Options, _ *testUnit) {
+	return func(o *agent.Options, _ *testUnit) {
 		apply := o.Apply
 		o.Apply = func(eff []byte) error {
 			if strings.Contains(string(eff), s) {
@@ -127,7 +127,7 @@ func failApply(s string) unitOpt {
 }
 
 func withVersion(v string) unitOpt {
-	return func(o *afleet.Options, _ *testUnit) { o.Version = v }
+	return func(o *agent.Options, _ *testUnit) { o.Version = v }
 }
 
 // startUnit starts unit id of the fleet and waits until its status says
@@ -155,10 +155,10 @@ func (f *testFleet) startUnit(id string, groups []string, opts ...unitOpt) *test
 		ident := f.b.Identity(id)
 		lo.Broker, lo.CAFile, lo.CertFile, lo.KeyFile = f.b.URL(), f.b.CAFile(), ident.CertFile, ident.KeyFile
 	}
-	o := afleet.Options{
+	o := agent.Options{
 		StateDir:   t.TempDir(),
 		Keys:       f.pubs,
-		Connection: afleet.Connection{Link: lo},
+		Connection: agent.Connection{Link: lo},
 		Validate:   func(eff []byte) error { return validateRoomd(eff, 24*time.Hour) },
 		Apply: func(eff []byte) error {
 			u.mu.Lock()
@@ -173,7 +173,7 @@ func (f *testFleet) startUnit(id string, groups []string, opts ...unitOpt) *test
 	for _, opt := range opts {
 		opt(&o, u)
 	}
-	a, err := afleet.New(o)
+	a, err := agent.New(o)
 	if err != nil {
 		t.Fatalf("unit %s: %v", id, err)
 	}

@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
@@ -307,18 +306,18 @@ type pushJob struct {
 }
 
 type priorAnswers struct {
-	rejection *afleet.Rejection
-	rollback  *afleet.Rollback
+	rejection *fleet.Rejection
+	rollback  *fleet.Rollback
 }
 
-func sameRejection(a, b *afleet.Rejection) bool {
+func sameRejection(a, b *fleet.Rejection) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
 	return a.Target == b.Target && a.Version == b.Version && a.Reason == b.Reason && a.At.Equal(b.At)
 }
 
-func sameRollback(a, b *afleet.Rollback) bool {
+func sameRollback(a, b *fleet.Rollback) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
@@ -432,8 +431,8 @@ func (j *pushJob) handle(m fleetMsg, view *fleetView, dd *dedup) {
 	view.unit(ev.Unit).seen(ev.At)
 	key, v := j.payload.Target.Key(), j.payload.Version
 	switch ev.Type {
-	case afleet.EventConfigApplied, afleet.EventConfigDeferred:
-		var d afleet.ConfigApplied
+	case fleet.EventConfigApplied, fleet.EventConfigDeferred:
+		var d fleet.ConfigApplied
 		if json.Unmarshal(ev.Data, &d) != nil || d.Target != key || d.Version != v {
 			return
 		}
@@ -441,19 +440,19 @@ func (j *pushJob) handle(m fleetMsg, view *fleetView, dd *dedup) {
 			return
 		}
 		r.Result = resDeferred
-		if ev.Type == afleet.EventConfigApplied {
+		if ev.Type == fleet.EventConfigApplied {
 			r.Result = resApplied
 			r.Version = v
 		}
 		r.Generation, r.At, r.received = d.Generation, ev.At, m.at
-	case afleet.EventConfigRejected:
-		var d afleet.Rejection
+	case fleet.EventConfigRejected:
+		var d fleet.Rejection
 		if json.Unmarshal(ev.Data, &d) != nil || d.Target != key || !j.ours(d.Version, ev.At) || r.final() {
 			return
 		}
 		r.Result, r.Reason, r.Message, r.At, r.received = resRejected, d.Reason, d.Message, ev.At, m.at
-	case afleet.EventConfigRolledBack:
-		var d afleet.Rollback
+	case fleet.EventConfigRolledBack:
+		var d fleet.Rollback
 		if json.Unmarshal(ev.Data, &d) != nil || d.Versions[key] != v {
 			return
 		}

@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/appliance/agent"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -30,7 +30,7 @@ import (
 // way fleetctl push sees it: from the retained PUBLISH to each unit's
 // answer (config_applied, or its reported versions) arriving at fleetctl.
 //
-// Each unit is the real appliance/fleet Agent (verify, config store with
+// Each unit is the real appliance/agent Agent (verify, config store with
 // fsync, link) with no appliance behind it (Options.Appliance nil, which
 // the Agent allows for exactly this), so no call ever defers a config; its
 // Apply does nothing. Everything, Mosquitto included, shares this machine's
@@ -192,24 +192,24 @@ func inGroup(v *fleetView, g string) int {
 // connected. They connect in batches: a thousand TLS handshakes at once
 // overflow the broker's accept backlog, and the retries that follow would
 // measure TCP's SYN timeout rather than anything of ours.
-func startBenchUnits(b *testing.B, br *brokertest.Broker, ids []string, group string, pubs []ed25519.PublicKey, applied []atomic.Int64) []*afleet.Agent {
+func startBenchUnits(b *testing.B, br *brokertest.Broker, ids []string, group string, pubs []ed25519.PublicKey, applied []atomic.Int64) []*agent.Agent {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	// All at once: each link's Close waits for its offline status to be
 	// acknowledged, which one after another would take minutes.
 	b.Cleanup(func() { cancel(); wg.Wait() })
 	quiet := slog.New(slog.DiscardHandler)
-	agents := make([]*afleet.Agent, 0, len(ids))
+	agents := make([]*agent.Agent, 0, len(ids))
 	const batch = 50
 	for start := 0; start < len(ids); start += batch {
 		end := min(start+batch, len(ids))
 		for i, id := range ids[start:end] {
 			ident := br.Identity(id)
 			at := &applied[start+i]
-			a, err := afleet.New(afleet.Options{
+			a, err := agent.New(agent.Options{
 				StateDir: b.TempDir(),
 				Keys:     pubs,
-				Connection: afleet.Connection{Link: link.Options{
+				Connection: agent.Connection{Link: link.Options{
 					Broker: br.URL(), CAFile: br.CAFile(), CertFile: ident.CertFile, KeyFile: ident.KeyFile,
 					DeviceID: id, Groups: []string{group},
 					ConnectTimeout: 30 * time.Second, MinBackoff: 200 * time.Millisecond, MaxBackoff: 2 * time.Second,

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -23,12 +23,12 @@ type unitStatus struct {
 	Versions         map[string]uint64 `json:"versions"`
 	Pending          bool              `json:"pending,omitempty"`
 	Deferred         bool              `json:"deferred,omitempty"`
-	LastRejection    *afleet.Rejection `json:"last_rejection,omitempty"`
-	LastRollback     *afleet.Rollback  `json:"last_rollback,omitempty"`
+	LastRejection    *fleet.Rejection  `json:"last_rejection,omitempty"`
+	LastRollback     *fleet.Rollback   `json:"last_rollback,omitempty"`
 	LastSeen         time.Time         `json:"last_seen,omitzero"`
 	// Certificate is the unit's enrolled certificate as it reports it
 	// (absent for a unit given its certificate by hand).
-	Certificate *afleet.IdentityReport `json:"certificate,omitempty"`
+	Certificate *fleet.IdentityReport `json:"certificate,omitempty"`
 	// Documents says which retained documents exist: status, reported.
 	Documents map[string]bool `json:"documents"`
 	// Revoked is set when the CA's ledger (--ca-dir) marks the unit

@@ -5,7 +5,7 @@ import (
 	"slices"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -13,8 +13,8 @@ import (
 // reported documents (either may be missing) and when they last changed.
 type unitView struct {
 	ID       string
-	Status   *afleet.StatusDoc
-	Reported *afleet.ReportedDoc
+	Status   *fleet.StatusDoc
+	Reported *fleet.ReportedDoc
 	// Seen is the latest time the unit itself stamped on a document or
 	// event: its "last seen".
 	Seen time.Time
@@ -74,7 +74,7 @@ func (v *fleetView) feed(m fleetMsg) bool {
 			u.Status = nil
 			return true
 		}
-		var s afleet.StatusDoc
+		var s fleet.StatusDoc
 		if json.Unmarshal(m.Payload, &s) == nil {
 			u.Status = &s
 			u.seen(s.At)
@@ -86,7 +86,7 @@ func (v *fleetView) feed(m fleetMsg) bool {
 			u.Reported = nil
 			return true
 		}
-		var r afleet.ReportedDoc
+		var r fleet.ReportedDoc
 		if json.Unmarshal(m.Payload, &r) == nil {
 			u.Reported = &r
 			u.seen(r.At)

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/internal/syncbuf"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 )
 
 // The page `make run` prints really joins the room: headless Chromium opens

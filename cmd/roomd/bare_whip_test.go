@@ -13,7 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/konsult/konsult/media/encoder"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/whip"
 )

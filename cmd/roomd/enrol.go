@@ -16,7 +16,6 @@ import (
 	"syscall"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -291,18 +290,18 @@ func (p *provisioning) statusView() *identityStatus {
 	return v
 }
 
-// Report implements afleet.Identity.
-func (p *provisioning) Report() *afleet.IdentityReport {
+// Report implements agent.Identity.
+func (p *provisioning) Report() *fleet.IdentityReport {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cert == nil {
 		return nil
 	}
-	return &afleet.IdentityReport{Serial: p.cert.SerialNumber.Text(16), NotAfter: p.cert.NotAfter,
+	return &fleet.IdentityReport{Serial: p.cert.SerialNumber.Text(16), NotAfter: p.cert.NotAfter,
 		RenewalCSR: p.renewCSR, LastRenewalError: p.renewErr}
 }
 
-// InstallCertificate implements afleet.Identity: a renewed certificate
+// InstallCertificate implements agent.Identity: a renewed certificate
 // must pass the same checks as the first one. The MQTT link reads it at its
 // next connect; the running connection and any call are not touched.
 func (p *provisioning) InstallCertificate(certPEM string) error {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/enrol"
 )

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"sync"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -38,7 +38,7 @@ var errRestart = errors.New("restart requested by the fleet")
 
 // fleetStatus is the fleet part of the local API's status.
 type fleetStatus struct {
-	afleet.ReportedDoc
+	fleet.ReportedDoc
 	Connected bool   `json:"connected"`
 	Broker    string `json:"broker"`
 	// DemoKey is the demo fleet's signing key in --sim, for fleetctl.
@@ -242,11 +242,11 @@ func (s *fleetSetup) close() {
 
 // connection is how the unit reaches its fleet under cfg: the broker and
 // certificates may come from a fleet config, the identity never does.
-func (s *fleetSetup) connection(cfg *Config) (afleet.Connection, error) {
+func (s *fleetSetup) connection(cfg *Config) (agent.Connection, error) {
 	brokerURL := cfg.Fleet.Broker
 	if brokerURL == "" {
 		if s.demo == nil {
-			return afleet.Connection{}, errors.New("fleet.broker is empty: a fleet config cannot switch the fleet off")
+			return agent.Connection{}, errors.New("fleet.broker is empty: a fleet config cannot switch the fleet off")
 		}
 		brokerURL = s.demo.URL()
 	}
@@ -271,11 +271,11 @@ func (s *fleetSetup) connection(cfg *Config) (afleet.Connection, error) {
 		o.KeyFile = s.prov.key.Path()
 		o.OnConnectError = s.prov.onConnectError
 	}
-	return afleet.Connection{Link: o, ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration}, nil
+	return agent.Connection{Link: o, ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration}, nil
 }
 
 // identityHooks is nil (not a typed nil) for a unit without enrolment.
-func (s *fleetSetup) identityHooks() afleet.Identity {
+func (s *fleetSetup) identityHooks() agent.Identity {
 	if s.prov == nil {
 		return nil
 	}
@@ -284,7 +284,7 @@ func (s *fleetSetup) identityHooks() afleet.Identity {
 
 // newAgent starts the fleet agent, which brings the unit up (through h) on
 // the stored fleet config laid over cfg's local settings.
-func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, error), h *holder, simulate bool, restart chan<- struct{}) (*afleet.Agent, error) {
+func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, error), h *holder, simulate bool, restart chan<- struct{}) (*agent.Agent, error) {
 	conn, err := s.connection(local)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: %w", err)
@@ -302,14 +302,14 @@ func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, er
 		default:
 		}
 	}
-	a, err := afleet.New(afleet.Options{
+	a, err := agent.New(agent.Options{
 		StateDir:   s.stateDir,
 		Keys:       s.keys,
 		Connection: conn,
-		ConnectionFor: func(eff []byte) (afleet.Connection, error) {
+		ConnectionFor: func(eff []byte) (agent.Connection, error) {
 			c, err := effective(eff)
 			if err != nil {
-				return afleet.Connection{}, err
+				return agent.Connection{}, err
 			}
 			return s.connection(c)
 		},
@@ -325,10 +325,10 @@ func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, er
 			return h.apply(c)
 		},
 		Appliance: fleetAppliance{h},
-		Doctor: func(ctx context.Context) []afleet.DoctorCheck {
-			var out []afleet.DoctorCheck
+		Doctor: func(ctx context.Context) []fleet.DoctorCheck {
+			var out []fleet.DoctorCheck
 			for _, c := range h.Doctor(ctx) {
-				out = append(out, afleet.DoctorCheck(c))
+				out = append(out, fleet.DoctorCheck(c))
 			}
 			return out
 		},

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/internal/syncbuf"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 var killCount = flag.Int("kill-count", 200, "how many times TestFleetKill9 SIGKILLs roomd (the issue asks for at least 200)")
@@ -166,10 +166,10 @@ func TestFleetKill9(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	f.waitEvent(afleet.EventStarted, 10*time.Second)
+	f.waitEvent(fleet.EventStarted, 10*time.Second)
 	t.Logf("%d kills (%d during startup) in %s; %d starts checked, %d of them after a rollback; %d versions pushed, %d of them losing the broker; %d started and %d config_rolled_back events reached the fleet",
 		kills, earlyKills, time.Since(begin).Round(time.Millisecond), ready, rolledBack, pushed, broken,
-		f.count(afleet.EventStarted), f.count(afleet.EventConfigRolledBack))
+		f.count(fleet.EventStarted), f.count(fleet.EventConfigRolledBack))
 }
 
 // checkOnce reads the status once; it returns what is wrong ("" if

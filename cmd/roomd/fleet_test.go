@@ -14,8 +14,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -254,7 +253,7 @@ func data[T any](t testing.TB, e fleetEvent) T {
 func startFleetUnit(t *testing.T, f *fleetSide) *unitUnderTest {
 	t.Helper()
 	u := startUnit(t, f.unitConfig(filepath.Join(t.TempDir(), "state")))
-	f.waitEvent(afleet.EventStarted, 10*time.Second)
+	f.waitEvent(fleet.EventStarted, 10*time.Second)
 	u.eventually("fleet connected", func(s status) bool { return s.Fleet != nil && s.Fleet.Connected })
 	return u
 }

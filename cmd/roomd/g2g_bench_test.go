@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 )
 
 // stampCodecs are the video codecs roomd can send: H264 (openh264, the

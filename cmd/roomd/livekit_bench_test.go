@@ -15,7 +15,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/localapi"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 )
 
 // BenchmarkJoinToFarEndFrame: JOIN pressed on the unit (button edge, 30 ms

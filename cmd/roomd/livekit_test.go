@@ -14,7 +14,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 )
 
 func livekitConfig(lk *farend.LiveKit, room string, extra string) string {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 // TestNetworkFromFleetConfig: the fleet sets the unit's network; the keyfiles
@@ -59,7 +59,7 @@ func TestNetworkFromFleetConfig(t *testing.T) {
 
 	cfg := f.unitConfig(filepath.Join(dir, "state")) + "[unit]\nnetwork_dir = " + quote(spool) + "\nnetwork_apply = \"helper\"\n"
 	u := startUnit(t, cfg)
-	f.waitEvent(afleet.EventStarted, 10*time.Second)
+	f.waitEvent(fleet.EventStarted, 10*time.Second)
 
 	const goodPSK, brokenPSK, shortPSK, peapPass = "correct horse battery", "another secret phrase", "tiny1", "peap-Passw0rd-xyz"
 	f.push(signed{version: 1, target: devTarget, toml: `[network.ethernet]
@@ -69,7 +69,7 @@ ssid = "Clinic-Rooms"
 security = "wpa2-personal"
 psk = "` + goodPSK + `"
 `})
-	f.waitEvent(afleet.EventConfigApplied, 20*time.Second)
+	f.waitEvent(fleet.EventConfigApplied, 20*time.Second)
 	wifi := filepath.Join(nmDir, "konsult-wifi-0.nmconnection")
 	b, err := os.ReadFile(wifi)
 	if err != nil || !strings.Contains(string(b), "ssid=Clinic-Rooms") || !strings.Contains(string(b), "psk="+goodPSK) {
@@ -97,7 +97,7 @@ ssid = "Broken"
 security = "wpa3-personal"
 psk = "` + brokenPSK + `"
 `})
-	rb := f.waitEvent(afleet.EventConfigRolledBack, 60*time.Second)
+	rb := f.waitEvent(fleet.EventConfigRolledBack, 60*time.Second)
 	if !strings.Contains(rb.raw, "NetworkManager") {
 		t.Fatalf("rollback reason does not name NetworkManager: %s", rb.raw)
 	}
@@ -126,7 +126,7 @@ eap = "peap"
 identity = "room-1"
 password = "` + peapPass + `"
 `})
-	rej := f.waitEvent(afleet.EventConfigRejected, 10*time.Second)
+	rej := f.waitEvent(fleet.EventConfigRejected, 10*time.Second)
 	if !strings.Contains(rej.raw, "network.wifi[0].psk") || !strings.Contains(rej.raw, "ca_cert") {
 		t.Fatalf("rejection does not name the keys to fix: %s", rej.raw)
 	}

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/enrol"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 // TestFactoryResetInEveryConfiguration (issue 14, finding 5): a factory
@@ -52,10 +52,10 @@ func TestFactoryResetInEveryConfiguration(t *testing.T) {
 		dir := t.TempDir()
 		seeded := seedState(t, dir)
 		u := startUnit(t, f.unitConfig(filepath.Join(dir, "state"))+"identity_dir = "+quote(filepath.Join(dir, "identity"))+"\n"+hold)
-		f.waitEvent(afleet.EventStarted, 10*time.Second)
+		f.waitEvent(fleet.EventStarted, 10*time.Second)
 		factoryReset(t, u, "api")
 		u.wipedAndNew(t, dir, seeded)
-		f.waitEvent(afleet.EventStarted, 20*time.Second) // the new unit is back on its fleet
+		f.waitEvent(fleet.EventStarted, 20*time.Second) // the new unit is back on its fleet
 	})
 	t.Run("enrolling/api", func(t *testing.T) {
 		f := newEnrolFleet(t)

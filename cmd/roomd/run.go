@@ -22,7 +22,7 @@ import (
 	"periph.io/x/host/v3"
 
 	"github.com/konsult/konsult/appliance"
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/hal/button"
@@ -155,7 +155,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	startCfg := cfg
 	restart := make(chan struct{}, 1)
-	var agentP atomic.Pointer[afleet.Agent]
+	var agentP atomic.Pointer[agent.Agent]
 	if fl != nil {
 		if fl.prov != nil {
 			fl.prov.wipe = []string{fl.stateDir}
@@ -232,7 +232,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 					return
 				}
 				err := fl.adoptIdentity(startCfg)
-				var a *afleet.Agent
+				var a *agent.Agent
 				if err == nil {
 					a, err = fl.newAgent(startCfg, effective, h, *simulate, restart)
 				}

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/playout"
 )
 

@@ -30,7 +30,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 )
 
 const (

@@ -14,13 +14,6 @@ const Module = "github.com/konsult/konsult"
 // the brain is the only place they meet.
 var lower = []string{"hal", "media", "provisioning"}
 
-// testSupport are the packages outside internal/ that test files of any
-// layer may import. They are test harnesses that predate internal/ and are
-// being moved there (issue 17); once moved, internal/ covers them.
-var testSupport = []string{
-	Module + "/media/farend",
-	Module + "/provisioning/brokertest",
-}
 
 // Package is the part of `go list -json` the rules read.
 type Package struct {
@@ -53,15 +46,7 @@ func isLower(t string) bool {
 }
 
 func isTestSupport(path string) bool {
-	if tree(path) == "internal" {
-		return true
-	}
-	for _, p := range testSupport {
-		if path == p || strings.HasPrefix(path, p+"/") {
-			return true
-		}
-	}
-	return false
+	return tree(path) == "internal"
 }
 
 // forbidden says why from may not import to, or "" if it may.
@@ -85,7 +70,7 @@ func forbidden(from, to string) string {
 // Check returns one line per broken rule, sorted. Non-test code is checked
 // through its transitive dependencies, so a helper under internal/ cannot
 // carry media into hal. Test files are checked on their direct imports, and
-// may import test support (internal/ and testSupport).
+// may import test support (internal/).
 func Check(pkgs []Package) []string {
 	var bad []string
 	for _, p := range pkgs {

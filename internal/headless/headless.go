@@ -1,5 +1,5 @@
 // Package headless starts Debian's Chromium, headless, on one page, for tests
-// that need a real browser but not a conference (media/farend is the
+// that need a real browser but not a conference (internal/farend is the
 // LiveKit far end; this is the bare browser, e.g. an attacker's page).
 package headless
 
@@ -14,7 +14,7 @@ import (
 )
 
 const (
-	// EnvChromium overrides where Chromium is (the same variable media/farend reads).
+	// EnvChromium overrides where Chromium is (the same variable internal/farend reads).
 	EnvChromium = "KONSULT_CHROMIUM"
 	// EnvRequireRealParts makes a missing Chromium fail the test instead of skipping it.
 	EnvRequireRealParts = "KONSULT_REQUIRE_REAL_PARTS"

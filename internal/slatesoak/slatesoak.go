@@ -17,7 +17,7 @@ import (
 
 	"github.com/konsult/konsult/internal/lossynet"
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 )
 

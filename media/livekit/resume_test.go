@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 )

@@ -16,7 +16,7 @@ import (
 
 	"github.com/konsult/konsult/media"
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"

@@ -22,7 +22,7 @@ import (
 	"github.com/pion/transport/v5/stdnet"
 	"github.com/pion/webrtc/v4"
 
-	"github.com/konsult/konsult/media/farend"
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 )

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/link"
 )
 

@@ -1,4 +1,4 @@
-package fleet_test
+package agent_test
 
 import (
 	"crypto/ed25519"
@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	afleet "github.com/konsult/konsult/appliance/fleet"
 	"github.com/konsult/konsult/provisioning/fleet"
 )
 
@@ -27,7 +26,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if got := u.start(); got != "" {
 		t.Fatalf("fresh unit applied %q, want the local config only (empty)", got)
 	}
-	st := decode[afleet.Started](t, u.waitEvent(afleet.EventStarted, 5*time.Second))
+	st := decode[fleet.Started](t, u.waitEvent(fleet.EventStarted, 5*time.Second))
 	if st.Generation != 0 || st.Pending || st.RolledBack || st.Version != "test-1" {
 		t.Fatalf("started = %+v, want generation 0, not pending, not rolled back, version test-1", st)
 	}
@@ -37,8 +36,8 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if !strings.Contains(eff, `max_length = "2h"`) || !strings.Contains(eff, `level = "debug"`) {
 		t.Fatalf("group config not applied: %q", eff)
 	}
-	ap := decode[afleet.ConfigApplied](t, u.waitEvent(afleet.EventConfigApplied, 5*time.Second))
-	if ap != (afleet.ConfigApplied{Target: "group:ward-a", Version: 1, Generation: 1}) {
+	ap := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
+	if ap != (fleet.ConfigApplied{Target: "group:ward-a", Version: 1, Generation: 1}) {
 		t.Fatalf("config_applied = %+v", ap)
 	}
 
@@ -47,8 +46,8 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if !strings.Contains(eff, `max_length = "2h"`) || !strings.Contains(eff, `level = "warn"`) || strings.Contains(eff, "debug") {
 		t.Fatalf("effective config is not group overlaid by device: %q", eff)
 	}
-	ap = decode[afleet.ConfigApplied](t, u.waitEvent(afleet.EventConfigApplied, 5*time.Second))
-	if ap != (afleet.ConfigApplied{Target: "device:unit-1", Version: 7, Generation: 2}) {
+	ap = decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
+	if ap != (fleet.ConfigApplied{Target: "device:unit-1", Version: 7, Generation: 2}) {
 		t.Fatalf("config_applied = %+v", ap)
 	}
 	eventually(t, 5*time.Second, "reported shows both versions, confirmed", func() bool {
@@ -66,7 +65,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	eventually(t, 10*time.Second, "reconnected", u.agent.Connected)
 	time.Sleep(500 * time.Millisecond)
 	u.noApplied(200 * time.Millisecond)
-	if n := u.countEvents(afleet.EventConfigRejected); n != 0 {
+	if n := u.countEvents(fleet.EventConfigRejected); n != 0 {
 		t.Fatalf("re-delivered retained configs were reported as rejected (%d times)", n)
 	}
 
@@ -75,7 +74,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if got := u.start(); got != eff {
 		t.Fatalf("after restart applied %q, want %q", got, eff)
 	}
-	st = decode[afleet.Started](t, u.waitEvent(afleet.EventStarted, 5*time.Second))
+	st = decode[fleet.Started](t, u.waitEvent(fleet.EventStarted, 5*time.Second))
 	if st.Generation != 2 || st.Pending || st.Versions["device:unit-1"] != 7 {
 		t.Fatalf("started after restart = %+v", st)
 	}
@@ -110,8 +109,8 @@ func TestRejectionsApplyNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			u.t = t
 			u.push(tc.c)
-			e := u.waitEvent(afleet.EventConfigRejected, 5*time.Second)
-			r := decode[afleet.Rejection](t, e)
+			e := u.waitEvent(fleet.EventConfigRejected, 5*time.Second)
+			r := decode[fleet.Rejection](t, e)
 			if r.Reason != string(tc.reason) || r.Target != "device:unit-1" || r.Message == "" {
 				t.Fatalf("config_rejected = %+v, want reason %s for device:unit-1 with a message", r, tc.reason)
 			}
@@ -143,12 +142,12 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	u.app.emit(appliance.Event{Type: "state", State: appliance.InCall})
 
 	u.push(cfg{version: 1, target: dev, toml: "[log]\nlevel = \"warn\"\n"})
-	d := decode[afleet.ConfigApplied](t, u.waitEvent(afleet.EventConfigDeferred, 5*time.Second))
+	d := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigDeferred, 5*time.Second))
 	if d.Version != 1 {
 		t.Fatalf("config_deferred = %+v", d)
 	}
 	u.noApplied(time.Second)
-	if n := u.countEvents(afleet.EventConfigApplied); n != 0 {
+	if n := u.countEvents(fleet.EventConfigApplied); n != 0 {
 		t.Fatal("config_applied reported while the call is still up")
 	}
 	if r := u.agent.Reported(); !r.Deferred || r.Versions["device:unit-1"] != 1 {
@@ -160,7 +159,7 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); !strings.Contains(eff, "warn") {
 		t.Fatalf("applied %q after the call", eff)
 	}
-	u.waitEvent(afleet.EventConfigApplied, 5*time.Second)
+	u.waitEvent(fleet.EventConfigApplied, 5*time.Second)
 	if r := u.agent.Reported(); r.Deferred {
 		t.Fatal("still deferred after the call ended")
 	}
@@ -170,7 +169,7 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); !strings.Contains(eff, "error") {
 		t.Fatalf("urgent config: applied %q", eff)
 	}
-	ap := decode[afleet.ConfigApplied](t, u.waitEvent(afleet.EventConfigApplied, 5*time.Second))
+	ap := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
 	if !ap.Urgent || ap.Version != 2 {
 		t.Fatalf("config_applied = %+v, want urgent version 2", ap)
 	}
@@ -198,7 +197,7 @@ func TestConfigThatLosesTheBrokerRollsBack(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Fatalf("rolled back after %s, before the 1.5 s confirm timeout", took)
 	}
-	rb := decode[afleet.Rollback](t, u.waitEvent(afleet.EventConfigRolledBack, 10*time.Second))
+	rb := decode[fleet.Rollback](t, u.waitEvent(fleet.EventConfigRolledBack, 10*time.Second))
 	if rb.FromGeneration != 2 || rb.ToGeneration != 3 || rb.Versions["device:unit-1"] != 2 || !strings.Contains(rb.Reason, "broker") {
 		t.Fatalf("config_rolled_back = %+v", rb)
 	}
@@ -208,7 +207,7 @@ func TestConfigThatLosesTheBrokerRollsBack(t *testing.T) {
 	})
 	time.Sleep(time.Second)
 	u.noApplied(100 * time.Millisecond)
-	if n := u.countEvents(afleet.EventConfigRejected); n != 0 {
+	if n := u.countEvents(fleet.EventConfigRejected); n != 0 {
 		t.Fatalf("the rolled-back retained config was reported rejected %d times", n)
 	}
 	// The fleet retries with a higher version.
@@ -232,11 +231,11 @@ func TestConfigRoomdCannotRunRollsBack(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); eff != "" {
 		t.Fatalf("after the failed apply the unit runs %q, want its previous (empty) config", eff)
 	}
-	rb := decode[afleet.Rollback](t, u.waitEvent(afleet.EventConfigRolledBack, 5*time.Second))
+	rb := decode[fleet.Rollback](t, u.waitEvent(fleet.EventConfigRolledBack, 5*time.Second))
 	if !strings.Contains(rb.Reason, "GPIO99") || rb.Versions["device:unit-1"] != 1 {
 		t.Fatalf("config_rolled_back = %+v, want the reason from roomd", rb)
 	}
-	if n := u.countEvents(afleet.EventConfigApplied); n != 0 {
+	if n := u.countEvents(fleet.EventConfigApplied); n != 0 {
 		t.Fatal("a config that did not run was reported applied")
 	}
 }
@@ -253,7 +252,7 @@ func TestCommands(t *testing.T) {
 
 	secs := json.RawMessage("7")
 	u.publish(cmdTopic, false, u.command(fleet.CommandIdentify, map[string]json.RawMessage{"seconds": secs}, now, exp, ""))
-	done := decode[afleet.CommandResult](t, u.waitEvent(afleet.EventCommandDone, 5*time.Second))
+	done := decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandDone, 5*time.Second))
 	if done.Name != "identify" || len(done.Nonce) != 32 {
 		t.Fatalf("command_done = %+v", done)
 	}
@@ -263,9 +262,9 @@ func TestCommands(t *testing.T) {
 
 	join := u.command(fleet.CommandJoin, nil, now, exp, "")
 	u.publish(cmdTopic, false, join)
-	u.waitEvent(afleet.EventCommandDone, 5*time.Second)
+	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
 	u.publish(cmdTopic, false, join) // replayed
-	ref := decode[afleet.CommandResult](t, u.waitEvent(afleet.EventCommandRefused, 5*time.Second))
+	ref := decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonReplayed) || ref.Name != "join" {
 		t.Fatalf("replay: command_refused = %+v", ref)
 	}
@@ -275,7 +274,7 @@ func TestCommands(t *testing.T) {
 
 	old := now.Add(-time.Hour)
 	u.publish(cmdTopic, false, u.command(fleet.CommandLeave, nil, old, old.Add(10*time.Minute), ""))
-	ref = decode[afleet.CommandResult](t, u.waitEvent(afleet.EventCommandRefused, 5*time.Second))
+	ref = decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonExpired) || ref.Name != "leave" {
 		t.Fatalf("expired: command_refused = %+v", ref)
 	}
@@ -285,13 +284,13 @@ func TestCommands(t *testing.T) {
 	u.start()
 	eventually(t, 5*time.Second, "connected", u.agent.Connected)
 	u.publish(cmdTopic, false, join)
-	ref = decode[afleet.CommandResult](t, u.waitEvent(afleet.EventCommandRefused, 5*time.Second))
+	ref = decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonReplayed) {
 		t.Fatalf("replay after restart: command_refused = %+v", ref)
 	}
 
 	u.publish(cmdTopic, false, u.command(fleet.CommandReportNow, nil, now, exp, ""))
-	u.waitEvent(afleet.EventCommandDone, 5*time.Second)
+	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
 	if acts, _ := u.app.asked(); len(acts) != 1 {
 		t.Fatalf("after the refusals the appliance was asked %v", acts)
 	}
@@ -313,24 +312,24 @@ func TestApplianceEventsForwarded(t *testing.T) {
 	} {
 		u.app.emit(ev)
 	}
-	b := decode[afleet.Button](t, u.waitEvent(afleet.EventButton, 5*time.Second))
-	if b != (afleet.Button{Which: "join", Kind: "down"}) {
+	b := decode[fleet.Button](t, u.waitEvent(fleet.EventButton, 5*time.Second))
+	if b != (fleet.Button{Which: "join", Kind: "down"}) {
 		t.Fatalf("button = %+v", b)
 	}
-	if c := decode[afleet.Call](t, u.waitEvent(afleet.EventCallJoined, 5*time.Second)); c.Meeting != "m-1a2b" {
+	if c := decode[fleet.Call](t, u.waitEvent(fleet.EventCallJoined, 5*time.Second)); c.Meeting != "m-1a2b" {
 		t.Fatalf("call_joined = %+v", c)
 	}
-	if s := decode[afleet.State](t, u.waitEvent(afleet.EventState, 5*time.Second)); s.State != "in_call" {
+	if s := decode[fleet.State](t, u.waitEvent(fleet.EventState, 5*time.Second)); s.State != "in_call" {
 		t.Fatalf("state = %+v", s)
 	}
-	if f := decode[afleet.Fault](t, u.waitEvent(afleet.EventShutterFault, 5*time.Second)); f.Source != "shutter" || f.Reason == "" {
+	if f := decode[fleet.Fault](t, u.waitEvent(fleet.EventShutterFault, 5*time.Second)); f.Source != "shutter" || f.Reason == "" {
 		t.Fatalf("shutter_fault = %+v", f)
 	}
-	u.waitEvent(afleet.EventCameraLost, 5*time.Second)
-	if c := decode[afleet.Call](t, u.waitEvent(afleet.EventCallLeft, 5*time.Second)); c.Meeting != "m-1a2b" || c.Reason != "fault" {
+	u.waitEvent(fleet.EventCameraLost, 5*time.Second)
+	if c := decode[fleet.Call](t, u.waitEvent(fleet.EventCallLeft, 5*time.Second)); c.Meeting != "m-1a2b" || c.Reason != "fault" {
 		t.Fatalf("call_left = %+v", c)
 	}
-	u.waitEvent(afleet.EventFaultCleared, 5*time.Second)
+	u.waitEvent(fleet.EventFaultCleared, 5*time.Second)
 	eventually(t, 5*time.Second, "status in_call", func() bool { return u.status().State == "in_call" })
 }
 
@@ -345,16 +344,16 @@ func TestSecretsNeverLeave(t *testing.T) {
 	const url = "https://user:hunter2hunter@livekit.example"
 	u.push(cfg{version: 1, target: dev, toml: fmt.Sprintf("[conference]\ntoken = %q\napi_secret = %q\nurl = %q\n", token, secret, url)})
 	u.nextApplied(5 * time.Second)
-	u.waitEvent(afleet.EventConfigApplied, 5*time.Second)
+	u.waitEvent(fleet.EventConfigApplied, 5*time.Second)
 	// The validator quotes the value it refuses.
 	u.push(cfg{version: 2, target: dev, toml: fmt.Sprintf("[conference]\nbad = %q\n", secret+"-2")})
-	u.waitEvent(afleet.EventConfigRejected, 5*time.Second)
+	u.waitEvent(fleet.EventConfigRejected, 5*time.Second)
 	// A lower layer that echoes a token in an error.
 	u.app.emit(appliance.Event{Type: "fault", Detail: "call", Reason: "join failed: 401 token " + token + " rejected by " + url})
 	u.app.emit(appliance.Event{Type: "call", Detail: "left", Meeting: "m-1", Reason: "server said " + secret})
-	u.waitEvent(afleet.EventCallLeft, 5*time.Second)
+	u.waitEvent(fleet.EventCallLeft, 5*time.Second)
 	u.publish(topics.DeviceCmd(unitID), false, u.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute), ""))
-	u.waitEvent(afleet.EventCommandDone, 5*time.Second)
+	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
 
 	u.mu.Lock()
 	var out []string

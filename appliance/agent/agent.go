@@ -1,4 +1,4 @@
-package fleet
+package agent
 
 import (
 	"bytes"
@@ -83,7 +83,7 @@ type Options struct {
 	Version string
 	// Doctor runs the unit's self-check for the doctor command. Nil: the
 	// command fails.
-	Doctor func(context.Context) []DoctorCheck
+	Doctor func(context.Context) []fleet.DoctorCheck
 	// Identity, if set, is the unit's own certificate (enrolment): it is
 	// reported, renewed through the certificate command, and nil for a
 	// unit provisioned with certificate files by hand.
@@ -95,7 +95,7 @@ type Options struct {
 type Identity interface {
 	// Report is the identity part of the reported document, with a
 	// renewal request when the certificate is due for one.
-	Report() *IdentityReport
+	Report() *fleet.IdentityReport
 	// InstallCertificate checks a renewed certificate (this unit, this
 	// key, the pinned CA, valid now) and installs it for the next connect.
 	InstallCertificate(certPEM string) error
@@ -114,14 +114,14 @@ type Agent struct {
 	// Owned by the goroutine running Run (and New before it).
 	link        *link.Link
 	conn        Connection
-	startup     Started
+	startup     fleet.Started
 	deferred    []byte // an effective config stored but waiting for the call to end
-	deferredFor ConfigApplied
+	deferredFor fleet.ConfigApplied
 	confirm     *time.Timer // running while a config awaits confirmation
 
 	mu            sync.Mutex // guards what Reported and Connected read
-	lastRejection *Rejection
-	lastRollback  *Rollback
+	lastRejection *fleet.Rejection
+	lastRollback  *fleet.Rollback
 	up            bool
 	isDeferred    bool
 
@@ -181,7 +181,7 @@ func New(opts Options) (*Agent, error) {
 // boot applies the stored config, rolling back where it must.
 func (a *Agent) boot() error {
 	su := a.store.Startup()
-	a.startup = Started{Pending: su.Pending != nil, Version: a.opts.Version}
+	a.startup = fleet.Started{Pending: su.Pending != nil, Version: a.opts.Version}
 	a.redact.add(a.store.Current().Config)
 	if lkg, ok := a.store.LastKnownGood(); ok {
 		a.redact.add(lkg.Config)
@@ -268,7 +268,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	defer func() { a.link.Close() }()
-	a.publish(EventStarted, a.startup)
+	a.publish(fleet.EventStarted, a.startup)
 	if a.startup.RolledBack {
 		a.reportRollback()
 	}
@@ -391,7 +391,7 @@ func (a *Agent) rollback(reason string) {
 		a.log.Error("rollback failed; staying on the current config", "err", err)
 		return
 	}
-	a.setDeferred(nil, ConfigApplied{})
+	a.setDeferred(nil, fleet.ConfigApplied{})
 	cur := a.store.Current()
 	conn, err := a.connectionFor([]byte(cur.Config))
 	if err == nil {
@@ -417,12 +417,12 @@ func (a *Agent) reportRollback() {
 	if !ok {
 		return
 	}
-	a.publish(EventConfigRolledBack, a.setRollback(r))
+	a.publish(fleet.EventConfigRolledBack, a.setRollback(r))
 	a.publishState()
 }
 
-func (a *Agent) setRollback(r configstore.RollbackRecord) Rollback {
-	rb := Rollback{FromGeneration: r.FromGeneration, ToGeneration: r.ToGeneration,
+func (a *Agent) setRollback(r configstore.RollbackRecord) fleet.Rollback {
+	rb := fleet.Rollback{FromGeneration: r.FromGeneration, ToGeneration: r.ToGeneration,
 		Reason: a.redact.text(r.Reason), Versions: r.Versions, At: r.At}
 	a.mu.Lock()
 	a.lastRollback = &rb
@@ -495,12 +495,12 @@ func (a *Agent) handleConfig(m link.Message) {
 		a.reject(key, m.Payload, &fleet.Error{Reason: "apply", Msg: fmt.Sprintf("the unit could not store the config (%v): check its storage; nothing was applied", err)})
 		return
 	}
-	done := ConfigApplied{Target: key, Version: c.Version, Generation: a.store.Generation(), Urgent: c.Urgent}
+	done := fleet.ConfigApplied{Target: key, Version: c.Version, Generation: a.store.Generation(), Urgent: c.Urgent}
 	a.log.Info("config accepted", "target", key, "version", c.Version, "generation", done.Generation, "urgent", c.Urgent)
 	if !c.Urgent && a.busy() {
 		a.stopConfirm() // the previous change, if any, is superseded
 		a.setDeferred(eff, done)
-		a.publish(EventConfigDeferred, done)
+		a.publish(fleet.EventConfigDeferred, done)
 		a.publishReported()
 		return
 	}
@@ -557,7 +557,7 @@ func payloadOf(env []byte) (fleet.ConfigPayload, error) {
 }
 
 func (a *Agent) reject(key string, env []byte, err error) {
-	r := Rejection{Target: key, Reason: string(fleet.ReasonOf(err)), At: time.Now().UTC()}
+	r := fleet.Rejection{Target: key, Reason: string(fleet.ReasonOf(err)), At: time.Now().UTC()}
 	var fe *fleet.Error
 	if errors.As(err, &fe) {
 		r.Message = a.redact.text(fe.Msg)
@@ -573,7 +573,7 @@ func (a *Agent) reject(key string, env []byte, err error) {
 	a.mu.Lock()
 	a.lastRejection = &r
 	a.mu.Unlock()
-	a.publish(EventConfigRejected, r)
+	a.publish(fleet.EventConfigRejected, r)
 	a.publishReported()
 }
 
@@ -591,8 +591,8 @@ func (a *Agent) busy() bool {
 }
 
 // activate hands a stored config to roomd and waits for the broker.
-func (a *Agent) activate(eff []byte, done ConfigApplied) {
-	a.setDeferred(nil, ConfigApplied{})
+func (a *Agent) activate(eff []byte, done fleet.ConfigApplied) {
+	a.setDeferred(nil, fleet.ConfigApplied{})
 	conn, err := a.connectionFor(eff)
 	if err == nil {
 		err = a.opts.Apply(eff)
@@ -602,7 +602,7 @@ func (a *Agent) activate(eff []byte, done ConfigApplied) {
 		return
 	}
 	a.log.Info("config applied", "target", done.Target, "version", done.Version, "generation", done.Generation)
-	a.publish(EventConfigApplied, done)
+	a.publish(fleet.EventConfigApplied, done)
 	if err := a.relink(conn); err != nil {
 		a.rollback("the unit could not connect with the config's fleet settings: " + err.Error())
 		return
@@ -621,22 +621,22 @@ func (a *Agent) handleCommand(ctx context.Context, m link.Message) {
 			res.Message = a.redact.text(fe.Msg)
 		}
 		a.log.Warn("command refused", "name", res.Name, "reason", res.Reason, "message", res.Message)
-		a.publish(EventCommandRefused, res)
+		a.publish(fleet.EventCommandRefused, res)
 		return
 	}
-	res = CommandResult{Name: c.Name, Nonce: c.Nonce}
+	res = fleet.CommandResult{Name: c.Name, Nonce: c.Nonce}
 	checks, err := a.run(ctx, c)
 	for _, ch := range checks {
-		res.Checks = append(res.Checks, DoctorCheck{Name: ch.Name, OK: ch.OK, Detail: a.redact.text(ch.Detail), Fix: a.redact.text(ch.Fix)})
+		res.Checks = append(res.Checks, fleet.DoctorCheck{Name: ch.Name, OK: ch.OK, Detail: a.redact.text(ch.Detail), Fix: a.redact.text(ch.Fix)})
 	}
 	if err != nil {
 		res.Reason, res.Message = "failed", a.redact.text(err.Error())
 		a.log.Warn("command failed", "name", c.Name, "err", res.Message)
-		a.publish(EventCommandRefused, res)
+		a.publish(fleet.EventCommandRefused, res)
 		return
 	}
 	a.log.Info("command done", "name", c.Name)
-	a.publish(EventCommandDone, res)
+	a.publish(fleet.EventCommandDone, res)
 	if c.Name == fleet.CommandReboot {
 		go a.opts.Reboot()
 	}
@@ -645,8 +645,8 @@ func (a *Agent) handleCommand(ctx context.Context, m link.Message) {
 // peekCommand reads the name and nonce of a command that may not verify,
 // to say which command was refused. Only values that are valid names and
 // nonces are echoed, so a forged command cannot put text into events.
-func peekCommand(env []byte) CommandResult {
-	var out CommandResult
+func peekCommand(env []byte) fleet.CommandResult {
+	var out fleet.CommandResult
 	e, err := fleet.ParseEnvelope(env)
 	if err != nil {
 		return out
@@ -675,7 +675,7 @@ func isLowerHex(s string) bool {
 }
 
 // run carries out a verified command; doctor also returns its checks.
-func (a *Agent) run(ctx context.Context, c *fleet.Command) ([]DoctorCheck, error) {
+func (a *Agent) run(ctx context.Context, c *fleet.Command) ([]fleet.DoctorCheck, error) {
 	if c.Name == fleet.CommandDoctor {
 		if a.opts.Doctor == nil {
 			return nil, errors.New("this unit has no self-check")
@@ -730,7 +730,7 @@ func (a *Agent) onApplianceEvent(ev appliance.Event) {
 	t := a.redact.text
 	switch ev.Type {
 	case "state":
-		a.publish(EventState, State{State: string(ev.State)})
+		a.publish(fleet.EventState, fleet.State{State: string(ev.State)})
 		a.publishStatus()
 		if a.deferred != nil && !a.busy() {
 			eff, done := a.deferred, a.deferredFor
@@ -739,26 +739,26 @@ func (a *Agent) onApplianceEvent(ev appliance.Event) {
 	case "call":
 		switch ev.Detail {
 		case "joined":
-			a.publish(EventCallJoined, Call{Meeting: ev.Meeting})
+			a.publish(fleet.EventCallJoined, fleet.Call{Meeting: ev.Meeting})
 		case "left":
-			a.publish(EventCallLeft, Call{Meeting: ev.Meeting, Reason: t(ev.Reason)})
+			a.publish(fleet.EventCallLeft, fleet.Call{Meeting: ev.Meeting, Reason: t(ev.Reason)})
 		case "leave":
-			a.publish(EventFault, Fault{Source: "call", Reason: t(ev.Reason)})
+			a.publish(fleet.EventFault, fleet.Fault{Source: "call", Reason: t(ev.Reason)})
 		}
 	case "fault":
 		switch ev.Detail {
 		case "shutter":
-			a.publish(EventShutterFault, Fault{Source: "shutter", Reason: t(ev.Reason)})
+			a.publish(fleet.EventShutterFault, fleet.Fault{Source: "shutter", Reason: t(ev.Reason)})
 		case "camera":
-			a.publish(EventCameraLost, Fault{Source: "camera", Reason: t(ev.Reason)})
+			a.publish(fleet.EventCameraLost, fleet.Fault{Source: "camera", Reason: t(ev.Reason)})
 		default:
-			a.publish(EventFault, Fault{Source: ev.Detail, Reason: t(ev.Reason)})
+			a.publish(fleet.EventFault, fleet.Fault{Source: ev.Detail, Reason: t(ev.Reason)})
 		}
 	case "fault_cleared":
-		a.publish(EventFaultCleared, Fault{Source: ev.Detail, Reason: t(ev.Reason)})
+		a.publish(fleet.EventFaultCleared, fleet.Fault{Source: ev.Detail, Reason: t(ev.Reason)})
 	case "button":
 		which, kind, _ := cutLast(ev.Detail, ":")
-		a.publish(EventButton, Button{Which: which, Kind: kind})
+		a.publish(fleet.EventButton, fleet.Button{Which: which, Kind: kind})
 	}
 }
 
@@ -805,7 +805,7 @@ func (a *Agent) publishState() {
 	a.publishReported()
 }
 
-func (a *Agent) setDeferred(eff []byte, done ConfigApplied) {
+func (a *Agent) setDeferred(eff []byte, done fleet.ConfigApplied) {
 	a.deferred, a.deferredFor = eff, done
 	a.mu.Lock()
 	a.isDeferred = eff != nil
@@ -828,10 +828,10 @@ func (a *Agent) Connected() bool {
 
 // Reported is the unit's reported document as of now. Safe to call from
 // any goroutine (roomd's local status shows it).
-func (a *Agent) Reported() ReportedDoc {
+func (a *Agent) Reported() fleet.ReportedDoc {
 	cur := a.store.Current()
 	_, pending := a.store.Pending()
-	d := ReportedDoc{
+	d := fleet.ReportedDoc{
 		Device:     a.id.Device,
 		Groups:     slices.Clone(a.id.Groups),
 		Versions:   cur.Versions,

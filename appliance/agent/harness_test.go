@@ -1,4 +1,4 @@
-package fleet_test
+package agent_test
 
 import (
 	"context"
@@ -16,9 +16,9 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/konsult/konsult/appliance"
-	afleet "github.com/konsult/konsult/appliance/fleet"
+	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/internal/syncbuf"
-	"github.com/konsult/konsult/provisioning/brokertest"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -118,14 +118,14 @@ type unit struct {
 	applied chan string // effective configs handed to Apply
 	logs    *syncbuf.Buffer
 
-	agent  *afleet.Agent
+	agent  *agent.Agent
 	cancel context.CancelFunc
 	done   chan error
 
 	// brokerFor maps a config's [fleet] broker value to a URL; tests use it
 	// to move the unit onto a dead port.
 	applyErr func(eff string) error
-	opts     afleet.Options
+	opts     agent.Options
 }
 
 func newUnit(t *testing.T) *unit {
@@ -185,15 +185,15 @@ func newUnit(t *testing.T) *unit {
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
 		KeepAlive: 5 * time.Second, ConnectTimeout: 2 * time.Second,
 	}
-	u.opts = afleet.Options{
+	u.opts = agent.Options{
 		StateDir: u.dir,
 		Keys:     []ed25519.PublicKey{pub},
-		Connection: afleet.Connection{
+		Connection: agent.Connection{
 			Link: base, ConfirmTimeout: 1500 * time.Millisecond,
 		},
 		// A config's [fleet] broker moves the unit to another broker.
-		ConnectionFor: func(eff []byte) (afleet.Connection, error) {
-			c := afleet.Connection{Link: base, ConfirmTimeout: 1500 * time.Millisecond}
+		ConnectionFor: func(eff []byte) (agent.Connection, error) {
+			c := agent.Connection{Link: base, ConfirmTimeout: 1500 * time.Millisecond}
 			tree, err := fleet.ParseTOML(eff)
 			if err != nil {
 				return c, err
@@ -249,7 +249,7 @@ func newUnit(t *testing.T) *unit {
 // start creates and runs the agent; it returns the config New applied.
 func (u *unit) start() string {
 	u.t.Helper()
-	a, err := afleet.New(u.opts)
+	a, err := agent.New(u.opts)
 	if err != nil {
 		u.t.Fatalf("New: %v", err)
 	}
@@ -414,11 +414,11 @@ func (u *unit) countEvents(typ string) int {
 }
 
 // reported is the latest retained reported document.
-func (u *unit) reported() afleet.ReportedDoc {
+func (u *unit) reported() fleet.ReportedDoc {
 	u.mu.Lock()
 	b := u.retained[topics.Reported(unitID)]
 	u.mu.Unlock()
-	var d afleet.ReportedDoc
+	var d fleet.ReportedDoc
 	if b != nil {
 		if err := json.Unmarshal(b, &d); err != nil {
 			u.t.Fatalf("reported is not a ReportedDoc: %v", err)
@@ -427,11 +427,11 @@ func (u *unit) reported() afleet.ReportedDoc {
 	return d
 }
 
-func (u *unit) status() afleet.StatusDoc {
+func (u *unit) status() fleet.StatusDoc {
 	u.mu.Lock()
 	b := u.retained[topics.Status(unitID)]
 	u.mu.Unlock()
-	var d afleet.StatusDoc
+	var d fleet.StatusDoc
 	if b != nil {
 		if err := json.Unmarshal(b, &d); err != nil {
 			u.t.Fatalf("status is not a StatusDoc: %v", err)

@@ -1,0 +1,12 @@
+// Package agent is the unit's fleet agent: the one place that decides what
+// the fleet may do to the unit. Its Agent owns the MQTT link, the config store, the signature
+// verifier and the command replay guard: it verifies each signed config and
+// command, applies configs atomically (waiting for a call to end unless the
+// config is urgent), rolls back a config that loses the broker, carries out
+// commands through the appliance, and reports status, reported state and
+// events in the shapes of provisioning/fleet's contract.go (the wire types
+// live with the protocol), which fleetctl reads.
+//
+// The direction of imports: cmd/roomd → appliance/agent → appliance and
+// provisioning/*; nothing here imports cmd/.
+package agent
