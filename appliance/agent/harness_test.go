@@ -17,8 +17,8 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/agent"
-	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/internal/brokertest"
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )

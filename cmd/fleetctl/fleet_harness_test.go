@@ -18,9 +18,9 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/hal/led"
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/media/gate"
-	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )

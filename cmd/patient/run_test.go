@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/syncbuf"
 )
 
 // The page `make run` prints really joins the room: headless Chromium opens

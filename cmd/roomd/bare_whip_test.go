@@ -12,8 +12,8 @@ import (
 	"github.com/pion/mediadevices/pkg/prop"
 	"github.com/pion/webrtc/v4"
 
-	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/whip"
 )

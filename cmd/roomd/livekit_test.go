@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
 )
 
 func livekitConfig(lk *farend.LiveKit, room string, extra string) string {

@@ -29,8 +29,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
 )
 
 const (

@@ -14,7 +14,6 @@ const Module = "github.com/konsult/konsult"
 // the brain is the only place they meet.
 var lower = []string{"hal", "media", "provisioning"}
 
-
 // Package is the part of `go list -json` the rules read.
 type Package struct {
 	ImportPath   string

@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/internal/lossynet"
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 )
 

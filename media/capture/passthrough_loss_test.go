@@ -9,12 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/internal/lossynet"
 	"github.com/konsult/konsult/internal/slatesoak"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/encoder/v4l2m2m"
-	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 )

@@ -15,8 +15,8 @@ import (
 	"github.com/pion/rtp/codecs"
 	"github.com/pion/webrtc/v4"
 
-	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 )

@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/internal/lossynet"
 	"github.com/konsult/konsult/internal/slatesoak"
 	"github.com/konsult/konsult/media/capture"
-	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"

@@ -16,9 +16,9 @@ import (
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 
+	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
-	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 )
