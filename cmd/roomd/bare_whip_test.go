@@ -24,7 +24,7 @@ import (
 // began (start) and a func that ends the session.
 func bareWHIPPublish(tb testing.TB, lk *farend.LiveKit, room, identity string) (time.Time, func()) {
 	tb.Helper()
-	vc, err := encoder.Choose(encoder.Video, "H264")
+	vc, err := encoder.Choose(encoder.Video, "H264", encoder.Settings{})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -463,14 +463,14 @@ func openUnit(cfg *Config, simulate bool, log *slog.Logger, onReset func()) (*un
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
 			AllowPrivateICE: c.AllowPrivateICE,
 		}
-		// A camera that codes H.264 itself is sent without re-encoding
-		// when it offers the configured size (the encoder choice says).
-		encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS})
 		lm := livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
 			Stamp:  simulate && cfg.Sim.Stamp, // a real unit never draws on the picture
 			Camera: c.Camera, Microphone: c.Microphone,
+			// A camera that codes H.264 itself is sent without re-encoding
+			// when it offers the configured size (the encoder choice says).
+			PassThrough: encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS},
 		}
 		if c.Connector == "livekit" {
 			opt := livekit.RTCOptions{Speaker: c.Speaker, ForceRelay: c.ForceRelay}

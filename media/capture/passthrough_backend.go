@@ -14,27 +14,28 @@ import (
 // A camera that encodes H.264 itself (UVC, e.g. Logitech C920/C930e): its
 // access units are sent as they are, so it beats every encoder — no CPU,
 // no second generation of coding loss — when the configured camera offers
-// H.264 at the configured size and conference.video_passthrough is auto.
+// H.264 at the configured size and conference.video_passthrough is auto
+// (encoder.Settings.PassThrough, from the config).
 // Its Probe says why not otherwise (doctor shows it), and the next backend
 // is used. It is registered here, not in package encoder: the camera and
 // the privacy gate around it are this package's.
 func init() {
 	encoder.Register(encoder.Backend{
 		Name: "uvc-h264", Codec: "H264", Kind: encoder.Video, Quality: 150, License: "the camera's own encoder (no codec library linked)",
-		Probe: func() error {
-			_, err := passThroughCamera(encoder.PassThroughSettings())
+		Probe: func(s encoder.Settings) error {
+			_, err := passThroughCamera(s.PassThrough)
 			return err
 		},
 		Video: func(s encoder.Settings) (codec.VideoEncoderBuilder, error) {
-			c := encoder.PassThroughSettings()
+			c := s.PassThrough
 			info, err := passThroughCamera(c)
 			if err != nil {
 				return nil, err
 			}
 			return &PassThrough{Camera: info, Width: c.Width, Height: c.Height, FPS: c.FPS, BitRate: s.BitRate}, nil
 		},
-		Detail: func() string {
-			c := encoder.PassThroughSettings()
+		Detail: func(s encoder.Settings) string {
+			c := s.PassThrough
 			info, err := passThroughCamera(c)
 			if err != nil {
 				return err.Error()

@@ -30,12 +30,11 @@ func TestPassThroughReachesBrowser(t *testing.T) {
 	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: w, Height: h}}, Interval: time.Second / ptFPS, ForceKeyFrame: true, GOP: 300}
 	fake.Source = newCameraCoder(t, w, h).code
 	t.Cleanup(fake.Install())
-	encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: "auto", Width: w, Height: h, FPS: ptFPS})
-	t.Cleanup(func() { encoder.ConfigurePassThrough(encoder.PassThroughConfig{}) })
 
 	g := gate.New()
 	conn, err := livekit.NewWHIP(livekit.Config{URL: lk.URL, Room: "pt-room", Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret},
-		livekit.Media{Width: w, Height: h, FPS: ptFPS, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000, Microphone: capture.TestDevice},
+		livekit.Media{Width: w, Height: h, FPS: ptFPS, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000, Microphone: capture.TestDevice,
+			PassThrough: encoder.PassThroughConfig{Mode: "auto", Width: w, Height: h, FPS: ptFPS}},
 		g, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})))
 	if err != nil {
 		t.Fatal(err)

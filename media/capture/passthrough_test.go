@@ -92,20 +92,19 @@ type ptCall struct {
 func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
 	t.Helper()
 	t.Cleanup(fake.Install())
-	encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: "auto", Width: ptW, Height: ptH, FPS: ptFPS})
-	t.Cleanup(func() { encoder.ConfigurePassThrough(encoder.PassThroughConfig{}) })
-	ch, err := encoder.Choose(encoder.Video, "auto")
+	pt := encoder.PassThroughConfig{Mode: "auto", Width: ptW, Height: ptH, FPS: ptFPS}
+	ch, err := encoder.Choose(encoder.Video, "auto", encoder.Settings{PassThrough: pt})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if ch.Chosen.Name != "uvc-h264" || !strings.Contains(ch.Explain(), "keyframe on request") {
 		t.Fatalf("the registry did not choose pass-through: %s", ch.Explain())
 	}
-	vb, err := ch.Chosen.Video(encoder.Settings{BitRate: 1_000_000})
+	vb, err := ch.Chosen.Video(encoder.Settings{BitRate: 1_000_000, PassThrough: pt})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ac, err := encoder.Choose(encoder.Audio, "opus")
+	ac, err := encoder.Choose(encoder.Audio, "opus", encoder.Settings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -358,7 +357,6 @@ func TestPassThroughUnpluggedCameraIsLost(t *testing.T) {
 func TestPassThroughNotChosen(t *testing.T) {
 	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: 1280, Height: 720}}, Source: func(bool) ([]byte, error) { return nil, nil }}
 	t.Cleanup(fake.Install())
-	t.Cleanup(func() { encoder.ConfigurePassThrough(encoder.PassThroughConfig{}) })
 	for _, c := range []struct {
 		cfg  encoder.PassThroughConfig
 		want string
@@ -368,8 +366,7 @@ func TestPassThroughNotChosen(t *testing.T) {
 		{encoder.PassThroughConfig{Mode: "auto", Width: 640, Height: 480}, "gives H264 only at [1280x720], not the configured 640x480"},
 		{encoder.PassThroughConfig{Mode: "auto", Camera: "/dev/video7", Width: 1280, Height: 720}, `no camera matches "/dev/video7"`},
 	} {
-		encoder.ConfigurePassThrough(c.cfg)
-		ch, err := encoder.Choose(encoder.Video, "auto")
+		ch, err := encoder.Choose(encoder.Video, "auto", encoder.Settings{PassThrough: c.cfg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -377,11 +374,11 @@ func TestPassThroughNotChosen(t *testing.T) {
 			t.Errorf("%+v: %s", c.cfg, ch.Explain())
 		}
 	}
-	encoder.ConfigurePassThrough(encoder.PassThroughConfig{Mode: "auto", Width: 1280, Height: 720})
-	if ch, _ := encoder.Choose(encoder.Video, "VP8"); ch.Chosen.Name == "uvc-h264" {
+	on := encoder.Settings{PassThrough: encoder.PassThroughConfig{Mode: "auto", Width: 1280, Height: 720}}
+	if ch, _ := encoder.Choose(encoder.Video, "VP8", on); ch.Chosen.Name == "uvc-h264" {
 		t.Error("pass-through chosen with VP8 configured")
 	}
-	ch, _ := encoder.Choose(encoder.Video, "auto")
+	ch, _ := encoder.Choose(encoder.Video, "auto", on)
 	if ex := ch.Explain(); ch.Chosen.Name != "uvc-h264" || !strings.Contains(ex, "bitrate: fixed by the camera (congestion control cannot lower it)") {
 		t.Errorf("chosen: %s", ex)
 	}

@@ -32,7 +32,7 @@ func (r oneFramePerRead) Read(p []byte) (int, error) {
 // call) and libvpx's decoder: nearly every frame reads back, and none reads
 // back wrong. (H.264 is checked at the real far end, see cmd/roomd.)
 func TestStampSurvivesVP8(t *testing.T) {
-	ch, err := encoder.Choose(encoder.Video, "VP8")
+	ch, err := encoder.Choose(encoder.Video, "VP8", encoder.Settings{})
 	if err != nil {
 		t.Skipf("no VP8 encoder in this build: %v", err)
 	}

@@ -15,7 +15,7 @@ func TestWithoutAnEncoderNodeSoftwareIsChosenAndDoctorSaysWhy(t *testing.T) {
 	if m, _ := filepath.Glob("/dev/video*"); len(m) > 0 {
 		t.Skipf("this machine has V4L2 nodes %v: the fallback is shown by the fake-driven tests", m)
 	}
-	c, err := Choose(Video, "auto")
+	c, err := Choose(Video, "auto", Settings{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ import (
 func init() {
 	Register(Backend{
 		Name: "v4l2m2m", Codec: "H264", Kind: Video, Quality: 100, License: "kernel driver (no codec library linked)",
-		Probe: func() error {
+		Probe: func(Settings) error {
 			_, err := v4l2m2m.Find(v4l2m2m.FourccH264)
 			return err
 		},

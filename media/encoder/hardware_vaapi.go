@@ -16,7 +16,7 @@ import (
 func init() {
 	Register(Backend{
 		Name: "vaapi-vp8", Codec: "VP8", Kind: Video, Quality: 90, License: "MIT (libva)",
-		Probe: func() error { return probeVAAPI("/dev/dri") },
+		Probe: func(Settings) error { return probeVAAPI("/dev/dri") },
 		Video: func(s Settings) (codec.VideoEncoderBuilder, error) {
 			p, err := vaapi.NewVP8Params()
 			if err != nil {

@@ -1,12 +1,12 @@
 package encoder
 
-import (
-	"fmt"
-	"sync"
-)
+import "fmt"
 
 // PassThroughConfig is what the unit's config says about sending a
-// camera's own H.264 without re-encoding it.
+// camera's own H.264 without re-encoding it. It reaches the backend
+// ("uvc-h264", registered by package capture, which owns the camera and the
+// privacy gate) in Settings.PassThrough: roomd's config, not a process
+// global, so two connectors (or tests) can each ask for their own.
 type PassThroughConfig struct {
 	// Mode is "auto" (use the camera's own H.264 when it offers it at the
 	// configured size) or "off". "" is off: pass-through is used only when
@@ -15,28 +15,6 @@ type PassThroughConfig struct {
 	Camera        string // as conference.camera: "" = the first, "test", or part of a label
 	Width, Height int
 	FPS           int
-}
-
-var (
-	ptMu  sync.Mutex
-	ptCfg PassThroughConfig
-)
-
-// ConfigurePassThrough sets what the camera pass-through backend probes
-// for; roomd calls it from its config before the encoders are chosen. The
-// backend itself ("uvc-h264") is registered by package capture, which owns
-// the camera and the privacy gate.
-func ConfigurePassThrough(c PassThroughConfig) {
-	ptMu.Lock()
-	defer ptMu.Unlock()
-	ptCfg = c
-}
-
-// PassThroughSettings returns what ConfigurePassThrough set.
-func PassThroughSettings() PassThroughConfig {
-	ptMu.Lock()
-	defer ptMu.Unlock()
-	return ptCfg
 }
 
 // Wanted says why pass-through is not even looked for, or nil.

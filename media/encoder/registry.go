@@ -30,6 +30,9 @@ const (
 type Settings struct {
 	BitRate          int // bits per second
 	KeyFrameInterval int // frames
+	// PassThrough is for the camera pass-through backend: whether it is
+	// wanted, and which camera at what size. Other backends ignore it.
+	PassThrough PassThroughConfig
 }
 
 // Backend is one encoder implementation.
@@ -39,14 +42,15 @@ type Backend struct {
 	Kind    Kind
 	Quality int    // higher wins: hardware 100+, software 10–60
 	License string // shipped firmware must mind this
-	// Probe reports why the backend cannot run here, or nil.
-	Probe func() error
+	// Probe reports why the backend cannot run here with these settings,
+	// or nil.
+	Probe func(Settings) error
 	// Video or Audio builds the mediadevices encoder builder.
 	Video func(Settings) (codec.VideoEncoderBuilder, error)
 	Audio func(Settings) (codec.AudioEncoderBuilder, error)
 	// Detail, if set, says more once the backend is chosen (for camera
 	// pass-through: which camera, and what the unit can steer on it).
-	Detail func() string
+	Detail func(Settings) string
 }
 
 var (
@@ -74,6 +78,7 @@ type Choice struct {
 	Kind       Kind
 	Chosen     *Backend
 	Candidates []Candidate
+	settings   Settings // what Choose probed with, for Detail
 }
 
 // Explain is one line for doctor and the log.
@@ -101,7 +106,7 @@ func (c Choice) Explain() string {
 	}
 	s := fmt.Sprintf("%s: %s %s (quality %d, %s licence)", c.Kind, c.Chosen.Name, c.Chosen.Codec, c.Chosen.Quality, c.Chosen.License)
 	if c.Chosen.Detail != nil {
-		s += ": " + c.Chosen.Detail()
+		s += ": " + c.Chosen.Detail(c.settings)
 	}
 	if len(others) > 0 {
 		s += "; also found " + strings.Join(others, ", ")
@@ -112,14 +117,15 @@ func (c Choice) Explain() string {
 // ErrNone means no backend of the wanted kind and codec can run.
 var ErrNone = errors.New("no usable encoder")
 
-// Choose picks the best usable backend of kind k. codecName "" or "auto"
-// takes any codec; otherwise only that codec ("H264", "VP8", "opus").
-func Choose(k Kind, codecName string) (Choice, error) {
+// Choose picks the best usable backend of kind k for settings s.
+// codecName "" or "auto" takes any codec; otherwise only that codec
+// ("H264", "VP8", "opus").
+func Choose(k Kind, codecName string, s Settings) (Choice, error) {
 	mu.Lock()
 	list := append([]Backend(nil), backends...)
 	mu.Unlock()
 	sort.SliceStable(list, func(i, j int) bool { return list[i].Quality > list[j].Quality })
-	ch := Choice{Kind: k}
+	ch := Choice{Kind: k, settings: s}
 	for i := range list {
 		b := list[i]
 		if b.Kind != k {
@@ -130,7 +136,7 @@ func Choose(k Kind, codecName string) (Choice, error) {
 		case codecName != "" && codecName != "auto" && !strings.EqualFold(codecName, b.Codec):
 			cd.Why = "codec " + b.Codec + " not the configured " + codecName
 		default:
-			if err := probe(b); err != nil {
+			if err := probe(b, s); err != nil {
 				cd.Why = err.Error()
 			} else {
 				cd.Usable = true
@@ -148,9 +154,9 @@ func Choose(k Kind, codecName string) (Choice, error) {
 	return ch, nil
 }
 
-func probe(b Backend) error {
+func probe(b Backend, s Settings) error {
 	if b.Probe == nil {
 		return nil
 	}
-	return b.Probe()
+	return b.Probe(s)
 }

@@ -19,11 +19,11 @@ func TestChooseBestUsable(t *testing.T) {
 	withBackends(t,
 		Backend{Name: "soft-h264", Codec: "H264", Kind: Video, Quality: 50, License: "BSD"},
 		Backend{Name: "v4l2m2m", Codec: "H264", Kind: Video, Quality: 100, License: "kernel",
-			Probe: func() error { return errors.New("no /dev/video11") }},
+			Probe: func(Settings) error { return errors.New("no /dev/video11") }},
 		Backend{Name: "soft-vp8", Codec: "VP8", Kind: Video, Quality: 40, License: "BSD"},
 		Backend{Name: "opus", Codec: "opus", Kind: Audio, Quality: 50, License: "BSD"},
 	)
-	c, err := Choose(Video, "auto")
+	c, err := Choose(Video, "auto", Settings{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,10 +36,10 @@ func TestChooseBestUsable(t *testing.T) {
 			t.Errorf("explanation %q lacks %q", ex, want)
 		}
 	}
-	if c, _ := Choose(Video, "VP8"); c.Chosen == nil || c.Chosen.Name != "soft-vp8" {
+	if c, _ := Choose(Video, "VP8", Settings{}); c.Chosen == nil || c.Chosen.Name != "soft-vp8" {
 		t.Fatalf("codec VP8 asked, got %+v", c.Chosen)
 	}
-	if _, err := Choose(Video, "AV1"); !errors.Is(err, ErrNone) {
+	if _, err := Choose(Video, "AV1", Settings{}); !errors.Is(err, ErrNone) {
 		t.Fatalf("AV1: err %v, want ErrNone", err)
 	}
 }
@@ -49,7 +49,7 @@ func TestHardwareWinsWhenPresent(t *testing.T) {
 		Backend{Name: "soft-h264", Codec: "H264", Kind: Video, Quality: 50},
 		Backend{Name: "v4l2m2m", Codec: "H264", Kind: Video, Quality: 100},
 	)
-	c, err := Choose(Video, "")
+	c, err := Choose(Video, "", Settings{})
 	if err != nil || c.Chosen.Name != "v4l2m2m" {
 		t.Fatalf("got %+v, %v: hardware should win when its probe passes", c.Chosen, err)
 	}
@@ -57,7 +57,7 @@ func TestHardwareWinsWhenPresent(t *testing.T) {
 
 func TestNoneBuiltIn(t *testing.T) {
 	withBackends(t)
-	_, err := Choose(Audio, "")
+	_, err := Choose(Audio, "", Settings{})
 	if !errors.Is(err, ErrNone) || !strings.Contains(err.Error(), "cgo") {
 		t.Fatalf("err %v: want ErrNone that says why (built without cgo?)", err)
 	}
@@ -65,7 +65,7 @@ func TestNoneBuiltIn(t *testing.T) {
 
 // The real build registers openh264 as the default video encoder.
 func TestDefaultIsOpenH264(t *testing.T) {
-	c, err := Choose(Video, "auto")
+	c, err := Choose(Video, "auto", Settings{})
 	if err != nil {
 		t.Skipf("no encoder in this build: %v", err)
 	}

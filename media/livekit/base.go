@@ -57,11 +57,11 @@ func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error)
 	if cfg.DisconnectGrace == 0 {
 		cfg.DisconnectGrace = 10 * time.Second
 	}
-	vc, err := encoder.Choose(encoder.Video, m.VideoCodec)
+	vc, err := encoder.Choose(encoder.Video, m.VideoCodec, m.videoSettings())
 	if err != nil {
 		return nil, fmt.Errorf("conference: %w", err)
 	}
-	ac, err := encoder.Choose(encoder.Audio, "opus")
+	ac, err := encoder.Choose(encoder.Audio, "opus", m.audioSettings())
 	if err != nil {
 		return nil, fmt.Errorf("conference: %w", err)
 	}
@@ -71,6 +71,12 @@ func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error)
 	log.Info("encoders chosen", "video", vc.Explain(), "audio", ac.Explain())
 	return &base{cfg: cfg, media: m, gate: g, log: log, video: vc, audio: ac}, nil
 }
+
+func (m Media) videoSettings() encoder.Settings {
+	return encoder.Settings{BitRate: m.VideoBitRate, KeyFrameInterval: 2 * m.FPS, PassThrough: m.PassThrough}
+}
+
+func (m Media) audioSettings() encoder.Settings { return encoder.Settings{BitRate: m.AudioBitRate} }
 
 // icePolicy is what the server may hand out over ICE (icepolicy.ForServer).
 func (c *base) icePolicy() icepolicy.Policy {
@@ -97,11 +103,11 @@ func (c *base) token() (string, error) {
 // openCapture opens camera and microphone behind the gate with fresh
 // encoders, for one call.
 func (c *base) openCapture() (*capture.Capture, error) {
-	vb, err := c.video.Chosen.Video(encoder.Settings{BitRate: c.media.VideoBitRate, KeyFrameInterval: 2 * c.media.FPS})
+	vb, err := c.video.Chosen.Video(c.media.videoSettings())
 	if err != nil {
 		return nil, fmt.Errorf("video encoder: %w", err)
 	}
-	ab, err := c.audio.Chosen.Audio(encoder.Settings{BitRate: c.media.AudioBitRate})
+	ab, err := c.audio.Chosen.Audio(c.media.audioSettings())
 	if err != nil {
 		return nil, fmt.Errorf("audio encoder: %w", err)
 	}

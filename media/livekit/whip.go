@@ -18,6 +18,7 @@ import (
 
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
+	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/whip"
 )
@@ -60,6 +61,9 @@ type Media struct {
 	// SendTransform, if set, changes every encoded frame before it is
 	// packetised (end-to-end encryption); see FrameTransform.
 	SendTransform FrameTransform
+	// PassThrough says whether a camera that codes H.264 itself is sent
+	// without re-encoding (the encoder choice, "uvc-h264", says).
+	PassThrough encoder.PassThroughConfig
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit
