@@ -10,6 +10,7 @@ import (
 
 	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 func TestCmdToAGroup(t *testing.T) {
@@ -45,7 +46,7 @@ func TestCmdRefused(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("cmd waited %s for an answer that came at once", took)
 	}
-	var res []cmdResult
+	var res []manager.CmdResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res) != 1 {
 		t.Fatalf("cmd --json %q: %v", out, err)
 	}
@@ -95,7 +96,7 @@ func TestCmdDoctor(t *testing.T) {
 
 	// All well: exit status 0.
 	out, _, err = f.fleetctl("cmd", "--key", f.key, "--device", "room-11", "doctor", "--wait", "5s", "--json")
-	var res []cmdResult
+	var res []manager.CmdResult
 	if err != nil || json.Unmarshal([]byte(out), &res) != nil || len(res) != 1 || len(res[0].Checks) != 2 {
 		t.Fatalf("doctor room-11 --json: %v\n%s", err, out)
 	}

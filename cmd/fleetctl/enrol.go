@@ -2,39 +2,25 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
-	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
-// The enrolment credential's CN. The "/" keeps it out of every %u pattern
-// of the shipped ACL (deploy/mosquitto/acl).
-const enrolCN = "konsult/enrol"
-
-func addCADir(fs *flag.FlagSet) *string {
-	return fs.String("ca-dir", "", "the fleet CA directory from fleetctl ca init [$FLEETCTL_CA_DIR]")
-}
-
-func openCA(cmd string, dir *string) (*ca.CA, error) {
-	d := *dir
-	if d == "" {
-		d = getenv("FLEETCTL_CA_DIR")
+func openCA(cmd string, dir *caDirFlag) (*ca.CA, error) {
+	d, err := dir.resolve()
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	if d == "" {
-		return nil, fmt.Errorf("%s: no fleet CA: pass --ca-dir DIR (made by fleetctl ca init) or set FLEETCTL_CA_DIR", cmd)
+		return nil, fmt.Errorf("%s: no fleet CA: pass --ca-dir DIR (made by fleetctl ca init), set FLEETCTL_CA_DIR, or put ca_dir = \"...\" in the settings file", cmd)
 	}
 	c, err := ca.Open(d)
 	if err != nil {
@@ -57,7 +43,7 @@ Each subcommand takes --help.
 const enrolUsage = `usage: fleetctl enrol code [--count N] [--note TEXT] [--valid 720h]
        fleetctl enrol codes
        fleetctl enrol list [--all] [--json]
-       fleetctl enrol approve ID [--group G]... [--unit-broker URL] [--force]
+       fleetctl enrol approve ID [--group G]... [--acl-out FILE] [--unit-broker URL] [--force]
        fleetctl enrol reject ID [--reason TEXT]
 
 code     make claim codes for installers (one per unit; valid 30 days
@@ -67,9 +53,10 @@ list     units waiting for approval: device, model, version, claim code,
          first seen, and why one cannot be approved ("contested": two
          units sent the same claim code)
 approve  sign the unit's certificate and send it with the fleet key, the
-         broker and its groups; a contested code needs --force
+         broker and its groups; a contested code needs --force; --acl-out
+         writes the broker's ACL with the unit in it first
 reject   send the unit a refusal it shows on roomctl status
-All take --ca-dir (or $FLEETCTL_CA_DIR); list, approve and reject also the
+All take --ca-dir (or $FLEETCTL_CA_DIR, or ca_dir in the settings file); list, approve and reject also the
 broker settings. Each subcommand takes --help.
 `
 
@@ -114,76 +101,11 @@ func caInit(env *cmdEnv, args []string) error {
 	if *dir == "" || *broker == "" {
 		return errors.New("ca init: --dir and --broker are required, e.g. fleetctl ca init --dir fleet-ca --broker mqtts://broker.clinic.example:8883")
 	}
-	host, useTLS, err := brokerAddr(*broker)
-	if err != nil || !useTLS {
-		return fmt.Errorf("ca init: --broker %q: units reach the broker over TLS: use mqtts://HOST:8883", *broker)
-	}
-	names := []string{strings.Split(host, ":")[0]}
-	if h, _, ok := strings.Cut(host, "]"); ok && strings.HasPrefix(h, "[") {
-		names = []string{strings.TrimPrefix(h, "[")}
-	}
-	for _, h := range strings.Split(*hosts, ",") {
-		if h = strings.TrimSpace(h); h != "" {
-			names = append(names, h)
-		}
-	}
-	c, err := ca.Init(*dir, *name)
-	if err != nil {
-		return err
-	}
-	// The config-signing key lives with the CA: both are the fleet's trust.
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	r, err := manager.InitCA(*dir, *name, *broker, strings.Split(*hosts, ","))
 	if err != nil {
 		return fmt.Errorf("ca init: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(*dir, "fleet.key"), fleet.FormatPrivateKey(priv), 0o600); err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(*dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	brokerDir, adminDir, enrolDir := filepath.Join(*dir, "broker"), filepath.Join(*dir, "admin"), filepath.Join(*dir, "enrol")
-	if _, _, err := c.IssueWithKey(ca.KindServer, "server", names, brokerDir); err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	adminCert, adminKey, err := c.IssueWithKey(ca.KindAdmin, "fleet-admin", nil, adminDir)
-	if err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	enrolCert, enrolKey, err := c.IssueWithKey(ca.KindEnrol, enrolCN, nil, enrolDir)
-	if err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	acl, err := link.ACL(nil, "fleet-admin")
-	if err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	crl, err := os.ReadFile(filepath.Join(*dir, ca.CRLFile))
-	if err != nil {
-		return fmt.Errorf("ca init: %w", err)
-	}
-	files := []struct {
-		path string
-		data []byte
-		mode os.FileMode
-	}{
-		{filepath.Join(brokerDir, "ca.crt"), c.CertPEM(), 0o644},
-		{filepath.Join(brokerDir, "crl.pem"), crl, 0o644},
-		{filepath.Join(brokerDir, "acl"), []byte(acl), 0o644},
-		{filepath.Join(adminDir, "ca.crt"), c.CertPEM(), 0o644},
-		{filepath.Join(adminDir, "fleetctl.toml"), fmt.Appendf(nil,
-			"# fleetctl settings for this fleet (fleetctl ca init): the broker's listener for the fleet manager\nbroker = %q\nca = \"ca.crt\"\ncert = %q\ncert_key = %q\n",
-			withPort(*broker, managerPort), filepath.Base(adminCert), filepath.Base(adminKey)), 0o600},
-		{filepath.Join(enrolDir, "ca.crt"), c.CertPEM(), 0o644},
-		{filepath.Join(enrolDir, "roomd-fleet.toml"), fmt.Appendf(nil,
-			"# The [fleet] section every new unit ships with (fleetctl ca init).\n# Copy this directory to /etc/konsult/enrol on the unit or image.\n[fleet]\nbroker = %q\nca_file = \"/etc/konsult/enrol/ca.crt\"\nenrol_cert = \"/etc/konsult/enrol/%s\"\nenrol_key = \"/etc/konsult/enrol/%s\"\n",
-			*broker, filepath.Base(enrolCert), filepath.Base(enrolKey)), 0o644},
-	}
-	for _, f := range files {
-		if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
-			return fmt.Errorf("ca init: %w", err)
-		}
-	}
+	brokerDir, adminDir, enrolDir := r.BrokerDir, r.AdminDir, r.EnrolDir
 	fmt.Fprintf(env.stdout, `fleet CA ready in %[1]s (keep it private and backed up: ca.key and fleet.key are the fleet's trust)
   %[2]s/    copy to the broker's /etc/mosquitto/konsult/ (server.crt, server.key, ca.crt, crl.pem, acl)
   %[3]s/     fleetctl's own certificate and settings: fleetctl --config %[3]s/fleetctl.toml ...
@@ -211,16 +133,9 @@ func caCRL(env *cmdEnv, args []string) error {
 }
 
 func copyCRL(env *cmdEnv, c *ca.CA, out string) error {
-	src := filepath.Join(c.Dir, ca.CRLFile)
-	if out != "" {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			return err
-		}
-		if err := writeFileAtomic(out, b, 0o644); err != nil {
-			return err
-		}
-		src = out
+	src, err := manager.CopyCRL(c, out)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(env.stdout, "revocation list %s (valid until %s): restart Mosquitto to load it (systemctl restart mosquitto; Mosquitto 2.0 does not reload it on SIGHUP)\n",
 		src, time.Now().Add(ca.CRLLifetime).Format("2006-01-02"))
@@ -323,68 +238,6 @@ func enrolCodes(env *cmdEnv, args []string) error {
 	return table(env.stdout, []string{"CLAIM CODE", "CREATED", "EXPIRES", "USED BY", "NOTE"}, rows)
 }
 
-// contested maps each pending request whose claim code another pending
-// request also proves to the device ids of those others. Someone who read
-// the code off the card before the unit first booted can race the real
-// unit with it, so neither may be approved on the code alone.
-func contested(reqs []enrol.Request, l *ca.Ledger) map[string][]string {
-	byCode := map[string][]string{}
-	for _, r := range reqs {
-		if p := enrol.Evaluate(r, l); p.Problem == "" && p.ClaimCode != "" {
-			byCode[p.ClaimCode] = append(byCode[p.ClaimCode], r.DeviceID)
-		}
-	}
-	out := map[string][]string{}
-	for _, ids := range byCode {
-		if len(ids) < 2 {
-			continue
-		}
-		for _, id := range ids {
-			for _, o := range ids {
-				if o != id {
-					out[id] = append(out[id], o)
-				}
-			}
-		}
-	}
-	return out
-}
-
-func contestedMessage(id string, others []string) string {
-	for i, o := range others {
-		others[i] = clean(o)
-	}
-	return fmt.Sprintf("its claim code was also sent by %s: someone may have read the code off the card; ask the installer for the device id the unit itself shows (roomctl status), approve only that one with fleetctl enrol approve %s --force, and reject the other",
-		strings.Join(others, ", "), clean(id))
-}
-
-// pendingRequests reads every retained enrolment request.
-func pendingRequests(ctx context.Context, env *cmdEnv, bs *brokerSettings, cmd string) (*fleetClient, []enrol.Request, error) {
-	t := link.Topics{Prefix: bs.Prefix}
-	fc, err := dialFleet(ctx, bs, env.log, t.AllEnrolRequests())
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
-	}
-	var reqs []enrol.Request
-	err = fc.Sync(ctx, func(m fleetMsg) {
-		if m.Kind != link.EnrolRequest || len(m.Payload) == 0 {
-			return
-		}
-		var r enrol.Request
-		if json.Unmarshal(m.Payload, &r) != nil || r.DeviceID != m.Unit {
-			env.log.Warn("skipped a malformed enrolment request", "topic", m.Topic)
-			return
-		}
-		reqs = append(reqs, r)
-	})
-	if err != nil {
-		fc.Close()
-		return nil, nil, fmt.Errorf("%s: %w", cmd, err)
-	}
-	slices.SortFunc(reqs, func(a, b enrol.Request) int { return a.FirstRequested.Compare(b.FirstRequested) })
-	return fc, reqs, nil
-}
-
 func enrolList(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("enrol list")
 	dir := addCADir(fs)
@@ -401,50 +254,19 @@ func enrolList(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := bs.resolve("enrol list"); err != nil {
 		return err
 	}
-	fc, reqs, err := pendingRequests(ctx, env, bs, "enrol list")
+	fc, reqs, err := manager.PendingRequests(ctx, bs.broker(), env.log)
 	if err != nil {
-		return err
+		return fmt.Errorf("enrol list: %w", err)
 	}
 	fc.Close()
 	l, err := c.Ledger()
 	if err != nil {
 		return err
 	}
-	type row struct {
-		Device    string    `json:"device"`
-		Model     string    `json:"model,omitempty"`
-		Version   string    `json:"version,omitempty"`
-		ClaimCode string    `json:"claim_code,omitempty"`
-		FirstSeen time.Time `json:"first_seen,omitzero"`
-		Status    string    `json:"status"`
-		Detail    string    `json:"detail,omitempty"`
-	}
-	var out []row
-	seen := map[string]bool{}
-	rivals := contested(reqs, l)
-	for _, r := range reqs {
-		p := enrol.Evaluate(r, l)
-		st, detail := "pending", ""
-		if p.Problem != "" {
-			st, detail = "cannot approve: "+p.Problem, p.Message
-		} else if others := rivals[r.DeviceID]; len(others) > 0 {
-			st, detail = "contested", contestedMessage(r.DeviceID, others)
-		}
-		if r.Refusal != nil {
-			detail = strings.TrimSpace(detail + " unit refused the last approval (" + r.Refusal.Reason + "): " + r.Refusal.Message)
-		}
-		if u := l.Units[r.DeviceID]; u != nil && u.Status == "approved" && r.Refusal == nil {
-			st = "approved, not collected yet"
-		}
-		seen[r.DeviceID] = true
-		out = append(out, row{clean(r.DeviceID), clean(r.Model), clean(r.Version), p.ClaimCode, r.FirstRequested, st, oneLine(detail)})
-	}
-	if *all {
-		for _, u := range l.SortedUnits() {
-			if !seen[u.ID] {
-				out = append(out, row{u.ID, u.Model, "", u.ClaimCode, u.FirstSeen, u.Status, strings.Join(u.Groups, ",") + " " + u.Reason})
-			}
-		}
+	out := manager.EnrolList(reqs, l, *all)
+	for i, r := range out {
+		// What a request says is cleaned before it reaches JSON, too.
+		out[i].Device, out[i].Model, out[i].Version, out[i].Detail = clean(r.Device), clean(r.Model), clean(r.Version), oneLine(r.Detail)
 	}
 	if *asJSON {
 		return writeJSON(env.stdout, out)
@@ -474,6 +296,7 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	reason := fs.String("reason", "", "reject: what the installer is told")
 	force := fs.Bool("force", false, "approve: approve although another pending unit sent the same claim code (only for the device id the installer read off the unit)")
 	unitBroker := fs.String("unit-broker", "", "approve: the broker the unit uses from now on (default: the host of --broker on port 8883, the units' listener)")
+	aclOut := fs.String("acl-out", "", "approve: write the broker's ACL (as fleetctl acl renders it, with this unit) to FILE before sending the approval, e.g. /etc/mosquitto/konsult/acl")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -490,66 +313,43 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	if err := bs.resolve(cmd); err != nil {
 		return err
 	}
-	fc, reqs, err := pendingRequests(ctx, env, bs, cmd)
-	if err != nil {
-		return err
-	}
-	defer fc.Close()
-	i := slices.IndexFunc(reqs, func(r enrol.Request) bool { return r.DeviceID == id })
-	if i < 0 {
-		return fmt.Errorf("%s: no enrolment request from %s on the broker: check the id with fleetctl enrol list", cmd, id)
-	}
-	req := reqs[i]
-	var decision []byte
-	if approve {
-		l, err := c.Ledger()
-		if err != nil {
-			return err
-		}
-		if others := contested(reqs, l)[id]; len(others) > 0 && !*force {
-			return fmt.Errorf("%s: refused: %s", cmd, contestedMessage(id, others))
-		}
-		pub, err := os.ReadFile(filepath.Join(c.Dir, "fleet.pub"))
-		if err != nil {
-			return fmt.Errorf("%s: the fleet's public key: %w", cmd, err)
-		}
-		b := *unitBroker
-		if b == "" {
-			b = withPort(bs.Broker, unitsPort)
-		}
-		if decision, err = enrol.Approve(c, req, groups, b, string(pub)); err != nil {
-			return fmt.Errorf("%s: %w", cmd, err)
-		}
-	} else {
-		l, err := c.Ledger()
-		if err != nil {
-			return err
-		}
-		p := enrol.Evaluate(req, l)
-		why, msg := enrol.ReasonRejected, "the fleet manager rejected this unit"
-		if p.Problem != "" {
-			why, msg = p.Problem, p.Message
-		}
-		if *reason != "" {
-			msg = *reason
-		}
-		if decision, err = enrol.Reject(c, req, why, msg); err != nil {
-			return fmt.Errorf("%s: %w", cmd, err)
-		}
-	}
-	t := link.Topics{Prefix: bs.Prefix}
-	if err := fc.Publish(ctx, t.EnrolResponse(id), true, decision); err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
-	}
 	if !approve {
+		if *aclOut != "" {
+			return errors.New("enrol reject: --acl-out is for approve")
+		}
+		if err := manager.Reject(ctx, bs.broker(), env.log, c, id, *reason); err != nil {
+			return decideErr(cmd, id, err)
+		}
 		fmt.Fprintf(env.stdout, "rejected %s\n", id)
 		return nil
 	}
+	o := manager.ApproveOptions{Groups: groups, UnitBroker: *unitBroker, Force: *force, ACLOut: *aclOut}
+	if err := manager.Approve(ctx, bs.broker(), env.log, c, id, o); err != nil {
+		return decideErr(cmd, id, err)
+	}
+	if *aclOut != "" {
+		fmt.Fprintf(env.stdout, "wrote %s with %s in it, then sent the approval: reload Mosquitto now (SIGHUP) so it applies\n", *aclOut, id)
+	}
 	fmt.Fprintf(env.stdout, "approved %s (groups: %s); it installs its certificate and reconnects as itself\n", id, strings.Join(groups, ", "))
-	if len(groups) > 0 {
-		fmt.Fprintf(env.stdout, "the broker must let it read its groups: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
+	if len(groups) > 0 && *aclOut == "" {
+		fmt.Fprintf(env.stdout, "the broker must let it read its groups: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP); or approve with --acl-out FILE next time\n", c.Dir)
 	}
 	return nil
+}
+
+func decideErr(cmd, id string, err error) error {
+	var ce *manager.ContestedError
+	switch {
+	case errors.Is(err, manager.ErrNoRequest):
+		return fmt.Errorf("%s: no enrolment request from %s on the broker: check the id with fleetctl enrol list", cmd, id)
+	case errors.As(err, &ce):
+		others := make([]string, len(ce.Others))
+		for i, o := range ce.Others {
+			others[i] = clean(o)
+		}
+		return fmt.Errorf("%s: refused: %s", cmd, manager.ContestedMessage(clean(ce.ID), others))
+	}
+	return fmt.Errorf("%s: %w", cmd, err)
 }
 
 // aclCmd renders the broker ACL from the CA's ledger: the shipped rules
@@ -566,17 +366,7 @@ func aclCmd(_ context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	l, err := c.Ledger()
-	if err != nil {
-		return err
-	}
-	units := map[string][]string{}
-	for id, u := range l.Units {
-		if u.Status == "approved" {
-			units[id] = u.Groups
-		}
-	}
-	text, err := link.ACL(units, *admin)
+	text, err := manager.RenderACL(c, *admin)
 	if err != nil {
 		return fmt.Errorf("acl: %w", err)
 	}
@@ -584,7 +374,7 @@ func aclCmd(_ context.Context, env *cmdEnv, args []string) error {
 		_, err = fmt.Fprint(env.stdout, text)
 		return err
 	}
-	if err := writeFileAtomic(*out, []byte(text), 0o644); err != nil {
+	if err := manager.WriteACL(c, *admin, *out); err != nil {
 		return fmt.Errorf("acl: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "wrote %s: reload Mosquitto (SIGHUP) to apply it\n", *out)
@@ -629,7 +419,11 @@ func revokeCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	// The ACL still grants the unit its group topics until it is rendered
 	// again from the ledger, which no longer lists it as approved.
 	fmt.Fprintf(env.stdout, "re-render the broker's ACL without it: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
-	if err := clearRetained(ctx, env, bs, pos[0]); err != nil {
+	err = bs.resolve("revoke")
+	if err == nil {
+		err = manager.ClearRetained(ctx, bs.broker(), env.log, pos[0])
+	}
+	if err != nil {
 		return fmt.Errorf("revoke: %s is revoked in the CA, but its retained status, reported state and config stay on the broker (%w): run fleetctl revoke %s again with the broker settings", pos[0], err, pos[0])
 	}
 	fmt.Fprintf(env.stdout, "cleared the retained status, reported state and config of %s on the broker\n", pos[0])
@@ -653,7 +447,7 @@ func renewCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	kp := *keyPath
 	if kp == "" {
-		kp = filepath.Join(c.Dir, "fleet.key")
+		kp = filepath.Join(c.Dir, manager.FleetKeyFile)
 	}
 	priv, err := fleet.LoadPrivateKey(kp)
 	if err != nil {
@@ -662,70 +456,26 @@ func renewCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err := bs.resolve("renew"); err != nil {
 		return err
 	}
-	t := link.Topics{Prefix: bs.Prefix}
-	fc, err := dialFleet(ctx, bs, env.log, t.AllDevices(link.DeviceReported))
-	if err != nil {
-		return fmt.Errorf("renew: %w", err)
-	}
-	defer fc.Close()
-	done := map[string]string{} // device → the CSR already answered
 	renewed := 0
-	handle := func(m fleetMsg) {
-		view := newFleetView()
-		if !view.feed(m) {
-			return
-		}
-		u := view.unit(m.Unit)
-		if u.Reported == nil || u.Reported.Identity == nil || u.Reported.Identity.RenewalCSR == "" {
-			return
-		}
-		csr := u.Reported.Identity.RenewalCSR
-		if done[m.Unit] == csr {
-			return
-		}
-		done[m.Unit] = csr
-		cert, err := enrol.Renew(c, m.Unit, csr)
-		if err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
-			return
-		}
-		arg, _ := json.Marshal(string(cert))
-		now := env.now()
-		e, err := fleet.SignCommand(priv, fleet.CommandPayload{Name: fleet.CommandCertificate, Args: map[string]json.RawMessage{"certificate": arg},
-			Nonce: fleet.NewNonce(), IssuedAt: now, ExpiresAt: now.Add(time.Hour), Target: fleet.Target{Device: m.Unit}})
-		if err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
-			return
-		}
-		if err := fc.Publish(ctx, t.DeviceCmd(m.Unit), false, e.Marshal()); err != nil {
-			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(m.Unit), clean(err.Error()))
+	err = manager.Renew(ctx, bs.broker(), env.log, c, priv, env.now, *watch, func(r manager.Renewal) {
+		if r.Err != nil {
+			fmt.Fprintf(env.stderr, "renew: %s: %s\n", clean(r.Unit), clean(r.Err.Error()))
 			return
 		}
 		renewed++
-		fmt.Fprintf(env.stdout, "renewed %s: new certificate sent\n", clean(m.Unit))
-	}
-	if err := fc.Sync(ctx, handle); err != nil {
+		fmt.Fprintf(env.stdout, "renewed %s: new certificate sent\n", clean(r.Unit))
+	})
+	if err != nil {
 		return fmt.Errorf("renew: %w", err)
 	}
-	if !*watch {
-		if renewed == 0 {
-			fmt.Fprintln(env.stderr, "no unit asked for a new certificate")
-		}
-		return nil
+	if !*watch && renewed == 0 {
+		fmt.Fprintln(env.stderr, "no unit asked for a new certificate")
 	}
-	for {
-		m, err := fc.Next(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("renew: %w", err)
-		}
-		handle(m)
-	}
+	return nil
 }
 
-const enrolNotes = `Enrolment commands read the fleet CA from --ca-dir (or $FLEETCTL_CA_DIR);
+const enrolNotes = `Enrolment commands read the fleet CA from --ca-dir (or $FLEETCTL_CA_DIR, or
+ca_dir in the settings file);
 list, approve, reject and renew also reach the broker as the fleet manager.
 A unit waits in "enrol list" once an installer gives it a claim code; approve
 signs its certificate and sends it, the fleet's public key, the broker and

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/identity"
 	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 // enrolFleet is a fleet CA, real Mosquitto with the shipped config, and the
@@ -42,7 +42,7 @@ func newEnrolFleet(t *testing.T, units ...string) *enrolFleet {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := c.IssueWithKey(ca.KindEnrol, enrolCN, nil, filepath.Join(t.TempDir(), "enrol"))
+	cert, key, err := c.IssueWithKey(ca.KindEnrol, manager.EnrolCN, nil, filepath.Join(t.TempDir(), "enrol"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,31 +234,5 @@ func TestEnrolContestedClaimCode(t *testing.T) {
 		if strings.HasPrefix(line, thief.DeviceID) && !strings.Contains(line, enrol.ReasonUsedCode) {
 			t.Errorf("the other request after approval: %q, want %s", line, enrol.ReasonUsedCode)
 		}
-	}
-}
-
-type fakeMsg struct {
-	mqtt.Message
-	topic   string
-	payload []byte
-}
-
-func (m fakeMsg) Topic() string   { return m.topic }
-func (m fakeMsg) Payload() []byte { return m.payload }
-func (m fakeMsg) Retained() bool  { return true }
-
-// fleetctl caps what it reads, whatever the broker lets through: a
-// message above the largest legitimate one (a signed config envelope) is
-// dropped, not queued.
-func TestFleetClientCapsMessages(t *testing.T) {
-	fc := &fleetClient{log: slog.New(slog.DiscardHandler), wake: make(chan struct{}, 1)}
-	topic := link.Topics{}.Reported("ku-a")
-	fc.onMessage(nil, fakeMsg{topic: topic, payload: make([]byte, maxMessage+1)})
-	if len(fc.queue) != 0 {
-		t.Fatalf("fleetctl queued a %d-byte message", maxMessage+1)
-	}
-	fc.onMessage(nil, fakeMsg{topic: topic, payload: make([]byte, maxMessage)})
-	if len(fc.queue) != 1 {
-		t.Fatalf("fleetctl dropped a %d-byte message", maxMessage)
 	}
 }

@@ -162,7 +162,7 @@ func (p *progress) line(done, total int, detail string) string {
 	return s
 }
 
-func (p *progress) update(done, total int, detail string) {
+func (p *progress) Update(done, total int, detail string) {
 	if !p.tty || time.Since(p.last) < 100*time.Millisecond {
 		return
 	}
@@ -171,7 +171,7 @@ func (p *progress) update(done, total int, detail string) {
 	p.drawn = true
 }
 
-func (p *progress) done(done, total int, detail string) {
+func (p *progress) Done(done, total int, detail string) {
 	if p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
 	}

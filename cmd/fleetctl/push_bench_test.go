@@ -22,6 +22,7 @@ import (
 	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 // BenchmarkPushToGroup: a signed config pushed to a group of N simulated
@@ -95,17 +96,17 @@ func benchPush(b *testing.B, n int) {
 	runtime.KeepAlive(agents)
 
 	admin := br.Admin()
-	bs := &brokerSettings{Broker: br.SharedURL(), CA: br.CAFile(), Cert: admin.CertFile, CertKey: admin.KeyFile, Prefix: link.DefaultPrefix}
+	bs := manager.Broker{URL: br.SharedURL(), CA: br.CAFile(), Cert: admin.CertFile, CertKey: admin.KeyFile, Prefix: link.DefaultPrefix}
 	t := link.Topics{}
 	topic := t.GroupConfig(group)
 	ctx := context.Background()
-	fc, err := dialFleet(ctx, bs, slog.New(slog.DiscardHandler), topic, t.AllDevices(link.DeviceStatus), t.AllDevices(link.DeviceReported), t.AllDevices(link.DeviceEvents))
+	fc, err := manager.Dial(ctx, bs, slog.New(slog.DiscardHandler), topic, t.AllDevices(link.DeviceStatus), t.AllDevices(link.DeviceReported), t.AllDevices(link.DeviceEvents))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer fc.Close()
-	view := newFleetView()
-	dd := newDedup(1 << 16)
+	view := manager.NewView()
+	dd := manager.NewDedup(1 << 16)
 	// Every unit announces itself on connect; wait until fleetctl sees all
 	// of them in the group, as a fleet manager's push would.
 	deadline := time.Now().Add(60 * time.Second)
@@ -113,7 +114,7 @@ func benchPush(b *testing.B, n int) {
 		if time.Now().After(deadline) {
 			b.Fatalf("fleetctl sees %d of %d units in the group", inGroup(view, group), n)
 		}
-		if err := fc.Sync(ctx, func(m fleetMsg) { view.feed(m) }); err != nil {
+		if err := fc.Sync(ctx, func(m manager.Msg) { view.Feed(m) }); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -132,9 +133,9 @@ func benchPush(b *testing.B, n int) {
 			b.Fatal(err)
 		}
 		p := fleet.ConfigPayload{Kind: fleet.KindConfig, Version: version, Target: fleet.Target{Group: group}}
-		job := &pushJob{payload: p, topic: topic, envelope: e.Marshal(), wait: 2 * time.Minute, prog: newProgress(io.Discard, time.Now())}
+		job := &manager.PushJob{Payload: p, Topic: topic, Envelope: e.Marshal(), Wait: 2 * time.Minute, Progress: newProgress(io.Discard, time.Now())}
 		c0, s0, t0 := cpuTicks(b, pid), cpuTicks(b, self), time.Now()
-		res, err := job.run(ctx, fc, view, dd)
+		res, err := job.Run(ctx, fc, view, dd)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -142,16 +143,16 @@ func benchPush(b *testing.B, n int) {
 		lat := make([]time.Duration, 0, len(res))
 		app := make([]time.Duration, 0, n)
 		for i := range applied {
-			app = append(app, time.Unix(0, applied[i].Load()).Sub(job.published))
+			app = append(app, time.Unix(0, applied[i].Load()).Sub(job.Published()))
 		}
 		slices.Sort(app)
 		applyP50 += ms(app[(n-1)*50/100])
 		applyP100 += ms(app[n-1])
 		for _, r := range res {
-			if r.Result != resApplied {
+			if r.Result != manager.ResApplied {
 				b.Fatalf("push %d: unit %s: %s %s %s", version, r.Unit, r.Result, r.Reason, r.Message)
 			}
-			lat = append(lat, r.received.Sub(job.published))
+			lat = append(lat, r.Received.Sub(job.Published()))
 		}
 		if len(lat) != n {
 			b.Fatalf("push %d reached %d units, want %d", version, len(lat), n)
@@ -178,10 +179,10 @@ func benchPush(b *testing.B, n int) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func inGroup(v *fleetView, g string) int {
+func inGroup(v *manager.View, g string) int {
 	n := 0
-	for _, u := range v.units {
-		if u.inGroup(g) && u.online() {
+	for _, u := range v.Sorted() {
+		if u.InGroup(g) && u.Online() {
 			n++
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/provisioning/broker"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 // row finds the table row of unit id in out and returns its cells split on
@@ -68,7 +69,7 @@ func TestPushToADevice(t *testing.T) {
 	if err != nil {
 		t.Fatalf("push --json: %v", err)
 	}
-	var res []pushResult
+	var res []manager.PushResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res) != 1 {
 		t.Fatalf("push --json output %q: %v", out, err)
 	}
@@ -238,8 +239,8 @@ func TestConnectionErrorsNameTheFix(t *testing.T) {
 	base := []string{"status"}
 	a := f.b.Admin()
 	unit := f.b.Identity("room-12")
-	syncTimeout = time.Second // the unit's certificate case waits for it
-	t.Cleanup(func() { syncTimeout = 10 * time.Second })
+	manager.SyncTimeout = time.Second // the unit's certificate case waits for it
+	t.Cleanup(func() { manager.SyncTimeout = 10 * time.Second })
 	for name, tc := range map[string]struct {
 		args []string
 		want []string

@@ -5,13 +5,13 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 
 	"github.com/BurntSushi/toml"
 	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 // getenv reads fleetctl's environment; tests replace it so a developer's own
@@ -29,6 +29,7 @@ var getenv = os.Getenv
 //	cert     = "fleet-admin.crt"                      # FLEETCTL_CERT
 //	cert_key = "fleet-admin.key"                      # FLEETCTL_CERT_KEY
 //	prefix   = "konsult"                              # FLEETCTL_PREFIX
+//	ca_dir   = ".."                                   # FLEETCTL_CA_DIR (--ca-dir)
 //
 // Relative paths in the file are relative to the file. The TLS key is
 // --cert-key, not --key: --key is the fleet signing key everywhere in
@@ -39,6 +40,9 @@ type brokerSettings struct {
 	Cert    string `toml:"cert"`
 	CertKey string `toml:"cert_key"`
 	Prefix  string `toml:"prefix"`
+	// CADir is the fleet CA folder (fleetctl ca init). Only the file sets
+	// it here; commands read it with their --ca-dir (caDirFlag).
+	CADir string `toml:"ca_dir"`
 
 	configPath *string
 	flags      brokerSettingsFlags
@@ -62,14 +66,7 @@ func addBrokerFlags(fs *flag.FlagSet) *brokerSettings {
 // resolve fills in the settings from flags, environment and config file, and
 // checks them.
 func (s *brokerSettings) resolve(cmd string) error {
-	path, explicit := *s.configPath, true
-	if path == "" {
-		path = getenv("FLEETCTL_CONFIG")
-	}
-	if path == "" {
-		explicit = false
-		path = defaultConfigPath()
-	}
+	path, explicit := settingsPath(*s.configPath)
 	if path != "" {
 		if err := s.loadFile(path, explicit); err != nil {
 			return fmt.Errorf("%s: %w", cmd, err)
@@ -103,12 +100,12 @@ func (s *brokerSettings) resolve(cmd string) error {
 	if s.Broker == "" {
 		return fmt.Errorf("%s: no broker: pass --broker mqtts://HOST:8884, set FLEETCTL_BROKER, or put broker = \"...\" in %s", cmd, displayConfigPath(path))
 	}
-	addr, useTLS, err := brokerAddr(s.Broker)
+	addr, useTLS, err := manager.BrokerAddr(s.Broker)
 	if err != nil {
 		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	if _, port, _ := net.SplitHostPort(addr); useTLS && port == unitsPort {
-		return fmt.Errorf("%s: --broker %s is the units' port: there the broker names every client after its certificate, so two fleetctl at once would throw each other off; use the fleet manager's port, %s", cmd, s.Broker, withPort(s.Broker, managerPort))
+	if _, port, _ := net.SplitHostPort(addr); useTLS && port == manager.UnitsPort {
+		return fmt.Errorf("%s: --broker %s is the units' port: there the broker names every client after its certificate, so two fleetctl at once would throw each other off; use the fleet manager's port, %s", cmd, s.Broker, manager.WithPort(s.Broker, manager.ManagerPort))
 	}
 	if useTLS && (s.CA == "" || s.Cert == "" || s.CertKey == "") {
 		var missing []string
@@ -137,16 +134,73 @@ func (s *brokerSettings) loadFile(path string, explicit bool) error {
 		return fmt.Errorf("settings file %s is not valid TOML (%v): fix it or pass --config another file", path, err)
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		return fmt.Errorf("settings file %s: unknown key %q: the keys are broker, ca, cert, cert_key, prefix", path, und[0].String())
+		return fmt.Errorf("settings file %s: unknown key %q: the keys are broker, ca, cert, cert_key, prefix, ca_dir", path, und[0].String())
 	}
 	dir := filepath.Dir(path)
-	for _, p := range []*string{&f.CA, &f.Cert, &f.CertKey} {
+	for _, p := range []*string{&f.CA, &f.Cert, &f.CertKey, &f.CADir} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}
 	}
-	s.Broker, s.CA, s.Cert, s.CertKey, s.Prefix = f.Broker, f.CA, f.Cert, f.CertKey, f.Prefix
+	s.Broker, s.CA, s.Cert, s.CertKey, s.Prefix, s.CADir = f.Broker, f.CA, f.Cert, f.CertKey, f.Prefix, f.CADir
 	return nil
+}
+
+// settingsPath is the settings file: flag (--config), else
+// $FLEETCTL_CONFIG, else the default path; explicit is false for the
+// default, which need not exist.
+func settingsPath(flag string) (path string, explicit bool) {
+	if flag != "" {
+		return flag, true
+	}
+	if p := getenv("FLEETCTL_CONFIG"); p != "" {
+		return p, true
+	}
+	return defaultConfigPath(), false
+}
+
+// broker is the resolved settings as the manager takes them.
+func (s *brokerSettings) broker() manager.Broker {
+	return manager.Broker{URL: s.Broker, CA: s.CA, Cert: s.Cert, CertKey: s.CertKey, Prefix: s.Prefix}
+}
+
+// caDirFlag is --ca-dir: the fleet CA folder from fleetctl ca init.
+type caDirFlag struct {
+	fs  *flag.FlagSet
+	dir *string
+}
+
+func addCADir(fs *flag.FlagSet) *caDirFlag {
+	return addCADirUsage(fs, "the fleet CA directory from fleetctl ca init [$FLEETCTL_CA_DIR, ca_dir in the settings file]")
+}
+
+func addCADirUsage(fs *flag.FlagSet, usage string) *caDirFlag {
+	return &caDirFlag{fs: fs, dir: fs.String("ca-dir", "", usage)}
+}
+
+// resolve returns the CA folder: --ca-dir, else $FLEETCTL_CA_DIR, else
+// ca_dir in the settings file (--config where the command has it); "" for
+// none.
+func (f *caDirFlag) resolve() (string, error) {
+	if *f.dir != "" {
+		return *f.dir, nil
+	}
+	if d := getenv("FLEETCTL_CA_DIR"); d != "" {
+		return d, nil
+	}
+	cfg := ""
+	if fl := f.fs.Lookup("config"); fl != nil {
+		cfg = fl.Value.String()
+	}
+	path, explicit := settingsPath(cfg)
+	if path == "" {
+		return "", nil
+	}
+	var s brokerSettings
+	if err := s.loadFile(path, explicit); err != nil {
+		return "", err
+	}
+	return s.CADir, nil
 }
 
 func defaultConfigPath() string {
@@ -164,70 +218,4 @@ func displayConfigPath(p string) string {
 		return "~/.config/konsult/fleetctl.toml"
 	}
 	return p
-}
-
-// brokerAddr returns the host:port to dial and whether to use TLS. It
-// follows the unit's rules (provisioning/link): mqtts:// anywhere, plain
-// tcp:// only to loopback, never credentials in the URL.
-func brokerAddr(broker string) (string, bool, error) {
-	u, err := url.Parse(broker)
-	if err != nil {
-		return "", false, errors.New("--broker is not a URL: use mqtts://HOST:8884")
-	}
-	if u.User != nil {
-		return "", false, errors.New("--broker must not carry a user or password: fleetctl authenticates with its client certificate (--cert, --cert-key)")
-	}
-	if u.Hostname() == "" {
-		return "", false, fmt.Errorf("--broker %q has no host: use mqtts://HOST:8884", u.Redacted())
-	}
-	port := u.Port()
-	switch u.Scheme {
-	case "mqtts", "ssl", "tls":
-		if port == "" {
-			port = managerPort
-		}
-		return net.JoinHostPort(u.Hostname(), port), true, nil
-	case "tcp", "mqtt":
-		if port == "" {
-			port = "1883"
-		}
-		if !isLoopback(u.Hostname()) {
-			return "", false, fmt.Errorf("refusing plain %s:// to %s: signed configs (secrets included) would cross the network unencrypted; use mqtts:// (tcp:// is only for a broker on this machine)", u.Scheme, u.Host)
-		}
-		return net.JoinHostPort(u.Hostname(), port), false, nil
-	}
-	return "", false, fmt.Errorf("--broker scheme %q: use mqtts://HOST:8884 (or tcp:// to a broker on this machine)", u.Scheme)
-}
-
-// The shipped broker's listeners (deploy/mosquitto): 8883 for enrolled
-// units, where the broker makes each client's id its certificate's CN (so
-// every fleetctl would be "fleet-admin" and close the others' connections),
-// and 8884 for the fleet manager and enrolling units, where each chooses
-// its own.
-const (
-	unitsPort   = "8883"
-	managerPort = "8884"
-)
-
-// withPort is broker (an mqtts:// URL) on port; other URLs (the demo's
-// tcp:// broker, one listener for all) stay as they are.
-func withPort(broker, port string) string {
-	u, err := url.Parse(broker)
-	if err != nil || u.Hostname() == "" {
-		return broker
-	}
-	switch u.Scheme {
-	case "mqtts", "ssl", "tls":
-		u.Host = net.JoinHostPort(u.Hostname(), port)
-		return u.String()
-	}
-	return broker
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

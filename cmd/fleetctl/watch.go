@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 func watch(ctx context.Context, env *cmdEnv, args []string) error {
@@ -30,46 +30,20 @@ func watch(ctx context.Context, env *cmdEnv, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("watch: unexpected argument %q: watch takes only flags", pos[0])
 	}
-	if *device != "" && *group != "" {
-		return errors.New("watch: give --device or --group, not both")
-	}
-	for _, n := range []struct{ flag, v string }{{"--device", *device}, {"--group", *group}} {
-		if n.v != "" {
-			if err := link.ValidName(n.v); err != nil {
-				return fmt.Errorf("watch: %s: %w", n.flag, err)
-			}
-		}
-	}
 	if *count < 0 || *dur < 0 {
 		return errors.New("watch: --count and --for must be 0 or more")
 	}
-	want := map[string]bool{}
+	o := manager.WatchOptions{Device: *device, Group: *group, Count: *count, Types: map[string]bool{}}
+	if err := o.Check(); err != nil {
+		return fmt.Errorf("watch: %w", err)
+	}
 	for _, t := range strings.Split(*types, ",") {
 		if t = strings.TrimSpace(t); t != "" {
-			want[t] = true
+			o.Types[t] = true
 		}
 	}
 	if err := bs.resolve("watch"); err != nil {
 		return err
-	}
-
-	t := link.Topics{Prefix: bs.Prefix}
-	filters := []string{t.AllDevices(link.DeviceEvents)}
-	if *device != "" {
-		filters = []string{t.Events(*device)}
-	} else if *group != "" {
-		// Membership comes from the units' reported documents, and follows
-		// them while watching.
-		filters = append(filters, t.AllDevices(link.DeviceReported))
-	}
-	fc, err := dialFleet(ctx, bs, env.log, filters...)
-	if err != nil {
-		return fmt.Errorf("watch: %w", err)
-	}
-	defer fc.Close()
-	view := newFleetView()
-	if err := fc.Sync(ctx, func(m fleetMsg) { view.feed(m) }); err != nil {
-		return fmt.Errorf("watch: %w", err)
 	}
 	what := "every unit"
 	switch {
@@ -78,50 +52,30 @@ func watch(ctx context.Context, env *cmdEnv, args []string) error {
 	case *group != "":
 		what = "the units of group " + *group
 	}
-	fmt.Fprintf(env.stderr, "watching events of %s (Ctrl-C to stop)\n", what)
-
+	o.Ready = func() { fmt.Fprintf(env.stderr, "watching events of %s (Ctrl-C to stop)\n", what) }
 	if *dur > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, *dur)
 		defer cancel()
 	}
-	dd := newDedup(1 << 16)
-	n := 0
-	for *count == 0 || n < *count {
-		m, err := fc.Next(ctx)
-		if err != nil {
-			return nil // interrupted, or --for is over
-		}
-		if view.feed(m) {
-			continue
-		}
-		ev, ok := parseEvent(m)
-		if !ok || !dd.first(ev.Unit+"/"+ev.ID) {
-			continue
-		}
-		if *group != "" && !view.unit(ev.Unit).inGroup(*group) {
-			continue
-		}
-		if len(want) > 0 && !want[ev.Type] {
-			continue
-		}
-		n++
+	err = manager.Watch(ctx, bs.broker(), env.log, o, func(ev manager.Event) {
 		if *asJSON {
-			b, err := json.Marshal(ev)
-			if err != nil {
-				continue
+			if b, err := json.Marshal(ev); err == nil {
+				fmt.Fprintf(env.stdout, "%s\n", safeJSON(b))
 			}
-			fmt.Fprintf(env.stdout, "%s\n", safeJSON(b))
-			continue
+			return
 		}
 		printEvent(env.stdout, ev)
+	})
+	if err != nil {
+		return fmt.Errorf("watch: %w", err)
 	}
 	return nil
 }
 
 // printEvent writes one event as a line: time, unit, type, then the data's
 // fields as key=value in name order.
-func printEvent(w io.Writer, ev event) {
+func printEvent(w io.Writer, ev manager.Event) {
 	fmt.Fprintf(w, "%s  %-12s  %-18s  %s\n", clock(ev.At), clean(ev.Unit), clean(ev.Type), clean(dataFields(ev.Data)))
 }
 

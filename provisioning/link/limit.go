@@ -84,3 +84,9 @@ func (c *limitConn) Read(p []byte) (int, error) {
 	}
 	return n, rerr
 }
+
+// LimitConn wraps c so that a packet from the broker whose remaining length
+// is over max fails the read before paho allocates it, as the unit's own
+// connection does (MaxPacketSize): the fleet manager's client faces the
+// same brokers.
+func LimitConn(c net.Conn, max int) net.Conn { return newLimitConn(c, max) }

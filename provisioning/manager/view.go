@@ -1,4 +1,4 @@
-package main
+package manager
 
 import (
 	"encoding/json"
@@ -9,9 +9,9 @@ import (
 	"github.com/konsult/konsult/provisioning/link"
 )
 
-// unitView is what fleetctl knows of one unit: its retained status and
+// Unit is what the fleet manager knows of one unit: its retained status and
 // reported documents (either may be missing) and when they last changed.
-type unitView struct {
+type Unit struct {
 	ID       string
 	Status   *fleet.StatusDoc
 	Reported *fleet.ReportedDoc
@@ -20,37 +20,40 @@ type unitView struct {
 	Seen time.Time
 }
 
-// inGroup reports whether the unit's reported document lists group g.
-func (u *unitView) inGroup(g string) bool {
+// InGroup reports whether the unit's reported document lists group g.
+func (u *Unit) InGroup(g string) bool {
 	return u.Reported != nil && slices.Contains(u.Reported.Groups, g)
 }
 
-func (u *unitView) online() bool { return u.Status != nil && u.Status.Online }
+// Online reports whether its retained status says it is connected.
+func (u *Unit) Online() bool { return u.Status != nil && u.Status.Online }
 
-// fleetView is the fleet as seen through the retained status and reported
+// View is the fleet as seen through the retained status and reported
 // topics, kept current by feeding it every message.
-type fleetView struct {
-	units map[string]*unitView
+type View struct {
+	units map[string]*Unit
 }
 
-func newFleetView() *fleetView { return &fleetView{units: map[string]*unitView{}} }
+// NewView returns an empty view.
+func NewView() *View { return &View{units: map[string]*Unit{}} }
 
-func (v *fleetView) unit(id string) *unitView {
+// Unit returns unit id, adding it if the view does not know it yet.
+func (v *View) Unit(id string) *Unit {
 	u := v.units[id]
 	if u == nil {
-		u = &unitView{ID: id}
+		u = &Unit{ID: id}
 		v.units[id] = u
 	}
 	return u
 }
 
-// sorted returns the units ordered by id.
-func (v *fleetView) sorted() []*unitView {
-	out := make([]*unitView, 0, len(v.units))
+// Sorted returns the units ordered by id.
+func (v *View) Sorted() []*Unit {
+	out := make([]*Unit, 0, len(v.units))
 	for _, u := range v.units {
 		out = append(out, u)
 	}
-	slices.SortFunc(out, func(a, b *unitView) int {
+	slices.SortFunc(out, func(a, b *Unit) int {
 		switch {
 		case a.ID < b.ID:
 			return -1
@@ -62,14 +65,14 @@ func (v *fleetView) sorted() []*unitView {
 	return out
 }
 
-// feed updates the view from a status or reported message and says whether
+// Feed updates the view from a status or reported message and says whether
 // it was one. A document that does not parse is ignored: the fleet view must
 // not fail because one unit published something odd, and an empty retained
 // message (a deleted topic) removes the document.
-func (v *fleetView) feed(m fleetMsg) bool {
+func (v *View) Feed(m Msg) bool {
 	switch m.Kind {
 	case link.DeviceStatus:
-		u := v.unit(m.Unit)
+		u := v.Unit(m.Unit)
 		if len(m.Payload) == 0 {
 			u.Status = nil
 			return true
@@ -77,11 +80,11 @@ func (v *fleetView) feed(m fleetMsg) bool {
 		var s fleet.StatusDoc
 		if json.Unmarshal(m.Payload, &s) == nil {
 			u.Status = &s
-			u.seen(s.At)
+			u.Saw(s.At)
 		}
 		return true
 	case link.DeviceReported:
-		u := v.unit(m.Unit)
+		u := v.Unit(m.Unit)
 		if len(m.Payload) == 0 {
 			u.Reported = nil
 			return true
@@ -89,21 +92,22 @@ func (v *fleetView) feed(m fleetMsg) bool {
 		var r fleet.ReportedDoc
 		if json.Unmarshal(m.Payload, &r) == nil {
 			u.Reported = &r
-			u.seen(r.At)
+			u.Saw(r.At)
 		}
 		return true
 	}
 	return false
 }
 
-func (u *unitView) seen(at time.Time) {
+// Saw moves its last seen time forward to at.
+func (u *Unit) Saw(at time.Time) {
 	if at.After(u.Seen) {
 		u.Seen = at
 	}
 }
 
-// event is a unit's event as it arrives on its events topic.
-type event struct {
+// Event is a unit's event as it arrives on its events topic.
+type Event struct {
 	Unit string          `json:"unit"`
 	ID   string          `json:"id"`
 	Type string          `json:"type"`
@@ -111,36 +115,37 @@ type event struct {
 	Data json.RawMessage `json:"data,omitempty"`
 }
 
-// parseEvent decodes an events message; ok is false for anything that is
+// ParseEvent decodes an events message; ok is false for anything that is
 // not an event with an id and a type.
-func parseEvent(m fleetMsg) (event, bool) {
+func ParseEvent(m Msg) (Event, bool) {
 	if m.Kind != link.DeviceEvents {
-		return event{}, false
+		return Event{}, false
 	}
 	var e link.Event
 	var raw struct {
 		Data json.RawMessage `json:"data"`
 	}
 	if json.Unmarshal(m.Payload, &e) != nil || json.Unmarshal(m.Payload, &raw) != nil || e.ID == "" || e.Type == "" {
-		return event{}, false
+		return Event{}, false
 	}
-	return event{Unit: m.Unit, ID: e.ID, Type: e.Type, At: e.At, Data: raw.Data}, true
+	return Event{Unit: m.Unit, ID: e.ID, Type: e.Type, At: e.At, Data: raw.Data}, true
 }
 
-// dedup remembers the ids of recent events: QoS 1 delivers at least once,
+// Dedup remembers the ids of recent events: QoS 1 delivers at least once,
 // and a copy carries the same id. It keeps the last n ids, which covers any
 // redelivery (a broker resends unacknowledged messages right after a
 // reconnect, not hours later).
-type dedup struct {
+type Dedup struct {
 	seen  map[string]struct{}
 	order []string
 	n     int
 }
 
-func newDedup(n int) *dedup { return &dedup{seen: map[string]struct{}{}, n: n} }
+// NewDedup remembers the last n ids.
+func NewDedup(n int) *Dedup { return &Dedup{seen: map[string]struct{}{}, n: n} }
 
-// first reports whether id is new, and remembers it.
-func (d *dedup) first(id string) bool {
+// First reports whether id is new, and remembers it.
+func (d *Dedup) First(id string) bool {
 	if _, dup := d.seen[id]; dup {
 		return false
 	}

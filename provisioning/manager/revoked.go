@@ -1,9 +1,10 @@
-package main
+package manager
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -11,24 +12,13 @@ import (
 	"github.com/konsult/konsult/provisioning/link"
 )
 
-// revokedUnits reads the units the CA's ledger marks revoked, when a CA
-// folder is given (--ca-dir or $FLEETCTL_CA_DIR); nil without one. A revoked
+// RevokedUnits reads the units the CA's ledger marks revoked. A revoked
 // unit cannot connect again, so status and push name it as revoked instead
 // of as a unit that is merely offline and will catch up.
-func revokedUnits(cmd, dir string) (map[string]*ca.Unit, error) {
-	if dir == "" {
-		dir = getenv("FLEETCTL_CA_DIR")
-	}
-	if dir == "" {
-		return nil, nil
-	}
-	c, err := openCA(cmd, &dir)
-	if err != nil {
-		return nil, err
-	}
+func RevokedUnits(c *ca.CA) (map[string]*ca.Unit, error) {
 	l, err := c.Ledger()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", cmd, err)
+		return nil, fmt.Errorf("read the CA's ledger: %w", err)
 	}
 	out := map[string]*ca.Unit{}
 	for id, u := range l.Units {
@@ -39,9 +29,10 @@ func revokedUnits(cmd, dir string) (map[string]*ca.Unit, error) {
 	return out, nil
 }
 
-// revokedFor lists the revoked units a push to target (or status --group)
-// concerns: the device itself, or the units the ledger had in the group.
-func revokedFor(revoked map[string]*ca.Unit, device, group string) []string {
+// RevokedFor lists the revoked units a push to target (or status --group)
+// concerns: the device itself, or the units the ledger had in the group;
+// every one for neither.
+func RevokedFor(revoked map[string]*ca.Unit, device, group string) []string {
 	var ids []string
 	for id, u := range revoked {
 		if id == device || (group != "" && slices.Contains(u.Groups, group)) || (device == "" && group == "") {
@@ -52,26 +43,15 @@ func revokedFor(revoked map[string]*ca.Unit, device, group string) []string {
 	return ids
 }
 
-func revokedNote(at time.Time, reason string) string {
-	s := "revoked " + clock(at)
-	if reason != "" {
-		s += " (" + oneLine(reason) + ")"
-	}
-	return s + ": it cannot connect once the broker has the new CRL"
-}
-
-// clearRetained removes a revoked unit's retained documents from the
+// ClearRetained removes a revoked unit's retained documents from the
 // broker (an empty retained message deletes one): its status and reported
 // state would otherwise show it as a unit that is merely offline, forever,
 // and its device config would wait there for nobody.
-func clearRetained(ctx context.Context, env *cmdEnv, bs *brokerSettings, id string) error {
-	if err := bs.resolve("revoke"); err != nil {
-		return err
-	}
-	t := link.Topics{Prefix: bs.Prefix}
+func ClearRetained(ctx context.Context, b Broker, log *slog.Logger, id string) error {
+	t := link.Topics{Prefix: b.Prefix}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	fc, err := dialFleet(ctx, bs, env.log, t.Status(id))
+	fc, err := Dial(ctx, b, log, t.Status(id))
 	if err != nil {
 		return err
 	}

@@ -1,42 +1,39 @@
-package main
+package manager
 
 import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
-// fleetMsg is one message fleetctl received.
-type fleetMsg struct {
+// Msg is one message the fleet manager received.
+type Msg struct {
 	Kind     link.Kind
 	Unit     string // device id, or group name for group topics
 	Topic    string
 	Payload  []byte
 	Retained bool
-	sync     string    // set on fleetctl's own sync marker
-	at       time.Time // when it arrived
+	At       time.Time // when it arrived
+	sync     string    // set on the client's own sync marker
 }
 
-// fleetClient is the fleet manager's MQTT connection: a clean session (the
+// Client is the fleet manager's MQTT connection: a clean session (the
 // fleet's state is in retained topics, so there is nothing to resume) that
 // resubscribes after a reconnect and hands every message, in the order the
 // broker sent it, to Next.
-type fleetClient struct {
+type Client struct {
 	c       mqtt.Client
 	topics  link.Topics
 	host    string
@@ -45,14 +42,14 @@ type fleetClient struct {
 	log     *slog.Logger
 
 	mu     sync.Mutex
-	queue  []fleetMsg
+	queue  []Msg
 	queued int           // payload bytes in queue
 	wake   chan struct{} // a message was queued
 	first  chan error    // the first connect's outcome
 	once   sync.Once
 }
 
-// maxMessage is the largest message fleetctl reads: a signed config
+// maxMessage is the largest message the client reads: a signed config
 // envelope, the largest legitimate one (fleet.MaxEnvelopeSize, and the
 // shipped broker's message_size_limit).
 const maxMessage = fleet.MaxEnvelopeSize
@@ -64,12 +61,18 @@ const maxQueued = 512 << 20
 // in this time is down or unreachable, and saying so beats hanging.
 const connectTimeout = 10 * time.Second
 
-// syncTimeout bounds Sync; a variable so tests can shorten it.
-var syncTimeout = 10 * time.Second
+// SyncTimeout bounds Sync; a variable so tests can shorten it.
+var SyncTimeout = 10 * time.Second
 
-// dialFleet connects as the fleet manager and subscribes to filters.
-func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters ...string) (*fleetClient, error) {
-	host, useTLS, err := brokerAddr(s.Broker)
+// MaxPacketSize bounds the remaining length of any MQTT packet the client
+// reads, checked before paho reads (and allocates) it: the largest message
+// it accepts (maxMessage) plus its topic and packet id, as the unit's link
+// allows (link.MaxPacketSize). A larger packet ends the connection.
+const MaxPacketSize = link.MaxPacketSize
+
+// Dial connects as the fleet manager and subscribes to filters.
+func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*Client, error) {
+	host, useTLS, err := BrokerAddr(s.URL)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +89,7 @@ func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters
 	// at once must not close each other's connection), under the prefix
 	// the shipped broker requires of every chosen id (deploy/mosquitto).
 	id := link.ClientIDPrefix + "fleetctl/" + tag
-	fc := &fleetClient{
+	fc := &Client{
 		topics:  link.Topics{Prefix: s.Prefix},
 		host:    host,
 		filters: map[string]byte{},
@@ -107,12 +110,22 @@ func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters
 	o.SetCustomOpenConnectionFn(func(*url.URL, mqtt.ClientOptions) (net.Conn, error) {
 		dctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
 		defer cancel()
+		var c net.Conn
+		var err error
 		if tlsConf == nil {
 			var d net.Dialer
-			return d.DialContext(dctx, "tcp", host)
+			c, err = d.DialContext(dctx, "tcp", host)
+		} else {
+			d := tls.Dialer{Config: tlsConf}
+			c, err = d.DialContext(dctx, "tcp", host)
 		}
-		d := tls.Dialer{Config: tlsConf}
-		return d.DialContext(dctx, "tcp", host)
+		if err != nil {
+			return nil, err
+		}
+		// paho allocates a packet's whole remaining length (up to 256 MiB)
+		// before anything can look at it: a hostile or misconfigured broker
+		// must not get to make fleetctl do that.
+		return link.LimitConn(c, MaxPacketSize), nil
 	})
 	o.SetClientID(id)
 	o.SetProtocolVersion(4)
@@ -153,56 +166,16 @@ func dialFleet(ctx context.Context, s *brokerSettings, log *slog.Logger, filters
 	return fc, nil
 }
 
-// connectHint turns the usual ways a fleet manager's connection fails into
-// the fix.
-func connectHint(err error) string {
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	var opErr *net.OpError
-	switch {
-	case errors.As(err, &unknownCA):
-		return "--ca is not the CA that signed the broker's certificate"
-	case errors.As(err, &hostErr):
-		return "the broker's certificate is not for this host name: use the name it was issued for"
-	case errors.Is(err, packets.ErrorRefusedNotAuthorised), errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword):
-		return "the broker refused the client certificate: use the fleet manager's certificate (CN fleet-admin) issued by the fleet CA"
-	case errors.As(err, &opErr):
-		return "is the broker running and is --broker right?"
-	}
-	return "check --broker, --ca, --cert and --cert-key"
-}
-
-func adminTLS(s *brokerSettings) (*tls.Config, error) {
-	pem, err := os.ReadFile(s.CA)
-	if err != nil {
-		return nil, fmt.Errorf("fleet CA (--ca): %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("fleet CA %s holds no PEM certificate: give the fleet CA's .crt file", s.CA)
-	}
-	if fi, err := os.Stat(s.CertKey); err != nil {
-		return nil, fmt.Errorf("client key (--cert-key): %w", err)
-	} else if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("client key %s has mode %04o, readable by others: run chmod 600 %s", s.CertKey, perm, s.CertKey)
-	}
-	cert, err := tls.LoadX509KeyPair(s.Cert, s.CertKey)
-	if err != nil {
-		return nil, fmt.Errorf("client certificate (--cert, --cert-key): %w", err)
-	}
-	return &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
-}
-
-func (fc *fleetClient) onConnect(c mqtt.Client) {
+func (fc *Client) onConnect(c mqtt.Client) {
 	err := fc.subscribe(c)
 	first := false
 	fc.once.Do(func() { first = true; fc.first <- err })
-	if err != nil && !first { // the first one is dialFleet's error
+	if err != nil && !first { // the first one is Dial's error
 		fc.log.Warn("fleet broker", "err", err)
 	}
 }
 
-func (fc *fleetClient) subscribe(c mqtt.Client) error {
+func (fc *Client) subscribe(c mqtt.Client) error {
 	tok := c.SubscribeMultiple(fc.filters, nil)
 	// paho runs this in a goroutine of its own, so waiting here does not
 	// hold up the messages that follow the SUBACK.
@@ -225,14 +198,14 @@ func (fc *fleetClient) subscribe(c mqtt.Client) error {
 // onMessage queues without blocking: with ordered delivery paho's reader
 // waits for this handler, and a blocked reader would never see the PUBACK
 // a publisher is waiting for.
-func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
+func (fc *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 	// What units and enrolling units write is capped here as well as by
 	// the broker (message_size_limit): fleetctl may face another broker.
 	if len(m.Payload()) > maxMessage {
 		fc.log.Warn("skipped an oversized message", "topic", m.Topic(), "bytes", len(m.Payload()), "max", maxMessage)
 		return
 	}
-	msg := fleetMsg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), at: time.Now()}
+	msg := Msg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), At: time.Now()}
 	if msg.Topic == fc.syncTop {
 		msg.sync = string(msg.Payload)
 	} else {
@@ -258,13 +231,13 @@ func (fc *fleetClient) onMessage(_ mqtt.Client, m mqtt.Message) {
 }
 
 // Next returns the next message, waiting for one until ctx ends.
-func (fc *fleetClient) Next(ctx context.Context) (fleetMsg, error) {
+func (fc *Client) Next(ctx context.Context) (Msg, error) {
 	for {
 		fc.mu.Lock()
 		if len(fc.queue) > 0 {
 			m := fc.queue[0]
 			fc.queued -= len(m.Payload)
-			fc.queue[0] = fleetMsg{}
+			fc.queue[0] = Msg{}
 			fc.queue = fc.queue[1:]
 			fc.mu.Unlock()
 			return m, nil
@@ -273,7 +246,7 @@ func (fc *fleetClient) Next(ctx context.Context) (fleetMsg, error) {
 		select {
 		case <-fc.wake:
 		case <-ctx.Done():
-			return fleetMsg{}, ctx.Err()
+			return Msg{}, ctx.Err()
 		}
 	}
 }
@@ -282,7 +255,7 @@ func (fc *fleetClient) Next(ctx context.Context) (fleetMsg, error) {
 // retained messages of the subscriptions. MQTT has no "end of retained"
 // marker; a message fleetctl publishes to itself after subscribing arrives
 // after them, because a broker delivers one session's messages in order.
-func (fc *fleetClient) Sync(ctx context.Context, handle func(fleetMsg)) error {
+func (fc *Client) Sync(ctx context.Context, handle func(Msg)) error {
 	var rnd [8]byte
 	_, _ = rand.Read(rnd[:])
 	marker := hex.EncodeToString(rnd[:])
@@ -293,13 +266,13 @@ func (fc *fleetClient) Sync(ctx context.Context, handle func(fleetMsg)) error {
 	// tree acknowledges the marker and drops it: MQTT 3.1.1 has no way to
 	// say "denied". Thousands of retained documents arrive in well under
 	// this time.
-	sctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	sctx, cancel := context.WithTimeout(ctx, SyncTimeout)
 	defer cancel()
 	for {
 		m, err := fc.Next(sctx)
 		if err != nil {
 			if ctx.Err() == nil {
-				return fmt.Errorf("the broker %s did not hand back fleetctl's own message within %s: the client certificate must be the fleet manager's (CN fleet-admin), whom the ACL lets read and write %s/#", fc.host, syncTimeout, fc.topics.Prefix)
+				return fmt.Errorf("the broker %s did not hand back fleetctl's own message within %s: the client certificate must be the fleet manager's (CN fleet-admin), whom the ACL lets read and write %s/#", fc.host, SyncTimeout, fc.topics.Prefix)
 			}
 			return fmt.Errorf("reading the fleet's retained state from %s: %w", fc.host, err)
 		}
@@ -313,7 +286,7 @@ func (fc *fleetClient) Sync(ctx context.Context, handle func(fleetMsg)) error {
 }
 
 // Publish publishes at QoS 1 and waits for the broker's PUBACK.
-func (fc *fleetClient) Publish(ctx context.Context, topic string, retained bool, payload []byte) error {
+func (fc *Client) Publish(ctx context.Context, topic string, retained bool, payload []byte) error {
 	tok := fc.c.Publish(topic, 1, retained, payload)
 	select {
 	case <-tok.Done():
@@ -327,4 +300,4 @@ func (fc *fleetClient) Publish(ctx context.Context, topic string, retained bool,
 }
 
 // Close disconnects cleanly.
-func (fc *fleetClient) Close() { fc.c.Disconnect(250) }
+func (fc *Client) Close() { fc.c.Disconnect(250) }

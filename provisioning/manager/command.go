@@ -1,0 +1,198 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+// Command results, the "result" of each unit in cmd's output (besides
+// offline, never_seen and no_answer, as for a push).
+const (
+	ResDone    = "done"    // verified and carried out (join/leave: requested)
+	ResRefused = "refused" // refused; reason and message say why
+)
+
+// CmdResult is one unit's answer to a command.
+type CmdResult struct {
+	Unit    string    `json:"unit"`
+	Result  string    `json:"result"` // done, refused, offline, never_seen, no_answer
+	Reason  string    `json:"reason,omitempty"`
+	Message string    `json:"message,omitempty"`
+	At      time.Time `json:"at,omitzero"`
+	// Checks: the unit's self-check (doctor only).
+	Checks []fleet.DoctorCheck `json:"checks,omitempty"`
+}
+
+// SendCommand publishes a signed command (not retained: a command is for
+// now; a unit that is offline finds it in its persistent session when it
+// reconnects, and its expiry bounds how late it may still run) and waits
+// up to wait for each addressed unit's command_done or command_refused.
+// The units are the target device, or those whose reported document lists
+// the target group. With wait 0 it returns nil results after publishing.
+func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelope, p fleet.CommandPayload, wait time.Duration, prog Progress) ([]CmdResult, error) {
+	if prog == nil {
+		prog = noProgress{}
+	}
+	t := link.Topics{Prefix: b.Prefix}
+	topic := t.DeviceCmd(p.Target.Device)
+	if p.Target.Group != "" {
+		topic = t.GroupCmd(p.Target.Group)
+	}
+	fc, err := Dial(ctx, b, log, t.AllDevices(link.DeviceStatus), t.AllDevices(link.DeviceReported), t.AllDevices(link.DeviceEvents))
+	if err != nil {
+		return nil, err
+	}
+	defer fc.Close()
+	view := NewView()
+	if err := fc.Sync(ctx, func(m Msg) { view.Feed(m) }); err != nil {
+		return nil, err
+	}
+
+	results := map[string]*CmdResult{}
+	var order []string
+	for _, u := range view.Sorted() {
+		if p.Target.Device == u.ID || (p.Target.Group != "" && u.InGroup(p.Target.Group)) {
+			order = append(order, u.ID)
+		}
+	}
+	if p.Target.Device != "" && len(order) == 0 {
+		order = append(order, p.Target.Device)
+	}
+	for _, id := range order {
+		results[id] = &CmdResult{Unit: id}
+		presence(results[id], view.Unit(id))
+	}
+	published := time.Now()
+	if err := fc.Publish(ctx, topic, false, e.Marshal()); err != nil {
+		return nil, err
+	}
+	if wait == 0 {
+		return nil, nil
+	}
+
+	settled := func() (done, total int, detail string) {
+		n := 0
+		for _, r := range results {
+			if r.Result != ResNoAnswer {
+				n++
+			}
+		}
+		return n, len(results), ""
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	dd := NewDedup(1 << 16)
+	for {
+		done, total, _ := settled()
+		if done == total {
+			break
+		}
+		prog.Update(settled())
+		nctx, ncancel := context.WithTimeout(wctx, 100*time.Millisecond)
+		m, err := fc.Next(nctx)
+		ncancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if wctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if view.Feed(m) {
+			if r := results[m.Unit]; r != nil && r.Result != ResDone && r.Result != ResRefused {
+				presence(r, view.Unit(m.Unit))
+			}
+			continue
+		}
+		ev, ok := ParseEvent(m)
+		if !ok || !dd.First(ev.Unit+"/"+ev.ID) || (ev.Type != fleet.EventCommandDone && ev.Type != fleet.EventCommandRefused) {
+			continue
+		}
+		r := results[ev.Unit]
+		if r == nil {
+			continue
+		}
+		var d fleet.CommandResult
+		if json.Unmarshal(ev.Data, &d) != nil {
+			continue
+		}
+		// A unit that could not read the command at all cannot name its
+		// nonce; a refusal without one counts if it came after the send.
+		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
+			continue
+		}
+		r.Result, r.Reason, r.Message, r.At, r.Checks = ResDone, "", "", ev.At, d.Checks
+		if ev.Type == fleet.EventCommandRefused {
+			r.Result, r.Reason, r.Message = ResRefused, d.Reason, d.Message
+		}
+	}
+	prog.Done(settled())
+
+	out := make([]CmdResult, 0, len(order))
+	for _, id := range order {
+		out = append(out, *results[id])
+	}
+	return out, nil
+}
+
+// presence sets a unit that has not answered to offline, never seen or no
+// answer from its retained documents.
+func presence(r *CmdResult, u *Unit) {
+	switch {
+	case u.Status == nil && u.Reported == nil:
+		r.Result = ResNeverSeen
+	case !u.Online():
+		r.Result, r.At = ResOffline, u.Seen
+	default:
+		r.Result, r.At = ResNoAnswer, time.Time{}
+	}
+}
+
+// CmdOutcome is cmd's exit status: an error unless every unit carried the
+// command out.
+func CmdOutcome(p fleet.CommandPayload, out []CmdResult) error {
+	counts := map[string]int{}
+	bad := 0
+	for _, r := range out {
+		counts[r.Result]++
+		if r.Result != ResDone {
+			bad++
+		}
+	}
+	if bad == 0 {
+		return nil
+	}
+	var parts []string
+	for _, k := range []string{ResRefused, ResNoAnswer, ResOffline, ResNeverSeen} {
+		if counts[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", counts[k], strings.ReplaceAll(k, "_", " ")))
+		}
+	}
+	return fmt.Errorf("%s for %s: %d of %d units did not carry it out (%s)", p.Name, p.Target, bad, len(out), strings.Join(parts, ", "))
+}
+
+// DoctorOutcome fails when any unit's self-check found a problem, as
+// roomctl doctor does, so scripts can tell.
+func DoctorOutcome(out []CmdResult) error {
+	var bad []string
+	for _, r := range out {
+		for _, ch := range r.Checks {
+			if !ch.OK {
+				bad = append(bad, r.Unit+": "+ch.Name)
+			}
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("doctor: %d check(s) failed (%s)", len(bad), strings.Join(bad, ", "))
+	}
+	return nil
+}
