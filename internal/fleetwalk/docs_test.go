@@ -77,10 +77,16 @@ var (
 
 // binaries builds the named commands (fleetctl, roomd) once per test run
 // and returns the directory that holds them, to put first on PATH.
+// FLEETWALK_BIN names a directory of ready ones instead (e.g. the
+// package's), so the walk can check what ships.
 func binaries(t *testing.T, names ...string) string {
 	t.Helper()
 	buildMu.Lock()
 	defer buildMu.Unlock()
+	if d := os.Getenv("FLEETWALK_BIN"); d != "" {
+		binDir = d
+		return d
+	}
 	if binDir == "" {
 		dir, err := os.MkdirTemp("", "fleetwalk-bin")
 		if err != nil {
