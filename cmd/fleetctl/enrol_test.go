@@ -236,3 +236,47 @@ func TestEnrolContestedClaimCode(t *testing.T) {
 		}
 	}
 }
+
+// Issue 18, item 2: enrol approve --acl-out writes the broker's ACL, with
+// the unit and its groups, before the approval leaves: if it cannot, no
+// approval is sent.
+func TestApproveWritesTheACLFirst(t *testing.T) {
+	f := newEnrolFleet(t)
+	r := f.request(f.newCode(), "pi4", "1.0")
+	f.send(r)
+	response := link.Topics{}.EnrolResponse(r.DeviceID)
+
+	bad := filepath.Join(t.TempDir(), "no-such-dir", "acl")
+	if _, _, err := f.fleetctl("enrol", "approve", r.DeviceID, "--group", "ward-3", "--acl-out", bad, "--unit-broker", f.b.URL()); err == nil || !strings.Contains(err.Error(), "not sent") {
+		t.Fatalf("approve with an ACL it cannot write: %v", err)
+	}
+	if got := retainedUnder(t, f.b, response); got[response] {
+		t.Fatal("the approval was published although the ACL was not written")
+	}
+
+	acl := filepath.Join(t.TempDir(), "acl")
+	out, errOut, err := f.fleetctl("enrol", "approve", r.DeviceID, "--group", "ward-3", "--acl-out", acl, "--unit-broker", f.b.URL())
+	if err != nil {
+		t.Fatalf("approve --acl-out: %v\n%s%s", err, out, errOut)
+	}
+	text, err := os.ReadFile(acl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := manager.RenderACL(f.ca, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(text) != want || !strings.Contains(want, r.DeviceID) || !strings.Contains(want, "ward-3") {
+		t.Errorf("the ACL written is not fleetctl acl's with the unit in it:\n%s", text)
+	}
+	if aclOut := mustRun(t, "acl", "--ca-dir", f.ca.Dir); aclOut != string(text) {
+		t.Errorf("--acl-out and fleetctl acl differ")
+	}
+	if got := retainedUnder(t, f.b, response); !got[response] {
+		t.Error("no approval on the broker after approve --acl-out")
+	}
+	if !strings.Contains(out, "reload") {
+		t.Errorf("approve --acl-out does not say to reload the broker:\n%s", out)
+	}
+}

@@ -6,17 +6,19 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"github.com/konsult/konsult/internal/atomicfile"
 	"os"
 	"path/filepath"
 
+	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("keygen")
 	out := fs.String("out", "", "directory to write fleet.key and fleet.pub into (created 0700 if missing)")
 	force := fs.Bool("force", false, "replace an existing key: every unit pinning the old fleet.pub then refuses new configs until it gets the new one")
+	caDir := addCADirUsage(fs, "the fleet CA directory, if the fleet has one: keygen warns when it already holds the fleet key [$FLEETCTL_CA_DIR, ca_dir in the settings file]")
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
 		return helpIsNil(err)
@@ -27,7 +29,10 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("keygen: unexpected argument %q: keygen takes only flags", pos[0])
 	}
-	keyPath, pubPath := filepath.Join(*out, "fleet.key"), filepath.Join(*out, "fleet.pub")
+	keyPath, pubPath := filepath.Join(*out, manager.FleetKeyFile), filepath.Join(*out, manager.FleetPubFile)
+	if err := warnCAKey(env, caDir, *out); err != nil {
+		return fmt.Errorf("keygen: %w", err)
+	}
 	if !*force {
 		for _, p := range []string{keyPath, pubPath} {
 			if _, err := os.Lstat(p); err == nil {
@@ -54,6 +59,28 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "wrote %s (secret: keep it off the units and out of version control)\nwrote %s (install on every unit at enrolment)\nkey id %s\n",
 		keyPath, pubPath, fleet.KeyID(pub))
+	return nil
+}
+
+// warnCAKey warns when the fleet already has its key in a CA folder
+// (fleetctl ca init made it, and enrolment gave the units its fleet.pub): a
+// key made elsewhere is one they refuse as unknown_key.
+func warnCAKey(env *cmdEnv, f *caDirFlag, out string) error {
+	dir, err := f.resolve()
+	if err != nil || dir == "" {
+		return err
+	}
+	caKey := filepath.Join(dir, manager.FleetKeyFile)
+	if _, err := os.Stat(caKey); err != nil {
+		return nil
+	}
+	if same, _ := filepath.Abs(out); same != "" {
+		if d, _ := filepath.Abs(dir); d == same {
+			return nil // the "already exists" refusal says it
+		}
+	}
+	env.log.Warn("the fleet CA folder already holds the fleet key, the one its enrolled units trust: a key made here is another one, and configs and commands signed with it are refused as unknown_key; push, cmd and sign use the CA folder's key by default",
+		"ca_key", caKey)
 	return nil
 }
 

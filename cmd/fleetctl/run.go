@@ -24,18 +24,18 @@ type subcommand struct {
 
 func subcommands() []subcommand {
 	return []subcommand{
-		{"keygen", "--out DIR [--force]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen, ""},
-		{"sign", "--key FILE (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign, ""},
-		{"sign-command", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now, doctor", signCommand, ""},
-		{"push", "--key FILE (--device ID | --group NAME) --version N [--urgent] [--expires 168h] [--wait 30s] [--json] CONFIG.toml | push --envelope FILE", "sign and publish a config, then wait for the units to apply or refuse it", push, pushNotes},
+		{"keygen", "--out DIR [--force] [--ca-dir DIR]", "create the fleet signing key (fleet.key) and the public key units pin (fleet.pub)", keygen, ""},
+		{"sign", "[--key FILE | --ca-dir DIR] (--device ID | --group NAME) --version N [--expires 168h] [--urgent] [--out FILE] CONFIG.toml", "sign a config for a unit or a group", sign, ""},
+		{"sign-command", "[--key FILE | --ca-dir DIR] (--device ID | --group NAME) [--seconds N] [--expires 5m] [--out FILE] NAME", "sign a command: join, leave, identify, reboot, report-now, doctor", signCommand, ""},
+		{"push", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) --version N [--urgent] [--expires 168h] [--wait 30s] [--json] CONFIG.toml | push --envelope FILE", "sign and publish a config, then wait for the units to apply or refuse it", push, pushNotes},
 		{"status", "[--group NAME] [--json]", "list the units: online, call state, config versions, software version, last seen", status, brokerNotes},
 		{"watch", "[--device ID | --group NAME] [--type T[,T]] [--count N] [--for D] [--json]", "print the units' events as they happen", watch, watchNotes},
 		{"ca", "init --dir DIR --broker mqtts://HOST:8883 [--broker-host H,...] | crl [--out FILE]", "create the fleet CA, signing key, broker/admin certificates and the units' enrolment bundle; refresh the revocation list", caCmd, enrolNotes},
-		{"enrol", "code [--count N] | codes | list [--all] [--json] | approve ID [--group G]... | reject ID [--reason TEXT]", "claim codes for installers; units waiting for approval; approve or reject them", enrolCmd, enrolNotes},
+		{"enrol", "code [--count N] | codes | list [--all] [--json] | approve ID [--group G]... [--acl-out FILE] | reject ID [--reason TEXT]", "claim codes for installers; units waiting for approval; approve or reject them", enrolCmd, enrolNotes},
 		{"acl", "[--out FILE]", "render the broker's ACL: the shipped rules plus each enrolled unit's groups", aclCmd, ""},
 		{"revoke", "ID [--crl-out FILE]", "revoke a unit's certificate (the broker refuses it at its next connect, after Mosquitto restarts) and clear its retained topics", revokeCmd, ""},
 		{"renew", "[--watch]", "sign the certificate renewals units ask for and send them back", renewCmd, ""},
-		{"cmd", "--key FILE (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
+		{"cmd", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }
 
@@ -174,7 +174,9 @@ const brokerNotes = `The broker connection comes from --broker/--ca/--cert/--cer
 FLEETCTL_BROKER/_CA/_CERT/_CERT_KEY, else ~/.config/konsult/fleetctl.toml
 (or --config FILE) with the keys broker, ca, cert, cert_key, prefix; paths
 in the file are relative to it. --cert is the fleet manager's certificate
-(CN fleet-admin); --key is always the fleet signing key.
+(CN fleet-admin); --key is always the fleet signing key, by default
+fleet.key in the CA folder (--ca-dir, $FLEETCTL_CA_DIR, or ca_dir in the
+file): the key the units enrolled from it trust.
 `
 
 const pushNotes = `The units of a group are those whose retained reported state lists it.
@@ -183,7 +185,8 @@ ends), rejected with the unit's reason, rolled back, offline, never seen,
 no answer, or revoked (with --ca-dir: the CA's ledger says so). Exit status
 0 only if every unit applied it (or deferred it); revoked units do not count.
 A version not above what the broker holds or a unit runs is refused before
-publishing.
+publishing, and so is, when a CA folder is known, a config signed by a key
+other than its fleet.key (no enrolled unit could verify it).
 
 ` + brokerNotes
 

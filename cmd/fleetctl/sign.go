@@ -39,7 +39,8 @@ func (t targetFlags) target(cmd string) (fleet.Target, error) {
 
 func sign(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("sign")
-	keyPath := fs.String("key", "", "the fleet signing key (fleet.key from fleetctl keygen)")
+	keyPath := fs.String("key", "", "the fleet signing key (default: fleet.key in the CA folder, --ca-dir)")
+	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR]")
 	tf := addTargetFlags(fs)
 	version := fs.String("version", "", "config version for this target, above the last one published for it")
 	expires := fs.Duration("expires", 168*time.Hour, "how long units accept the envelope; a unit enrolled later needs it re-signed")
@@ -52,7 +53,11 @@ func sign(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign: give exactly one config file: fleetctl sign --key fleet.key --device ID --version N config.toml")
 	}
-	e, p, err := signConfigFile(env, "sign", *keyPath, tf, *version, *expires, *urgent, pos[0])
+	dir, err := caDir.resolve()
+	if err != nil {
+		return fmt.Errorf("sign: %w", err)
+	}
+	e, p, err := signConfigFile(env, "sign", defaultKey(*keyPath, dir), tf, *version, *expires, *urgent, pos[0])
 	if err != nil {
 		return err
 	}
@@ -68,7 +73,7 @@ func sign(_ context.Context, env *cmdEnv, args []string) error {
 func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version string, expires time.Duration, urgent bool, path string) (fleet.Envelope, fleet.ConfigPayload, error) {
 	var p fleet.ConfigPayload
 	if keyPath == "" {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: --key is required: the fleet.key written by fleetctl keygen", cmd)
+		return fleet.Envelope{}, p, errKeyRequired(cmd)
 	}
 	target, err := tf.target(cmd)
 	if err != nil {
@@ -114,7 +119,8 @@ func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version st
 
 func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("sign-command")
-	keyPath := fs.String("key", "", "the fleet signing key (fleet.key from fleetctl keygen)")
+	keyPath := fs.String("key", "", "the fleet signing key (default: fleet.key in the CA folder, --ca-dir)")
+	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR]")
 	tf := addTargetFlags(fs)
 	seconds := fs.Int("seconds", 0, "identify: how long the unit blinks its LED (1-300; default 10)")
 	expires := fs.Duration("expires", 5*time.Minute, "how long units accept the command (at most 1h)")
@@ -126,7 +132,11 @@ func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign-command: give exactly one command name: join, leave, identify, reboot, report-now or doctor")
 	}
-	e, p, err := signCommandArgs(env, "sign-command", *keyPath, tf, pos[0], fs, *seconds, *expires)
+	dir, err := caDir.resolve()
+	if err != nil {
+		return fmt.Errorf("sign-command: %w", err)
+	}
+	e, p, err := signCommandArgs(env, "sign-command", defaultKey(*keyPath, dir), tf, pos[0], fs, *seconds, *expires)
 	if err != nil {
 		return err
 	}
@@ -142,7 +152,7 @@ func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 func signCommandArgs(env *cmdEnv, cmd, keyPath string, tf targetFlags, name string, fs *flag.FlagSet, seconds int, expires time.Duration) (fleet.Envelope, fleet.CommandPayload, error) {
 	p := fleet.CommandPayload{Name: name}
 	if keyPath == "" {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: --key is required: the fleet.key written by fleetctl keygen", cmd)
+		return fleet.Envelope{}, p, errKeyRequired(cmd)
 	}
 	target, err := tf.target(cmd)
 	if err != nil {
@@ -187,4 +197,10 @@ func emit(env *cmdEnv, path string, e fleet.Envelope) error {
 		return err
 	}
 	return writeFileAtomic(path, b, 0o600)
+}
+
+// errKeyRequired names the key units trust: an enrolled fleet's is the
+// fleet.key fleetctl ca init put in the CA folder, not one from keygen.
+func errKeyRequired(cmd string) error {
+	return fmt.Errorf("%s: --key is required: the fleet signing key, fleet.key in the fleet CA folder made by fleetctl ca init (give --ca-dir, FLEETCTL_CA_DIR or ca_dir in the settings file and it is the default); only a fleet without a CA uses the one from fleetctl keygen", cmd)
 }
