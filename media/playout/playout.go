@@ -248,6 +248,7 @@ type source struct {
 	mu          sync.Mutex
 	q           []float32
 	started     bool
+	level       speechLevel // for Speaking
 }
 
 const (
@@ -256,6 +257,7 @@ const (
 )
 
 func (s *source) push(pcm []float32) {
+	s.level.hear(pcm)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.q = append(s.q, pcm...)

@@ -1,0 +1,207 @@
+package screen_test
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/headless"
+)
+
+// screenBrowser is a headless Chromium showing the display page, driven
+// over the DevTools protocol: the test reads the page as the glass shows it
+// (DOM, <video> pixels through a canvas, screenshots).
+type screenBrowser struct {
+	t    testing.TB
+	b    *headless.Browser
+	conn *websocket.Conn
+	wmu  sync.Mutex
+	id   atomic.Int64
+	mu   sync.Mutex
+	wait map[int64]chan cdpReply
+}
+
+type cdpReply struct {
+	Result json.RawMessage `json:"result"`
+	Error  *struct {
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// startScreen opens url in a headless Chromium of w×h, as the kiosk would
+// (loopback WebRTC allowed, autoplay).
+func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
+	t.Helper()
+	port, err := farend.FreeTCPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := headless.Start(t, url,
+		"--remote-debugging-port="+strconv.Itoa(port),
+		"--allow-loopback-in-peer-connection",
+		"--disable-features=WebRtcHideLocalIpsWithMdns",
+		"--autoplay-policy=no-user-gesture-required",
+		"--disable-backgrounding-occluded-windows",
+		"--hide-scrollbars",
+		fmt.Sprintf("--window-size=%d,%d", w, h))
+	sb := &screenBrowser{t: t, b: b, wait: map[int64]chan cdpReply{}}
+	deadline := time.Now().Add(20 * time.Second)
+	var wsURL string
+	for wsURL == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("chromium's DevTools did not come up:\n%s", b.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/json/list", port))
+		if err != nil {
+			continue
+		}
+		var targets []struct {
+			Type, URL            string
+			WebSocketDebuggerURL string `json:"webSocketDebuggerUrl"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&targets)
+		resp.Body.Close()
+		for _, tg := range targets {
+			if tg.Type == "page" {
+				wsURL = tg.WebSocketDebuggerURL
+			}
+		}
+	}
+	c, _, err := websocket.DefaultDialer.Dial(wsURL, nil)
+	if err != nil {
+		t.Fatalf("devtools: %v", err)
+	}
+	sb.conn = c
+	go sb.read()
+	t.Cleanup(func() { c.Close() })
+	sb.call("Emulation.setDeviceMetricsOverride", map[string]any{"width": w, "height": h, "deviceScaleFactor": 1, "mobile": false})
+	return sb
+}
+
+func (s *screenBrowser) read() {
+	for {
+		var m struct {
+			ID int64 `json:"id"`
+			cdpReply
+		}
+		if err := s.conn.ReadJSON(&m); err != nil {
+			return
+		}
+		if m.ID == 0 {
+			continue // an event
+		}
+		s.mu.Lock()
+		ch := s.wait[m.ID]
+		delete(s.wait, m.ID)
+		s.mu.Unlock()
+		if ch != nil {
+			ch <- m.cdpReply
+		}
+	}
+}
+
+func (s *screenBrowser) call(method string, params any) json.RawMessage {
+	s.t.Helper()
+	id := s.id.Add(1)
+	ch := make(chan cdpReply, 1)
+	s.mu.Lock()
+	s.wait[id] = ch
+	s.mu.Unlock()
+	s.wmu.Lock()
+	err := s.conn.WriteJSON(map[string]any{"id": id, "method": method, "params": params})
+	s.wmu.Unlock()
+	if err != nil {
+		s.t.Fatalf("devtools %s: %v", method, err)
+	}
+	select {
+	case r := <-ch:
+		if r.Error != nil {
+			s.t.Fatalf("devtools %s: %s", method, r.Error.Message)
+		}
+		return r.Result
+	case <-time.After(30 * time.Second):
+		s.t.Fatalf("devtools %s: no answer", method)
+	}
+	return nil
+}
+
+// eval runs expr in the page (awaiting a promise) and decodes its JSON
+// value into v.
+func (s *screenBrowser) eval(expr string, v any) {
+	s.t.Helper()
+	raw := s.call("Runtime.evaluate", map[string]any{"expression": expr, "awaitPromise": true, "returnByValue": true})
+	var r struct {
+		Result struct {
+			Value json.RawMessage `json:"value"`
+		} `json:"result"`
+		Exception *struct {
+			Text      string `json:"text"`
+			Exception struct {
+				Description string `json:"description"`
+			} `json:"exception"`
+		} `json:"exceptionDetails"`
+	}
+	if err := json.Unmarshal(raw, &r); err != nil {
+		s.t.Fatal(err)
+	}
+	if r.Exception != nil {
+		s.t.Fatalf("page: %s %s", r.Exception.Text, r.Exception.Exception.Description)
+	}
+	if v != nil {
+		if err := json.Unmarshal(r.Result.Value, v); err != nil {
+			s.t.Fatalf("page value %s: %v", r.Result.Value, err)
+		}
+	}
+}
+
+// screenshot is a PNG of the page as shown.
+func (s *screenBrowser) screenshot() []byte {
+	s.t.Helper()
+	var r struct {
+		Data string `json:"data"`
+	}
+	if err := json.Unmarshal(s.call("Page.captureScreenshot", map[string]any{"format": "png"}), &r); err != nil {
+		s.t.Fatal(err)
+	}
+	b, err := base64.StdEncoding.DecodeString(r.Data)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return b
+}
+
+func (s *screenBrowser) navigate(url string) {
+	s.call("Page.navigate", map[string]any{"url": url})
+}
+
+// waitUntil evaluates expr (a JSON-valued expression) until ok says yes.
+func waitUntil[T any](t testing.TB, s *screenBrowser, what string, d time.Duration, expr string, ok func(T) bool) T {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var v T
+	for {
+		var cur T
+		s.eval(expr, &cur)
+		v = cur
+		if ok(v) {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("screen: %s: not within %s; last %+v", what, d, v)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+var _ = context.Background

@@ -1,0 +1,139 @@
+package screen_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/screen"
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/display"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/livekit"
+	"github.com/konsult/konsult/media/playout"
+)
+
+// joinRTC joins room as the unit, its far-end frames to onFrame.
+func joinRTC(t *testing.T, lk *farend.LiveKit, room string, g *gate.Gate, onFrame func(playout.VideoFrame)) *livekit.RTCCall {
+	t.Helper()
+	conn, err := livekit.NewRTC(livekit.Config{
+		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second,
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "vp8", VideoBitRate: 800_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice},
+		livekit.RTCOptions{Speaker: playout.DeviceNull, OnVideoFrame: onFrame}, g, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call, err := conn.Join(ctx)
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	t.Cleanup(func() { _ = call.Leave(context.Background()) })
+	return call
+}
+
+// movingTiles waits until the screen shows n tiles, each with a picture
+// (not uniform) that changes: the far end's moving test pattern.
+func movingTiles(t *testing.T, sc *screenBrowser, n int, d time.Duration) []tileView {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var a, b []tileView
+		sc.eval(tilesJS, &a)
+		time.Sleep(250 * time.Millisecond)
+		sc.eval(tilesJS, &b)
+		if len(a) == n && len(b) == n {
+			ok := true
+			seen := map[string]bool{}
+			for i := range b {
+				if b[i].Waiting || b[i].W == 0 || b[i].Std < farend.UniformStdDev || a[i].Hash == b[i].Hash || b[i].Participant == "" || seen[b[i].Participant] {
+					ok = false
+				}
+				seen[b[i].Participant] = true
+			}
+			if ok {
+				return b
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("screen: want %d tiles with a moving picture within %s; got %+v then %+v", n, d, a, b)
+		}
+	}
+}
+
+// The room sees the patient: real LiveKit, Chromium far ends publishing
+// fake cameras, and a Chromium as the unit's screen. Each far end gets a
+// tile with its moving picture; a second one makes two tiles; a page that
+// opens mid call gets both back (keyframes asked of the far end); one
+// leaving leaves one tile.
+func TestScreenShowsEveryFarEnd(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	g := gate.New()
+	disp, err := display.New(display.Config{Gate: g, Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disp.Close()
+	call := joinRTC(t, lk, "screen", g, disp.FarFrame)
+	disp.SetFarEnd(&display.FarEnd{Keyframe: call.RequestKeyframe, Speaking: call.Playout().Speaking})
+	g.Set(gate.State{Video: true, Audio: true})
+	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open", LED: "live"}, g)
+	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp, Others: call.Others})
+	sc := startScreen(t, url, 1280, 720)
+	waitPages(t, disp, 1)
+
+	a := farend.StartFarEnd(t, lk, "screen", "patient", farend.Publish())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := a.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Published }); err != nil {
+		t.Fatalf("far end did not publish: %v", err)
+	}
+	published := time.Now()
+	one := movingTiles(t, sc, 1, 20*time.Second)
+	t.Logf("far end publishes → its moving picture on the unit's screen: %s (tile %+v)", time.Since(published).Round(10*time.Millisecond), one[0])
+
+	b := farend.StartFarEnd(t, lk, "screen", "interpreter", farend.Publish())
+	if _, err := b.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Published }); err != nil {
+		t.Fatalf("second far end did not publish: %v", err)
+	}
+	published = time.Now()
+	two := movingTiles(t, sc, 2, 20*time.Second)
+	t.Logf("second far end publishes → two moving tiles: %s", time.Since(published).Round(10*time.Millisecond))
+	var bar struct{ Bar, Others string }
+	sc.eval(`({Bar: document.getElementById('bar-text').textContent, Others: document.getElementById('others').textContent})`, &bar)
+	if bar.Bar != "LIVE: camera and microphone on" || bar.Others != "2 at the far end" {
+		t.Errorf("status bar %+v", bar)
+	}
+
+	// A page opened mid call: nothing to decode until the far ends send
+	// keyframes, which the display asks them for.
+	reloaded := time.Now()
+	sc.call("Page.reload", map[string]any{"ignoreCache": true})
+	movingTiles(t, sc, 2, 15*time.Second)
+	t.Logf("page opened mid call → both pictures back: %s", time.Since(reloaded).Round(10*time.Millisecond))
+
+	if err := b.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	left := time.Now()
+	rest := movingTiles(t, sc, 1, 15*time.Second)
+	t.Logf("one far end leaves → one tile: %s", time.Since(left).Round(10*time.Millisecond))
+	if rest[0].Participant != two[0].Participant && rest[0].Participant != two[1].Participant {
+		t.Errorf("the remaining tile shows %q, not one of %q, %q", rest[0].Participant, two[0].Participant, two[1].Participant)
+	}
+}
+
+func waitPages(t *testing.T, d *display.Display, n int) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for d.State().Pages != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("display: %d pages connected, want %d", d.State().Pages, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
