@@ -6,6 +6,11 @@
 // CA it was shipped with, installs its own certificate and never uses the
 // enrolment credential again.
 //
+// Unit is the unit's side over its lifetime: its key and installed
+// identity, the enrolment run, renewal, revocation (a fault the caller
+// decides about) and the factory reset's wipe. It is here, not in identity,
+// because it drives this package's Client; identity stays the files.
+//
 // Topics (link.Topics): <prefix>/enrol/<id>/request (unit → fleet, retained)
 // and <prefix>/enrol/<id>/response (fleet → unit, retained, signed by the
 // fleet CA's key). Nothing on them is secret: the claim code travels only as
