@@ -196,6 +196,13 @@ func (w *walk) check(line, out string) {
 		if strings.Contains(strings.ToLower(out), "error") {
 			fail("approve complained")
 		}
+		fallthrough
+	case strings.HasPrefix(line, "fleetctl acl "):
+		out, _ := os.ReadFile(filepath.Join(w.home, "acl"))
+		has := strings.Contains(string(out), "\nuser "+w.id+"\ntopic read konsult/group/clinic-north/config\n")
+		if revoked := strings.Contains(line, "fleetctl acl "); has == revoked {
+			fail(fmt.Sprintf("the rendered acl has the unit's group lines: %v", has))
+		}
 	}
 }
 
