@@ -177,7 +177,7 @@ func readClaimFile(path string) string {
 // out, then installs the identity.
 func (p *provisioning) enrol(ctx context.Context, version string) error {
 	c, err := enrol.NewClient(enrol.ClientOptions{
-		Broker: p.fleet.enrolBroker(), CAFile: p.fleet.CAFile, CertFile: p.fleet.EnrolCert, KeyFile: p.fleet.EnrolKey,
+		Broker: p.fleet.EnrolmentBroker(), CAFile: p.fleet.CAFile, CertFile: p.fleet.EnrolCert, KeyFile: p.fleet.EnrolKey,
 		Key: p.key, DeviceID: p.id, Model: p.model, Version: version, FirstRequested: p.firstRequested(),
 		Logger: p.log, OnStatus: p.setStatus,
 	})
@@ -252,7 +252,7 @@ func (p *provisioning) Enrol(code string) error {
 		p.mu.Unlock()
 		return fmt.Errorf("this unit is already enrolled as %s: to enrol it again, factory-reset it first (roomctl factory-reset --yes)", p.id)
 	}
-	if !p.fleet.enrols() {
+	if !p.fleet.Enrols() {
 		p.mu.Unlock()
 		return errors.New("this unit is not set up to enrol: its config needs fleet.broker, fleet.ca_file, fleet.enrol_cert and fleet.enrol_key (the enrolment bundle from fleetctl ca init)")
 	}

@@ -126,7 +126,7 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 		s.stateDir = defaultStateDir(simulate, local.API.Socket)
 	}
 	keyFile := f.FleetKey
-	if f.enrols() {
+	if f.Enrols() {
 		prov, err := newProvisioning(local, simulate, modelName(local), log)
 		if err != nil {
 			return nil, fmt.Errorf("fleet: %w", err)

@@ -92,7 +92,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
-		cfg, err := c.effective(nil)
+		cfg, err := c.Effective(nil)
 		if err != nil {
 			return err
 		}
@@ -118,7 +118,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return c
 	}
 	effective := func(fleetTOML []byte) (*Config, error) {
-		c, err := local.effective(fleetTOML)
+		c, err := local.Effective(fleetTOML)
 		if err != nil {
 			return nil, err
 		}

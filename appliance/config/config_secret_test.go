@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -38,7 +38,7 @@ func TestConfigErrorNamesKeyAndLineNotValue(t *testing.T) {
 			if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			_, err := loadConfig(p)
+			_, err := Load(p)
 			if err == nil {
 				t.Fatal("accepted")
 			}

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"strings"
@@ -9,7 +9,7 @@ import (
 // the machine's other users or move its socket, nor set what ties the unit
 // to its identity: each such key is refused whole, naming the key.
 func TestFleetConfigCannotSetLocalOnlyKeys(t *testing.T) {
-	local := localConfig{}
+	local := Local{}
 	for _, tc := range []struct{ name, toml, want string }{
 		{"api http", "[api]\nhttp = \"127.0.0.1:8787\"\n", "[api]"},
 		{"api socket", "[api]\nsocket = \"/tmp/x.sock\"\n", "[api]"},
@@ -17,7 +17,7 @@ func TestFleetConfigCannotSetLocalOnlyKeys(t *testing.T) {
 		{"network dir", "[unit]\nnetwork_dir = \"/tmp\"\n", "unit.network_dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := local.effective([]byte(tc.toml))
+			_, err := local.Effective([]byte(tc.toml))
 			if err == nil {
 				t.Fatalf("fleet config %q was accepted", tc.toml)
 			}
@@ -27,7 +27,7 @@ func TestFleetConfigCannotSetLocalOnlyKeys(t *testing.T) {
 		})
 	}
 	// The same keys are fine in the unit's own file.
-	if _, err := (localConfig{path: "roomd.toml", text: "[api]\nhttp = \"127.0.0.1:8787\"\n"}).effective(nil); err != nil {
+	if _, err := (Local{path: "roomd.toml", text: "[api]\nhttp = \"127.0.0.1:8787\"\n"}).Effective(nil); err != nil {
 		t.Fatalf("local [api] refused: %v", err)
 	}
 }
