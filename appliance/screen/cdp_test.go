@@ -1,7 +1,6 @@
 package screen_test
 
 import (
-	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -204,4 +203,3 @@ func waitUntil[T any](t testing.TB, s *screenBrowser, what string, d time.Durati
 	}
 }
 
-var _ = context.Background

@@ -1,0 +1,222 @@
+package screen_test
+
+import (
+	"bytes"
+	"image"
+	"image/png"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pion/mediadevices/pkg/codec/opus"
+	"github.com/pion/mediadevices/pkg/codec/vpx"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/screen"
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/display"
+	"github.com/konsult/konsult/media/gate"
+)
+
+// openTappedCapture opens the simulated camera behind g with a VP8
+// encoder whose output is tapped, and runs the encoder as a peer
+// connection's sender would.
+func openTappedCapture(t *testing.T, g *gate.Gate, tap *capture.Tap) {
+	t.Helper()
+	vp, err := vpx.NewVP8Params()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vp.BitRate, vp.KeyFrameInterval = 800_000, 600
+	op, err := opus.NewParams()
+	if err != nil {
+		t.Fatal(err)
+	}
+	capt, err := capture.Open(capture.Config{Gate: g, Width: 640, Height: 480, FPS: 30, Camera: capture.TestDevice, Microphone: capture.TestDevice,
+		Video: tap.Wrap(&vp), Audio: &op})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range capt.Tracks() {
+		if tr.Kind().String() != "video" {
+			continue
+		}
+		r, err := tr.NewEncodedReader("VP8")
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				b, release, err := r.Read()
+				if err != nil {
+					return
+				}
+				_ = b
+				release()
+			}
+		}()
+		t.Cleanup(func() {
+			capt.Stop(time.Second)
+			_ = r.Close()
+			<-stopped
+			capt.Close()
+		})
+	}
+}
+
+// selfFrames counts the frames the page has decoded for the self-view.
+const selfFramesJS = `(async () => { const mid = Object.keys(midSlot).find((m) => midSlot[m] === 8);
+  const tr = pc.getTransceivers().find((t) => t.mid === mid); if (!tr) return -1;
+  let n = -1; (await tr.receiver.getStats()).forEach((r) => { if (r.type === 'inbound-rtp') n = r.framesDecoded; }); return n; })()`
+
+// The self-view shows what the room sends and only that: the room while
+// the camera is out, the "camera closed" placeholder within a frame
+// interval of PRIVACY (the gate closing), and no frame of the room reaches
+// the page while private. Pixels are read from the glass (a screenshot).
+func TestSelfViewShowsOnlyWhatTheGateLetsOut(t *testing.T) {
+	g := gate.New()
+	tap := capture.NewTap(g)
+	disp, err := display.New(display.Config{Gate: g, SelfKeyframe: tap.RequestKeyframe, Log: testLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disp.Close()
+	tap.SetSink(disp.SelfFrame)
+	openTappedCapture(t, g, tap)
+	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open"}, g)
+	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp})
+	sc := startScreen(t, url, 1280, 720)
+	waitPages(t, disp, 1)
+
+	closedCheck := func(what string) {
+		t.Helper()
+		var s selfView
+		sc.eval(selfJS, &s)
+		if !s.Closed || s.Placeholder != "Camera closed" {
+			t.Fatalf("%s: self-view %+v, want the placeholder", what, s)
+		}
+		if std, mean := selfGlass(t, sc); std > farend.UniformStdDev || math.Abs(mean-0x3c) > 8 {
+			t.Fatalf("%s: the glass over the self-view is not the placeholder: std %.1f mean %.1f", what, std, mean)
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	closedCheck("gate shut from the start")
+	if n := framesDecoded(t, sc); n > 0 {
+		t.Fatalf("the page decoded %d self-view frames while the gate was shut", n)
+	}
+
+	opened := time.Now()
+	g.Set(gate.State{Video: true, Audio: true})
+	room := waitSelfRoom(t, sc, 10*time.Second)
+	t.Logf("camera out → the room in the self-view: %s (%+v)", time.Since(opened).Round(10*time.Millisecond), room)
+	if n := framesDecoded(t, sc); n <= 0 {
+		t.Fatalf("the page counts %d self-view frames decoded while the room shows: the count below would prove nothing", n)
+	}
+	saveShot(t, sc, "selfview-live.png")
+
+	// PRIVACY: time from the gate closing to the placeholder on the page,
+	// by the page's own clock (the same host clock as the test's).
+	done := make(chan float64, 1)
+	go func() {
+		var at float64
+		sc.eval(`new Promise((ok) => { const s = document.getElementById('self');
+		  const f = () => { if (s.classList.contains('closed')) ok(Date.now()); else requestAnimationFrame(f); }; f(); })`, &at)
+		done <- at
+	}()
+	time.Sleep(200 * time.Millisecond) // the watcher is running
+	closing := time.Now()
+	g.Set(gate.State{})
+	at := <-done
+	lat := time.UnixMilli(int64(at)).Sub(closing)
+	t.Logf("PRIVACY (gate closed) → placeholder on the screen: %s (one frame interval at 30 fps: 33 ms)", lat.Round(time.Millisecond))
+	if lat > 2*time.Second/30 { // a frame interval, and one more for a loaded CI machine's scheduling
+		t.Errorf("the placeholder came %s after the gate closed: want within a frame interval", lat)
+	}
+	time.Sleep(100 * time.Millisecond) // the one frame in flight at the close, if any
+	before := framesDecoded(t, sc)
+	time.Sleep(1500 * time.Millisecond)
+	closedCheck("private")
+	if after := framesDecoded(t, sc); after != before {
+		t.Errorf("%d room frames reached the page while private", after-before)
+	}
+	saveShot(t, sc, "selfview-private.png")
+
+	opened = time.Now()
+	g.Set(gate.State{Video: true})
+	waitSelfRoom(t, sc, 10*time.Second)
+	t.Logf("camera out again → the room in the self-view: %s", time.Since(opened).Round(10*time.Millisecond))
+}
+
+func framesDecoded(t *testing.T, sc *screenBrowser) int {
+	t.Helper()
+	var n int
+	sc.eval(selfFramesJS, &n)
+	return n
+}
+
+// waitSelfRoom waits for the self-view to show a moving, non-uniform
+// picture: the simulated camera's bars.
+func waitSelfRoom(t *testing.T, sc *screenBrowser, d time.Duration) selfView {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var a, b selfView
+		sc.eval(selfJS, &a)
+		time.Sleep(150 * time.Millisecond)
+		sc.eval(selfJS, &b)
+		if !b.Closed && !b.Waiting && b.W > 0 && b.Std > farend.UniformStdDev && a.Hash != b.Hash {
+			if std, _ := selfGlass(t, sc); std > farend.UniformStdDev {
+				return b
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("self-view: no moving room picture within %s; last %+v", d, b)
+		}
+	}
+}
+
+// selfGlass reads the top strip of the self-view box off a screenshot
+// (the placeholder's words are in its middle): its luma spread and mean.
+func selfGlass(t *testing.T, sc *screenBrowser) (std, mean float64) {
+	t.Helper()
+	var r struct{ X, Y, W, H float64 }
+	sc.eval(`(() => { const b = document.getElementById('self').getBoundingClientRect(); return {X: b.x, Y: b.y, W: b.width, H: b.height}; })()`, &r)
+	img, err := png.Decode(bytes.NewReader(sc.screenshot()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Inside the border, the top quarter.
+	rect := image.Rect(int(r.X+r.W*0.1), int(r.Y+r.H*0.08), int(r.X+r.W*0.9), int(r.Y+r.H*0.25))
+	var s, s2, n float64
+	for y := rect.Min.Y; y < rect.Max.Y; y++ {
+		for x := rect.Min.X; x < rect.Max.X; x++ {
+			cr, cg, cb, _ := img.At(x, y).RGBA()
+			l := (0.3*float64(cr) + 0.6*float64(cg) + 0.1*float64(cb)) / 257
+			s += l
+			s2 += l * l
+			n++
+		}
+	}
+	if n == 0 {
+		t.Fatalf("self-view box %+v is empty", r)
+	}
+	mean = s / n
+	return math.Sqrt(math.Max(0, s2/n-mean*mean)), mean
+}
+
+// saveShot writes a screenshot to $KONSULT_SCREEN_SHOTS (docs' pictures).
+func saveShot(t *testing.T, sc *screenBrowser, name string) {
+	dir := os.Getenv("KONSULT_SCREEN_SHOTS")
+	if dir == "" {
+		return
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), sc.screenshot(), 0o644); err != nil {
+		t.Error(err)
+	}
+}
+
