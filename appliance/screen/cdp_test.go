@@ -202,4 +202,3 @@ func waitUntil[T any](t testing.TB, s *screenBrowser, what string, d time.Durati
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-

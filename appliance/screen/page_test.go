@@ -27,8 +27,8 @@ func (m fakeMedia) Connect(context.Context, string) (display.Answer, error) {
 
 type pageText struct {
 	Lang, Class, Notice, Room, Press, Health, Bar string
-	FaultTitle, Reasons, Todo                    string
-	Overflow                                     []string
+	FaultTitle, Reasons, Todo                     string
+	Overflow                                      []string
 }
 
 // pageTextJS reads what the page shows, and which parts do not fit the

@@ -219,4 +219,3 @@ func saveShot(t *testing.T, sc *screenBrowser, name string) {
 		t.Error(err)
 	}
 }
-
