@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/provisioning/ca"
-	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/manager"
 )
@@ -185,19 +184,8 @@ func enrolCode(env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	var codes []string
-	if err := c.Update(func(l *ca.Ledger) error {
-		for range *n {
-			code := enrol.NewClaimCode()
-			codes = append(codes, code)
-			cc := ca.ClaimCode{Code: code, Note: *note, Created: env.now().UTC()}
-			if *valid > 0 {
-				cc.Expires = cc.Created.Add(*valid)
-			}
-			l.ClaimCodes = append(l.ClaimCodes, cc)
-		}
-		return nil
-	}); err != nil {
+	codes, err := manager.NewClaimCodes(c, *n, *note, *valid, env.now())
+	if err != nil {
 		return err
 	}
 	for _, code := range codes {

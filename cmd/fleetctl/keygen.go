@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -29,32 +27,11 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("keygen: unexpected argument %q: keygen takes only flags", pos[0])
 	}
-	keyPath, pubPath := filepath.Join(*out, manager.FleetKeyFile), filepath.Join(*out, manager.FleetPubFile)
 	if err := warnCAKey(env, caDir, *out); err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
-	if !*force {
-		for _, p := range []string{keyPath, pubPath} {
-			if _, err := os.Lstat(p); err == nil {
-				return fmt.Errorf("keygen: %s already exists: keep using it, or pass --force to replace the fleet key (units must then be given the new fleet.pub)", p)
-			} else if !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("keygen: %w", err)
-			}
-		}
-	}
-	if err := os.MkdirAll(*out, 0o700); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	keyPath, pubPath, pub, err := manager.GenerateKeys(*out, *force)
 	if err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	// The private key first: a fleet.pub without its fleet.key would be a
-	// key nobody can sign for.
-	if err := writeFileAtomic(keyPath, fleet.FormatPrivateKey(priv), 0o600); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
-	if err := writeFileAtomic(pubPath, fleet.FormatPublicKey(pub), 0o644); err != nil {
 		return fmt.Errorf("keygen: %w", err)
 	}
 	fmt.Fprintf(env.stdout, "wrote %s (secret: keep it off the units and out of version control)\nwrote %s (install on every unit at enrolment)\nkey id %s\n",

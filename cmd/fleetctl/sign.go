@@ -6,11 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os"
 	"strconv"
 	"time"
 
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/manager"
 )
 
 // targetFlags are --device and --group, shared by the signing commands.
@@ -86,34 +86,10 @@ func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version st
 	if err != nil || v == 0 {
 		return fleet.Envelope{}, p, fmt.Errorf("%s: --version %q is not a whole number of 1 or more: versions start at 1 and only go up", cmd, version)
 	}
-	if expires <= 0 {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: --expires must be positive, e.g. 168h", cmd)
-	}
-	cfg, err := os.ReadFile(path)
-	if err != nil {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: read config: %w", cmd, err)
-	}
-	if _, err := fleet.ParseTOML(cfg); err != nil {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: %s: %w: fix it and sign again", cmd, path, err)
-	}
-	priv, err := fleet.LoadPrivateKey(keyPath)
+	e, p, err := manager.SignConfigFile(keyPath, target, v, expires, urgent, path, env.now())
 	if err != nil {
 		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
 	}
-	issued := env.now().UTC().Truncate(time.Second)
-	p = fleet.ConfigPayload{
-		Version:   v,
-		IssuedAt:  issued,
-		ExpiresAt: issued.Add(expires),
-		Target:    target,
-		Urgent:    urgent,
-		Config:    string(cfg),
-	}
-	e, err := fleet.SignConfig(priv, p)
-	if err != nil {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
-	}
-	p.Kind = fleet.KindConfig
 	return e, p, nil
 }
 
@@ -158,32 +134,16 @@ func signCommandArgs(env *cmdEnv, cmd, keyPath string, tf targetFlags, name stri
 	if err != nil {
 		return fleet.Envelope{}, p, err
 	}
-	p.Target = target
-	if expires <= 0 {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: --expires must be positive, e.g. 5m", cmd)
-	}
+	var cargs map[string]json.RawMessage
 	fs.Visit(func(f *flag.Flag) {
 		if f.Name == "seconds" {
-			p.Args = map[string]json.RawMessage{"seconds": json.RawMessage(strconv.Itoa(seconds))}
+			cargs = map[string]json.RawMessage{"seconds": json.RawMessage(strconv.Itoa(seconds))}
 		}
 	})
-	if _, err := fleet.ValidateCommand(p.Name, p.Args); err != nil {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
-	}
-	priv, err := fleet.LoadPrivateKey(keyPath)
+	e, p, err := manager.SignCommandFile(keyPath, target, name, cargs, expires, env.now())
 	if err != nil {
 		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
 	}
-	p.IssuedAt = env.now().UTC().Truncate(time.Second)
-	p.ExpiresAt = p.IssuedAt.Add(expires)
-	// The nonce is chosen here rather than inside SignCommand so that the
-	// sender knows it: units name it in their command results.
-	p.Nonce = fleet.NewNonce()
-	e, err := fleet.SignCommand(priv, p)
-	if err != nil {
-		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
-	}
-	p.Kind = fleet.KindCommand
 	return e, p, nil
 }
 

@@ -1,8 +1,6 @@
 package manager
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
@@ -55,14 +53,7 @@ func InitCA(dir, name, broker string, extraHosts []string) (InitResult, error) {
 		return InitResult{}, err
 	}
 	// The config-signing key lives with the CA: both are the fleet's trust.
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return InitResult{}, err
-	}
-	if err := atomicfile.Write(filepath.Join(dir, FleetKeyFile), fleet.FormatPrivateKey(priv), 0o600); err != nil {
-		return InitResult{}, err
-	}
-	if err := atomicfile.Write(filepath.Join(dir, FleetPubFile), fleet.FormatPublicKey(pub), 0o644); err != nil {
+	if _, _, _, err := GenerateKeys(dir, true); err != nil {
 		return InitResult{}, err
 	}
 	r := InitResult{filepath.Join(dir, "broker"), filepath.Join(dir, "admin"), filepath.Join(dir, "enrol")}

@@ -263,3 +263,23 @@ func WriteACL(c *ca.CA, admin, path string) error {
 	}
 	return nil
 }
+
+// NewClaimCodes adds n claim codes for installers to the ledger, one per
+// unit, with note; an unused one enrols nothing after valid (0: never).
+func NewClaimCodes(c *ca.CA, n int, note string, valid time.Duration, now time.Time) ([]string, error) {
+	var codes []string
+	err := c.Update(func(l *ca.Ledger) error {
+		codes = codes[:0]
+		for range n {
+			code := enrol.NewClaimCode()
+			codes = append(codes, code)
+			cc := ca.ClaimCode{Code: code, Note: note, Created: now.UTC()}
+			if valid > 0 {
+				cc.Expires = cc.Created.Add(valid)
+			}
+			l.ClaimCodes = append(l.ClaimCodes, cc)
+		}
+		return nil
+	})
+	return codes, err
+}
