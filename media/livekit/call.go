@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,11 +24,7 @@ type Call struct {
 	log  *slog.Logger
 	rate *congestion.Controller
 
-	connected atomic.Bool
-	once      sync.Once
-	endOnce   sync.Once
-	ended     chan error
-	over      chan struct{} // closed when the call is over, for internal watchers
+	lifecycle // Ended, and the end of the call
 	recovery  recovery
 	restarts  atomic.Int32
 }
@@ -44,13 +39,10 @@ func (c *Call) Restarts() int { return int(c.restarts.Load()) }
 // ID is a random meeting id for events; it says nothing about the room.
 func (c *Call) ID() string { return c.id }
 
-// Ended yields once if the call ends by itself; closed when the call is over.
-func (c *Call) Ended() <-chan error { return c.ended }
-
 // Leave deletes the WHIP session (the server drops the participant at once)
 // and releases camera and microphone.
 func (c *Call) Leave(ctx context.Context) error {
-	c.connected.Store(false) // what follows is our doing, not the call ending by itself
+	c.leaving() // what follows is our doing, not the call ending by itself
 	var err error
 	if c.sess != nil {
 		err = c.sess.Delete(ctx)
@@ -63,24 +55,13 @@ func (c *Call) Leave(ctx context.Context) error {
 	return nil
 }
 
-// close ends the pipelines, then the PeerConnection (which stops the
-// encoders reading), and only then releases camera and microphone.
-func (c *Call) close() {
-	c.once.Do(func() {
-		c.capt.Stop(time.Second)
-		_ = c.pc.Close()
-		c.capt.Close()
-	})
-}
-
-func (c *Call) finish(err error, byItself bool) {
-	c.endOnce.Do(func() {
-		if byItself {
-			c.ended <- err
-		}
-		close(c.ended)
-		close(c.over)
-	})
+// releaseMedia (the lifecycle's release, once) ends the pipelines, then
+// the PeerConnection (which stops the encoders reading), and only then
+// releases camera and microphone.
+func (c *Call) releaseMedia() {
+	c.capt.Stop(time.Second)
+	_ = c.pc.Close()
+	c.capt.Close()
 }
 
 // onState turns the connection state into the end of the call: closed at
@@ -121,7 +102,8 @@ func (c *Call) restartICE() error {
 // end is the call ending by itself. The first reason wins: once ending, the
 // connection closing as a result is not news (hence the swap).
 func (c *Call) end(err error) {
-	if !c.connected.CompareAndSwap(true, false) {
+	byItself, ok := c.claim()
+	if !ok {
 		return // already ending, or being left
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -130,5 +112,5 @@ func (c *Call) end(err error) {
 		_ = c.sess.Delete(ctx) // best effort: the server may be gone
 	}
 	c.close()
-	c.finish(err, true)
+	c.finish(err, byItself)
 }

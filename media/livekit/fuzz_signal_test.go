@@ -71,7 +71,8 @@ func fuzzCall(t *testing.T) (*RTCCall, func()) {
 	ws.SetReadLimit(MaxSignalMessage)
 	sig := &signal{ws: ws, done: make(chan struct{})}
 	c := &RTCCall{conn: conn, salt: []byte("salt"), log: log, others: map[string]string{}, presence: make(chan media.Presence, 64),
-		ended: make(chan error, 1), over: make(chan struct{}), pc: pc, sig: sig, sid: "PA_unit"}
+		pc: pc, sig: sig, sid: "PA_unit"}
+	c.init(func() {})
 	return c, func() {
 		c.finish(nil, false)
 		_ = ws.Close()

@@ -183,7 +183,8 @@ func (c *WHIPConnector) join(ctx context.Context) (*Call, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	call := &Call{id: newMeetingID(), pc: pc, capt: capt, ended: make(chan error, 1), over: make(chan struct{}), log: c.log, rate: rate}
+	call := &Call{id: newMeetingID(), pc: pc, capt: capt, log: c.log, rate: rate}
+	call.init(call.releaseMedia)
 	call.recovery = recovery{grace: c.cfg.DisconnectGrace, over: call.over, end: call.end, restart: call.restartICE, log: c.log.Info}
 	pc.OnConnectionStateChange(call.onState)
 	tPC := time.Now()
