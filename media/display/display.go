@@ -120,6 +120,7 @@ type Display struct {
 	selfAt    time.Time
 	selfCod   string
 	selfAsked time.Time
+	selfGen   <-chan struct{} // the gate's Changed as of the last self-view frame
 	closed    bool
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -236,6 +237,15 @@ func (d *Display) SelfFrame(f capture.EncodedFrame) {
 		d.mu.Unlock()
 		return
 	}
+	// Any change of the gate since the last frame (the watcher may not
+	// have run yet): every page waits for a keyframe coded after it.
+	rekey := false
+	if ch := d.cfg.Gate.Changed(); ch != d.selfGen {
+		d.selfGen, rekey = ch, true
+		for _, p := range d.pages {
+			p.wantKey(SelfSlot)
+		}
+	}
 	dur := frameDuration(d.selfAt, f.At)
 	d.selfAt = f.At
 	if d.selfCod != f.Codec {
@@ -244,6 +254,9 @@ func (d *Display) SelfFrame(f capture.EncodedFrame) {
 	}
 	pages := d.pages
 	d.mu.Unlock()
+	if rekey && !f.Keyframe {
+		d.keyframeFor(SelfSlot)
+	}
 	fr := frame{slot: SelfSlot, codec: f.Codec, data: append([]byte(nil), f.Data...), key: f.Keyframe, dur: dur}
 	for _, p := range pages {
 		p.enqueue(fr)

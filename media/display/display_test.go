@@ -1,0 +1,255 @@
+package display
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pion/webrtc/v4"
+
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/playout"
+)
+
+// testPage is a pion peer in the page's place: Slots receive-only video
+// sections, and a count of RTP packets per slot.
+type testPage struct {
+	pc      *webrtc.PeerConnection
+	midSlot map[string]int
+	mu      sync.Mutex
+	packets [Slots]int
+	tracks  atomic.Int32
+}
+
+func connectPage(t *testing.T, d *Display) *testPage {
+	t.Helper()
+	api, err := newAPI() // the same codecs and loopback settings
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := api.NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	p := &testPage{pc: pc, midSlot: map[string]int{}}
+	for range Slots {
+		if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pc.OnTrack(func(tr *webrtc.TrackRemote, rcv *webrtc.RTPReceiver) {
+		p.tracks.Add(1)
+		var mid string
+		for _, x := range pc.GetTransceivers() {
+			if x.Receiver() == rcv {
+				mid = x.Mid()
+			}
+		}
+		p.mu.Lock()
+		slot, ok := p.midSlot[mid]
+		p.mu.Unlock()
+		for {
+			if _, _, err := tr.ReadRTP(); err != nil {
+				return
+			}
+			if ok {
+				p.mu.Lock()
+				p.packets[slot]++
+				p.mu.Unlock()
+			}
+		}
+	})
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(offer); err != nil {
+		t.Fatal(err)
+	}
+	<-gathered
+	ans, err := d.Connect(context.Background(), pc.LocalDescription().SDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ans.Mids) != Slots {
+		t.Fatalf("answer names %d slots, want %d", len(ans.Mids), Slots)
+	}
+	p.mu.Lock()
+	for i, m := range ans.Mids {
+		p.midSlot[m] = i
+	}
+	p.mu.Unlock()
+	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeAnswer, SDP: ans.SDP}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for pc.ConnectionState() != webrtc.PeerConnectionStateConnected {
+		if time.Now().After(deadline) {
+			t.Fatalf("page peer connection: %s", pc.ConnectionState())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return p
+}
+
+func (p *testPage) count(slot int) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.packets[slot]
+}
+
+// VP8 frame headers: enough for the keyframe test, not for a decoder.
+var (
+	vp8Key   = []byte{0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 1, 2, 3, 4}
+	vp8Delta = []byte{0x11, 0x02, 0x00, 5, 6, 7, 8, 9}
+)
+
+func newDisplay(t *testing.T, g *gate.Gate, selfKey func()) *Display {
+	t.Helper()
+	d, err := New(Config{Gate: g, SelfKeyframe: selfKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+func eventually(t *testing.T, what string, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A slot sends the page nothing before a keyframe, asks the far end for
+// one when it starts, and then forwards every frame.
+func TestSlotWaitsForKeyframe(t *testing.T) {
+	d := newDisplay(t, gate.New(), nil)
+	var asked atomic.Int32
+	d.SetFarEnd(&FarEnd{Keyframe: func(p string) bool {
+		if p == "p-a" {
+			asked.Add(1)
+		}
+		return true
+	}})
+	page := connectPage(t, d)
+	for range 10 {
+		d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Data: vp8Delta, At: time.Now()})
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := page.count(0); n != 0 {
+		t.Fatalf("%d packets reached the page before a keyframe", n)
+	}
+	eventually(t, "a keyframe asked of the far end", time.Second, func() bool { return asked.Load() > 0 })
+	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Width: 640, Height: 480, Data: vp8Key, At: time.Now()})
+	for range 5 {
+		d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Data: vp8Delta, At: time.Now()})
+	}
+	eventually(t, "the keyframe and what follows reach the page", 5*time.Second, func() bool { return page.count(0) >= 6 })
+	st := d.State()
+	if len(st.Far) != 1 || st.Far[0].Participant != "p-a" || st.Far[0].Width != 640 || st.Pages != 1 || !st.InCall {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+// Slots are bounded: a ninth far-end video waits; a participant who leaves
+// (or whose video stops for IdleAfter) frees theirs; the call's end frees
+// all.
+func TestSlotsBounded(t *testing.T) {
+	d := newDisplay(t, gate.New(), nil)
+	d.SetFarEnd(&FarEnd{})
+	for i := range FarSlots + 1 {
+		d.FarFrame(playout.VideoFrame{Participant: "p-" + string(rune('a'+i)), Codec: "VP8", Keyframe: true, Data: vp8Key})
+	}
+	if n := len(d.State().Far); n != FarSlots {
+		t.Fatalf("%d slots taken, want %d", n, FarSlots)
+	}
+	d.Left("p-a")
+	d.FarFrame(playout.VideoFrame{Participant: "p-i", Codec: "VP8", Keyframe: true, Data: vp8Key})
+	st := d.State()
+	if len(st.Far) != FarSlots || st.Far[0].Participant != "p-i" {
+		t.Fatalf("after a leave, the waiting video should take the free slot: %+v", st.Far)
+	}
+	eventually(t, "idle slots freed", IdleAfter+2*time.Second, func() bool { return len(d.State().Far) == 0 })
+	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: vp8Key})
+	d.SetFarEnd(nil)
+	if st := d.State(); len(st.Far) != 0 || st.InCall {
+		t.Fatalf("after the call: %+v", st)
+	}
+	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: vp8Key})
+	if n := len(d.State().Far); n != 0 {
+		t.Fatalf("a frame with no call took a slot")
+	}
+	// Oversized frames are not taken.
+	d.SetFarEnd(&FarEnd{})
+	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: make([]byte, MaxFrameBytes+1)})
+	if n := len(d.State().Far); n != 0 {
+		t.Fatalf("an oversized frame took a slot")
+	}
+}
+
+// Offers other than the page's (audio, too many sections, too big) are
+// refused; a third page replaces the oldest.
+func TestOffersAndPagesBounded(t *testing.T) {
+	d := newDisplay(t, gate.New(), nil)
+	for name, sdp := range map[string]string{
+		"audio":   "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n",
+		"ten":     "v=0\r\n" + strings.Repeat("m=video 9 UDP/TLS/RTP/SAVPF 96\r\n", 10),
+		"none":    "v=0\r\n",
+		"too big": "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n" + strings.Repeat("a=x\r\n", MaxOfferBytes/4),
+		"not sdp": "m=video hello",
+	} {
+		if _, err := d.Connect(context.Background(), sdp); err == nil {
+			t.Errorf("%s offer taken", name)
+		}
+	}
+	for range MaxPages + 1 {
+		connectPage(t, d)
+	}
+	if n := d.State().Pages; n != MaxPages {
+		t.Fatalf("%d pages fed, want at most %d", n, MaxPages)
+	}
+}
+
+// The self-view slot takes frames from the tap, asks the encoder for a
+// keyframe when a page connects, and waits for one after the camera comes
+// out again.
+func TestSelfSlot(t *testing.T) {
+	g := gate.New()
+	var asked atomic.Int32
+	d := newDisplay(t, g, func() { asked.Add(1) })
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Key, Keyframe: true, At: time.Now()}) // no page: dropped
+	page := connectPage(t, d)
+	eventually(t, "a keyframe asked of the encoder", time.Second, func() bool { return asked.Load() > 0 })
+	g.Set(gate.State{Video: true})
+	eventually(t, "camera out in the state", time.Second, func() bool { return d.State().CameraOut })
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Delta, At: time.Now()})
+	time.Sleep(100 * time.Millisecond)
+	if n := page.count(SelfSlot); n != 0 {
+		t.Fatalf("a delta frame before any keyframe reached the page (%d packets)", n)
+	}
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Key, Keyframe: true, At: time.Now()})
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Delta, At: time.Now()})
+	eventually(t, "self-view frames reach the page", 5*time.Second, func() bool { return page.count(SelfSlot) >= 2 })
+	g.Set(gate.State{})
+	eventually(t, "camera not out in the state", time.Second, func() bool { return !d.State().CameraOut })
+	g.Set(gate.State{Video: true})
+	eventually(t, "camera out again", time.Second, func() bool { return d.State().CameraOut })
+	n := page.count(SelfSlot)
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Delta, At: time.Now()})
+	time.Sleep(100 * time.Millisecond)
+	if m := page.count(SelfSlot); m != n {
+		t.Fatalf("after the camera came out again a delta frame reached the page before a keyframe")
+	}
+}
