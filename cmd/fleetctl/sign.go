@@ -40,7 +40,7 @@ func (t targetFlags) target(cmd string) (fleet.Target, error) {
 func sign(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("sign")
 	keyPath := fs.String("key", "", "the fleet signing key (default: fleet.key in the CA folder, --ca-dir)")
-	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR]")
+	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR, ca_dir in the settings file]")
 	tf := addTargetFlags(fs)
 	version := fs.String("version", "", "config version for this target, above the last one published for it")
 	expires := fs.Duration("expires", 168*time.Hour, "how long units accept the envelope; a unit enrolled later needs it re-signed")
@@ -96,7 +96,7 @@ func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version st
 func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("sign-command")
 	keyPath := fs.String("key", "", "the fleet signing key (default: fleet.key in the CA folder, --ca-dir)")
-	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR]")
+	caDir := addCADirUsage(fs, "the fleet CA directory: its fleet.key is the default --key [$FLEETCTL_CA_DIR, ca_dir in the settings file]")
 	tf := addTargetFlags(fs)
 	seconds := fs.Int("seconds", 0, "identify: how long the unit blinks its LED (1-300; default 10)")
 	expires := fs.Duration("expires", 5*time.Minute, "how long units accept the command (at most 1h)")
