@@ -49,7 +49,7 @@ func TestFleetManagerFirstDay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds fleetctl and roomd and runs a unit: not with -short")
 	}
-	bin := binaries(t, "fleetctl", "roomd")
+	bin := binaries(t, "fleetctl", "roomd", "roomctl")
 	home := t.TempDir()
 	fake := t.TempDir()
 	w := &walk{t: t, home: home, env: []string{"HOME=" + home, "PATH=" + bin + ":" + fake + ":" + os.Getenv("PATH")}}
@@ -79,6 +79,13 @@ func TestFleetManagerFirstDay(t *testing.T) {
 	// The installer's side (docs/INSTALL.md "Enrolment"): the enrolment
 	// bundle with its roomd-fleet.toml, and the claim code on the card.
 	w.unit = startUnit(t, w, caDir, code)
+	// docs/INSTALL.md step 3: the installer reads the id off the unit.
+	shown := w.unit.until(30*time.Second, "roomctl status: waiting_for_approval and the device id", func(out string) string {
+		if !strings.Contains(out, "waiting_for_approval") {
+			return ""
+		}
+		return regexp.MustCompile(`ku-[a-z2-7]{20}`).FindString(out)
+	})
 	w.id = w.until(30*time.Second, "the unit waits in fleetctl enrol list", []string{"fleetctl", "enrol", "list"}, func(out string) string {
 		for _, line := range strings.Split(out, "\n") {
 			if f := strings.Fields(line); len(f) > 0 && strings.HasPrefix(f[0], identity.DeviceIDPrefix) && strings.Contains(line, code) && strings.Contains(line, "pending") {
@@ -88,9 +95,19 @@ func TestFleetManagerFirstDay(t *testing.T) {
 		return ""
 	})
 
+	if w.id != shown {
+		t.Fatalf("enrol list shows %s, the unit's roomctl status %s", w.id, shown)
+	}
+
 	// 4. Approval, ACL, reload, at a human's pace; the unit gets its group's
 	// first config by itself.
 	w.block("README.md", "walk-approve")
+	w.unit.until(30*time.Second, "roomctl status: enrolled and fleet connected", func(out string) string {
+		if strings.Contains(out, "enrolled") && strings.Contains(out, "connected,") && !strings.Contains(out, "not connected") {
+			return "ok"
+		}
+		return ""
+	})
 	w.until(30*time.Second, "status: the unit online with clinic-north v1", []string{"fleetctl", "status"}, func(out string) string {
 		if l := w.unitLine(out); strings.Contains(l, " yes ") && strings.Contains(l, "clinic-north v1") {
 			return l
@@ -106,6 +123,13 @@ func TestFleetManagerFirstDay(t *testing.T) {
 	if l := w.unitLine(w.output); !strings.Contains(l, "revoked") {
 		t.Fatalf("fleetctl status does not name the revoked unit revoked:\n%s", w.output)
 	}
+	// The broker, restarted with the new CRL, refuses the unit.
+	w.unit.until(30*time.Second, "roomctl status: REVOKED", func(out string) string {
+		if strings.Contains(out, "REVOKED") {
+			return "ok"
+		}
+		return ""
+	})
 }
 
 // block runs a doc block's command lines in order, checking each the way
@@ -258,6 +282,7 @@ func tail(s string, n int) string {
 // simUnit is a roomd --sim unit set up as docs/INSTALL.md says.
 type simUnit struct {
 	t           *testing.T
+	sock        string
 	identityDir string
 	logs        *syncbuf.Buffer
 }
@@ -291,7 +316,7 @@ func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 		t.Fatalf("roomd-fleet.toml does not name the broker ca init was given:\n%s", fleet)
 	}
 	conf = strings.ReplaceAll(conf, "127.0.0.1:8883", fmt.Sprintf("127.0.0.1:%d", w.b.unitPort))
-	u := &simUnit{t: t, identityDir: filepath.Join(dir, "identity"), logs: &syncbuf.Buffer{}}
+	u := &simUnit{t: t, sock: filepath.Join(dir, "roomd.sock"), identityDir: filepath.Join(dir, "identity"), logs: &syncbuf.Buffer{}}
 	claim := filepath.Join(dir, "konsult-claim.txt")
 	if err := os.WriteFile(claim, []byte("# the claim code from your fleet manager, on the next line\n"+code+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -305,7 +330,7 @@ func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "roomd"), "--sim", "--config", cfg, "--socket", filepath.Join(dir, "roomd.sock"), "--http", "off")
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "roomd"), "--sim", "--config", cfg, "--socket", u.sock, "--http", "off")
 	cmd.Stdout, cmd.Stderr = u.logs, u.logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -320,6 +345,23 @@ func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 		}
 	})
 	return u
+}
+
+// until runs roomctl status on the unit, as the installer does, until ok
+// finds what they wait for.
+func (u *simUnit) until(d time.Duration, what string, ok func(string) string) string {
+	u.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		out, _ := exec.Command(filepath.Join(binDir, "roomctl"), "--socket", u.sock, "status").CombinedOutput()
+		if got := ok(string(out)); got != "" {
+			return got
+		}
+		if time.Now().After(deadline) {
+			u.t.Fatalf("%s: not within %s; last roomctl status:\n%s", what, d, out)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
 }
 
 // certSerial is the serial of the certificate the unit holds now.
