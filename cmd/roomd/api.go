@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"sort"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/konsult/konsult/hal/sim"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
 	"github.com/konsult/konsult/provisioning/network"
@@ -214,61 +214,12 @@ func (u *unit) buttonNames() []string {
 	return out
 }
 
-// Doctor checks the wiring as far as software can see it; each failure names
-// the pin and the likely fix.
+// Doctor is roomctl doctor: the wiring (hal/board), the unit's faults, and
+// the conference connection (media/livekit, media/capture). Each failure
+// names what to fix.
 func (u *unit) Doctor(ctx context.Context) []localapi.Check {
-	var out []localapi.Check
-	where := func(line string) string {
-		if h := u.profile.Header[line]; h != 0 {
-			return fmt.Sprintf("%s (header pin %d)", line, h)
-		}
-		return line
-	}
-	for _, r := range board.ButtonRoles() {
-		p := u.pins.Buttons[r]
-		if p == nil {
-			continue
-		}
-		c := localapi.Check{Name: "button " + string(r), OK: p.Read() == gpio.High}
-		if c.OK {
-			c.Detail = where(p.Name()) + " reads released"
-		} else {
-			c.Detail = where(p.Name()) + " reads pressed at rest"
-			c.Fix = "if nobody is pressing it: the line is shorted to ground or the button is wired normally-closed; buttons go between the pin and ground (active-low, pull-up)"
-		}
-		out = append(out, c)
-	}
 	st := u.machine.Status()
-	if u.pins.OpenSensor != nil && u.pins.ClosedSensor != nil {
-		o, cl := u.pins.OpenSensor.Read() == gpio.Low, u.pins.ClosedSensor.Read() == gpio.Low
-		c := localapi.Check{Name: "shutter sensors"}
-		switch {
-		case o && cl:
-			c.Detail = fmt.Sprintf("both the open sensor %s and the closed sensor %s are active", where(u.pins.OpenSensor.Name()), where(u.pins.ClosedSensor.Name()))
-			c.Fix = "a sensor is stuck or shorted to ground, or both switches are wired to the same line; each switch goes between its own pin and ground"
-		case st.Shutter == "closed" && !cl:
-			c.Detail = fmt.Sprintf("the shutter should be closed but the closed sensor %s is not active (open sensor active: %v)", where(u.pins.ClosedSensor.Name()), o)
-			c.Fix = "check the closed switch and its wire to ground; if the shutter is visibly open, check the actuator " + where(u.pins.Actuator.Name()) + " and its relay"
-		case st.Shutter == "open" && !o:
-			c.Detail = fmt.Sprintf("the shutter should be open but the open sensor %s is not active", where(u.pins.OpenSensor.Name()))
-			c.Fix = "check the open switch and its wire to ground"
-		default:
-			c.OK = true
-			c.Detail = fmt.Sprintf("open sensor %s active=%v, closed sensor %s active=%v; shutter %s", where(u.pins.OpenSensor.Name()), o, where(u.pins.ClosedSensor.Name()), cl, st.Shutter)
-		}
-		out = append(out, c)
-	} else {
-		out = append(out, localapi.Check{Name: "shutter sensors", OK: false,
-			Detail: "no open/closed sensors configured: the unit cannot confirm the shutter is closed",
-			Fix:    "wire a switch for each end stop to ground and set pins shutter_open and shutter_closed"})
-	}
-	out = append(out, localapi.Check{Name: "shutter actuator", OK: true,
-		Detail: where(u.pins.Actuator.Name()) + " drives the shutter open when high; released or low = closed by the spring"})
-	ledDetail := "pulse by PWM"
-	if !u.led.HasPWM() {
-		ledDetail = "no PWM on this pin: pulse is shown as a heartbeat blink"
-	}
-	out = append(out, localapi.Check{Name: "led", OK: true, Detail: ledDetail + "; now " + st.LED})
+	out := doctorChecks(u.profile.WiringChecks(u.pins, st.Shutter, u.led.HasPWM(), st.LED))
 	if len(st.Faults) > 0 {
 		out = append(out, localapi.Check{Name: "faults", OK: false, Detail: strings.Join(st.Faults, "; "),
 			Fix: "the unit stays in fault (LED fast red blink) until the cause is gone"})
@@ -280,11 +231,11 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 			how = "LiveKit (two-way, its own signalling)"
 		}
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: how + " at " + u.cfg.Conference.URL + ", room " + u.cfg.Conference.Room})
-		out = append(out, hostChecks(u.cfg.Conference.URL, u.cfg.Conference.AllowedHosts, u.cfg.Conference.AllowPrivateICE)...)
+		out = append(out, doctorChecks(livekit.HostChecks(u.cfg.Conference.URL, u.cfg.Conference.AllowedHosts, u.cfg.Conference.AllowPrivateICE))...)
 		for _, ch := range u.lk.Encoders() {
 			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
 		}
-		out = append(out, deviceChecks(u.simBoard != nil, u.cfg.Conference.Camera, u.cfg.Conference.Microphone)...)
+		out = append(out, doctorChecks(capture.DeviceChecks(u.simBoard != nil, u.cfg.Conference.Camera, u.cfg.Conference.Microphone))...)
 	case u.simConf != nil:
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
 	default:
@@ -293,62 +244,17 @@ func (u *unit) Doctor(ctx context.Context) []localapi.Check {
 	return out
 }
 
-// hostChecks warns about what the conference server may aim the unit at.
-// Warnings pass (the unit works), so they are OK checks whose detail says
-// "warning:" and that carry a fix.
-func hostChecks(serverURL string, allowed []string, allowPrivateICE bool) []localapi.Check {
-	var out []localapi.Check
-	host := "livekit.clinic.example"
-	if u, err := url.Parse(serverURL); err == nil && u.Hostname() != "" {
-		host = u.Hostname()
-	}
-	if len(allowed) == 0 {
-		out = append(out, localapi.Check{Name: "allowed hosts", OK: true,
-			Detail: "warning: conference.allowed_hosts is empty: the server's redirects and session URLs may lead the unit over https to any host, internal addresses (10/8, 192.168/16 ...) included",
-			Fix:    fmt.Sprintf("set conference.allowed_hosts = [%q] (and any other host of the conference service)", host)})
-	}
-	if allowPrivateICE {
-		out = append(out, localapi.Check{Name: "private ice", OK: true,
-			Detail: "warning: conference.allow_private_ice is on: the server may hand out TURN servers and candidates at internal addresses, and the unit connects there",
-			Fix:    "keep it only for a media server on the clinic's own network; otherwise set conference.allow_private_ice = false"})
-	}
-	return out
-}
-
-// deviceChecks says which camera and microphone a join would open, from
-// what the unit can see now.
-func deviceChecks(simulated bool, camera, microphone string) []localapi.Check {
-	var out []localapi.Check
-	devs := capture.Devices()
-	for _, want := range []struct{ kind, sel string }{{"camera", camera}, {"microphone", microphone}} {
-		if simulated {
-			want.sel = capture.TestDevice
-		}
-		var found []string
-		for _, d := range devs {
-			if d.Kind == want.kind && d.Test == (want.sel == capture.TestDevice) {
-				found = append(found, d.Label)
-			}
-		}
-		c := localapi.Check{Name: want.kind}
-		switch {
-		case want.sel == capture.TestDevice:
-			c.OK, c.Detail = true, "the simulated "+want.kind+" (test driver)"
-		case len(found) == 0:
-			c.Detail = "none found"
-			c.Fix = map[string]string{
-				"camera":     "plug in a USB (UVC) camera or enable the camera module; check /dev/video* and that roomd's user is in group video",
-				"microphone": "plug in a microphone; check `arecord -l` and that roomd's user is in group audio",
-			}[want.kind]
-		default:
-			c.OK = true
-			sel := want.sel
-			if sel == "" {
-				sel = "the first found"
-			}
-			c.Detail = fmt.Sprintf("found %s; conference.%s selects %s", strings.Join(found, ", "), want.kind, sel)
-		}
-		out = append(out, c)
+// doctorChecks maps a lower layer's checks (media/livekit, media/capture)
+// to the local API's.
+func doctorChecks[C ~struct {
+	Name   string
+	OK     bool
+	Detail string
+	Fix    string
+}](cs []C) []localapi.Check {
+	out := make([]localapi.Check, len(cs))
+	for i, c := range cs {
+		out[i] = localapi.Check(c)
 	}
 	return out
 }

@@ -281,7 +281,7 @@ func TestEnrolRefusalsShownOnTheUnit(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "konsult-claim.txt"), []byte("# Konsult claim code: write it on the next line\n"+code+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(dir, "identity", savedClaimFile))
+	os.Remove(filepath.Join(dir, "identity", enrol.SavedClaimFile))
 	u.shutdown()
 	u = startUnit(t, f.unitConfig(dir, ""))
 	u.within(30*time.Second, "waiting with the boot-partition code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
@@ -403,7 +403,7 @@ func TestTakeClaimFromBootPartition(t *testing.T) {
 	dir := t.TempDir()
 	boot := filepath.Join(dir, "konsult-claim.txt")
 	code := enrol.NewClaimCode()
-	if err := os.WriteFile(boot, []byte(claimPlaceholder+strings.ToLower(code)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(boot, []byte(enrol.ClaimPlaceholder+strings.ToLower(code)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	var out bytes.Buffer
@@ -415,17 +415,17 @@ func TestTakeClaimFromBootPartition(t *testing.T) {
 	if err := run(context.Background(), []string{"--take-claim", boot, "--config", conf}, &out, &out); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if got := readClaimFile(filepath.Join(idDir, savedClaimFile)); got != code {
+	if got := enrol.ReadClaimFile(filepath.Join(idDir, enrol.SavedClaimFile)); got != code {
 		t.Fatalf("identity dir holds %q, want %q", got, code)
 	}
-	if got := readClaimFile(boot); got != "" {
+	if got := enrol.ReadClaimFile(boot); got != "" {
 		t.Fatalf("the boot partition still carries a code: %q", got)
 	}
 	// Run again (every boot): nothing to take, nothing changes.
 	if err := run(context.Background(), []string{"--take-claim", boot, "--config", conf}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	if got := readClaimFile(filepath.Join(idDir, savedClaimFile)); got != code {
+	if got := enrol.ReadClaimFile(filepath.Join(idDir, enrol.SavedClaimFile)); got != code {
 		t.Fatalf("second run changed the saved code to %q", got)
 	}
 	// A typo on the card is reported, not silently dropped.

@@ -17,7 +17,6 @@ import (
 	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/fleet"
-	"github.com/konsult/konsult/provisioning/identity"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -266,9 +265,7 @@ func (s *fleetSetup) connection(cfg *Config) (agent.Connection, error) {
 		// An enrolled unit always speaks as itself: its own key and the
 		// certificate and CA enrolment installed (renewal replaces the
 		// certificate file; the link reads it at each connect).
-		o.CAFile = filepath.Join(s.prov.dir, identity.CAFile)
-		o.CertFile = filepath.Join(s.prov.dir, identity.CertFile)
-		o.KeyFile = s.prov.key.Path()
+		o.CAFile, o.CertFile, o.KeyFile = s.prov.CAPath(), s.prov.CertPath(), s.prov.KeyPath()
 		o.OnConnectError = s.prov.onConnectError
 	}
 	return agent.Connection{Link: o, ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration}, nil

@@ -2,61 +2,18 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
-	"os"
 	"path/filepath"
-	"reflect"
-	"strconv"
-	"strings"
-	"time"
 
-	"github.com/konsult/konsult/internal/atomicfile"
-	"github.com/konsult/konsult/provisioning/identity"
 	"github.com/konsult/konsult/provisioning/network"
 )
 
-// The network settings reach NetworkManager in two steps, because roomd runs
-// as an unprivileged user and NetworkManager only reads keyfiles owned by
-// root:
-//
-//  1. roomd renders the [network] section into unit.network_dir (its own
-//     state, mode 0600 files) and writes a numbered "request" file;
-//  2. a root helper (konsult-network.path starts konsult-network.service,
-//     which runs "roomd --apply-network DIR") copies the konsult-* keyfiles
-//     into /etc/NetworkManager/system-connections, asks NetworkManager to
-//     bring them up, and writes "result" with the same number.
-//
-// roomd waits for the result; a failure fails the config apply, and the
-// fleet agent rolls back to the last known good config, which puts the
-// previous keyfiles back the same way. A config that activates but loses
-// the broker rolls back too (fleet.confirm_timeout).
-
-const (
-	netRequestFile = "request"
-	netResultFile  = "result"
-	// netWait bounds how long roomd waits for the helper: NetworkManager
-	// may take a while to associate with Wi-Fi (the helper waits 30 s per
-	// profile).
-	netWait = 3 * time.Minute
-)
-
-type netResult struct {
-	Seq   uint64    `json:"seq"`
-	OK    bool      `json:"ok"`
-	Error string    `json:"error,omitempty"`
-	At    time.Time `json:"at"`
-}
-
 // netApplier applies [network] changes (holder.apply calls it before the
-// unit is re-opened).
+// unit is re-opened) through network.Applier and its root helper.
 type netApplier struct {
 	dir      string // unit.network_dir
 	helper   bool   // false: render only (--sim, or unit.network_apply = "none")
 	identity func(*Config) network.Identity
-	applied  *network.Config // nil until the first apply
-	seq      uint64
+	a        *network.Applier
 }
 
 func networkDir(c *Config, simulate bool) string {
@@ -69,149 +26,24 @@ func networkDir(c *Config, simulate bool) string {
 	return "/var/lib/konsult/network"
 }
 
-// apply makes NetworkManager run cfg's [network] section. An unmanaged
-// section that was never managed touches nothing: the unit keeps the OS's
-// own network settings.
+// apply makes NetworkManager run full's [network] section.
 func (n *netApplier) apply(ctx context.Context, full *Config) error {
-	cfg := full.Network
-	if n.applied != nil && reflect.DeepEqual(*n.applied, cfg) {
-		return nil
+	if n.a == nil {
+		n.a = &network.Applier{Dir: n.dir, Helper: n.helper}
 	}
-	if !cfg.Managed() && (n.applied == nil || !n.applied.Managed()) {
-		if prev, err := network.Current(n.dir); err != nil || len(prev) == 0 {
-			n.applied = &cfg
-			return nil
-		}
-	}
-	var files map[string][]byte
-	if cfg.Managed() {
-		var err error
-		if files, err = network.Render(cfg, n.identity(full)); err != nil {
-			return fmt.Errorf("network: %w", err)
-		}
-	}
-	if err := os.MkdirAll(n.dir, 0o700); err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	prev, err := network.Current(n.dir)
-	if err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if _, err := network.Apply(n.dir, files); err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if n.helper {
-		if err := n.request(ctx); err != nil {
-			// The caller keeps the previous config, so the network must go
-			// back too: the previous profiles, handed over the same way.
-			if _, rerr := network.Apply(n.dir, prev); rerr != nil {
-				return fmt.Errorf("%w; and the previous profiles could not be restored: %v", err, rerr)
-			}
-			if rerr := n.request(ctx); rerr != nil {
-				return fmt.Errorf("%w; and NetworkManager did not take the previous profiles back: %v", err, rerr)
-			}
-			return err
-		}
-	}
-	n.applied = &cfg
-	return nil
+	return n.a.Apply(ctx, full.Network, n.identity(full))
 }
 
-// request asks the root helper to apply the spooled keyfiles and waits for
-// its answer.
-func (n *netApplier) request(ctx context.Context) error {
-	if n.seq == 0 {
-		n.seq = uint64(time.Now().UnixNano()) // unique across restarts
-	}
-	n.seq++
-	if err := atomicfile.Write(filepath.Join(n.dir, netRequestFile), []byte(strconv.FormatUint(n.seq, 10)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(ctx, netWait)
-	defer cancel()
-	for {
-		b, err := os.ReadFile(filepath.Join(n.dir, netResultFile))
-		var r netResult
-		if err == nil && json.Unmarshal(b, &r) == nil && r.Seq == n.seq {
-			if !r.OK {
-				return fmt.Errorf("network: NetworkManager did not take the new settings: %s", r.Error)
-			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("network: no answer from konsult-network.service within %s: check systemctl status konsult-network.path konsult-network.service", netWait)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// applyNetworkHelper is "roomd --apply-network DIR", run as root by
-// konsult-network.service: it copies DIR's konsult-* keyfiles to
-// NetworkManager's directory, brings them up and answers roomd.
-//
-// DIR belongs to roomd's user, who must not gain anything as root through
-// it: every file is opened without following links and must be a regular
-// file owned by that user (uid, or DIR's owner when uid < 0), within a size
-// cap; every keyfile must be exactly what roomd's renderer writes for a
-// valid [network] section (network.VerifyKeyfile). Anything else refuses
-// the whole set, and the profiles installed before stay.
+// applyNetworkHelper is "roomd --apply-network DIR" (network.RunHelper).
 func applyNetworkHelper(ctx context.Context, dir, nmDir, nmcli string, uid int) error {
-	sp, err := network.OpenSpool(dir, uid)
-	if err != nil {
-		return fmt.Errorf("apply-network: %w", err)
-	}
-	defer sp.Close()
-	b, err := sp.ReadFile(netRequestFile, 64)
-	if err != nil {
-		return fmt.Errorf("apply-network: %w", err)
-	}
-	seq, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		return errors.New("apply-network: the request file does not hold a request number")
-	}
-	res := netResult{Seq: seq, OK: true}
-	if err := applyNetworkFiles(ctx, sp, nmDir, nmcli); err != nil {
-		res.OK, res.Error = false, err.Error()
-	}
-	res.At = time.Now().UTC()
-	out, _ := json.Marshal(res)
-	if werr := sp.WriteFile(netResultFile, out, 0o644); werr != nil {
-		return fmt.Errorf("apply-network: %w", werr)
-	}
-	if !res.OK {
-		return errors.New(res.Error)
-	}
-	return nil
-}
-
-func applyNetworkFiles(ctx context.Context, sp *network.Spool, nmDir, nmcli string) error {
-	files, err := sp.Keyfiles()
-	if err != nil {
-		return err
-	}
-	changed, err := network.Apply(nmDir, files)
-	if err != nil {
-		return err
-	}
-	if !changed || len(files) == 0 {
-		if len(files) == 0 && changed && nmcli != "" {
-			// Profiles removed: NetworkManager falls back to the OS's own.
-			return network.NMCLI{Path: nmcli}.Activate(ctx, nil)
-		}
-		return nil
-	}
-	if nmcli == "" {
-		return nil
-	}
-	return network.NMCLI{Path: nmcli}.Activate(ctx, network.IDs(files))
+	return network.RunHelper(ctx, dir, nmDir, nmcli, uid)
 }
 
 // unitIdentity is what EAP-TLS uses: the enrolled identity, or the
 // hand-installed certificate files.
 func unitIdentity(p *provisioning, c *Config) network.Identity {
 	if p != nil {
-		return network.Identity{CACert: filepath.Join(p.dir, identity.CAFile), ClientCert: filepath.Join(p.dir, identity.CertFile), PrivateKey: p.key.Path()}
+		return network.Identity{CACert: p.CAPath(), ClientCert: p.CertPath(), PrivateKey: p.KeyPath()}
 	}
 	return network.Identity{CACert: c.Fleet.CAFile, ClientCert: c.Fleet.CertFile, PrivateKey: c.Fleet.KeyFile}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/network"
 )
 
 // TestNetworkFromFleetConfig: the fleet sets the unit's network; the keyfiles
@@ -48,7 +49,7 @@ func TestNetworkFromFleetConfig(t *testing.T) {
 	go func() {
 		last := ""
 		for ctx.Err() == nil {
-			b, _ := os.ReadFile(filepath.Join(spool, netRequestFile))
+			b, _ := os.ReadFile(filepath.Join(spool, network.RequestFile))
 			if s := string(b); s != "" && s != last {
 				last = s
 				_ = applyNetworkHelper(ctx, spool, nmDir, nmcli, -1)

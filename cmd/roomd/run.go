@@ -159,13 +159,13 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if fl != nil {
 		if fl.prov != nil {
 			fl.prov.wipe = []string{fl.stateDir}
-			fl.prov.fault = func(detail string, cleared bool) {
+			fl.prov.SetFault(func(detail string, cleared bool) {
 				if m, err := h.machine(); err == nil {
 					fctx, cancel := context.WithTimeout(context.Background(), time.Second)
 					defer cancel()
 					_ = m.DeviceLost(fctx, "identity", detail, cleared)
 				}
-			}
+			})
 			h.provisioning = fl.prov
 		}
 		if fl.needsEnrolment() {
@@ -244,9 +244,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			a := agentP.Load()
 			if fl.prov != nil {
-				fl.prov.mu.Lock()
-				fl.prov.refresh = a.RefreshReported
-				fl.prov.mu.Unlock()
+				fl.prov.SetRefresh(a.RefreshReported)
 				go fl.prov.watch(agentCtx, a.Connected, time.Minute)
 			}
 			agentDone <- a.Run(agentCtx)
