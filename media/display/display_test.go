@@ -25,7 +25,9 @@ type testPage struct {
 	tracks  atomic.Int32
 }
 
-func connectPage(t *testing.T, d *Display) *testPage {
+func connectPage(t *testing.T, d *Display) *testPage { return connectPageB(t, d) }
+
+func connectPageB(t testing.TB, d *Display) *testPage {
 	t.Helper()
 	api, err := newAPI() // the same codecs and loopback settings
 	if err != nil {

@@ -19,8 +19,9 @@ import (
 	"github.com/pion/webrtc/v4/pkg/media"
 )
 
-// MaxOfferBytes bounds the page's offer (nine video sections are ~10 KB).
-const MaxOfferBytes = 64 << 10
+// MaxOfferBytes bounds the page's offer. Chromium's, nine video sections
+// with every codec it decodes, is 47 KB.
+const MaxOfferBytes = 256 << 10
 
 // codecs the pages are fed in: what far ends send (browsers: VP8, H.264)
 // and what the unit's encoder codes.
@@ -154,6 +155,7 @@ func (d *Display) Connect(ctx context.Context, offer string) (Answer, error) {
 		d.log.Info("screen: a newer page replaces the oldest", "max_pages", MaxPages)
 		o.close()
 	}
+	d.log.Info("screen: page connected", "offer_bytes", len(offer), "video_sections", video)
 	go p.write()
 	for i := range Slots {
 		go p.readRTCP(i)
