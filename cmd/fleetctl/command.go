@@ -31,11 +31,11 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 	if *wait < 0 {
 		return errors.New("cmd: --wait must be 0 or more, e.g. 10s")
 	}
-	dir, err := caDir.resolve()
+	key, err := keyOrDefault(*keyPath, caDir)
 	if err != nil {
 		return fmt.Errorf("cmd: %w", err)
 	}
-	e, p, err := signCommandArgs(env, "cmd", defaultKey(*keyPath, dir), tf, pos[0], fs, *seconds, *expires)
+	e, p, err := signCommandArgs(env, "cmd", key, tf, pos[0], fs, *seconds, *expires)
 	if err != nil {
 		return err
 	}

@@ -27,9 +27,7 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) > 0 {
 		return fmt.Errorf("keygen: unexpected argument %q: keygen takes only flags", pos[0])
 	}
-	if err := warnCAKey(env, caDir, *out); err != nil {
-		return fmt.Errorf("keygen: %w", err)
-	}
+	warnCAKey(env, caDir, *out)
 	keyPath, pubPath, pub, err := manager.GenerateKeys(*out, *force)
 	if err != nil {
 		return fmt.Errorf("keygen: %w", err)
@@ -42,23 +40,22 @@ func keygen(_ context.Context, env *cmdEnv, args []string) error {
 // warnCAKey warns when the fleet already has its key in a CA folder
 // (fleetctl ca init made it, and enrolment gave the units its fleet.pub): a
 // key made elsewhere is one they refuse as unknown_key.
-func warnCAKey(env *cmdEnv, f *caDirFlag, out string) error {
+func warnCAKey(env *cmdEnv, f *caDirFlag, out string) {
 	dir, err := f.resolve()
 	if err != nil || dir == "" {
-		return err
+		return // only a warning: a settings file keygen cannot read does not stop it
 	}
 	caKey := filepath.Join(dir, manager.FleetKeyFile)
 	if _, err := os.Stat(caKey); err != nil {
-		return nil
+		return
 	}
 	if same, _ := filepath.Abs(out); same != "" {
 		if d, _ := filepath.Abs(dir); d == same {
-			return nil // the "already exists" refusal says it
+			return // the "already exists" refusal says it
 		}
 	}
 	env.log.Warn("the fleet CA folder already holds the fleet key, the one its enrolled units trust: a key made here is another one, and configs and commands signed with it are refused as unknown_key; push, cmd and sign use the CA folder's key by default",
 		"ca_key", caKey)
-	return nil
 }
 
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {

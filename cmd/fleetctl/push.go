@@ -116,6 +116,16 @@ func caFolder(cmd string, f *caDirFlag) (string, map[string]*ca.Unit, error) {
 	return dir, revoked, nil
 }
 
+// keyOrDefault is key, else the CA folder's fleet.key; the CA folder is
+// looked for only when it is needed.
+func keyOrDefault(key string, f *caDirFlag) (string, error) {
+	if key != "" {
+		return key, nil
+	}
+	dir, err := f.resolve()
+	return defaultKey("", dir), err
+}
+
 // defaultKey is --key, else the CA folder's fleet.key: the key the units
 // it enrolled trust.
 func defaultKey(key, caDir string) string {

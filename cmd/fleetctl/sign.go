@@ -53,11 +53,11 @@ func sign(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign: give exactly one config file: fleetctl sign --key fleet.key --device ID --version N config.toml")
 	}
-	dir, err := caDir.resolve()
+	key, err := keyOrDefault(*keyPath, caDir)
 	if err != nil {
 		return fmt.Errorf("sign: %w", err)
 	}
-	e, p, err := signConfigFile(env, "sign", defaultKey(*keyPath, dir), tf, *version, *expires, *urgent, pos[0])
+	e, p, err := signConfigFile(env, "sign", key, tf, *version, *expires, *urgent, pos[0])
 	if err != nil {
 		return err
 	}
@@ -108,11 +108,11 @@ func signCommand(_ context.Context, env *cmdEnv, args []string) error {
 	if len(pos) != 1 {
 		return errors.New("sign-command: give exactly one command name: join, leave, identify, reboot, report-now or doctor")
 	}
-	dir, err := caDir.resolve()
+	key, err := keyOrDefault(*keyPath, caDir)
 	if err != nil {
 		return fmt.Errorf("sign-command: %w", err)
 	}
-	e, p, err := signCommandArgs(env, "sign-command", defaultKey(*keyPath, dir), tf, pos[0], fs, *seconds, *expires)
+	e, p, err := signCommandArgs(env, "sign-command", key, tf, pos[0], fs, *seconds, *expires)
 	if err != nil {
 		return err
 	}
