@@ -16,7 +16,7 @@ import (
 )
 
 // joinRTC joins room as the unit, its far-end frames to onFrame.
-func joinRTC(t *testing.T, lk *farend.LiveKit, room string, g *gate.Gate, onFrame func(playout.VideoFrame)) *livekit.RTCCall {
+func joinRTC(t testing.TB, lk *farend.LiveKit, room string, g *gate.Gate, onFrame func(playout.VideoFrame)) *livekit.RTCCall {
 	t.Helper()
 	conn, err := livekit.NewRTC(livekit.Config{
 		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second,
@@ -38,7 +38,7 @@ func joinRTC(t *testing.T, lk *farend.LiveKit, room string, g *gate.Gate, onFram
 
 // movingTiles waits until the screen shows n tiles, each with a picture
 // (not uniform) that changes: the far end's moving test pattern.
-func movingTiles(t *testing.T, sc *screenBrowser, n int, d time.Duration) []tileView {
+func movingTiles(t testing.TB, sc *screenBrowser, n int, d time.Duration) []tileView {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -127,7 +127,7 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	}
 }
 
-func waitPages(t *testing.T, d *display.Display, n int) {
+func waitPages(t testing.TB, d *display.Display, n int) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for d.State().Pages != n {

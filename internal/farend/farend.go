@@ -127,6 +127,8 @@ type config struct {
 	extraFlags []string
 	stamps     bool
 	frames     bool
+	// publishStamp: publish a drawn, time-stamped picture (PublishStamped)
+	publishStamp bool
 }
 
 // Option configures StartFarEnd.
@@ -135,6 +137,14 @@ type Option func(*config)
 // Publish makes the far end publish Chromium's fake camera (a moving test
 // pattern) and fake microphone (periodic beeps). Default: subscribe only.
 func Publish() Option { return func(c *config) { c.publish = true } }
+
+// PublishStamped makes the far end publish, instead of the fake camera, a
+// drawn picture (moving squares) with its draw time stamped across the top
+// in the unit's stamp layout (media/capture/stamp.go), so the unit's own
+// screen can measure far-end camera → unit screen glass to glass.
+func PublishStamped() Option {
+	return func(c *config) { c.publish, c.publishStamp = true, true }
+}
 
 // PublishVideo sets the published camera resolution and frame rate
 // (default 640x360 at 30 fps, VP8, no simulcast). Implies Publish.
@@ -272,7 +282,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"url": lk.WSURL, "token": token, "identity": identity, "publish": c.publish,
 		"width": c.width, "height": c.height, "fps": c.fps, "watch": c.watch,
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
-		"stamp": c.stamps, "frames": c.frames,
+		"stamp": c.stamps, "frames": c.frames, "publishStamp": c.publishStamp,
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
