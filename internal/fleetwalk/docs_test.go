@@ -39,7 +39,12 @@ func docBlock(t *testing.T, file, name string) string {
 	if !ok {
 		t.Fatalf("%s: %s has no %s", file, begin, end)
 	}
-	lines := strings.Split(strings.TrimSpace(rest), "\n")
+	lines := strings.Split(strings.TrimLeft(strings.TrimRight(rest, " \n"), "\n"), "\n")
+	// A block inside a list item is indented like its fence.
+	indent := lines[0][:len(lines[0])-len(strings.TrimLeft(lines[0], " "))]
+	for i, l := range lines {
+		lines[i] = strings.TrimPrefix(l, indent)
+	}
 	if len(lines) < 2 || !strings.HasPrefix(lines[0], "```") || lines[len(lines)-1] != "```" {
 		t.Fatalf("%s: between %s and %s is not one fenced block:\n%s", file, begin, end, rest)
 	}

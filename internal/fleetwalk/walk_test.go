@@ -257,6 +257,17 @@ func (w *walk) until(d time.Duration, what string, args []string, ok func(string
 	}
 }
 
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func replaceInFile(t *testing.T, path, old, new string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -287,33 +298,46 @@ type simUnit struct {
 	logs        *syncbuf.Buffer
 }
 
-// startUnit installs the fleet's enrolment bundle for a new unit (its
-// roomd-fleet.toml is the unit's [fleet] section, with /etc/konsult/enrol
-// under the unit's own directory and the test's ports) and puts the claim
-// code on its "card".
+// startUnit sets a new unit up as docs/INSTALL.md "Enrolment" says: its
+// block installs the enrolment bundle under the unit's own /etc/konsult
+// (sudo and systemctl stubbed, the bundle's group the test's own) into the
+// shipped packaging/roomd.toml, and the claim code goes on its "card". The
+// test then points the [fleet] section at the unit's /etc/konsult and the
+// test's ports, and starts roomd --sim itself.
 func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 	t.Helper()
 	dir := t.TempDir()
-	enrolDir := filepath.Join(dir, "etc/konsult/enrol")
-	if err := os.MkdirAll(enrolDir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"ca.crt", "konsult-enrol.crt", "konsult-enrol.key", "roomd-fleet.toml"} {
-		b, err := os.ReadFile(filepath.Join(caDir, "enrol", f))
-		if err != nil {
-			t.Fatalf("the enrolment bundle: %v", err)
-		}
-		if err := os.WriteFile(filepath.Join(enrolDir, f), b, 0o640); err != nil {
+	etc := filepath.Join(dir, "etc/konsult")
+	enrolDir := filepath.Join(etc, "enrol")
+	bundle := filepath.Join(dir, "enrol") // the folder copied to the unit
+	for _, d := range []string{etc, bundle} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	fleet, err := os.ReadFile(filepath.Join(enrolDir, "roomd-fleet.toml"))
+	copyFile(t, filepath.Join(repoRoot(t), "packaging/roomd.toml"), filepath.Join(etc, "roomd.toml"))
+	entries, err := os.ReadDir(filepath.Join(caDir, "enrol"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conf := strings.ReplaceAll(string(fleet), "/etc/konsult/enrol", enrolDir)
+	for _, e := range entries {
+		copyFile(t, filepath.Join(caDir, "enrol", e.Name()), filepath.Join(bundle, e.Name()))
+	}
+	fake := t.TempDir()
+	fakeTool(t, fake, "sudo", `exec "$@"`)
+	fakeTool(t, fake, "systemctl", `[ "$*" = "restart roomd" ]`)
+	block := docBlock(t, "docs/INSTALL.md", "unit-enrol")
+	block = strings.ReplaceAll(block, "/etc/konsult", etc)
+	block = strings.ReplaceAll(block, "-g konsult ", fmt.Sprintf("-g %d ", os.Getgid()))
+	shell(t, bundle, []string{"PATH=" + fake + ":" + os.Getenv("PATH")}, block)
+
+	installed, err := os.ReadFile(filepath.Join(etc, "roomd.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := strings.ReplaceAll(string(installed), "/etc/konsult/enrol", enrolDir)
 	if !strings.Contains(conf, "127.0.0.1:8883") {
-		t.Fatalf("roomd-fleet.toml does not name the broker ca init was given:\n%s", fleet)
+		t.Fatalf("roomd.toml does not name the broker ca init was given:\n%s", conf)
 	}
 	conf = strings.ReplaceAll(conf, "127.0.0.1:8883", fmt.Sprintf("127.0.0.1:%d", w.b.unitPort))
 	u := &simUnit{t: t, sock: filepath.Join(dir, "roomd.sock"), identityDir: filepath.Join(dir, "identity"), logs: &syncbuf.Buffer{}}
@@ -325,7 +349,7 @@ func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 	// once (certificates last 90 days).
 	conf += fmt.Sprintf("enrol_broker = \"mqtts://127.0.0.1:%d\"\nidentity_dir = %q\nstate_dir = %q\nclaim_file = %q\nrenew_before = \"2200h\"\n",
 		w.b.sharedPort, u.identityDir, filepath.Join(dir, "state"), claim)
-	cfg := filepath.Join(dir, "roomd.toml")
+	cfg := filepath.Join(dir, "roomd-test.toml")
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
