@@ -28,6 +28,7 @@ type screenBrowser struct {
 	id   atomic.Int64
 	mu   sync.Mutex
 	wait map[int64]chan cdpReply
+	port int // DevTools: also how usage finds the process
 }
 
 type cdpReply struct {
@@ -53,7 +54,7 @@ func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
 		"--disable-backgrounding-occluded-windows",
 		"--hide-scrollbars",
 		fmt.Sprintf("--window-size=%d,%d", w, h))
-	sb := &screenBrowser{t: t, b: b, wait: map[int64]chan cdpReply{}}
+	sb := &screenBrowser{t: t, b: b, wait: map[int64]chan cdpReply{}, port: port}
 	deadline := time.Now().Add(20 * time.Second)
 	var wsURL string
 	for wsURL == "" {

@@ -92,12 +92,16 @@ func BenchmarkFarEndToScreenGlassToGlass(b *testing.B) {
 		}
 	}
 	start := time.Now()
+	cpu0, _ := sc.usage()
 	for b.Loop() {
 		next()
 	}
 	for len(st.Ages) < 200 || time.Since(start) < 10*time.Second {
 		next()
 	}
+	cpu1, rss := sc.usage()
+	b.ReportMetric(100*float64(cpu1-cpu0)/float64(time.Since(start)), "kiosk-cpu-%")
+	b.ReportMetric(float64(rss)/(1<<20), "kiosk-pss-MB")
 	ages := slices.Clone(st.Ages)
 	slices.Sort(ages)
 	b.ReportMetric(ages[len(ages)/2], "g2g-p50-ms")
