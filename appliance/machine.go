@@ -117,6 +117,8 @@ type Machine struct {
 	seq    uint64
 	subs   map[chan Event]struct{}
 	ready  chan struct{}
+	// settled are closed at the next Idle or Fault snapshot (Settled).
+	settled []chan struct{}
 }
 
 // Status is a snapshot for roomctl and the local API.
@@ -603,6 +605,12 @@ func (m *Machine) snapshot() {
 		s.Since = m.status.Since
 	}
 	m.status = s
+	if s.State == Idle || s.State == Fault {
+		for _, ch := range m.settled {
+			close(ch)
+		}
+		m.settled = nil
+	}
 	m.mu.Unlock()
 }
 
