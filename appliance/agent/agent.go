@@ -336,8 +336,15 @@ func (a *Agent) relink(conn Connection) error {
 	return a.openLink()
 }
 
+// withoutStatus is the part of o that, when it changes, needs a new
+// connection. Hooks are left out: a func is never DeepEqual to another (not
+// even to itself), so an enrolled unit, whose link always has an
+// OnConnectError, reconnected after every config it applied, and a command
+// sent right after a push found it offline.
 func withoutStatus(o link.Options) link.Options {
 	o.Status = link.Status{}
+	o.OnConnectError = nil
+	o.Logger = nil
 	return o
 }
 
