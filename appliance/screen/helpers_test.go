@@ -90,7 +90,7 @@ func startServer(t testing.TB, cfg screen.Config) string {
 		defer cancel()
 		_ = s.Shutdown(ctx)
 	})
-	return screen.URL(l)
+	return s.URL(l)
 }
 
 // tileJS reads every shown tile: who it shows, whether it waits for a

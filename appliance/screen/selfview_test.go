@@ -89,7 +89,8 @@ func TestSelfViewShowsOnlyWhatTheGateLetsOut(t *testing.T) {
 	tap.SetSink(disp.SelfFrame)
 	openTappedCapture(t, g, tap)
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open"}, g)
-	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp})
+	// Under a secret path, as the kiosk would open it.
+	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp, Secret: screen.NewSecret()})
 	sc := startScreen(t, url, 1280, 720)
 	waitPages(t, disp, 1)
 

@@ -13,12 +13,16 @@
 // The page may only read: there are no actions here. The listener is
 // loopback only and applies the local API's browser checks
 // (localapi.LoopbackGuard): a page from another origin can neither read the
-// state nor get the media.
+// state nor get the media. With Config.Secret, neither can a process on the
+// unit that does not know the kiosk's URL.
 package screen
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -54,7 +58,20 @@ type Config struct {
 	Unit     Unit
 	Media    Media      // nil: a unit without video on its screen (state only)
 	Others   func() int // far-end people in the call; nil: the far-end tiles are counted
-	Log      *slog.Logger
+	// Secret, if set, is the first path segment of every URL served (the
+	// page, its state and its offer): only who knows it, the kiosk given
+	// the URL at start, can read the screen's state and media. Without it
+	// any process on the unit may. NewSecret makes one; it is a secret
+	// (invariant 7): never log a URL that holds it.
+	Secret string
+	Log    *slog.Logger
+}
+
+// NewSecret is a random Config.Secret (128 bits, URL-safe).
+func NewSecret() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // MaxStateStreams bounds the /v1/state streams served at once (the kiosk
@@ -82,6 +99,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Unit == nil {
 		return nil, errors.New("screen: a unit is needed")
 	}
+	for _, c := range cfg.Secret {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return nil, errors.New("screen: the secret must be URL-safe (letters, digits, - and _)")
+		}
+	}
+	if cfg.Secret != "" && len(cfg.Secret) < 16 {
+		return nil, errors.New("screen: the secret must have at least 16 characters")
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -92,14 +117,24 @@ func New(cfg Config) (*Server, error) {
 // Listen listens on addr, which must be loopback ("127.0.0.1:0" picks a port).
 func Listen(addr string) (net.Listener, error) { return localapi.ListenLoopback(addr) }
 
-// URL is the page's address on l: what roomd prints as "display: URL".
-func URL(l net.Listener) string {
-	return "http://" + l.Addr().String() + "/"
+// URL is the page's address on l: what the kiosk opens. With a Secret it
+// holds the secret; Origin is what may be printed.
+func (s *Server) URL(l net.Listener) string {
+	if s.cfg.Secret == "" {
+		return Origin(l) + "/"
+	}
+	return Origin(l) + "/" + s.cfg.Secret + "/"
+}
+
+// Origin is the screen's origin on l ("http://127.0.0.1:PORT"), without
+// any secret: what roomd may print as "display: ..." and roomctl show.
+func Origin(l net.Listener) string {
+	return "http://" + l.Addr().String()
 }
 
 // Serve serves the screen on l (loopback TCP) until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
-	h, err := localapi.LoopbackGuard(l.Addr(), s.log, localapi.RequireJSON(s.routes(), s.log))
+	h, err := localapi.LoopbackGuard(l.Addr(), s.log, localapi.RequireJSON(s.behindSecret(s.routes()), s.log))
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("screen: %w", err)
@@ -154,6 +189,25 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
+	})
+}
+
+// behindSecret serves inner only under /<secret>/ (compared in constant
+// time), and nothing else.
+func (s *Server) behindSecret(inner http.Handler) http.Handler {
+	if s.cfg.Secret == "" {
+		return inner
+	}
+	want := []byte("/" + s.cfg.Secret + "/")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p := r.URL.Path
+		if len(p) < len(want) || subtle.ConstantTimeCompare([]byte(p[:len(want)]), want) != 1 {
+			http.NotFound(w, r)
+			return
+		}
+		r2 := r.Clone(r.Context())
+		r2.URL.Path, r2.URL.RawPath = p[len(want)-1:], ""
+		inner.ServeHTTP(w, r2)
 	})
 }
 

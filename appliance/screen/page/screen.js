@@ -1,5 +1,6 @@
-// The unit's screen. It only reads: the state stream (/v1/state) and the
-// video over a loopback WebRTC connection (/v1/offer). It decodes what
+// The unit's screen. It only reads: the state stream (v1/state) and the
+// video over a loopback WebRTC connection (v1/offer), both relative to the
+// page (which may sit under a secret path). It decodes what
 // roomd hands it and never shows a picture it cannot vouch for: a tile
 // (or the self-view) whose source changed stays hidden until a new frame
 // of the new source has been presented.
@@ -134,7 +135,7 @@ function watchdog() {
 }
 
 function state() {
-  const es = new EventSource("/v1/state");
+  const es = new EventSource("v1/state");
   es.onmessage = (e) => { try { render(JSON.parse(e.data)); } catch (err) { console.error(err); } };
   es.onerror = () => { /* EventSource reconnects by itself */ };
 }
@@ -161,7 +162,7 @@ async function connect() {
       me.onicegatheringstatechange = () => { if (me.iceGatheringState === "complete") ok(); };
       setTimeout(ok, 2000);
     });
-    const r = await fetch("/v1/offer", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sdp: me.localDescription.sdp }) });
+    const r = await fetch("v1/offer", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ sdp: me.localDescription.sdp }) });
     if (r.status === 404) return; // no video on this unit's screen
     if (!r.ok) throw new Error("offer: " + r.status);
     const a = await r.json();
