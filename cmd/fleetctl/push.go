@@ -42,6 +42,9 @@ func push(ctx context.Context, env *cmdEnv, args []string) error {
 		if e, p, err = manager.ReadConfigEnvelope(*envFile); err != nil {
 			return fmt.Errorf("push: %w", err)
 		}
+		if err := checkConfig(*envFile, []byte(p.Config)); err != nil {
+			return fmt.Errorf("push: refused before publishing: %w", err)
+		}
 	} else {
 		if len(pos) != 1 {
 			return errors.New("push: give exactly one config file: fleetctl push --group NAME --version N config.toml")

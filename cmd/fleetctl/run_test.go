@@ -140,6 +140,12 @@ func TestSignRefusals(t *testing.T) {
 	bad := filepath.Join(tmp, "bad.toml")
 	os.WriteFile(good, []byte("[call]\nmax_length = \"4h\"\n"), 0o600)
 	os.WriteFile(bad, []byte("[call]\nmax_length = \"4h\"\napi_secret = \"hunter2-secret\n"), 0o600)
+	localOnly := filepath.Join(tmp, "local-only.toml")
+	os.WriteFile(localOnly, []byte("[fleet]\nrenew_before = \"720h\"\n"), 0o600)
+	unknown := filepath.Join(tmp, "unknown.toml")
+	os.WriteFile(unknown, []byte("[call]\nmax_lenght = \"4h\"\n"), 0o600)
+	outOfRange := filepath.Join(tmp, "range.toml")
+	os.WriteFile(outOfRange, []byte("[shutter]\ntimeout = \"1h\"\n"), 0o600)
 	loose := filepath.Join(tmp, "loose.key")
 	kb, _ := os.ReadFile(key)
 	os.WriteFile(loose, kb, 0o644)
@@ -160,6 +166,11 @@ func TestSignRefusals(t *testing.T) {
 		{"no file", []string{"--key", key, "--device", "room-12", "--version", "1"}, []string{"exactly one config file"}},
 		{"missing file", []string{"--key", key, "--device", "room-12", "--version", "1", filepath.Join(tmp, "nope.toml")}, []string{"read config", "no such file"}},
 		{"bad flag", []string{"--vesion", "1", good}, []string{"-vesion", "fleetctl sign --help"}},
+		// What a unit would refuse is refused before it is signed, in the
+		// unit's words (appliance/config.CheckFleet).
+		{"local-only key", []string{"--key", key, "--device", "room-12", "--version", "1", localOnly}, []string{"local-only.toml", "refused by the unit's schema", "renew_before", "unit's own config file"}},
+		{"unknown key", []string{"--key", key, "--device", "room-12", "--version", "1", unknown}, []string{"unknown.toml", "schema", "max_lenght"}},
+		{"out of range", []string{"--key", key, "--device", "room-12", "--version", "1", outOfRange}, []string{"range.toml", "schema", "shutter.timeout"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
 	"strconv"
 	"time"
 
+	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/manager"
 )
@@ -85,6 +87,9 @@ func signConfigFile(env *cmdEnv, cmd, keyPath string, tf targetFlags, version st
 	v, err := strconv.ParseUint(version, 10, 64)
 	if err != nil || v == 0 {
 		return fleet.Envelope{}, p, fmt.Errorf("%s: --version %q is not a whole number of 1 or more: versions start at 1 and only go up", cmd, version)
+	}
+	if err := checkConfigFile(path); err != nil {
+		return fleet.Envelope{}, p, fmt.Errorf("%s: %w", cmd, err)
 	}
 	e, p, err := manager.SignConfigFile(keyPath, target, v, expires, urgent, path, env.now())
 	if err != nil {
@@ -163,4 +168,22 @@ func emit(env *cmdEnv, path string, e fleet.Envelope) error {
 // fleet.key fleetctl ca init put in the CA folder, not one from keygen.
 func errKeyRequired(cmd string) error {
 	return fmt.Errorf("%s: --key is required: the fleet signing key, fleet.key in the fleet CA folder made by fleetctl ca init (give --ca-dir, FLEETCTL_CA_DIR or ca_dir in the settings file and it is the default); only a fleet without a CA uses the one from fleetctl keygen", cmd)
+}
+
+// checkConfigFile refuses a config the units would refuse, with the words
+// a unit would report (appliance/config is the unit's own schema), so a
+// mistake is caught before it is signed and retained on the broker.
+func checkConfigFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	return checkConfig(path, b)
+}
+
+func checkConfig(what string, b []byte) error {
+	if err := config.CheckFleet(b); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
