@@ -117,7 +117,7 @@ next: fleetctl enrol code --ca-dir %[1]s   (a claim code for each unit an instal
 func caCRL(env *cmdEnv, args []string) error {
 	fs := newFlags("ca crl")
 	dir := addCADir(fs)
-	out := fs.String("out", "", "also copy the revocation list here (e.g. the broker's /etc/mosquitto/konsult/crl.pem)")
+	out := fs.String("out", "", "also copy the revocation list here (e.g. crl.pem, to copy to the broker's /etc/mosquitto/konsult/: the CA stays off the broker)")
 	if _, err := parseFlags(fs, env, args); err != nil {
 		return helpIsNil(err)
 	}
@@ -284,7 +284,7 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	reason := fs.String("reason", "", "reject: what the installer is told")
 	force := fs.Bool("force", false, "approve: approve although another pending unit sent the same claim code (only for the device id the installer read off the unit)")
 	unitBroker := fs.String("unit-broker", "", "approve: the broker the unit uses from now on (default: the host of --broker on port 8883, the units' listener)")
-	aclOut := fs.String("acl-out", "", "approve: write the broker's ACL (as fleetctl acl renders it, with this unit) to FILE before sending the approval, e.g. /etc/mosquitto/konsult/acl")
+	aclOut := fs.String("acl-out", "", "approve: write the broker's ACL (as fleetctl acl renders it, with this unit) to FILE before sending the approval (e.g. acl; copy it to the broker's /etc/mosquitto/konsult/acl and reload Mosquitto)")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -320,7 +320,7 @@ func enrolDecide(ctx context.Context, env *cmdEnv, args []string, approve bool) 
 	}
 	fmt.Fprintf(env.stdout, "approved %s (groups: %s); it installs its certificate and reconnects as itself\n", id, strings.Join(groups, ", "))
 	if len(groups) > 0 && *aclOut == "" {
-		fmt.Fprintf(env.stdout, "the broker must let it read its groups: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP); or approve with --acl-out FILE next time\n", c.Dir)
+		fmt.Fprintf(env.stdout, "the broker must let it read its groups: fleetctl acl --ca-dir %s --out acl, copy it to the broker's /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP); or approve with --acl-out FILE next time\n", c.Dir)
 	}
 	return nil
 }
@@ -374,7 +374,7 @@ func revokeCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	fs := newFlags("revoke")
 	dir := addCADir(fs)
 	reason := fs.String("reason", "revoked by the fleet manager", "why (kept in the CA's ledger)")
-	out := fs.String("crl-out", "", "also copy the new revocation list here (e.g. the broker's /etc/mosquitto/konsult/crl.pem)")
+	out := fs.String("crl-out", "", "also copy the new revocation list here (e.g. crl.pem, to copy to the broker's /etc/mosquitto/konsult/: the CA stays off the broker)")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -406,7 +406,7 @@ func revokeCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	// The ACL still grants the unit its group topics until it is rendered
 	// again from the ledger, which no longer lists it as approved.
-	fmt.Fprintf(env.stdout, "re-render the broker's ACL without it: fleetctl acl --ca-dir %s --out /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
+	fmt.Fprintf(env.stdout, "re-render the broker's ACL without it: fleetctl acl --ca-dir %s --out acl, copy it to the broker's /etc/mosquitto/konsult/acl, then reload Mosquitto (SIGHUP)\n", c.Dir)
 	err = bs.resolve("revoke")
 	if err == nil {
 		err = manager.ClearRetained(ctx, bs.broker(), env.log, pos[0])
