@@ -15,13 +15,25 @@ import (
 	"github.com/konsult/konsult/media/playout"
 )
 
-// joinRTC joins room as the unit, its far-end frames to onFrame.
-func joinRTC(t testing.TB, lk *farend.LiveKit, room string, g *gate.Gate, onFrame func(playout.VideoFrame)) *livekit.RTCCall {
+// joinRTC joins room as the unit, its far-end frames to onFrame and, if
+// self is set, its own coded frames while the gate lets video out to self
+// (through the send transform: the stand-in, in these tests, for the
+// capture.Tap roomd puts on the encoder, which livekit does not take yet).
+func joinRTC(t testing.TB, lk *farend.LiveKit, room string, g *gate.Gate, onFrame func(playout.VideoFrame), self func(capture.EncodedFrame)) *livekit.RTCCall {
 	t.Helper()
+	var send livekit.FrameTransform
+	if self != nil {
+		send = func(kind string, frame []byte) ([]byte, error) {
+			if kind == "video" && g.State().Video {
+				self(capture.EncodedFrame{Codec: "VP8", Data: frame, Keyframe: capture.IsKeyframe("VP8", frame), At: time.Now()})
+			}
+			return frame, nil
+		}
+	}
 	conn, err := livekit.NewRTC(livekit.Config{
 		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second,
 	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "vp8", VideoBitRate: 800_000, AudioBitRate: 32_000,
-		Camera: capture.TestDevice, Microphone: capture.TestDevice},
+		Camera: capture.TestDevice, Microphone: capture.TestDevice, SendTransform: send},
 		livekit.RTCOptions{Speaker: playout.DeviceNull, OnVideoFrame: onFrame}, g, testLog())
 	if err != nil {
 		t.Fatal(err)
@@ -78,7 +90,7 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer disp.Close()
-	call := joinRTC(t, lk, "screen", g, disp.FarFrame)
+	call := joinRTC(t, lk, "screen", g, disp.FarFrame, disp.SelfFrame)
 	disp.SetFarEnd(&display.FarEnd{Keyframe: call.RequestKeyframe, Speaking: call.Playout().Speaking})
 	g.Set(gate.State{Video: true, Audio: true})
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open", LED: "live"}, g)
@@ -108,6 +120,17 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	if bar.Bar != "LIVE: camera and microphone on" || bar.Others != "2 at the far end" {
 		t.Errorf("status bar %+v", bar)
 	}
+	waitSelfRoom(t, sc, 10*time.Second) // the room's own picture, small
+	saveShot(t, sc, "call-two-far-ends.png")
+	// PRIVACY: nothing leaves the room, the room still sees the far end.
+	g.Set(gate.State{})
+	waitUntil(t, sc, "the private status bar", 5*time.Second, `document.getElementById('bar-text').textContent`, func(s string) bool { return s == "Private: nothing leaves the room" })
+	movingTiles(t, sc, 2, 5*time.Second)
+	if v := waitUntil(t, sc, "the self-view's placeholder", 2*time.Second, selfJS, func(v selfView) bool { return v.Closed }); v.Placeholder != "Camera closed" {
+		t.Errorf("private self-view %+v", v)
+	}
+	saveShot(t, sc, "call-private.png")
+	g.Set(gate.State{Video: true, Audio: true})
 
 	// A page opened mid call: nothing to decode until the far ends send
 	// keyframes, which the display asks them for.

@@ -62,7 +62,7 @@ func BenchmarkFarEndToScreenGlassToGlass(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer disp.Close()
-	call := joinRTC(b, lk, "g2g", g, disp.FarFrame)
+	call := joinRTC(b, lk, "g2g", g, disp.FarFrame, nil)
 	disp.SetFarEnd(&display.FarEnd{Keyframe: call.RequestKeyframe, Speaking: call.Playout().Speaking})
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open"}, g)
 	url := startServer(b, screen.Config{Room: "Room 3", Unit: u, Media: disp})
