@@ -121,6 +121,7 @@ type Display struct {
 	selfCod   string
 	selfAsked time.Time
 	selfGen   <-chan struct{} // the gate's Changed as of the last self-view frame
+	warned    map[string]bool // codecs not shown, logged once
 	closed    bool
 	stop      chan struct{}
 	done      sync.WaitGroup
@@ -138,7 +139,7 @@ func New(cfg Config) (*Display, error) {
 	if err != nil {
 		return nil, fmt.Errorf("display: %w", err)
 	}
-	d := &Display{cfg: cfg, log: cfg.Log, api: api, changed: make(chan struct{}), stop: make(chan struct{})}
+	d := &Display{cfg: cfg, log: cfg.Log, api: api, changed: make(chan struct{}), stop: make(chan struct{}), warned: map[string]bool{}}
 	d.done.Add(2)
 	go d.watchGate()
 	go d.housekeep()
@@ -198,6 +199,14 @@ func (d *Display) FarFrame(f playout.VideoFrame) {
 		d.mu.Unlock()
 		return
 	}
+	if _, ok := codecs[f.Codec]; !ok {
+		if !d.warned[f.Codec] {
+			d.warned[f.Codec] = true
+			d.log.Warn("screen: far-end video in a codec the screen is not fed; not shown", "codec", f.Codec)
+		}
+		d.mu.Unlock()
+		return
+	}
 	i := d.slotOfLocked(f.Participant)
 	if i < 0 {
 		d.mu.Unlock()
@@ -229,7 +238,7 @@ func (d *Display) FarFrame(f playout.VideoFrame) {
 // coded it (capture.Tap's sink): the gate was open when it left the
 // encoder. It copies the frame.
 func (d *Display) SelfFrame(f capture.EncodedFrame) {
-	if len(f.Data) == 0 || len(f.Data) > MaxFrameBytes {
+	if _, ok := codecs[f.Codec]; !ok || len(f.Data) == 0 || len(f.Data) > MaxFrameBytes {
 		return
 	}
 	d.mu.Lock()
