@@ -1,0 +1,131 @@
+package audioproc
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// EchoConfig is the simulated room's acoustic path from the speaker to the
+// microphone ([sim.echo]).
+type EchoConfig struct {
+	Delay         time.Duration // speaker to microphone, device buffers and air
+	AttenuationDB float64       // of the direct path: 0 is as loud as played
+	Reverb        time.Duration // RT60 of the room's tail; 0: direct path only
+}
+
+// Bounds of EchoConfig (appliance/config checks them too).
+const (
+	MaxEchoDelay       = 500 * time.Millisecond
+	MaxEchoReverb      = 500 * time.Millisecond
+	MaxEchoAttenuation = 60.0
+)
+
+// Check says what is out of range.
+func (c EchoConfig) Check() error {
+	switch {
+	case c.Delay < 0 || c.Delay > MaxEchoDelay:
+		return fmt.Errorf("sim.echo.delay %v: want 0 to %v", c.Delay, MaxEchoDelay)
+	case c.AttenuationDB < 0 || c.AttenuationDB > MaxEchoAttenuation:
+		return fmt.Errorf("sim.echo.attenuation_db %g: want 0 to %g", c.AttenuationDB, MaxEchoAttenuation)
+	case c.Reverb < 0 || c.Reverb > MaxEchoReverb:
+		return fmt.Errorf("sim.echo.reverb %v: want 0 to %v", c.Reverb, MaxEchoReverb)
+	}
+	return nil
+}
+
+// reflections is how many discrete echoes make the reverberant tail: a
+// sparse impulse response, cheap enough to run on every microphone sample
+// (64 multiply-adds) yet a filter the canceller has to learn, not a delay.
+const reflections = 64
+
+// echoCapacity bounds the speaker history the room keeps: the longest delay
+// and tail, plus slack for the two devices' jitter.
+const echoCapacity = 48000 * 3 / 2
+
+// EchoPath is the simulated room: what the speaker plays (Play, from
+// playout's tap) comes back into the simulated microphone (AddTo) later,
+// quieter, with a short reverberation. Both sides run in real time on their
+// own clocks; the microphone keeps its own read position in the speaker's
+// stream so the delay stays constant, and starts again at the configured
+// delay when the two drift more than maxSlip apart.
+type EchoPath struct {
+	rate  int
+	delay int       // samples
+	taps  []int     // delays of the reflections after the direct path, samples
+	gains []float32 // taps' gains (the first is the direct path)
+
+	mu      sync.Mutex
+	hist    []float32 // ring of what was played
+	written int64     // samples played so far
+	cursor  int64     // next speaker sample the microphone hears (direct path); -1: not started
+}
+
+const maxSlip = 40 // ms
+
+// NewEchoPath makes the room for a speaker and microphone at rate.
+func NewEchoPath(cfg EchoConfig, rate int) (*EchoPath, error) {
+	if err := cfg.Check(); err != nil {
+		return nil, err
+	}
+	e := &EchoPath{rate: rate, delay: int(cfg.Delay.Seconds() * float64(rate)), hist: make([]float32, echoCapacity), cursor: -1}
+	g := float32(math.Pow(10, -cfg.AttenuationDB/20))
+	e.taps, e.gains = []int{0}, []float32{g}
+	if cfg.Reverb > 0 {
+		// Reflections spread over the tail, decaying 60 dB over RT60, with a
+		// fixed seed so every run is the same room.
+		rt := cfg.Reverb.Seconds()
+		r := rand.New(rand.NewPCG(20, 1))
+		first := rate / 400 // 2.5 ms: the first wall
+		span := int(rt*float64(rate)) - first
+		for i := 0; i < reflections && span > 0; i++ {
+			d := first + r.IntN(span)
+			amp := 0.5 * math.Pow(10, -3*float64(d)/(rt*float64(rate))) // -60 dB at RT60
+			if r.IntN(2) == 0 {
+				amp = -amp
+			}
+			e.taps = append(e.taps, d)
+			e.gains = append(e.gains, g*float32(amp))
+		}
+	}
+	return e, nil
+}
+
+// Play takes what the speaker plays.
+func (e *EchoPath) Play(mix []float32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, v := range mix {
+		e.hist[e.written%int64(len(e.hist))] = v
+		e.written++
+	}
+}
+
+// AddTo adds the room's echo to one microphone chunk (mono, at the room's
+// rate).
+func (e *EchoPath) AddTo(mic []float32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	n := int64(len(mic))
+	want := e.written - int64(e.delay) - n // this chunk ends delay before now
+	slip := int64(maxSlip * e.rate / 1000)
+	if e.cursor < 0 || e.cursor-want > slip || want-e.cursor > slip || e.cursor+n > e.written {
+		e.cursor = want
+	}
+	oldest := e.written - int64(len(e.hist))
+	for i := int64(0); i < n; i++ {
+		t := e.cursor + i
+		var y float32
+		for k, d := range e.taps {
+			j := t - int64(d)
+			if j < 0 || j < oldest || j >= e.written {
+				continue
+			}
+			y += e.gains[k] * e.hist[j%int64(len(e.hist))]
+		}
+		mic[i] += y
+	}
+	e.cursor += n
+}
