@@ -133,3 +133,15 @@ type selfView struct {
 	Hash        int64   `json:"hash"`
 	W           int     `json:"w"`
 }
+
+// publish sends ev to the subscribers, as the machine does.
+func (u *fakeUnit) publish(ev appliance.Event) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for ch := range u.subs {
+		select {
+		case ch <- ev:
+		default:
+		}
+	}
+}

@@ -51,6 +51,10 @@ type Media interface {
 	Connect(ctx context.Context, offer string) (display.Answer, error)
 }
 
+// leaver is a Media that can drop a far-end participant's tile at once
+// (display.Display.Left), when the unit's events say they left.
+type leaver interface{ Left(participant string) }
+
 // Config for New.
 type Config struct {
 	Room     string // shown on the idle screen
@@ -89,6 +93,7 @@ type Server struct {
 	mu      sync.Mutex
 	closed  bool
 	servers []*http.Server
+	watch   sync.Once
 }
 
 //go:embed page
@@ -155,7 +160,31 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 	s.servers = append(s.servers, srv)
 	s.mu.Unlock()
+	if lv, ok := s.cfg.Media.(leaver); ok {
+		s.watch.Do(func() { go s.watchLeaves(lv) })
+	}
 	return srv.Serve(l)
+}
+
+// watchLeaves drops a far-end participant's tile as soon as the unit
+// reports them gone, not only once their video has stopped for
+// display.IdleAfter. It ends with Shutdown.
+func (s *Server) watchLeaves(lv leaver) {
+	events, cancel := s.cfg.Unit.Subscribe(64)
+	defer cancel()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			if ev.Type == "participant" && ev.Detail == "left" && ev.Participant != "" {
+				lv.Left(ev.Participant)
+			}
+		}
+	}
 }
 
 // Shutdown ends the state streams and stops serving.

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/screen"
@@ -95,5 +96,34 @@ func TestServerRoutes(t *testing.T) {
 	}
 	if _, err := screen.New(screen.Config{Unit: u, Secret: "0123456789abcdef/../x"}); err == nil {
 		t.Error("a secret with a slash taken")
+	}
+}
+
+type leftMedia struct {
+	fakeMedia
+	left chan string
+}
+
+func (m leftMedia) Left(p string) { m.left <- p }
+
+// A far-end participant the unit reports gone loses their tile at once.
+func TestLeaveEventDropsTheTile(t *testing.T) {
+	u := newFakeUnit(appliance.Status{State: appliance.InCall}, gate.New())
+	m := leftMedia{left: make(chan string, 1)}
+	startServer(t, screen.Config{Unit: u, Media: m})
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		u.publish(appliance.Event{Type: "participant", Detail: "left", Participant: "p-1"})
+		select {
+		case p := <-m.left:
+			if p != "p-1" {
+				t.Fatalf("left %q", p)
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the leave event did not reach the display")
+		}
 	}
 }
