@@ -38,8 +38,8 @@ type cdpReply struct {
 	} `json:"error"`
 }
 
-// startScreen opens url in a headless Chromium of w×h, as the kiosk would
-// (loopback WebRTC allowed, autoplay).
+// startScreen opens url in a headless Chromium of w×h, as the kiosk would:
+// no WebRTC flags (the loopback connection needs none), autoplay allowed.
 func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
 	t.Helper()
 	port, err := farend.FreeTCPPort()
@@ -48,8 +48,6 @@ func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
 	}
 	b := headless.Start(t, url,
 		"--remote-debugging-port="+strconv.Itoa(port),
-		"--allow-loopback-in-peer-connection",
-		"--disable-features=WebRtcHideLocalIpsWithMdns",
 		"--autoplay-policy=no-user-gesture-required",
 		"--disable-backgrounding-occluded-windows",
 		"--hide-scrollbars",
