@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/internal/syncbuf"
 )
@@ -51,8 +52,8 @@ func startRoomd(t *testing.T, args ...string) string {
 // the unix socket only the unit's own user. So the built-in default is the
 // socket alone.
 func TestDefaultConfigServesNoHTTP(t *testing.T) {
-	var c Config
-	if _, err := decodeStrict(defaultConfig, &c); err != nil {
+	var c config.Config
+	if _, err := config.DecodeStrict(config.Default, &c); err != nil {
 		t.Fatal(err)
 	}
 	if c.API.HTTP != "" {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/unit"
 	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/enrol"
@@ -372,7 +373,7 @@ func TestFactoryResetByButtonHold(t *testing.T) {
 	}
 	// The logs are the system's journal: roomd leaves a marker for
 	// konsult-reset.service (root) to vacuum it.
-	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, unit.ResetMarker)); err != nil {
 		t.Fatalf("no request to wipe the logs: %v", err)
 	}
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -11,11 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 
 	"github.com/konsult/konsult/appliance/agent"
+	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/appliance/unit"
 	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/broker"
+	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -27,14 +29,6 @@ const (
 	demoPort   = "127.0.0.1:1883"
 )
 
-// exitRestart is roomd's exit status when the fleet's reboot command asks a
-// real unit to restart: the service manager (systemd Restart=always) starts
-// it again. In --sim the unit restarts inside the process instead.
-const exitRestart = 75
-
-// errRestart asks main to exit with exitRestart.
-var errRestart = errors.New("restart requested by the fleet")
-
 // fleetStatus is the fleet part of the local API's status.
 type fleetStatus struct {
 	fleet.ReportedDoc
@@ -44,7 +38,7 @@ type fleetStatus struct {
 	DemoKey string `json:"demo_key,omitempty"`
 	// Enrolment is the unit's own identity and where its enrolment stands
 	// (units that enrol themselves).
-	Enrolment *identityStatus `json:"enrolment,omitempty"`
+	Enrolment *enrol.UnitStatus `json:"enrolment,omitempty"`
 }
 
 // fleetSetup is what the unit's own config fixes about its fleet: identity,
@@ -59,14 +53,12 @@ type fleetSetup struct {
 	log      *slog.Logger
 	// prov is the unit's own identity when it enrols (fleet.enrol_cert);
 	// nil for a unit given its certificate by hand or the --sim demo.
-	prov *provisioning
-	// idMu guards device, groups and keys, which enrolment sets while the
-	// local API reads the connection for status.
-	idMu sync.Mutex
+	prov  *enrol.Unit
+	agent atomic.Pointer[agent.Agent] // once it runs
 }
 
-// provisioningOrNil is the unit's enrolled identity, if it enrols.
-func (s *fleetSetup) provisioningOrNil() *provisioning {
+// identity is the unit's enrolled identity, if it enrols.
+func (s *fleetSetup) identity() *enrol.Unit {
 	if s == nil {
 		return nil
 	}
@@ -74,22 +66,19 @@ func (s *fleetSetup) provisioningOrNil() *provisioning {
 }
 
 // needsEnrolment says the agent can start only after enrolment.
-func (s *fleetSetup) needsEnrolment() bool { return s != nil && s.prov != nil && !s.prov.isEnrolled() }
+func (s *fleetSetup) needsEnrolment() bool { return s != nil && s.prov != nil && !s.prov.Enrolled() }
 
 // adoptIdentity takes the device id, groups and pinned fleet key from the
 // enrolled identity (the unit's own config wins where it sets them).
-func (s *fleetSetup) adoptIdentity(local *Config) error {
-	st := s.prov.state()
-	s.idMu.Lock()
-	defer s.idMu.Unlock()
-	s.device = s.prov.id
+func (s *fleetSetup) adoptIdentity(local *config.Config) error {
+	s.device = s.prov.ID()
 	if len(local.Fleet.Groups) == 0 {
-		s.groups = st.Groups
+		s.groups = s.prov.State().Groups
 	}
 	if local.Fleet.FleetKey != "" {
 		return nil // loaded in setupFleet
 	}
-	keys, err := s.prov.fleetKeys()
+	keys, err := s.prov.FleetKeys()
 	if err != nil {
 		return fmt.Errorf("fleet: the fleet key from enrolment: %w", err)
 	}
@@ -97,12 +86,26 @@ func (s *fleetSetup) adoptIdentity(local *Config) error {
 	return nil
 }
 
-// defaultStateDir is where a unit keeps its fleet state unless
-// fleet.state_dir says otherwise. The --sim demo keeps it next to its API
-// socket, so each simulated unit (and each test) has its own.
-func defaultStateDir(simulate bool, socket string) string {
+// identityDir is where the unit keeps its key and certificates.
+func identityDir(f config.Fleet, simulate bool, socket string) string {
+	if f.IdentityDir != "" {
+		return f.IdentityDir
+	}
 	if simulate {
-		return filepath.Join(filepath.Dir(socket), "sim-fleet")
+		return filepath.Join(filepath.Dir(socket), "sim-identity")
+	}
+	return "/var/lib/konsult/identity"
+}
+
+// stateDir is where a unit keeps its fleet state unless fleet.state_dir
+// says otherwise. The --sim demo keeps it next to its API socket, so each
+// simulated unit (and each test) has its own.
+func stateDir(c *config.Config, simulate bool) string {
+	if c.Fleet.StateDir != "" {
+		return c.Fleet.StateDir
+	}
+	if simulate {
+		return filepath.Join(filepath.Dir(c.API.Socket), "sim-fleet")
 	}
 	return "/var/lib/konsult/fleet"
 }
@@ -110,7 +113,7 @@ func defaultStateDir(simulate bool, socket string) string {
 // setupFleet resolves the fleet from the local config; nil means the fleet
 // is off. In --sim without a broker it starts the embedded demo broker and
 // makes a demo fleet key pair, so fleetctl works out of the box.
-func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer) (*fleetSetup, error) {
+func setupFleet(local *config.Config, simulate bool, log *slog.Logger, stdout io.Writer) (*fleetSetup, error) {
 	f := local.Fleet
 	if !f.Enabled {
 		log.Info("fleet off (fleet.enabled = false)")
@@ -120,20 +123,25 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 		log.Info("fleet off: no fleet.broker configured")
 		return nil, nil
 	}
-	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: f.StateDir, log: log}
-	if s.stateDir == "" {
-		s.stateDir = defaultStateDir(simulate, local.API.Socket)
-	}
+	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: stateDir(local, simulate), log: log}
 	keyFile := f.FleetKey
 	if f.Enrols() {
-		prov, err := newProvisioning(local, simulate, modelName(local), log)
+		broker := f.EnrolBroker
+		if broker == "" {
+			broker = enrol.EnrolBroker(f.Broker)
+		}
+		prov, err := enrol.OpenUnit(enrol.UnitOptions{
+			Dir:    identityDir(f, simulate, local.API.Socket),
+			Broker: broker, CAFile: f.CAFile, CertFile: f.EnrolCert, KeyFile: f.EnrolKey,
+			ClaimCode: f.ClaimCode, ClaimFile: f.ClaimFile,
+			RenewBefore: f.RenewBefore.Duration, Model: modelName(local), Logger: log,
+		})
 		if err != nil {
 			return nil, fmt.Errorf("fleet: %w", err)
 		}
-		s.prov = prov
-		s.device = prov.id
+		s.prov, s.device = prov, prov.ID()
 		if keyFile == "" {
-			if prov.isEnrolled() {
+			if prov.Enrolled() {
 				if err := s.adoptIdentity(local); err != nil {
 					return nil, err
 				}
@@ -164,7 +172,7 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 		return nil, fmt.Errorf("fleet: %w", err)
 	}
 	s.keys = keys
-	if s.prov != nil && s.prov.isEnrolled() {
+	if s.prov != nil && s.prov.Enrolled() {
 		if err := s.adoptIdentity(local); err != nil {
 			return nil, err
 		}
@@ -174,7 +182,7 @@ func setupFleet(local *Config, simulate bool, log *slog.Logger, stdout io.Writer
 
 // modelName is the hardware model for the enrolment request: the device
 // tree's model on a Pi, else the board profile.
-func modelName(c *Config) string {
+func modelName(c *config.Config) string {
 	if b, err := os.ReadFile("/proc/device-tree/model"); err == nil {
 		if m := strings.TrimRight(string(b), "\x00\n"); m != "" {
 			return m
@@ -204,7 +212,7 @@ func (s *fleetSetup) startDemo(stdout io.Writer) error {
 	if errors.Is(err, os.ErrNotExist) {
 		_, priv, err = ed25519.GenerateKey(rand.Reader)
 		if err == nil {
-			err = writeFileAtomic(s.demoKey, fleet.FormatPrivateKey(priv), 0o600)
+			err = atomicfile.Write(s.demoKey, fleet.FormatPrivateKey(priv), 0o600)
 		}
 	}
 	if err != nil {
@@ -212,22 +220,18 @@ func (s *fleetSetup) startDemo(stdout io.Writer) error {
 		return fmt.Errorf("fleet demo key: %w: delete %s to make a new one", err, dir)
 	}
 	pub := priv.Public().(ed25519.PublicKey)
-	if err := writeFileAtomic(filepath.Join(dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
 		s.close()
 		return fmt.Errorf("fleet demo: %w", err)
 	}
 	settings := filepath.Join(dir, "fleetctl.toml")
 	text := fmt.Sprintf("# fleetctl settings for the roomd --sim demo (written by roomd)\nbroker = %q\n", b.URL())
-	if err := writeFileAtomic(settings, []byte(text), 0o600); err != nil {
+	if err := atomicfile.Write(settings, []byte(text), 0o600); err != nil {
 		s.close()
 		return fmt.Errorf("fleet demo: %w", err)
 	}
 	fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", b.URL(), s.demoKey, settings)
 	return nil
-}
-
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	return atomicfile.Write(path, data, perm)
 }
 
 func (s *fleetSetup) close() {
@@ -239,103 +243,63 @@ func (s *fleetSetup) close() {
 	}
 }
 
-// connection is how the unit reaches its fleet under cfg: the broker and
-// certificates may come from a fleet config, the identity never does.
-func (s *fleetSetup) connection(cfg *Config) (agent.Connection, error) {
-	brokerURL := cfg.Fleet.Broker
-	if brokerURL == "" {
-		if s.demo == nil {
-			return agent.Connection{}, errors.New("fleet.broker is empty: a fleet config cannot switch the fleet off")
-		}
-		brokerURL = s.demo.URL()
+func (s *fleetSetup) demoURL() string {
+	if s.demo == nil {
+		return ""
 	}
-	s.idMu.Lock()
-	defer s.idMu.Unlock()
-	o := link.Options{
-		Broker:   brokerURL,
-		CAFile:   cfg.Fleet.CAFile,
-		CertFile: cfg.Fleet.CertFile,
-		KeyFile:  cfg.Fleet.KeyFile,
+	return s.demo.URL()
+}
+
+// status is the fleet part of the unit's status.
+func (s *fleetSetup) status(u *unit.Unit) any {
+	st := &fleetStatus{DemoKey: s.demoKey, Broker: s.demoURL()}
+	if a := s.agent.Load(); a != nil {
+		st.ReportedDoc, st.Connected = a.Reported(), a.Connected()
+	}
+	if s.prov != nil {
+		st.Enrolment = s.prov.Status()
+	}
+	if c := u.Running(); c != nil && c.Fleet.Broker != "" {
+		st.Broker = c.Fleet.Broker
+	}
+	return st
+}
+
+// newAgent makes the fleet agent, which brings u up on the stored fleet
+// config laid over the local settings. reboot is the fleet's reboot
+// command.
+func (s *fleetSetup) newAgent(u *unit.Unit, reboot func()) (*agent.Agent, error) {
+	base := link.Options{
 		DeviceID: s.device,
 		Groups:   s.groups,
 		StoreDir: filepath.Join(s.stateDir, "link"),
 		Logger:   s.log,
 	}
+	var id agent.Identity // nil (not a typed nil) for a unit without enrolment
 	if s.prov != nil {
 		// An enrolled unit always speaks as itself: its own key and the
 		// certificate and CA enrolment installed (renewal replaces the
 		// certificate file; the link reads it at each connect).
-		o.CAFile, o.CertFile, o.KeyFile = s.prov.CAPath(), s.prov.CertPath(), s.prov.KeyPath()
-		o.OnConnectError = s.prov.onConnectError
-	}
-	return agent.Connection{Link: o, ConfirmTimeout: cfg.Fleet.ConfirmTimeout.Duration}, nil
-}
-
-// identityHooks is nil (not a typed nil) for a unit without enrolment.
-func (s *fleetSetup) identityHooks() agent.Identity {
-	if s.prov == nil {
-		return nil
-	}
-	return s.prov
-}
-
-// newAgent starts the fleet agent, which brings the unit up (through h) on
-// the stored fleet config laid over cfg's local settings.
-func (s *fleetSetup) newAgent(local *Config, effective func([]byte) (*Config, error), h *holder, simulate bool, restart chan<- struct{}) (*agent.Agent, error) {
-	conn, err := s.connection(local)
-	if err != nil {
-		return nil, fmt.Errorf("fleet: %w", err)
-	}
-	reboot := func() {
-		if simulate {
-			s.log.Warn("reboot command: restarting the simulated unit in-process")
-			if err := h.restart(); err != nil {
-				s.log.Error("restarting the simulated unit", "err", err)
-			}
-			return
-		}
-		select {
-		case restart <- struct{}{}:
-		default:
-		}
+		base.CAFile, base.CertFile, base.KeyFile = s.prov.CAPath(), s.prov.CertPath(), s.prov.KeyPath()
+		base.OnConnectError = s.prov.OnConnectError
+		id = s.prov
 	}
 	a, err := agent.New(agent.Options{
 		StateDir:   s.stateDir,
 		Keys:       s.keys,
-		Connection: conn,
-		ConnectionFor: func(eff []byte) (agent.Connection, error) {
-			c, err := effective(eff)
-			if err != nil {
-				return agent.Connection{}, err
-			}
-			return s.connection(c)
-		},
-		Validate: func(eff []byte) error {
-			_, err := effective(eff)
-			return err
-		},
-		Apply: func(eff []byte) error {
-			c, err := effective(eff)
-			if err != nil {
-				return err
-			}
-			return h.apply(c)
-		},
-		Appliance: fleetAppliance{h},
-		Doctor: func(ctx context.Context) []fleet.DoctorCheck {
-			var out []fleet.DoctorCheck
-			for _, c := range h.Doctor(ctx) {
-				out = append(out, fleet.DoctorCheck(c))
-			}
-			return out
-		},
-		Identity: s.identityHooks(),
-		Reboot:   reboot,
-		Version:  Version,
-		Logger:   s.log,
+		Connection: agent.Connection{Link: base},
+		DemoBroker: s.demoURL(),
+		Unit:       u,
+		Appliance:  u.Appliance(),
+		Doctor:     u.FleetDoctor,
+		Identity:   id,
+		Reboot:     reboot,
+		Version:    Version,
+		Logger:     s.log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.agent.Store(a)
 	return a, nil
 }

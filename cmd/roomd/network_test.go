@@ -52,7 +52,7 @@ func TestNetworkFromFleetConfig(t *testing.T) {
 			b, _ := os.ReadFile(filepath.Join(spool, network.RequestFile))
 			if s := string(b); s != "" && s != last {
 				last = s
-				_ = applyNetworkHelper(ctx, spool, nmDir, nmcli, -1)
+				_ = network.RunHelper(ctx, spool, nmDir, nmcli, -1)
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/unit"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
 )
@@ -141,7 +142,7 @@ func (u *unitUnderTest) wipedAndNew(t *testing.T, dir string, seeded []string) {
 			t.Errorf("%s survived the factory reset (%v)", p, err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, unit.ResetMarker)); err != nil {
 		t.Errorf("no request to wipe the logs: %v", err)
 	}
 }
@@ -178,7 +179,7 @@ func TestSimFactoryResetUnderSystemdExits(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatalf("roomd did not exit for systemd to restart it; log:\n%s", tail(u.logs.String(), 20))
 	}
-	if _, err := os.Stat(filepath.Join(dir, resetMarker)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, unit.ResetMarker)); err != nil {
 		t.Errorf("no request to wipe the logs: %v", err)
 	}
 }

@@ -81,14 +81,3 @@ func feedWatchdog(ctx context.Context, period time.Duration, alive func(context.
 		}
 	}
 }
-
-// alive is the watchdog's question to whichever unit is running; during a
-// config change it waits for the new unit, which is bounded by the leave and
-// shutter timeouts, well inside WatchdogSec.
-func (h *holder) alive(ctx context.Context) error {
-	m, err := h.machine()
-	if err != nil {
-		return err
-	}
-	return m.Alive(ctx)
-}

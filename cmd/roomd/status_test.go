@@ -1,0 +1,9 @@
+package main
+
+import "github.com/konsult/konsult/appliance/unit"
+
+// status is GET /v1/status as roomd serves it, with the fleet part typed.
+type status struct {
+	unit.Status
+	Fleet *fleetStatus `json:"fleet,omitempty"`
+}
