@@ -184,9 +184,9 @@ func TestEnrolListCleansWhatRequestsSay(t *testing.T) {
 }
 
 func TestStatusCleansWhatUnitsReport(t *testing.T) {
-	const id = "ku-hostilehostilehostile"
+	const id = "room-hostilehostilehostile"
 	f := newEnrolFleet(t, id)
-	rep, _ := json.Marshal(fleet.ReportedDoc{Device: "ku-hostilehostilehostile", Groups: []string{"ward" + hostile}, At: time.Now()})
+	rep, _ := json.Marshal(fleet.ReportedDoc{Device: "room-hostilehostilehostile", Groups: []string{"ward" + hostile}, At: time.Now()})
 	st, _ := json.Marshal(fleet.StatusDoc{Online: true, State: "idle" + hostile, Version: "9.9" + hostile, At: time.Now()})
 	u := f.b.Identity(id)
 	tp := link.Topics{}

@@ -1,6 +1,8 @@
 // Package brokertest starts a real Mosquitto for tests: the shipped
-// deploy/mosquitto configuration and ACL, a throwaway fleet CA, a server
-// certificate for 127.0.0.1 and client certificates for named identities.
+// deploy/mosquitto configuration and ACL, and the product's fleet CA
+// (provisioning/ca: a throwaway one unless the test brings its own) issuing
+// the server certificate for 127.0.0.1, the fleet manager's and named
+// clients' certificates, and the revocation list the broker loads.
 package brokertest
 
 import (
@@ -10,11 +12,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,12 +43,12 @@ type Options struct {
 	// Admin is the fleet manager's CN (default "fleet-admin").
 	Admin string
 	// CA, if set, is the fleet CA (fleetctl ca init) that issues every
-	// certificate and whose revocation list the broker loads at each
-	// (re)start; by default a throwaway CA with an empty list.
+	// certificate, recorded in its ledger, and whose revocation list the
+	// broker loads at each (re)start; by default a throwaway one.
 	CA *ca.CA
 }
 
-// Identity is a client certificate issued by the test CA.
+// Identity is a client certificate issued by the fleet CA.
 type Identity struct {
 	Name     string
 	CertFile string
@@ -120,36 +124,38 @@ func findMosquitto() string {
 
 func (b *Broker) setup(opts Options) error {
 	var err error
-	if opts.CA != nil {
-		if b.pki, err = fromFleetCA(b.dir, opts.CA); err != nil {
-			return fmt.Errorf("brokertest: %w", err)
-		}
-	} else if b.pki, err = newPKI(b.dir); err != nil {
+	if b.pki, err = newPKI(b.dir, opts.CA); err != nil {
 		return err
 	}
 	b.crl = filepath.Join(b.dir, "crl.pem")
-	serverCert, serverKey, err := b.pki.issue("server", true)
+	serverCert, serverKey, err := b.pki.tool(ca.KindServer, "server", []string{"127.0.0.1", "localhost"})
 	if err != nil {
 		return err
 	}
-	names := []string{opts.Admin}
-	for id := range opts.Units {
-		names = append(names, id)
+	if err := link.ValidName(opts.Admin); err != nil {
+		return fmt.Errorf("brokertest: identity: %w", err)
 	}
-	names = append(names, opts.Others...)
-	for _, n := range names {
+	adminCert, adminKey, err := b.pki.tool(ca.KindAdmin, opts.Admin, nil)
+	if err != nil {
+		return err
+	}
+	b.ids[opts.Admin] = Identity{Name: opts.Admin, CertFile: adminCert, KeyFile: adminKey}
+	var names []string
+	seen := map[string]bool{opts.Admin: true}
+	for _, n := range append(slices.Collect(maps.Keys(opts.Units)), opts.Others...) {
 		if err := link.ValidName(n); err != nil {
 			return fmt.Errorf("brokertest: identity: %w", err)
 		}
-		if _, dup := b.ids[n]; dup {
-			continue
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
 		}
-		c, k, err := b.pki.issue(n, false)
-		if err != nil {
-			return err
-		}
-		b.ids[n] = Identity{Name: n, CertFile: c, KeyFile: k}
 	}
+	ids, err := b.pki.units(names)
+	if err != nil {
+		return err
+	}
+	maps.Copy(b.ids, ids)
 	acl, err := link.ACL(opts.Units, opts.Admin)
 	if err != nil {
 		return fmt.Errorf("brokertest: %w", err)
@@ -193,8 +199,7 @@ func (b *Broker) setup(opts Options) error {
 		return err
 	}
 
-	admin := b.ids[opts.Admin]
-	cert, err := tls.LoadX509KeyPair(admin.CertFile, admin.KeyFile)
+	cert, err := tls.LoadX509KeyPair(adminCert, adminKey)
 	if err != nil {
 		return fmt.Errorf("brokertest: %w", err)
 	}
@@ -318,7 +323,7 @@ func (b *Broker) CAFile() string { return b.pki.CAFile }
 // CertPool holds the test fleet CA.
 func (b *Broker) CertPool() *x509.CertPool {
 	p := x509.NewCertPool()
-	p.AddCert(b.pki.ca)
+	p.AddCert(b.pki.ca.Cert)
 	return p
 }
 

@@ -56,9 +56,9 @@ func standInUnit(t *testing.T, b *brokertest.Broker, id, group, answer string) {
 // The push job end to end on the shipped broker: published retained, each
 // unit of the group followed to its answer.
 func TestPushFollowsEachUnit(t *testing.T) {
-	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"ku-a": {"ward"}, "ku-b": {"ward"}}})
-	standInUnit(t, b, "ku-a", "ward", fleet.EventConfigApplied)
-	standInUnit(t, b, "ku-b", "ward", fleet.EventConfigRejected)
+	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"unit-a": {"ward"}, "unit-b": {"ward"}}})
+	standInUnit(t, b, "unit-a", "ward", fleet.EventConfigApplied)
+	standInUnit(t, b, "unit-b", "ward", fleet.EventConfigRejected)
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +75,7 @@ func TestPushFollowsEachUnit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(res) != 2 || res[0].Unit != "ku-a" || res[0].Result != ResApplied || res[1].Result != ResRejected || res[1].Reason != "schema" {
+	if len(res) != 2 || res[0].Unit != "unit-a" || res[0].Result != ResApplied || res[1].Result != ResRejected || res[1].Reason != "schema" {
 		t.Fatalf("results: %+v", res)
 	}
 	if err := PushOutcome(p, res); err == nil {
