@@ -120,6 +120,16 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	if bar.Bar != "LIVE: camera and microphone on" || bar.Others != "2 at the far end" {
 		t.Errorf("status bar %+v", bar)
 	}
+	// Who speaks is emphasised (Chromium's fake microphone beeps).
+	waitUntil(t, sc, "a speaking far end emphasised", 10*time.Second, tilesJS, func(ts []tileView) bool {
+		n := 0
+		for _, x := range ts {
+			if x.Speaking {
+				n++
+			}
+		}
+		return n == 1
+	})
 	waitSelfRoom(t, sc, 10*time.Second) // the room's own picture, small
 	saveShot(t, sc, "call-two-far-ends.png")
 	// PRIVACY: nothing leaves the room, the room still sees the far end.

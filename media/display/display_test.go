@@ -283,3 +283,29 @@ func TestSlotCodecChange(t *testing.T) {
 		t.Fatalf("a codec the screen is not fed took a slot")
 	}
 }
+
+// A far end (or a stalled page) cannot make the display hold more than
+// the queue's bound: frames past it are dropped and the slot waits for a
+// keyframe.
+func TestQueueBounded(t *testing.T) {
+	d := newDisplay(t, gate.New(), nil)
+	d.SetFarEnd(&FarEnd{})
+	connectPage(t, d)
+	d.mu.Lock()
+	p := d.pages[0]
+	d.mu.Unlock()
+	big := make([]byte, 512<<10)
+	copy(big, vp8Key)
+	worst := int64(0)
+	for range 2000 {
+		d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: big, At: time.Now()})
+		worst = max(worst, p.qBytes.Load())
+		if n := len(p.q); n > QueueFrames {
+			t.Fatalf("%d frames queued", n)
+		}
+	}
+	if worst > QueueBytes {
+		t.Fatalf("%d bytes queued, bound %d", worst, QueueBytes)
+	}
+	t.Logf("2000 frames of 512 KiB at once: at most %.1f MiB queued", float64(worst)/(1<<20))
+}
