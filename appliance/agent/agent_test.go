@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/internal/fleettest"
 	"github.com/konsult/konsult/provisioning/fleet"
 )
 
@@ -26,7 +27,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if got := u.start(); got != "" {
 		t.Fatalf("fresh unit applied %q, want the local config only (empty)", got)
 	}
-	st := decode[fleet.Started](t, u.waitEvent(fleet.EventStarted, 5*time.Second))
+	st := fleettest.Data[fleet.Started](t, u.WaitEvent(fleet.EventStarted, 5*time.Second))
 	if st.Generation != 0 || st.Pending || st.RolledBack || st.Version != "test-1" {
 		t.Fatalf("started = %+v, want generation 0, not pending, not rolled back, version test-1", st)
 	}
@@ -36,7 +37,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if !strings.Contains(eff, `max_length = "2h"`) || !strings.Contains(eff, `level = "debug"`) {
 		t.Fatalf("group config not applied: %q", eff)
 	}
-	ap := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
+	ap := fleettest.Data[fleet.ConfigApplied](t, u.WaitEvent(fleet.EventConfigApplied, 5*time.Second))
 	if ap != (fleet.ConfigApplied{Target: "group:ward-a", Version: 1, Generation: 1}) {
 		t.Fatalf("config_applied = %+v", ap)
 	}
@@ -46,16 +47,16 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if !strings.Contains(eff, `max_length = "2h"`) || !strings.Contains(eff, `level = "warn"`) || strings.Contains(eff, "debug") {
 		t.Fatalf("effective config is not group overlaid by device: %q", eff)
 	}
-	ap = decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
+	ap = fleettest.Data[fleet.ConfigApplied](t, u.WaitEvent(fleet.EventConfigApplied, 5*time.Second))
 	if ap != (fleet.ConfigApplied{Target: "device:unit-1", Version: 7, Generation: 2}) {
 		t.Fatalf("config_applied = %+v", ap)
 	}
 	eventually(t, 5*time.Second, "reported shows both versions, confirmed", func() bool {
-		r := u.reported()
+		r := u.Reported(unitID)
 		return r.Versions["group:ward-a"] == 1 && r.Versions["device:unit-1"] == 7 && r.Generation == 2 && !r.Pending
 	})
 	eventually(t, 5*time.Second, "status shows generation 2", func() bool {
-		s := u.status()
+		s := u.Status(unitID)
 		return s.Online && s.ConfigGeneration == 2 && s.Version == "test-1" && s.State == "idle"
 	})
 
@@ -65,7 +66,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	eventually(t, 10*time.Second, "reconnected", u.agent.Connected)
 	time.Sleep(500 * time.Millisecond)
 	u.noApplied(200 * time.Millisecond)
-	if n := u.countEvents(fleet.EventConfigRejected); n != 0 {
+	if n := u.Count(fleet.EventConfigRejected); n != 0 {
 		t.Fatalf("re-delivered retained configs were reported as rejected (%d times)", n)
 	}
 
@@ -74,7 +75,7 @@ func TestPushToGroupAndDeviceMerges(t *testing.T) {
 	if got := u.start(); got != eff {
 		t.Fatalf("after restart applied %q, want %q", got, eff)
 	}
-	st = decode[fleet.Started](t, u.waitEvent(fleet.EventStarted, 5*time.Second))
+	st = fleettest.Data[fleet.Started](t, u.WaitEvent(fleet.EventStarted, 5*time.Second))
 	if st.Generation != 2 || st.Pending || st.Versions["device:unit-1"] != 7 {
 		t.Fatalf("started after restart = %+v", st)
 	}
@@ -107,10 +108,10 @@ func TestRejectionsApplyNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			u.t = t
+			u.T = t
 			u.push(tc.c)
-			e := u.waitEvent(fleet.EventConfigRejected, 5*time.Second)
-			r := decode[fleet.Rejection](t, e)
+			e := u.WaitEvent(fleet.EventConfigRejected, 5*time.Second)
+			r := fleettest.Data[fleet.Rejection](t, e)
 			if r.Reason != string(tc.reason) || r.Target != "device:unit-1" || r.Message == "" {
 				t.Fatalf("config_rejected = %+v, want reason %s for device:unit-1 with a message", r, tc.reason)
 			}
@@ -119,13 +120,13 @@ func TestRejectionsApplyNothing(t *testing.T) {
 			}
 			u.noApplied(100 * time.Millisecond)
 			eventually(t, 5*time.Second, "reported last_rejection", func() bool {
-				rep := u.reported()
+				rep := u.Reported(unitID)
 				return rep.LastRejection != nil && rep.LastRejection.Reason == string(tc.reason) &&
 					rep.Versions["device:unit-1"] == 5 && rep.Generation == 1
 			})
 		})
 	}
-	u.t = t
+	u.T = t
 	// Still on version 5: a restart applies what was accepted, nothing else.
 	u.stop()
 	if got := u.start(); !strings.Contains(got, "warn") {
@@ -142,12 +143,12 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	u.app.emit(appliance.Event{Type: "state", State: appliance.InCall})
 
 	u.push(cfg{version: 1, target: dev, toml: "[log]\nlevel = \"warn\"\n"})
-	d := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigDeferred, 5*time.Second))
+	d := fleettest.Data[fleet.ConfigApplied](t, u.WaitEvent(fleet.EventConfigDeferred, 5*time.Second))
 	if d.Version != 1 {
 		t.Fatalf("config_deferred = %+v", d)
 	}
 	u.noApplied(time.Second)
-	if n := u.countEvents(fleet.EventConfigApplied); n != 0 {
+	if n := u.Count(fleet.EventConfigApplied); n != 0 {
 		t.Fatal("config_applied reported while the call is still up")
 	}
 	if r := u.agent.Reported(); !r.Deferred || r.Versions["device:unit-1"] != 1 {
@@ -159,7 +160,7 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); !strings.Contains(eff, "warn") {
 		t.Fatalf("applied %q after the call", eff)
 	}
-	u.waitEvent(fleet.EventConfigApplied, 5*time.Second)
+	u.WaitEvent(fleet.EventConfigApplied, 5*time.Second)
 	if r := u.agent.Reported(); r.Deferred {
 		t.Fatal("still deferred after the call ended")
 	}
@@ -169,7 +170,7 @@ func TestConfigWaitsForTheCallUnlessUrgent(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); !strings.Contains(eff, "error") {
 		t.Fatalf("urgent config: applied %q", eff)
 	}
-	ap := decode[fleet.ConfigApplied](t, u.waitEvent(fleet.EventConfigApplied, 5*time.Second))
+	ap := fleettest.Data[fleet.ConfigApplied](t, u.WaitEvent(fleet.EventConfigApplied, 5*time.Second))
 	if !ap.Urgent || ap.Version != 2 {
 		t.Fatalf("config_applied = %+v, want urgent version 2", ap)
 	}
@@ -184,7 +185,7 @@ func TestConfigThatLosesTheBrokerRollsBack(t *testing.T) {
 	u.start()
 	u.push(cfg{version: 1, target: dev, toml: "[log]\nlevel = \"warn\"\n"})
 	good := u.nextApplied(5 * time.Second)
-	eventually(t, 5*time.Second, "confirmed", func() bool { r := u.reported(); return r.Generation == 1 && !r.Pending })
+	eventually(t, 5*time.Second, "confirmed", func() bool { r := u.Reported(unitID); return r.Generation == 1 && !r.Pending })
 
 	u.push(cfg{version: 2, target: dev, toml: "[fleet]\nbroker = \"mqtts://127.0.0.1:1\"\n"})
 	if bad := u.nextApplied(5 * time.Second); !strings.Contains(bad, "127.0.0.1:1") {
@@ -197,17 +198,17 @@ func TestConfigThatLosesTheBrokerRollsBack(t *testing.T) {
 	if took := time.Since(start); took < time.Second {
 		t.Fatalf("rolled back after %s, before the 1.5 s confirm timeout", took)
 	}
-	rb := decode[fleet.Rollback](t, u.waitEvent(fleet.EventConfigRolledBack, 10*time.Second))
+	rb := fleettest.Data[fleet.Rollback](t, u.WaitEvent(fleet.EventConfigRolledBack, 10*time.Second))
 	if rb.FromGeneration != 2 || rb.ToGeneration != 3 || rb.Versions["device:unit-1"] != 2 || !strings.Contains(rb.Reason, "broker") {
 		t.Fatalf("config_rolled_back = %+v", rb)
 	}
 	eventually(t, 10*time.Second, "reported shows the rollback", func() bool {
-		r := u.reported()
+		r := u.Reported(unitID)
 		return r.LastRollback != nil && r.Generation == 3 && !r.Pending && r.Versions["device:unit-1"] == 2
 	})
 	time.Sleep(time.Second)
 	u.noApplied(100 * time.Millisecond)
-	if n := u.countEvents(fleet.EventConfigRejected); n != 0 {
+	if n := u.Count(fleet.EventConfigRejected); n != 0 {
 		t.Fatalf("the rolled-back retained config was reported rejected %d times", n)
 	}
 	// The fleet retries with a higher version.
@@ -231,11 +232,11 @@ func TestConfigRoomdCannotRunRollsBack(t *testing.T) {
 	if eff := u.nextApplied(5 * time.Second); eff != "" {
 		t.Fatalf("after the failed apply the unit runs %q, want its previous (empty) config", eff)
 	}
-	rb := decode[fleet.Rollback](t, u.waitEvent(fleet.EventConfigRolledBack, 5*time.Second))
+	rb := fleettest.Data[fleet.Rollback](t, u.WaitEvent(fleet.EventConfigRolledBack, 5*time.Second))
 	if !strings.Contains(rb.Reason, "GPIO99") || rb.Versions["device:unit-1"] != 1 {
 		t.Fatalf("config_rolled_back = %+v, want the reason from roomd", rb)
 	}
-	if n := u.countEvents(fleet.EventConfigApplied); n != 0 {
+	if n := u.Count(fleet.EventConfigApplied); n != 0 {
 		t.Fatal("a config that did not run was reported applied")
 	}
 }
@@ -251,8 +252,8 @@ func TestCommands(t *testing.T) {
 	cmdTopic := topics.DeviceCmd(unitID)
 
 	secs := json.RawMessage("7")
-	u.publish(cmdTopic, false, u.command(fleet.CommandIdentify, map[string]json.RawMessage{"seconds": secs}, now, exp, ""))
-	done := decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandDone, 5*time.Second))
+	u.Publish(cmdTopic, false, u.command(fleet.CommandIdentify, map[string]json.RawMessage{"seconds": secs}, now, exp, ""))
+	done := fleettest.Data[fleet.CommandResult](t, u.WaitEvent(fleet.EventCommandDone, 5*time.Second))
 	if done.Name != "identify" || len(done.Nonce) != 32 {
 		t.Fatalf("command_done = %+v", done)
 	}
@@ -261,10 +262,10 @@ func TestCommands(t *testing.T) {
 	}
 
 	join := u.command(fleet.CommandJoin, nil, now, exp, "")
-	u.publish(cmdTopic, false, join)
-	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
-	u.publish(cmdTopic, false, join) // replayed
-	ref := decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
+	u.Publish(cmdTopic, false, join)
+	u.WaitEvent(fleet.EventCommandDone, 5*time.Second)
+	u.Publish(cmdTopic, false, join) // replayed
+	ref := fleettest.Data[fleet.CommandResult](t, u.WaitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonReplayed) || ref.Name != "join" {
 		t.Fatalf("replay: command_refused = %+v", ref)
 	}
@@ -273,8 +274,8 @@ func TestCommands(t *testing.T) {
 	}
 
 	old := now.Add(-time.Hour)
-	u.publish(cmdTopic, false, u.command(fleet.CommandLeave, nil, old, old.Add(10*time.Minute), ""))
-	ref = decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
+	u.Publish(cmdTopic, false, u.command(fleet.CommandLeave, nil, old, old.Add(10*time.Minute), ""))
+	ref = fleettest.Data[fleet.CommandResult](t, u.WaitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonExpired) || ref.Name != "leave" {
 		t.Fatalf("expired: command_refused = %+v", ref)
 	}
@@ -283,14 +284,14 @@ func TestCommands(t *testing.T) {
 	u.stop()
 	u.start()
 	eventually(t, 5*time.Second, "connected", u.agent.Connected)
-	u.publish(cmdTopic, false, join)
-	ref = decode[fleet.CommandResult](t, u.waitEvent(fleet.EventCommandRefused, 5*time.Second))
+	u.Publish(cmdTopic, false, join)
+	ref = fleettest.Data[fleet.CommandResult](t, u.WaitEvent(fleet.EventCommandRefused, 5*time.Second))
 	if ref.Reason != string(fleet.ReasonReplayed) {
 		t.Fatalf("replay after restart: command_refused = %+v", ref)
 	}
 
-	u.publish(cmdTopic, false, u.command(fleet.CommandReportNow, nil, now, exp, ""))
-	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
+	u.Publish(cmdTopic, false, u.command(fleet.CommandReportNow, nil, now, exp, ""))
+	u.WaitEvent(fleet.EventCommandDone, 5*time.Second)
 	if acts, _ := u.app.asked(); len(acts) != 1 {
 		t.Fatalf("after the refusals the appliance was asked %v", acts)
 	}
@@ -312,25 +313,25 @@ func TestApplianceEventsForwarded(t *testing.T) {
 	} {
 		u.app.emit(ev)
 	}
-	b := decode[fleet.Button](t, u.waitEvent(fleet.EventButton, 5*time.Second))
+	b := fleettest.Data[fleet.Button](t, u.WaitEvent(fleet.EventButton, 5*time.Second))
 	if b != (fleet.Button{Which: "join", Kind: "down"}) {
 		t.Fatalf("button = %+v", b)
 	}
-	if c := decode[fleet.Call](t, u.waitEvent(fleet.EventCallJoined, 5*time.Second)); c.Meeting != "m-1a2b" {
+	if c := fleettest.Data[fleet.Call](t, u.WaitEvent(fleet.EventCallJoined, 5*time.Second)); c.Meeting != "m-1a2b" {
 		t.Fatalf("call_joined = %+v", c)
 	}
-	if s := decode[fleet.State](t, u.waitEvent(fleet.EventState, 5*time.Second)); s.State != "in_call" {
+	if s := fleettest.Data[fleet.State](t, u.WaitEvent(fleet.EventState, 5*time.Second)); s.State != "in_call" {
 		t.Fatalf("state = %+v", s)
 	}
-	if f := decode[fleet.Fault](t, u.waitEvent(fleet.EventShutterFault, 5*time.Second)); f.Source != "shutter" || f.Reason == "" {
+	if f := fleettest.Data[fleet.Fault](t, u.WaitEvent(fleet.EventShutterFault, 5*time.Second)); f.Source != "shutter" || f.Reason == "" {
 		t.Fatalf("shutter_fault = %+v", f)
 	}
-	u.waitEvent(fleet.EventCameraLost, 5*time.Second)
-	if c := decode[fleet.Call](t, u.waitEvent(fleet.EventCallLeft, 5*time.Second)); c.Meeting != "m-1a2b" || c.Reason != "fault" {
+	u.WaitEvent(fleet.EventCameraLost, 5*time.Second)
+	if c := fleettest.Data[fleet.Call](t, u.WaitEvent(fleet.EventCallLeft, 5*time.Second)); c.Meeting != "m-1a2b" || c.Reason != "fault" {
 		t.Fatalf("call_left = %+v", c)
 	}
-	u.waitEvent(fleet.EventFaultCleared, 5*time.Second)
-	eventually(t, 5*time.Second, "status in_call", func() bool { return u.status().State == "in_call" })
+	u.WaitEvent(fleet.EventFaultCleared, 5*time.Second)
+	eventually(t, 5*time.Second, "status in_call", func() bool { return u.Status(unitID).State == "in_call" })
 }
 
 // Invariant 7: secrets in a config never reach events, reported state,
@@ -344,26 +345,24 @@ func TestSecretsNeverLeave(t *testing.T) {
 	const url = "https://user:hunter2hunter@livekit.example"
 	u.push(cfg{version: 1, target: dev, toml: fmt.Sprintf("[conference]\ntoken = %q\napi_secret = %q\nurl = %q\n", token, secret, url)})
 	u.nextApplied(5 * time.Second)
-	u.waitEvent(fleet.EventConfigApplied, 5*time.Second)
+	u.WaitEvent(fleet.EventConfigApplied, 5*time.Second)
 	// The validator quotes the value it refuses.
 	u.push(cfg{version: 2, target: dev, toml: fmt.Sprintf("[conference]\nbad = %q\n", secret+"-2")})
-	u.waitEvent(fleet.EventConfigRejected, 5*time.Second)
+	u.WaitEvent(fleet.EventConfigRejected, 5*time.Second)
 	// A lower layer that echoes a token in an error.
 	u.app.emit(appliance.Event{Type: "fault", Detail: "call", Reason: "join failed: 401 token " + token + " rejected by " + url})
 	u.app.emit(appliance.Event{Type: "call", Detail: "left", Meeting: "m-1", Reason: "server said " + secret})
-	u.waitEvent(fleet.EventCallLeft, 5*time.Second)
-	u.publish(topics.DeviceCmd(unitID), false, u.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute), ""))
-	u.waitEvent(fleet.EventCommandDone, 5*time.Second)
+	u.WaitEvent(fleet.EventCallLeft, 5*time.Second)
+	u.Publish(topics.DeviceCmd(unitID), false, u.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute), ""))
+	u.WaitEvent(fleet.EventCommandDone, 5*time.Second)
 
-	u.mu.Lock()
 	var out []string
-	for _, e := range u.all {
-		out = append(out, e.raw)
+	for _, e := range u.Events() {
+		out = append(out, e.Raw)
 	}
-	for _, b := range u.retained {
+	for _, b := range u.Retained() {
 		out = append(out, string(b))
 	}
-	u.mu.Unlock()
 	out = append(out, u.logs.String())
 	whole := strings.Join(out, "\n")
 	if !strings.Contains(whole, "[redacted]") {
