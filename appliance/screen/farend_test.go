@@ -2,6 +2,7 @@ package screen_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,7 +92,14 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	}
 	defer disp.Close()
 	call := joinRTC(t, lk, "screen", g, disp.FarFrame, disp.SelfFrame)
-	disp.SetFarEnd(&display.FarEnd{Keyframe: call.RequestKeyframe, Speaking: call.Playout().Speaking})
+	var plis atomic.Int32 // keyframe requests that reached a far end's receiver
+	disp.SetFarEnd(&display.FarEnd{Keyframe: func(p string) bool {
+		ok := call.RequestKeyframe(p)
+		if ok {
+			plis.Add(1)
+		}
+		return ok
+	}, Speaking: call.Playout().Speaking})
 	g.Set(gate.State{Video: true, Audio: true})
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open", LED: "live"}, g)
 	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp, Others: call.Others})
@@ -146,8 +154,12 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	// keyframes, which the display asks them for.
 	reloaded := time.Now()
 	sc.call("Page.reload", map[string]any{"ignoreCache": true})
+	before := plis.Load()
 	movingTiles(t, sc, 2, 15*time.Second)
-	t.Logf("page opened mid call → both pictures back: %s", time.Since(reloaded).Round(10*time.Millisecond))
+	t.Logf("page opened mid call → both pictures back: %s (%d keyframe requests sent to the far ends)", time.Since(reloaded).Round(10*time.Millisecond), plis.Load()-before)
+	if plis.Load() == before {
+		t.Error("the page opened mid call got its pictures without asking the far ends for keyframes: RequestKeyframe untested")
+	}
 
 	if err := b.Leave(); err != nil {
 		t.Fatal(err)
