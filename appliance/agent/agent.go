@@ -16,33 +16,18 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
-	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/provisioning/configstore"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
 // Appliance is what the agent needs of the unit: *appliance.Machine, or
-// roomd's wrapper that follows the machine across re-opens.
+// appliance/unit's Appliance, which follows the machine across re-opens.
 type Appliance interface {
 	Do(ctx context.Context, a appliance.Action, source string) error
 	Identify(ctx context.Context, d time.Duration) error
 	Subscribe(buf int) (<-chan appliance.Event, func())
 	Status() appliance.Status
-}
-
-// Unit is the running unit the agent hands configs to (appliance/unit's
-// Unit). The agent checks each effective fleet config with Config, decides
-// when it runs (after a call unless urgent) and how the unit reaches the
-// fleet under it, and then hands the checked config to Apply.
-type Unit interface {
-	// Config is the config the unit would run with effective (the fleet's
-	// merged TOML; empty for none) over its local config, validated. Its
-	// error may quote values; the agent cuts them out before reporting.
-	Config(effective []byte) (*config.Config, error)
-	// Apply makes the unit run on a config from Config. An error rolls the
-	// config back.
-	Apply(*config.Config) error
 }
 
 // Connection is how the unit reaches its fleet under one config.
@@ -204,51 +189,6 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	return a, nil
-}
-
-// withUnit routes Validate, Apply and ConnectionFor through the Unit.
-func (o *Options) withUnit() {
-	u, base, demo := o.Unit, o.Connection, o.DemoBroker
-	enrolled := o.Identity != nil
-	o.Validate = func(eff []byte) error {
-		_, err := u.Config(eff)
-		return err
-	}
-	o.ConnectionFor = func(eff []byte) (Connection, error) {
-		c, err := u.Config(eff)
-		if err != nil {
-			return Connection{}, err
-		}
-		return connectionUnder(base, c.Fleet, demo, enrolled)
-	}
-	o.Apply = func(eff []byte) error {
-		c, err := u.Config(eff)
-		if err != nil {
-			return err
-		}
-		return u.Apply(c)
-	}
-}
-
-// connectionUnder is how the unit reaches its fleet under a config's
-// [fleet]: the broker and certificates may come from a fleet config, the
-// identity (base's device id, groups and queue) never does. An enrolled
-// unit always speaks as itself: its own key and the certificate and CA
-// enrolment installed, which base carries.
-func connectionUnder(base Connection, f config.Fleet, demo string, enrolled bool) (Connection, error) {
-	c := base
-	c.Link.Broker = f.Broker
-	if c.Link.Broker == "" {
-		if demo == "" {
-			return Connection{}, errors.New("fleet.broker is empty: a fleet config cannot switch the fleet off")
-		}
-		c.Link.Broker = demo
-	}
-	if !enrolled {
-		c.Link.CAFile, c.Link.CertFile, c.Link.KeyFile = f.CAFile, f.CertFile, f.KeyFile
-	}
-	c.ConfirmTimeout = f.ConfirmTimeout.Duration
-	return c, nil
 }
 
 // boot applies the stored config, rolling back where it must.

@@ -7,6 +7,7 @@
 // events in the shapes of provisioning/fleet's contract.go (the wire types
 // live with the protocol), which fleetctl reads.
 //
-// The direction of imports: cmd/roomd → appliance/agent → appliance and
-// provisioning/*; nothing here imports cmd/.
+// The direction of imports: cmd/roomd → appliance/agent → appliance,
+// appliance/config and provisioning/*; nothing here imports cmd/ or
+// appliance/unit (the Unit it configures implements agent.Unit).
 package agent
