@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/internal/fleettest"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -27,13 +28,13 @@ func TestFleetPushToDeviceAndGroup(t *testing.T) {
 	}
 
 	f.push(signed{version: 1, target: grpTarget, toml: "[pins]\njoin = \"GPIO26\"\nmute = \"GPIO16\"\n"})
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
 	u.eventually("group pins applied", func(s status) bool {
 		return pin(s, "join") == "GPIO26" && pin(s, "mute") == "GPIO16" && s.Fleet.Versions["group:ward-a"] == 1
 	})
 
 	f.push(signed{version: 1, target: devTarget, toml: "[pins]\nmute = \"GPIO20\"\n"})
-	ap := data[fleet.ConfigApplied](t, f.waitEvent(fleet.EventConfigApplied, 10*time.Second))
+	ap := fleettest.Data[fleet.ConfigApplied](t, f.WaitEvent(fleet.EventConfigApplied, 10*time.Second))
 	if ap.Target != "device:room-1" || ap.Version != 1 || ap.Generation != 2 {
 		t.Fatalf("config_applied = %+v", ap)
 	}
@@ -51,7 +52,7 @@ func TestFleetRejectionsApplyNothing(t *testing.T) {
 	f := newFleetSide(t)
 	u := startFleetUnit(t, f)
 	f.push(signed{version: 3, target: devTarget, toml: "[pins]\nmute = \"GPIO20\"\n"})
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
 	u.eventually("applied", func(s status) bool { return pin(s, "mute") == "GPIO20" })
 
 	_, stranger, _ := ed25519.GenerateKey(rand.Reader)
@@ -75,9 +76,9 @@ func TestFleetRejectionsApplyNothing(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			f.t = t
+			f.T = t
 			f.push(tc.s)
-			r := data[fleet.Rejection](t, f.waitEvent(fleet.EventConfigRejected, 10*time.Second))
+			r := fleettest.Data[fleet.Rejection](t, f.WaitEvent(fleet.EventConfigRejected, 10*time.Second))
 			if r.Reason != string(tc.reason) {
 				t.Fatalf("config_rejected = %+v, want reason %s", r, tc.reason)
 			}
@@ -103,20 +104,20 @@ func TestFleetConfigWaitsForCallEnd(t *testing.T) {
 	u.waitFor("in call", 5*time.Second, isState(appliance.InCall))
 
 	f.push(signed{version: 1, target: devTarget, toml: "[pins]\nmute = \"GPIO20\"\n"})
-	f.waitEvent(fleet.EventConfigDeferred, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigDeferred, 10*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	if s := u.status(); s.State != appliance.InCall || pin(s, "mute") != "GPIO23" {
 		t.Fatalf("during the call: state %s, mute on %s; want the call untouched on the old config", s.State, pin(s, "mute"))
 	}
 	u.press("leave")
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
 	u.eventually("applied after the call", func(s status) bool { return pin(s, "mute") == "GPIO20" && s.State == appliance.Idle })
 
 	u.press("join")
 	u.eventually("in call again", func(s status) bool { return s.State == appliance.InCall })
 	f.push(signed{version: 2, target: devTarget, urgent: true, toml: "[pins]\nmute = \"GPIO21\"\n"})
-	got := f.waitEvents(10*time.Second, fleet.EventCallLeft, fleet.EventConfigApplied)
-	if left := data[fleet.Call](t, got[fleet.EventCallLeft]); left.Reason == "" {
+	got := f.WaitEvents(10*time.Second, fleet.EventCallLeft, fleet.EventConfigApplied)
+	if left := fleettest.Data[fleet.Call](t, got[fleet.EventCallLeft]); left.Reason == "" {
 		t.Fatalf("call_left = %+v, want a reason", left)
 	}
 	u.eventually("urgent applied, call ended, shutter closed", func(s status) bool {
@@ -130,8 +131,8 @@ func TestFleetConfigThatBreaksTheBrokerRollsBack(t *testing.T) {
 	f := newFleetSide(t)
 	u := startFleetUnit(t, f)
 	f.push(signed{version: 1, target: devTarget, toml: "[fleet]\nbroker = \"mqtts://127.0.0.1:1\"\n"})
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
-	rb := data[fleet.Rollback](t, f.waitEvent(fleet.EventConfigRolledBack, 20*time.Second))
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
+	rb := fleettest.Data[fleet.Rollback](t, f.WaitEvent(fleet.EventConfigRolledBack, 20*time.Second))
 	if rb.FromGeneration != 1 || rb.ToGeneration != 2 || rb.Versions["device:room-1"] != 1 || !strings.Contains(rb.Reason, "broker") {
 		t.Fatalf("config_rolled_back = %+v", rb)
 	}
@@ -140,8 +141,8 @@ func TestFleetConfigThatBreaksTheBrokerRollsBack(t *testing.T) {
 	})
 	// The rolled-back config stays retained; it is not taken up again.
 	time.Sleep(time.Second)
-	if s := u.status(); s.Fleet.Generation != 2 || f.count(fleet.EventConfigRejected) != 0 {
-		t.Fatalf("after the rollback: generation %d, %d rejections", s.Fleet.Generation, f.count(fleet.EventConfigRejected))
+	if s := u.status(); s.Fleet.Generation != 2 || f.Distinct(fleet.EventConfigRejected) != 0 {
+		t.Fatalf("after the rollback: generation %d, %d rejections", s.Fleet.Generation, f.Distinct(fleet.EventConfigRejected))
 	}
 }
 
@@ -151,7 +152,7 @@ func TestFleetConfigWithBadPinRollsBack(t *testing.T) {
 	f := newFleetSide(t)
 	u := startFleetUnit(t, f)
 	f.push(signed{version: 1, target: devTarget, toml: "[pins]\njoin = \"GPIO99\"\n"})
-	rb := data[fleet.Rollback](t, f.waitEvent(fleet.EventConfigRolledBack, 10*time.Second))
+	rb := fleettest.Data[fleet.Rollback](t, f.WaitEvent(fleet.EventConfigRolledBack, 10*time.Second))
 	if !strings.Contains(rb.Reason, "GPIO99") {
 		t.Fatalf("config_rolled_back reason %q does not name the pin", rb.Reason)
 	}
@@ -172,8 +173,8 @@ func TestFleetCommands(t *testing.T) {
 	now := time.Now()
 	exp := now.Add(5 * time.Minute)
 
-	f.publish(cmdTopic, false, f.command(fleet.CommandIdentify, map[string]json.RawMessage{"seconds": json.RawMessage("2")}, now, exp))
-	f.waitEvent(fleet.EventCommandDone, 10*time.Second)
+	f.Publish(cmdTopic, false, f.command(fleet.CommandIdentify, map[string]json.RawMessage{"seconds": json.RawMessage("2")}, now, exp))
+	f.WaitEvent(fleet.EventCommandDone, 10*time.Second)
 	u.eventually("LED identify", func(s status) bool { return s.LED == "identify" })
 	time.Sleep(2500 * time.Millisecond)
 	if s := u.status(); s.LED != "off" {
@@ -181,30 +182,30 @@ func TestFleetCommands(t *testing.T) {
 	}
 
 	join := f.command(fleet.CommandJoin, nil, now, exp)
-	f.publish(cmdTopic, false, join)
-	f.waitEvent(fleet.EventCommandDone, 10*time.Second)
-	f.waitEvent(fleet.EventCallJoined, 10*time.Second)
+	f.Publish(cmdTopic, false, join)
+	f.WaitEvent(fleet.EventCommandDone, 10*time.Second)
+	f.WaitEvent(fleet.EventCallJoined, 10*time.Second)
 	u.eventually("in call, LIVE", func(s status) bool { return s.State == appliance.InCall && s.LED == "live" })
 
 	// Identify never hides LIVE.
-	f.publish(cmdTopic, false, f.command(fleet.CommandIdentify, nil, now, exp))
-	f.waitEvent(fleet.EventCommandDone, 10*time.Second)
+	f.Publish(cmdTopic, false, f.command(fleet.CommandIdentify, nil, now, exp))
+	f.WaitEvent(fleet.EventCommandDone, 10*time.Second)
 	if s := u.status(); s.LED != "live" {
 		t.Fatalf("identify during a live call: LED %s", s.LED)
 	}
 
-	f.publish(cmdTopic, false, f.command(fleet.CommandLeave, nil, now, exp))
-	f.waitEvent(fleet.EventCallLeft, 10*time.Second)
+	f.Publish(cmdTopic, false, f.command(fleet.CommandLeave, nil, now, exp))
+	f.WaitEvent(fleet.EventCallLeft, 10*time.Second)
 	u.eventually("idle", func(s status) bool { return s.State == appliance.Idle })
 
-	f.publish(cmdTopic, false, join) // replayed
-	r := data[fleet.CommandResult](t, f.waitEvent(fleet.EventCommandRefused, 10*time.Second))
+	f.Publish(cmdTopic, false, join) // replayed
+	r := fleettest.Data[fleet.CommandResult](t, f.WaitEvent(fleet.EventCommandRefused, 10*time.Second))
 	if r.Reason != string(fleet.ReasonReplayed) || r.Name != "join" {
 		t.Fatalf("replayed join: %+v", r)
 	}
 	old := now.Add(-2 * time.Hour)
-	f.publish(cmdTopic, false, f.command(fleet.CommandJoin, nil, old, old.Add(30*time.Minute)))
-	r = data[fleet.CommandResult](t, f.waitEvent(fleet.EventCommandRefused, 10*time.Second))
+	f.Publish(cmdTopic, false, f.command(fleet.CommandJoin, nil, old, old.Add(30*time.Minute)))
+	r = fleettest.Data[fleet.CommandResult](t, f.WaitEvent(fleet.EventCommandRefused, 10*time.Second))
 	if r.Reason != string(fleet.ReasonExpired) {
 		t.Fatalf("expired join: %+v", r)
 	}
@@ -214,8 +215,8 @@ func TestFleetCommands(t *testing.T) {
 	}
 
 	// reboot in --sim restarts the unit inside the process.
-	f.publish(cmdTopic, false, f.command(fleet.CommandReboot, nil, now, exp))
-	f.waitEvent(fleet.EventCommandDone, 10*time.Second)
+	f.Publish(cmdTopic, false, f.command(fleet.CommandReboot, nil, now, exp))
+	f.WaitEvent(fleet.EventCommandDone, 10*time.Second)
 	u.waitFor("restarted unit's hello", 10*time.Second, func(e appliance.Event) bool { return e.Type == "hello" })
 	u.press("join")
 	u.waitFor("in call after reboot", 5*time.Second, isState(appliance.InCall))
@@ -231,26 +232,24 @@ func TestFleetSecretsNeverLeave(t *testing.T) {
 	const token = "eyJhbGciOiJIUzI1NiJ9.secret-token-4711"
 	const apiSecret = "api-secret-0b5e1c9d"
 	f.push(signed{version: 1, target: devTarget, toml: fmt.Sprintf("[conference]\ntoken = %q\napi_secret = %q\n[log]\nlevel = \"debug\"\n", token, apiSecret)})
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
 	// The schema error quotes the bad duration, which is a secret here.
 	f.push(signed{version: 2, target: devTarget, toml: fmt.Sprintf("[conference]\ntoken = %q\n[call]\nmax_length = %q\n", token+"-2", apiSecret+"-2")})
-	f.waitEvent(fleet.EventConfigRejected, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigRejected, 10*time.Second)
 	u.press("join")
 	u.waitFor("in call", 5*time.Second, isState(appliance.InCall))
 	u.press("leave")
-	f.waitEvent(fleet.EventCallLeft, 10*time.Second)
-	f.publish(link.Topics{}.DeviceCmd(fleetDevice), false, f.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute)))
-	f.waitEvent(fleet.EventCommandDone, 10*time.Second)
+	f.WaitEvent(fleet.EventCallLeft, 10*time.Second)
+	f.Publish(link.Topics{}.DeviceCmd(fleetDevice), false, f.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute)))
+	f.WaitEvent(fleet.EventCommandDone, 10*time.Second)
 
-	f.mu.Lock()
 	var all []string
-	for _, e := range f.all {
-		all = append(all, e.raw)
+	for _, e := range f.Events() {
+		all = append(all, e.Raw)
 	}
-	for _, b := range f.retained {
+	for _, b := range f.Retained() {
 		all = append(all, string(b))
 	}
-	f.mu.Unlock()
 	all = append(all, u.logs.String())
 	whole := strings.Join(all, "\n")
 	if !strings.Contains(whole, "config_rejected") || !strings.Contains(whole, "call_left") {

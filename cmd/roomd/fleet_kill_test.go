@@ -166,10 +166,10 @@ func TestFleetKill9(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	f.waitEvent(fleet.EventStarted, 10*time.Second)
+	f.WaitEvent(fleet.EventStarted, 10*time.Second)
 	t.Logf("%d kills (%d during startup) in %s; %d starts checked, %d of them after a rollback; %d versions pushed, %d of them losing the broker; %d started and %d config_rolled_back events reached the fleet",
 		kills, earlyKills, time.Since(begin).Round(time.Millisecond), ready, rolledBack, pushed, broken,
-		f.count(fleet.EventStarted), f.count(fleet.EventConfigRolledBack))
+		f.Distinct(fleet.EventStarted), f.Distinct(fleet.EventConfigRolledBack))
 }
 
 // checkOnce reads the status once; it returns what is wrong ("" if

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/internal/fleettest"
 	"github.com/konsult/konsult/provisioning/fleet"
 )
 
@@ -27,9 +28,9 @@ func TestFleetLocalOnlyKeyIsRefusedLiveKeyApplies(t *testing.T) {
 		{"out of range", "[call]\nmax_length = \"48h\"\n", "call.max_length", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f.t = t
+			f.T = t
 			f.push(signed{version: 1, target: devTarget, toml: tc.toml})
-			r := data[fleet.Rejection](t, f.waitEvent(fleet.EventConfigRejected, 10*time.Second))
+			r := fleettest.Data[fleet.Rejection](t, f.WaitEvent(fleet.EventConfigRejected, 10*time.Second))
 			if r.Reason != string(fleet.ReasonSchema) || !strings.Contains(r.Message, tc.key) {
 				t.Fatalf("config_rejected = %+v, want schema naming %s", r, tc.key)
 			}
@@ -45,8 +46,8 @@ func TestFleetLocalOnlyKeyIsRefusedLiveKeyApplies(t *testing.T) {
 			}
 		})
 	}
-	f.t = t
+	f.T = t
 	f.push(signed{version: 1, target: devTarget, toml: "[pins]\nmute = \"GPIO20\"\n[log]\nlevel = \"debug\"\n"})
-	f.waitEvent(fleet.EventConfigApplied, 10*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 10*time.Second)
 	u.eventually("live keys applied", func(s status) bool { return pin(s, "mute") == "GPIO20" && s.Fleet.Generation == 1 })
 }

@@ -60,7 +60,7 @@ func TestNetworkFromFleetConfig(t *testing.T) {
 
 	cfg := f.unitConfig(filepath.Join(dir, "state")) + "[unit]\nnetwork_dir = " + quote(spool) + "\nnetwork_apply = \"helper\"\n"
 	u := startUnit(t, cfg)
-	f.waitEvent(fleet.EventStarted, 10*time.Second)
+	f.WaitEvent(fleet.EventStarted, 10*time.Second)
 
 	const goodPSK, brokenPSK, shortPSK, peapPass = "correct horse battery", "another secret phrase", "tiny1", "peap-Passw0rd-xyz"
 	f.push(signed{version: 1, target: devTarget, toml: `[network.ethernet]
@@ -70,7 +70,7 @@ ssid = "Clinic-Rooms"
 security = "wpa2-personal"
 psk = "` + goodPSK + `"
 `})
-	f.waitEvent(fleet.EventConfigApplied, 20*time.Second)
+	f.WaitEvent(fleet.EventConfigApplied, 20*time.Second)
 	wifi := filepath.Join(nmDir, "konsult-wifi-0.nmconnection")
 	b, err := os.ReadFile(wifi)
 	if err != nil || !strings.Contains(string(b), "ssid=Clinic-Rooms") || !strings.Contains(string(b), "psk="+goodPSK) {
@@ -98,9 +98,9 @@ ssid = "Broken"
 security = "wpa3-personal"
 psk = "` + brokenPSK + `"
 `})
-	rb := f.waitEvent(fleet.EventConfigRolledBack, 60*time.Second)
-	if !strings.Contains(rb.raw, "NetworkManager") {
-		t.Fatalf("rollback reason does not name NetworkManager: %s", rb.raw)
+	rb := f.WaitEvent(fleet.EventConfigRolledBack, 60*time.Second)
+	if !strings.Contains(rb.Raw, "NetworkManager") {
+		t.Fatalf("rollback reason does not name NetworkManager: %s", rb.Raw)
 	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -127,24 +127,22 @@ eap = "peap"
 identity = "room-1"
 password = "` + peapPass + `"
 `})
-	rej := f.waitEvent(fleet.EventConfigRejected, 10*time.Second)
-	if !strings.Contains(rej.raw, "network.wifi[0].psk") || !strings.Contains(rej.raw, "ca_cert") {
-		t.Fatalf("rejection does not name the keys to fix: %s", rej.raw)
+	rej := f.WaitEvent(fleet.EventConfigRejected, 10*time.Second)
+	if !strings.Contains(rej.Raw, "network.wifi[0].psk") || !strings.Contains(rej.Raw, "ca_cert") {
+		t.Fatalf("rejection does not name the keys to fix: %s", rej.Raw)
 	}
 	if b, _ := os.ReadFile(foreign); !strings.Contains(string(b), "Wired connection 1") {
 		t.Fatal("roomd touched a profile that is not its own")
 	}
 
 	// Invariant 7: no secret in events, status, reported state or logs.
-	f.mu.Lock()
 	var seen strings.Builder
-	for _, e := range f.all {
-		seen.WriteString(e.raw)
+	for _, e := range f.Events() {
+		seen.WriteString(e.Raw)
 	}
-	for _, v := range f.retained {
+	for _, v := range f.Retained() {
 		seen.Write(v)
 	}
-	f.mu.Unlock()
 	var stRaw map[string]any
 	_ = u.api.Status(context.Background(), &stRaw)
 	st := fmt.Sprint(stRaw)

@@ -53,10 +53,10 @@ func TestFactoryResetInEveryConfiguration(t *testing.T) {
 		dir := t.TempDir()
 		seeded := seedState(t, dir)
 		u := startUnit(t, f.unitConfig(filepath.Join(dir, "state"))+"identity_dir = "+quote(filepath.Join(dir, "identity"))+"\n"+hold)
-		f.waitEvent(fleet.EventStarted, 10*time.Second)
+		f.WaitEvent(fleet.EventStarted, 10*time.Second)
 		factoryReset(t, u, "api")
 		u.wipedAndNew(t, dir, seeded)
-		f.waitEvent(fleet.EventStarted, 20*time.Second) // the new unit is back on its fleet
+		f.WaitEvent(fleet.EventStarted, 20*time.Second) // the new unit is back on its fleet
 	})
 	t.Run("enrolling/api", func(t *testing.T) {
 		f := newEnrolFleet(t)
