@@ -98,10 +98,24 @@ type Config struct {
 		Level  string `toml:"level"`
 		Format string `toml:"format"`
 	} `toml:"log"`
+	// Audio switches the microphone's processing (media/audioproc).
+	Audio struct {
+		AEC bool `toml:"aec"`
+		NS  bool `toml:"ns"`
+		AGC bool `toml:"agc"`
+	} `toml:"audio"`
 	Sim struct {
 		Travel    Duration `toml:"travel"`
 		JoinDelay Duration `toml:"join_delay"`
 		Stamp     bool     `toml:"stamp"`
+		// Echo feeds the speaker mix back into the simulated microphone
+		// (audioproc.EchoPath).
+		Echo struct {
+			Enabled       bool     `toml:"enabled"`
+			Delay         Duration `toml:"delay"`
+			AttenuationDB float64  `toml:"attenuation_db"`
+			Reverb        Duration `toml:"reverb"`
+		} `toml:"echo"`
 	} `toml:"sim"`
 	Fleet Fleet `toml:"fleet"`
 }

@@ -40,7 +40,8 @@ const (
 //	[api]                   local      listeners open at start; and who may drive the unit is its own business
 //	log.level               live       set in place (holder.setLevel)
 //	log.format              local      the logger is made once at start
-//	[sim]                   live       unit re-opened
+//	[sim] [sim.echo]        live       unit re-opened
+//	[audio]                 live       unit re-opened (the next call's processor)
 //	fleet.broker, ca_file,
 //	  cert_file, key_file,
 //	  confirm_timeout       live       the agent reconnects on the new connection (ConnectionFor)
@@ -88,6 +89,7 @@ var scopes = []struct {
 	{"call", Live},
 	{"conference", Live},
 	{"sim", Live},
+	{"audio", Live},
 }
 
 // ScopeOf is key's scope ("fleet.broker", or a section classified whole,

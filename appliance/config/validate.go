@@ -31,6 +31,9 @@ func (c *Config) Validate() error {
 		pos("call.max_length", c.Call.MaxLength, 0, 24*time.Hour),
 		pos("sim.travel", c.Sim.Travel, 0, 10*time.Second),
 		pos("sim.join_delay", c.Sim.JoinDelay, 0, time.Minute),
+		pos("sim.echo.delay", c.Sim.Echo.Delay, 0, 500*time.Millisecond),
+		pos("sim.echo.reverb", c.Sim.Echo.Reverb, 0, 500*time.Millisecond),
+		floatRange("sim.echo.attenuation_db", c.Sim.Echo.AttenuationDB, 0, 60),
 		oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"),
 		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip", "livekit"),
 		pos("call.leave_when_alone", c.Call.LeaveWhenAlone, 0, 24*time.Hour),
@@ -129,4 +132,11 @@ func oneOf(key, v string, valid ...string) error {
 		}
 	}
 	return fmt.Errorf("%s = %q: use one of %s", key, v, strings.Join(valid, ", "))
+}
+
+func floatRange(name string, v, min, max float64) error {
+	if v < min || v > max || v != v {
+		return fmt.Errorf("%s = %g is out of range: use a value from %g to %g", name, v, min, max)
+	}
+	return nil
 }

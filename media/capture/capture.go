@@ -39,6 +39,11 @@ type Config struct {
 	// Stamp draws the capture time into each camera frame (see WriteStamp):
 	// for the simulated unit's glass-to-glass benchmark only.
 	Stamp bool
+	// Processor, if set, cleans the microphone after the gate (echo
+	// cancellation, noise suppression, gain control); Room, if set, is the
+	// simulated room's echo added to the microphone before it.
+	Processor AudioProcessor
+	Room      RoomEcho
 }
 
 // Capture is a camera and microphone behind the gate, ready to be added to
@@ -191,7 +196,7 @@ func Open(cfg Config) (*Capture, error) {
 		t.(*mediadevices.VideoTrack).Transform(stopOnDone(c.done), c.injectVideo(), stampVideo(cfg.Stamp), gateVideo(cfg.Gate, cfg.Width, cfg.Height, cfg.FPS, c.done, c.Counters, c.readerEnded, keys), c.track())
 	}
 	for _, t := range stream.GetAudioTracks() {
-		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), GateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded), c.trackAudio())
+		t.(*mediadevices.AudioTrack).Transform(stopAudioOnDone(c.done), c.injectAudio(), withRoom(cfg.Room), gateAudio(cfg.Gate, c.done, c.Counters, c.readerEnded, cfg.Processor), c.trackAudio())
 	}
 	if pt != nil {
 		stream.AddTrack(openPassThrough(c, pt, cfg))

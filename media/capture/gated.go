@@ -163,7 +163,15 @@ func gateVideo(g *gate.Gate, w, h, fps int, done <-chan struct{}, n *Counters, e
 // format, at the pace the microphone would (one chunk per chunk duration),
 // and never reads the microphone.
 func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error)) audio.TransformFunc {
+	return gateAudio(g, done, n, ended, nil)
+}
+
+// gateAudio is GateAudio with the microphone's processing (may be nil)
+// behind the gate: only admitted chunks reach it, and it is reset on every
+// close (process.go).
+func gateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error), proc AudioProcessor) audio.TransformFunc {
 	return func(r audio.Reader) audio.Reader {
+		mp := &micProc{p: proc}
 		silence := wave.Audio(wave.NewFloat32Interleaved(wave.ChunkInfo{Channels: 1, Len: 960, SamplingRate: 48000}))
 		var next time.Time // when the next chunk of silence is due; zero: at once
 		stale := true      // the gate was shut: what the mic holds now is from then
@@ -180,6 +188,7 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 			for {
 				changed := g.Changed()
 				if !g.State().Audio {
+					mp.closed()
 					now := time.Now()
 					if wait := next.Sub(now); wait > 0 {
 						switch pause(wait, changed, done) {
@@ -234,8 +243,10 @@ func GateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 				rel, ok := g.Enter(gate.Audio)
 				if !ok {
 					release()
+					mp.closed()
 					continue
 				}
+				mp.admitted(g, chunk)
 				rel()
 				// Silence of the mic's own format, for the next close.
 				silence = silent(chunk)

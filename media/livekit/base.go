@@ -114,7 +114,7 @@ func (c *base) openCapture() (*capture.Capture, error) {
 	vb = transformVideo(vb, c.media.SendTransform)
 	ab = transformAudio(ab, c.media.SendTransform)
 	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,
-		Camera: c.media.Camera, Microphone: c.media.Microphone})
+		Camera: c.media.Camera, Microphone: c.media.Microphone, Processor: c.media.Processor, Room: c.media.Room})
 	if err != nil {
 		return nil, err
 	}

@@ -45,6 +45,10 @@ type RTCOptions struct {
 	Speaker string
 	// OnVideoFrame receives every remote video frame for the display.
 	OnVideoFrame func(playout.VideoFrame)
+	// OnMix receives the exact mix handed to the speaker
+	// (playout.Config.OnMix): the echo canceller's reference and the
+	// simulated room's speaker (audioproc.Tap).
+	OnMix func([]float32)
 	// Encryption is announced for every published track; the frames must
 	// then be encrypted by Media.SendTransform.
 	Encryption Encryption
@@ -128,7 +132,7 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, OnVideoFrame: c.opt.OnVideoFrame, Log: c.log})
+	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, OnVideoFrame: c.opt.OnVideoFrame, OnMix: c.opt.OnMix, Log: c.log})
 	if err != nil {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)

@@ -64,6 +64,11 @@ type Media struct {
 	// PassThrough says whether a camera that codes H.264 itself is sent
 	// without re-encoding (the encoder choice, "uvc-h264", says).
 	PassThrough encoder.PassThroughConfig
+	// Processor cleans the microphone after the gate (audioproc.Processor);
+	// Room is the simulated room's echo path (audioproc.EchoPath). Both may
+	// be nil. Their speaker side is RTCOptions.OnMix.
+	Processor capture.AudioProcessor
+	Room      capture.RoomEcho
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit

@@ -53,7 +53,12 @@ type Config struct {
 	// OnVideoFrame receives every whole remote video frame, still encoded
 	// (the display sink). It must not block.
 	OnVideoFrame func(VideoFrame)
-	Log          *slog.Logger
+	// OnMix receives the exact mix handed to the speaker (mono, SampleRate,
+	// clipped), every period, silence included: the echo canceller's
+	// reference (see tap.go). It runs in the device's callback: it must
+	// not block nor keep the slice.
+	OnMix func([]float32)
+	Log   *slog.Logger
 }
 
 // VideoFrame is one encoded remote video frame for the display.
@@ -207,6 +212,7 @@ func (p *Player) pull(out []float32) {
 	}
 	p.winN += len(out)
 	p.played.Add(uint64(len(out)))
+	p.tap(out)
 	if p.winN >= SampleRate/10 {
 		e := math.Sqrt(p.winSum / float64(p.winN))
 		p.energy.Store(math.Float64bits(e))
