@@ -8,9 +8,8 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
-
 	"github.com/konsult/konsult/internal/brokertest"
+	"github.com/konsult/konsult/internal/fleettest"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
@@ -40,34 +39,19 @@ func caFleet(t *testing.T, units map[string][]string) (*testFleet, string) {
 // (0: none).
 func retainedVersion(t *testing.T, b *brokertest.Broker, topic string) uint64 {
 	t.Helper()
-	c := b.Client(t, b.Admin().Name)
-	defer c.Disconnect(100)
-	got := make(chan []byte, 1)
-	tok := c.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
-		if m.Retained() {
-			select {
-			case got <- m.Payload():
-			default:
-			}
-		}
-	})
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe %s: %v", topic, tok.Error())
-	}
-	select {
-	case raw := <-got:
-		e, err := fleet.ParseEnvelope(raw)
-		if err != nil {
-			t.Fatalf("retained on %s: %v", topic, err)
-		}
-		var p fleet.ConfigPayload
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
-			t.Fatal(err)
-		}
-		return p.Version
-	case <-time.After(time.Second):
+	raw, ok := fleettest.RetainedUnder(t, b, topic, time.Second)[topic]
+	if !ok {
 		return 0
 	}
+	e, err := fleet.ParseEnvelope(raw)
+	if err != nil {
+		t.Fatalf("retained on %s: %v", topic, err)
+	}
+	var p fleet.ConfigPayload
+	if err := json.Unmarshal(e.Payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p.Version
 }
 
 // Issue 18, item 1: the README's push --key ~/fleet/fleet.key (from

@@ -6,37 +6,21 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/konsult/konsult/internal/brokertest"
+	"github.com/konsult/konsult/internal/fleettest"
 	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
-// retainedUnder collects the retained messages the broker holds under
-// filter, as any dashboard subscribing to it would receive them.
+// retainedUnder is the topics the broker holds retained under filter, as
+// any dashboard subscribing to it would receive them.
 func retainedUnder(t *testing.T, b *brokertest.Broker, filter string) map[string]bool {
 	t.Helper()
-	c := b.Client(t, b.Admin().Name)
-	got := make(chan string, 64)
-	tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
-		if m.Retained() && len(m.Payload()) > 0 {
-			got <- m.Topic()
-		}
-	})
-	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe %s: %v", filter, tok.Error())
-	}
 	out := map[string]bool{}
-	deadline := time.After(time.Second)
-	for {
-		select {
-		case topic := <-got:
-			out[topic] = true
-		case <-deadline:
-			c.Disconnect(100)
-			return out
-		}
+	for topic := range fleettest.RetainedUnder(t, b, filter, time.Second) {
+		out[topic] = true
 	}
+	return out
 }
 
 // TestRevokedUnitIsNamedRevoked: a revoked unit used to stay on the broker

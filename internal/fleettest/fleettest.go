@@ -309,3 +309,36 @@ func Data[T any](t testing.TB, e Event) T {
 	}
 	return v
 }
+
+// RetainedUnder is what the broker b holds retained under filter (topic →
+// payload; an empty payload clears a topic, so it is left out), as any
+// dashboard subscribing to it as the fleet manager receives it within
+// the given time.
+func RetainedUnder(t testing.TB, b *brokertest.Broker, filter string, within time.Duration) map[string][]byte {
+	t.Helper()
+	c := b.Client(t, b.Admin().Name)
+	defer c.Disconnect(100)
+	type msg struct {
+		topic   string
+		payload []byte
+	}
+	got := make(chan msg, 256)
+	tok := c.Subscribe(filter, 1, func(_ mqtt.Client, m mqtt.Message) {
+		if m.Retained() && len(m.Payload()) > 0 {
+			got <- msg{m.Topic(), append([]byte(nil), m.Payload()...)}
+		}
+	})
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("fleettest: subscribe %s: %v", filter, tok.Error())
+	}
+	out := map[string][]byte{}
+	deadline := time.After(within)
+	for {
+		select {
+		case m := <-got:
+			out[m.topic] = m.payload
+		case <-deadline:
+			return out
+		}
+	}
+}
