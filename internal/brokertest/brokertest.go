@@ -327,6 +327,11 @@ func (b *Broker) CertPool() *x509.CertPool {
 	return p
 }
 
+// CA is the fleet CA that issued the broker's and the clients'
+// certificates (Options.CA or the throwaway one). A certificate revoked
+// with it is refused from the next Restart.
+func (b *Broker) CA() *ca.CA { return b.pki.ca }
+
 // Admin is the fleet manager's identity.
 func (b *Broker) Admin() Identity { return b.ids[b.admin] }
 

@@ -2,6 +2,8 @@ package brokertest_test
 
 import (
 	"crypto/tls"
+	"errors"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +11,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/konsult/konsult/deploy/mosquitto"
 	"github.com/konsult/konsult/internal/brokertest"
+	"github.com/konsult/konsult/provisioning/ca"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
 )
@@ -106,4 +109,54 @@ func TestLargestLegitimateMessagePasses(t *testing.T) {
 		t.Fatalf("also retained %s, over the limit", tp)
 	case <-time.After(time.Second):
 	}
+}
+
+// The fleet CA (provisioning/ca) issues every certificate into its ledger,
+// and the broker loads its revocation list at each start: a revoked unit is
+// refused after a restart, the others are not.
+func TestCertificatesComeFromTheFleetCA(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"unit-a": nil, "unit-b": nil}})
+	l, err := b.CA().Ledger()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kinds := map[string]string{}
+	for _, is := range l.Issued {
+		kinds[is.Name] = is.Kind
+	}
+	for name, kind := range map[string]string{"server": ca.KindServer, "fleet-admin": ca.KindAdmin, "unit-a": brokertest.KindTestUnit, "unit-b": brokertest.KindTestUnit} {
+		if kinds[name] != kind {
+			t.Errorf("ledger: %s is %q, want %q", name, kinds[name], kind)
+		}
+	}
+	if !accepted(t, b, "unit-b") {
+		t.Fatal("unit-b refused before it was revoked")
+	}
+	if _, err := b.CA().Revoke("unit-b", "test"); err != nil {
+		t.Fatal(err)
+	}
+	b.Stop()
+	b.Restart()
+	if accepted(t, b, "unit-b") {
+		t.Fatal("the broker accepted unit-b's revoked certificate after a restart")
+	}
+	if !accepted(t, b, "unit-a") {
+		t.Fatal("revoking unit-b shut unit-a out")
+	}
+}
+
+// accepted reports whether the units' listener completes a TLS session
+// with name's certificate: a refused client certificate shows on the first
+// read (TLS 1.3), an accepted one reads nothing until the deadline.
+func accepted(t *testing.T, b *brokertest.Broker, name string) bool {
+	t.Helper()
+	c, err := tls.Dial("tcp", b.Addr(), b.TLSConfig(name))
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, err = c.Read(make([]byte, 1))
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
