@@ -121,6 +121,8 @@ type Display struct {
 	selfCod   string
 	selfAsked time.Time
 	selfGen   <-chan struct{} // the gate's Changed as of the last self-view frame
+	gate      *gate.Gate      // cfg.Gate, or the one SetGate gave
+	gateSwap  chan struct{}   // closed when SetGate replaces the gate
 	warned    map[string]bool // codecs not shown, logged once
 	closed    bool
 	stop      chan struct{}
@@ -139,7 +141,8 @@ func New(cfg Config) (*Display, error) {
 	if err != nil {
 		return nil, fmt.Errorf("display: %w", err)
 	}
-	d := &Display{cfg: cfg, log: cfg.Log, api: api, changed: make(chan struct{}), stop: make(chan struct{}), warned: map[string]bool{}}
+	d := &Display{cfg: cfg, log: cfg.Log, api: api, changed: make(chan struct{}), stop: make(chan struct{}), warned: map[string]bool{},
+		gate: cfg.Gate, gateSwap: make(chan struct{})}
 	d.done.Add(2)
 	go d.watchGate()
 	go d.housekeep()
@@ -162,6 +165,34 @@ func (d *Display) Close() {
 		p.close()
 	}
 	d.done.Wait()
+}
+
+// SetGate moves the self-view to another gate: the unit re-opens its media
+// (and so its gate) on a config change, while the screen and its page stay.
+// Every page waits for a keyframe coded behind the new gate.
+func (d *Display) SetGate(g *gate.Gate) {
+	if g == nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if g == d.gate {
+		return
+	}
+	d.gate = g
+	d.selfGen = nil
+	close(d.gateSwap)
+	d.gateSwap = make(chan struct{})
+	for _, p := range d.pages {
+		p.wantKey(SelfSlot)
+	}
+	d.bumpLocked()
+}
+
+func (d *Display) currentGate() (*gate.Gate, <-chan struct{}) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gate, d.gateSwap
 }
 
 // SetFarEnd attaches a call (nil: the call is over, every far-end tile goes).
@@ -249,7 +280,7 @@ func (d *Display) SelfFrame(f capture.EncodedFrame) {
 	// Any change of the gate since the last frame (the watcher may not
 	// have run yet): every page waits for a keyframe coded after it.
 	rekey := false
-	if ch := d.cfg.Gate.Changed(); ch != d.selfGen {
+	if ch := d.gate.Changed(); ch != d.selfGen {
 		d.selfGen, rekey = ch, true
 		for _, p := range d.pages {
 			p.wantKey(SelfSlot)
@@ -350,7 +381,7 @@ func (d *Display) Changed() <-chan struct{} {
 func (d *Display) State() State {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := State{Seq: d.seq, InCall: d.far != nil, CameraOut: d.cfg.Gate.State().Video, Speaking: d.speaking, Pages: len(d.pages),
+	st := State{Seq: d.seq, InCall: d.far != nil, CameraOut: d.gate.State().Video, Speaking: d.speaking, Pages: len(d.pages),
 		Self: SlotState{Slot: SelfSlot, Codec: d.selfCod}, Far: []SlotState{}}
 	for i, s := range d.slots {
 		if s.participant == "" {
@@ -366,10 +397,12 @@ func (d *Display) State() State {
 // camera comes out again every page waits for the encoder's keyframe.
 func (d *Display) watchGate() {
 	defer d.done.Done()
-	last := d.cfg.Gate.State().Video
+	g, _ := d.currentGate()
+	last := g.State().Video
 	for {
-		ch := d.cfg.Gate.Changed()
-		if v := d.cfg.Gate.State().Video; v != last {
+		g, swapped := d.currentGate()
+		ch := g.Changed()
+		if v := g.State().Video; v != last {
 			last = v
 			d.mu.Lock()
 			for _, p := range d.pages {
@@ -383,6 +416,7 @@ func (d *Display) watchGate() {
 		}
 		select {
 		case <-ch:
+		case <-swapped:
 		case <-d.stop:
 			return
 		}

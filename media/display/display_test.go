@@ -309,3 +309,35 @@ func TestQueueBounded(t *testing.T) {
 	}
 	t.Logf("2000 frames of 512 KiB at once: at most %.1f MiB queued", float64(worst)/(1<<20))
 }
+
+// The unit re-opens its media, and so its gate, on a config change while
+// the screen stays: the state and the self-view follow the new gate, and
+// the old one (closed for good) moves nothing on the page.
+func TestSetGateFollowsTheNewGate(t *testing.T) {
+	old := gate.New()
+	var asked atomic.Int32
+	d := newDisplay(t, old, func() { asked.Add(1) })
+	page := connectPage(t, d)
+	old.Set(gate.State{Video: true})
+	eventually(t, "camera out on the first gate", time.Second, func() bool { return d.State().CameraOut })
+	next := gate.New()
+	d.SetGate(next)
+	eventually(t, "the new gate's camera-not-out in the state", time.Second, func() bool { return !d.State().CameraOut })
+	old.Set(gate.State{})
+	old.Set(gate.State{Video: true})
+	time.Sleep(50 * time.Millisecond)
+	if d.State().CameraOut {
+		t.Fatal("the replaced gate still decides the self-view")
+	}
+	before := asked.Load()
+	next.Set(gate.State{Video: true})
+	eventually(t, "camera out on the new gate", time.Second, func() bool { return d.State().CameraOut })
+	eventually(t, "a keyframe asked when the new gate lets video out", time.Second, func() bool { return asked.Load() > before })
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Delta, At: time.Now()})
+	time.Sleep(100 * time.Millisecond)
+	if n := page.count(SelfSlot); n != 0 {
+		t.Fatalf("a delta frame from before the swap's keyframe reached the page (%d packets)", n)
+	}
+	d.SelfFrame(capture.EncodedFrame{Codec: "VP8", Data: vp8Key, Keyframe: true, At: time.Now()})
+	eventually(t, "self-view frames behind the new gate reach the page", 5*time.Second, func() bool { return page.count(SelfSlot) >= 1 })
+}
