@@ -110,6 +110,7 @@ type pageReport struct {
 	StampValid         int          `json:"stampValid"`
 	StampAges          []float64    `json:"stampAges"`
 	Frames             [][3]float64 `json:"frames"`
+	Bands              *pageBands   `json:"bands"`
 	Freezes            int          `json:"freezes"`
 	Errors             []string     `json:"errors"`
 	Logs               []string     `json:"logs"`
@@ -129,6 +130,8 @@ type config struct {
 	frames     bool
 	// publishStamp: publish a drawn, time-stamped picture (PublishStamped)
 	publishStamp bool
+	signal       *Signal // PublishSignal
+	bands        bool    // MeasureBands
 }
 
 // Option configures StartFarEnd.
@@ -211,6 +214,7 @@ type FarEnd struct {
 	stats     FarEndStats
 	stampAges []time.Duration
 	frames    []FrameSample
+	bands     []BandSample
 	changed   chan struct{}
 	cmdOut    string
 	pageLogs  []string
@@ -283,6 +287,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"width": c.width, "height": c.height, "fps": c.fps, "watch": c.watch,
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
 		"stamp": c.stamps, "frames": c.frames, "publishStamp": c.publishStamp,
+		"signal": c.signal, "bands": c.bands, "band": SignalBand, "toneHz": ToneHz,
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
@@ -385,6 +390,7 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 	for _, ms := range p.StampAges {
 		f.stampAges = append(f.stampAges, time.Duration(ms*float64(time.Millisecond)))
 	}
+	f.addBands(now, p.Bands)
 	f.pageLogs = append(f.pageLogs, p.Logs...)
 	if n := len(f.pageLogs); n > 500 {
 		f.pageLogs = f.pageLogs[n-500:]

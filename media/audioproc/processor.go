@@ -39,8 +39,9 @@ const (
 	// the filter (and reported as DelayMs); an echo sooner than
 	// refLead - frameDur after the tap cannot be cancelled.
 	refLead = 30 * time.Millisecond
-	// refSlip: when speaker and microphone drift this far from refLead the
-	// reference is realigned (and the filter starts again).
+	// refSlip: when speaker and microphone drift this far from refLead,
+	// smoothed over seconds, the reference is realigned (and the filter
+	// starts again); jitter alone does not move it.
 	refSlip = 40 * time.Millisecond
 )
 
@@ -62,7 +63,7 @@ type Processor struct {
 
 	mu       sync.Mutex // the canceller and the capture side's state
 	s        *speex
-	cursor   int64     // next reference sample to pair with the microphone; -1: align
+	align    aligner   // the reference's position for the next microphone frame
 	in       []float32 // microphone samples short of a whole frame
 	out      []float32 // processed samples not yet handed back
 	rframe   []float32
@@ -91,7 +92,8 @@ func New(cfg Config) (*Processor, error) {
 		cfg.Log = slog.Default()
 	}
 	frame := cfg.Rate / 100
-	p := &Processor{cfg: cfg, log: cfg.Log, frame: frame, cursor: -1, rframe: make([]float32, frame), lastPeak: -1}
+	p := &Processor{cfg: cfg, log: cfg.Log, frame: frame, rframe: make([]float32, frame), lastPeak: -1,
+		align: newAligner(samples(refLead, cfg.Rate), samples(refSlip, cfg.Rate))}
 	p.ref = make([]float32, samples(refCapacity, cfg.Rate))
 	s, err := newSpeex(frame, samples(cfg.Tail, cfg.Rate), cfg.Rate, cfg.EchoCancel, cfg.NoiseSuppress, cfg.GainControl)
 	if err != nil {
@@ -129,26 +131,20 @@ func (p *Processor) Render(mix []float32) {
 func (p *Processor) reference() {
 	p.refMu.Lock()
 	defer p.refMu.Unlock()
-	f := int64(p.frame)
-	want := p.written - int64(samples(refLead, p.cfg.Rate))
-	slip := int64(samples(refSlip, p.cfg.Rate))
-	if p.cursor < 0 || p.cursor-want > slip || want-p.cursor > slip || p.cursor+f > p.written {
-		if p.cursor >= 0 {
-			p.refDrop++
-			p.s.reset() //nolint:errcheck // the preprocessor is made again below if it failed
-		}
-		p.cursor = max(want, 0)
+	start, moved := p.align.next(p.written, p.frame, len(p.ref))
+	if moved {
+		p.refDrop++
+		p.s.reset() //nolint:errcheck // a failed preprocessor is made again at the next reset
 	}
 	n := int64(len(p.ref))
 	for i := range p.rframe {
-		j := p.cursor + int64(i)
-		if j >= p.written || j < p.written-n {
-			p.rframe[i] = 0 // nothing played yet
+		j := start + int64(i)
+		if j >= p.written || j < p.written-n || j < 0 {
+			p.rframe[i] = 0 // not played yet (jitter beyond the lead)
 			continue
 		}
 		p.rframe[i] = p.ref[j%n]
 	}
-	p.cursor += f
 }
 
 // Process cleans pcm (mono, at rate) in place. It keeps at most one 10 ms
@@ -235,7 +231,7 @@ func (p *Processor) Reset() {
 	clear(p.in)
 	clear(p.out)
 	p.in, p.out = p.in[:0], p.out[:0]
-	p.cursor = -1
+	p.align.cursor = -1
 	if p.s != nil {
 		if err := p.s.reset(); err != nil {
 			p.log.Warn("audio processing: reset failed: noise suppression and gain control off", "err", err)

@@ -14,6 +14,9 @@ type EchoConfig struct {
 	Delay         time.Duration // speaker to microphone, device buffers and air
 	AttenuationDB float64       // of the direct path: 0 is as loud as played
 	Reverb        time.Duration // RT60 of the room's tail; 0: direct path only
+	// Only: the microphone hears the echo alone, the simulated
+	// microphone's own test tone taken out (echo measurements).
+	Only bool
 }
 
 // Bounds of EchoConfig (appliance/config checks them too).
@@ -53,6 +56,7 @@ const echoCapacity = 48000 * 3 / 2
 // delay when the two drift more than maxSlip apart.
 type EchoPath struct {
 	rate  int
+	only  bool
 	delay int       // samples
 	taps  []int     // delays of the reflections after the direct path, samples
 	gains []float32 // taps' gains (the first is the direct path)
@@ -60,7 +64,7 @@ type EchoPath struct {
 	mu      sync.Mutex
 	hist    []float32 // ring of what was played
 	written int64     // samples played so far
-	cursor  int64     // next speaker sample the microphone hears (direct path); -1: not started
+	align   aligner   // the next speaker sample the microphone hears (direct path)
 }
 
 const maxSlip = 40 // ms
@@ -70,7 +74,8 @@ func NewEchoPath(cfg EchoConfig, rate int) (*EchoPath, error) {
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
-	e := &EchoPath{rate: rate, delay: int(cfg.Delay.Seconds() * float64(rate)), hist: make([]float32, echoCapacity), cursor: -1}
+	e := &EchoPath{rate: rate, only: cfg.Only, delay: int(cfg.Delay.Seconds() * float64(rate)), hist: make([]float32, echoCapacity)}
+	e.align = newAligner(e.delay, maxSlip*rate/1000)
 	g := float32(math.Pow(10, -cfg.AttenuationDB/20))
 	e.taps, e.gains = []int{0}, []float32{g}
 	if cfg.Reverb > 0 {
@@ -109,14 +114,13 @@ func (e *EchoPath) AddTo(mic []float32) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := int64(len(mic))
-	want := e.written - int64(e.delay) - n // this chunk ends delay before now
-	slip := int64(maxSlip * e.rate / 1000)
-	if e.cursor < 0 || e.cursor-want > slip || want-e.cursor > slip || e.cursor+n > e.written {
-		e.cursor = want
-	}
+	// The chunk just read was heard over the last n samples: it ends delay
+	// before the speaker's newest sample.
+	start, _ := e.align.next(e.written, len(mic), len(e.hist)-e.maxTap())
+	start -= n
 	oldest := e.written - int64(len(e.hist))
 	for i := int64(0); i < n; i++ {
-		t := e.cursor + i
+		t := start + i
 		var y float32
 		for k, d := range e.taps {
 			j := t - int64(d)
@@ -125,7 +129,32 @@ func (e *EchoPath) AddTo(mic []float32) {
 			}
 			y += e.gains[k] * e.hist[j%int64(len(e.hist))]
 		}
-		mic[i] += y
+		if e.only {
+			mic[i] = y
+		} else {
+			mic[i] += y
+		}
 	}
-	e.cursor += n
+}
+
+func (e *EchoPath) maxTap() int {
+	m := 0
+	for _, d := range e.taps {
+		m = max(m, d)
+	}
+	return m + e.rate/10
+}
+
+// Tap is the speaker side of the chain, for playout's mix tap
+// (playout.Config.OnMix, livekit.RTCOptions.OnMix): the mix goes to the
+// canceller's reference and to the simulated room. Either may be nil.
+func Tap(p *Processor, room *EchoPath) func([]float32) {
+	return func(mix []float32) {
+		if p != nil {
+			p.Render(mix)
+		}
+		if room != nil {
+			room.Play(mix)
+		}
+	}
 }

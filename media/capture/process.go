@@ -78,10 +78,11 @@ func withRoom(room RoomEcho) audio.TransformFunc {
 			if err != nil || room == nil {
 				return chunk, release, err
 			}
-			n := chunk.ChunkInfo().Len
-			buf = append(buf[:0], make([]float32, n)...)
+			// The simulated microphone's channels are one tone: the room
+			// works on it mono and every channel gets the result.
+			buf = toMono(chunk, buf)
 			room.AddTo(buf)
-			addMono(chunk, buf)
+			fromMono(chunk, buf)
 			return chunk, release, nil
 		})
 	}
@@ -148,51 +149,6 @@ func fromMono(chunk wave.Audio, mono []float32) {
 			}
 		}
 	}
-}
-
-// addMono adds mono to every channel of chunk.
-func addMono(chunk wave.Audio, mono []float32) {
-	cur := toMonoChannels(chunk)
-	for c := range cur {
-		for i := range mono {
-			cur[c][i] += mono[i]
-		}
-	}
-	info := chunk.ChunkInfo()
-	switch a := chunk.(type) {
-	case *wave.Float32Interleaved:
-		for c := range cur {
-			for i, v := range cur[c] {
-				a.Data[i*info.Channels+c] = v
-			}
-		}
-	case *wave.Int16Interleaved:
-		for c := range cur {
-			for i, v := range cur[c] {
-				a.Data[i*info.Channels+c] = clip16(v)
-			}
-		}
-	default:
-		if e, ok := chunk.(wave.EditableAudio); ok {
-			for c := range cur {
-				for i, v := range cur[c] {
-					e.Set(i, c, wave.Float32Sample(v))
-				}
-			}
-		}
-	}
-}
-
-func toMonoChannels(chunk wave.Audio) [][]float32 {
-	info := chunk.ChunkInfo()
-	out := make([][]float32, info.Channels)
-	for c := range out {
-		out[c] = make([]float32, info.Len)
-		for i := range out[c] {
-			out[c][i] = float32(wave.Float32SampleFormat.Convert(chunk.At(i, c)).(wave.Float32Sample))
-		}
-	}
-	return out
 }
 
 func clip16(v float32) int16 {
