@@ -74,7 +74,10 @@ func New(t testing.TB, b *brokertest.Broker, units ...string) *Manager {
 		o.SetOnConnectHandler(func(c mqtt.Client) {
 			tok := c.SubscribeMultiple(subs, m.onMessage)
 			if tok.WaitTimeout(5*time.Second) && tok.Error() == nil {
-				m.resub <- struct{}{}
+				select {
+				case m.resub <- struct{}{}:
+				default: // nobody waits; never block paho's reconnect
+				}
 			}
 		})
 	})
