@@ -98,6 +98,20 @@ type Config struct {
 		Level  string `toml:"level"`
 		Format string `toml:"format"`
 	} `toml:"log"`
+	// Display is the unit's own screen (appliance/screen): a page on
+	// loopback that a kiosk browser shows. Local only: the listener and
+	// the file the kiosk reads its URL from are set up at start.
+	Display struct {
+		Enabled bool `toml:"enabled"`
+		// Listen is the page's loopback address.
+		Listen string `toml:"listen"`
+		// URLFile, if set, receives the page's full URL with its secret
+		// (mode 0640: the kiosk's group reads it); "" = no secret, the
+		// URL is printed (a desktop --sim unit).
+		URLFile  string `toml:"url_file"`
+		Language string `toml:"language"`
+		Room     string `toml:"room_name"`
+	} `toml:"display"`
 	// Audio switches the microphone's processing (media/audioproc).
 	Audio struct {
 		AEC bool `toml:"aec"`

@@ -80,6 +80,9 @@ var scopes = []struct {
 	// browser on the machine the API, and one that moved the socket could
 	// point it at a folder others control.
 	{"api", LocalOnly},
+	// The screen's listener and URL file are opened once at start, and the
+	// page's room name and language are read then too.
+	{"display", LocalOnly},
 	{"log.format", LocalOnly},
 	{"log.level", Live},
 	{"network", Live},

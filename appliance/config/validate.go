@@ -3,6 +3,8 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,6 +47,8 @@ func (c *Config) Validate() error {
 		intRange("conference.video_bitrate_kbps", c.Conference.VideoBitrateKbps, 100, 20000),
 		intRange("conference.audio_bitrate_kbps", c.Conference.AudioBitrateKbps, 6, 510),
 		oneOf("log.format", c.Log.Format, "text", "json"),
+		oneOf("display.language", c.Display.Language, "en", "nl", "es", "nb"),
+		loopbackAddr("display.listen", c.Display.Listen),
 		pos("fleet.confirm_timeout", c.Fleet.ConfirmTimeout, time.Second, time.Hour),
 		c.Fleet.validate(),
 		c.validatePins(),
@@ -137,6 +141,22 @@ func oneOf(key, v string, valid ...string) error {
 func floatRange(name string, v, min, max float64) error {
 	if v < min || v > max || v != v {
 		return fmt.Errorf("%s = %g is out of range: use a value from %g to %g", name, v, min, max)
+	}
+	return nil
+}
+
+// loopbackAddr refuses a listen address off loopback: the screen's page and
+// its media are for the unit's own kiosk only.
+func loopbackAddr(key, v string) error {
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return fmt.Errorf("%s is not host:port: use e.g. \"127.0.0.1:8788\"", key)
+	}
+	if ip := net.ParseIP(host); (ip == nil && host != "localhost") || (ip != nil && !ip.IsLoopback()) {
+		return fmt.Errorf("%s must be a loopback address (127.0.0.1 or ::1): the screen is for the unit's own kiosk", key)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%s: the port is not a number from 0 to 65535", key)
 	}
 	return nil
 }

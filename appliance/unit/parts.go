@@ -43,14 +43,14 @@ type parts struct {
 	simBoard *sim.Board          // nil on hardware
 	simConf  *simconf.Conference // the local simulated conference, when no server is configured
 	call     callParts           // what the unit has for its calls
+	screen   *screenHooks        // nil without a screen
 
 	wg sync.WaitGroup // button pumps
 }
 
 // callParts is what the unit has for its calls beside the machine: the
-// connector a config selects and its handles for status and doctor. A
-// display hook (livekit.RTCOptions.OnVideoFrame, a capture tap) belongs in
-// connector's options below, next to the media settings.
+// connector a config selects and its handles for status and doctor. The
+// screen's hooks are parts.screen (screen.go).
 type callParts struct {
 	lk    connector             // connector "livekit" or "livekit-whip"
 	lkrtc *livekit.RTCConnector // connector "livekit": the far end's side too
@@ -79,7 +79,7 @@ func (u *Unit) open(cfg *config.Config) (*parts, error) {
 	if miss := profile.Missing(); len(miss) > 0 {
 		return nil, fmt.Errorf("config [pins]: role %s has no pin: set it under [pins], e.g. %s = \"GPIO17\"", miss[0], miss[0])
 	}
-	p := &parts{cfg: cfg, log: u.d.Log, profile: profile, gate: gate.New()}
+	p := &parts{cfg: cfg, log: u.d.Log, profile: profile, gate: gate.New(), screen: u.screen()}
 
 	var byName func(string) gpio.PinIO
 	if u.d.Simulate {
@@ -161,8 +161,10 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			// when it offers the configured size (the encoder choice says).
 			PassThrough: encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS},
 		}
+		p.screen.media(p, &lm)
 		if c.Connector == "livekit" {
 			opt := livekit.RTCOptions{Speaker: c.Speaker, ForceRelay: c.ForceRelay}
+			p.screen.rtc(&opt)
 			for _, s := range c.ICEServers {
 				opt.ICEServers = append(opt.ICEServers, webrtc.ICEServer{URLs: s.URLs, Username: s.Username, Credential: s.Credential})
 			}
@@ -171,7 +173,7 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 				return nil, fmt.Errorf("config [conference]: %w", err)
 			}
 			p.call = callParts{lk: rtc, lkrtc: rtc}
-			return appliance.JoinWith(rtc.Join), nil
+			return p.screen.join(rtc), nil
 		}
 		w, err := livekit.NewWHIP(lc, lm, p.gate, p.log)
 		if err != nil {

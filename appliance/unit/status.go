@@ -25,6 +25,7 @@ func (u *Unit) Status() any {
 		return Status{}
 	}
 	s := p.status(u.d.Version)
+	s.Display = u.d.DisplayURL
 	if u.d.Fleet != nil {
 		s.Fleet = u.d.Fleet()
 	}
@@ -76,6 +77,9 @@ type Status struct {
 	Fleet any `json:"fleet,omitempty"`
 	// Network is the [network] section in force, secrets redacted.
 	Network *network.Config `json:"network,omitempty"`
+	// Display is the address of the unit's own screen page, never its
+	// secret; absent without a screen.
+	Display string `json:"display,omitempty"`
 }
 
 // mediaOut is what the conference connector handed to its encoders.

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"periph.io/x/conn/v3/gpio"
@@ -24,6 +25,8 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/display"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/network"
 )
@@ -54,6 +57,11 @@ type Deps struct {
 	// Reset is what a factory reset wipes; nil: the buttons' hold does
 	// nothing and roomctl factory-reset is refused.
 	Reset *ResetPlan
+	// Display feeds the unit's own screen; nil: no screen ([display]
+	// enabled = false). DisplayURL is the page's address for the status,
+	// without its secret.
+	Display    *display.Display
+	DisplayURL string
 }
 
 // Local is the unit's own config file and the command-line flags, which
@@ -107,6 +115,8 @@ type Unit struct {
 	subs  map[*sub]struct{}
 
 	reset chan struct{} // a factory reset was asked for
+
+	selfTap atomic.Pointer[capture.Tap] // the running parts' self-view tap
 }
 
 // New makes a Unit that runs nothing until the first Apply.

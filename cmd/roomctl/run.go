@@ -116,6 +116,7 @@ type statusView struct {
 	appliance.Status
 	Version string `json:"version"`
 	Board   string `json:"board"`
+	Display string `json:"display"`
 	Pins    []struct {
 		Role   string `json:"role"`
 		Line   string `json:"line"`
@@ -185,6 +186,9 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 		row("last error", s.LastError)
 	}
 	row("board", s.Board+"  (roomd "+s.Version+")")
+	if s.Display != "" {
+		row("display", s.Display)
+	}
 	if f := s.Fleet; f != nil {
 		row("fleet", fmt.Sprintf("%s, broker %s", map[bool]string{true: "connected", false: "not connected"}[f.Connected], f.Broker))
 		if e := f.Enrolment; e != nil {

@@ -114,14 +114,20 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer fl.close()
 	d := &daemon{log: log, fl: fl, simulate: f.simulate, restart: make(chan struct{}, 1)}
+	scr, err := openScreen(cfg, log, func() { d.u.SelfKeyframe() })
+	if err != nil {
+		return err
+	}
+	defer scr.close()
 	d.u = unit.New(unit.Deps{
 		Log: log, Level: level, Local: local, Simulate: f.simulate, Version: Version,
 		GPIO:     openGPIO,
 		Identity: fl.identity(),
 		Network: &network.Applier{Dir: networkDir(cfg, f.simulate),
 			Helper: cfg.Unit.NetworkApply == "helper" || cfg.Unit.NetworkApply == "" && !f.simulate},
-		Fleet: d.fleetStatus(),
-		Reset: &unit.ResetPlan{IdentityDir: identityDir(cfg.Fleet, f.simulate, cfg.API.Socket), StateDir: stateDir(cfg, f.simulate)},
+		Fleet:   d.fleetStatus(),
+		Reset:   &unit.ResetPlan{IdentityDir: identityDir(cfg.Fleet, f.simulate, cfg.API.Socket), StateDir: stateDir(cfg, f.simulate)},
+		Display: scr.display(), DisplayURL: scr.origin(),
 	})
 	defer d.u.Close()
 	if fl == nil || fl.needsEnrolment() {
@@ -145,6 +151,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	srv := localapi.NewServer(d.u, log)
 	for _, l := range listeners {
 		go func() { _ = srv.Serve(l) }()
+	}
+	if err := scr.serve(cfg, d.u, log, stdout); err != nil {
+		return err
 	}
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	agentDone := d.startFleet(agentCtx, cfg)

@@ -207,6 +207,17 @@ func (d *Display) SetFarEnd(f *FarEnd) {
 	d.mu.Unlock()
 }
 
+// EndFarEnd detaches f if it is still the call attached: the end of one
+// call, seen late, must not clear the next call's tiles.
+func (d *Display) EndFarEnd(f *FarEnd) {
+	d.mu.Lock()
+	same := d.far == f
+	d.mu.Unlock()
+	if same {
+		d.SetFarEnd(nil)
+	}
+}
+
 // Left frees participant's slot at once (presence says they left).
 func (d *Display) Left(participant string) {
 	d.mu.Lock()

@@ -111,6 +111,9 @@ func (c *base) openCapture() (*capture.Capture, error) {
 	if err != nil {
 		return nil, fmt.Errorf("audio encoder: %w", err)
 	}
+	// The self-view sees the frames as coded, before any transform: what
+	// the gate let out, in the clear, for the unit's own screen only.
+	vb = c.media.SelfView.Wrap(vb)
 	vb = transformVideo(vb, c.media.SendTransform)
 	ab = transformAudio(ab, c.media.SendTransform)
 	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,

@@ -69,6 +69,9 @@ type Media struct {
 	// be nil. Their speaker side is RTCOptions.OnMix.
 	Processor capture.AudioProcessor
 	Room      capture.RoomEcho
+	// SelfView, if set, gets the encoder's frames for the unit's own
+	// screen, only while the gate lets video out (invariant 9).
+	SelfView *capture.Tap
 }
 
 // WHIPConnector publishes the unit's camera and microphone into a LiveKit
