@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"strings"
@@ -15,8 +16,9 @@ import (
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
 	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	rtpcodecs "github.com/pion/rtp/codecs"
 	"github.com/pion/webrtc/v4"
-	"github.com/pion/webrtc/v4/pkg/media"
 )
 
 // MaxOfferBytes bounds the page's offer. Chromium's, nine video sections
@@ -93,7 +95,7 @@ func (d *Display) Connect(ctx context.Context, offer string) (Answer, error) {
 		return Answer{}, err
 	}
 	for i := range Slots {
-		t, err := newTrack(i, "VP8")
+		t, pay, err := newTrack(i, "VP8")
 		if err != nil {
 			return fail(err)
 		}
@@ -101,7 +103,8 @@ func (d *Display) Connect(ctx context.Context, offer string) (Answer, error) {
 		if err != nil {
 			return fail(fmt.Errorf("display: slot %d: %w", i, err))
 		}
-		p.senders[i], p.tracks[i], p.codecs[i] = tr.Sender(), t, "VP8"
+		p.senders[i] = tr.Sender()
+		p.out[i] = slotRTP{track: t, codec: "VP8", pay: pay, seq: rtp.NewRandomSequencer(), ts: rand.Uint32()}
 		p.needKey[i].Store(true)
 	}
 	if err := pc.SetRemoteDescription(webrtc.SessionDescription{Type: webrtc.SDPTypeOffer, SDP: offer}); err != nil {
@@ -181,12 +184,57 @@ func (d *Display) drop(p *page) {
 	p.close()
 }
 
-func newTrack(slot int, codec string) (*webrtc.TrackLocalStaticSample, error) {
+func newTrack(slot int, codec string) (*webrtc.TrackLocalStaticRTP, rtp.Payloader, error) {
 	c, ok := codecs[codec]
 	if !ok {
-		return nil, fmt.Errorf("display: codec %q is not shown", codec)
+		return nil, nil, fmt.Errorf("display: codec %q is not shown", codec)
 	}
-	return webrtc.NewTrackLocalStaticSample(c, "slot-"+strconv.Itoa(slot), "screen")
+	var pay rtp.Payloader = &rtpcodecs.H264Payloader{}
+	if codec == "VP8" {
+		pay = &rtpcodecs.VP8Payloader{EnablePictureID: true}
+	}
+	t, err := webrtc.NewTrackLocalStaticRTP(c, "slot-"+strconv.Itoa(slot), "screen")
+	if err != nil {
+		return nil, nil, fmt.Errorf("display: slot %d track: %w", slot, err)
+	}
+	return t, pay, nil
+}
+
+// rtpMTU is pion's own outbound MTU, which its sample tracks packetise to.
+const rtpMTU = 1200
+
+// slotRTP is one slot's RTP across codec changes: one sequence and one
+// clock, whichever track carries them. A fresh sample track would start
+// at a random sequence number on the same SSRC, and the page's SRTP
+// (pion's and Chromium's libsrtp alike) drops packets that jump back past
+// its replay window: the new codec's frames would never reach the page.
+type slotRTP struct {
+	track *webrtc.TrackLocalStaticRTP
+	codec string
+	pay   rtp.Payloader
+	seq   rtp.Sequencer
+	ts    uint32 // the next frame's RTP timestamp
+}
+
+func (s *slotRTP) write(f frame) error {
+	payloads := s.pay.Payload(rtpMTU, f.data)
+	ts := s.ts
+	s.ts += uint32(f.dur.Seconds()*float64(codecs[s.codec].ClockRate) + 0.5)
+	for i, pl := range payloads {
+		pkt := &rtp.Packet{
+			Header: rtp.Header{
+				Version:        2,
+				Marker:         i == len(payloads)-1,
+				SequenceNumber: s.seq.NextSequenceNumber(),
+				Timestamp:      ts,
+			},
+			Payload: pl,
+		}
+		if err := s.track.WriteRTP(pkt); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type frame struct {
@@ -203,8 +251,7 @@ type page struct {
 	d       *Display
 	pc      *webrtc.PeerConnection
 	senders [Slots]*webrtc.RTPSender
-	tracks  [Slots]*webrtc.TrackLocalStaticSample // the writer's
-	codecs  [Slots]string                         // the writer's
+	out     [Slots]slotRTP // the writer's
 	needKey [Slots]atomic.Bool
 	q       chan frame
 	qBytes  atomic.Int64
@@ -252,8 +299,9 @@ func (p *page) write() {
 		case f = <-p.q:
 		}
 		p.qBytes.Add(-int64(len(f.data)))
-		if p.codecs[f.slot] != f.codec {
-			t, err := newTrack(f.slot, f.codec)
+		o := &p.out[f.slot]
+		if o.codec != f.codec {
+			t, pay, err := newTrack(f.slot, f.codec)
 			if err == nil {
 				err = p.senders[f.slot].ReplaceTrack(t)
 			}
@@ -261,7 +309,7 @@ func (p *page) write() {
 				p.d.log.Warn("screen: slot codec not taken", "slot", f.slot, "codec", f.codec, "err", err)
 				continue
 			}
-			p.tracks[f.slot], p.codecs[f.slot] = t, f.codec
+			o.track, o.pay, o.codec = t, pay, f.codec
 			p.needKey[f.slot].Store(true)
 		}
 		if p.needKey[f.slot].Load() {
@@ -270,7 +318,7 @@ func (p *page) write() {
 			}
 			p.needKey[f.slot].Store(false)
 		}
-		if err := p.tracks[f.slot].WriteSample(media.Sample{Data: f.data, Duration: f.dur}); err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		if err := o.write(f); err != nil && !errors.Is(err, io.ErrClosedPipe) {
 			p.d.log.Debug("screen: frame not written", "slot", f.slot, "err", err)
 		}
 	}
