@@ -9,6 +9,7 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/screen"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/display"
 	"github.com/konsult/konsult/media/gate"
@@ -49,35 +50,6 @@ func joinRTC(t testing.TB, lk *farend.LiveKit, room string, g *gate.Gate, onFram
 	return call
 }
 
-// movingTiles waits until the screen shows n tiles, each with a picture
-// (not uniform) that changes: the far end's moving test pattern.
-func movingTiles(t testing.TB, sc *screenBrowser, n int, d time.Duration) []tileView {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		var a, b []tileView
-		sc.eval(tilesJS, &a)
-		time.Sleep(250 * time.Millisecond)
-		sc.eval(tilesJS, &b)
-		if len(a) == n && len(b) == n {
-			ok := true
-			seen := map[string]bool{}
-			for i := range b {
-				if b[i].Waiting || b[i].W == 0 || b[i].Std < farend.UniformStdDev || a[i].Hash == b[i].Hash || b[i].Participant == "" || seen[b[i].Participant] {
-					ok = false
-				}
-				seen[b[i].Participant] = true
-			}
-			if ok {
-				return b
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("screen: want %d tiles with a moving picture within %s; got %+v then %+v", n, d, a, b)
-		}
-	}
-}
-
 // The room sees the patient: real LiveKit, Chromium far ends publishing
 // fake cameras, and a Chromium as the unit's screen. Each far end gets a
 // tile with its moving picture; a second one makes two tiles; a page that
@@ -103,7 +75,7 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 	g.Set(gate.State{Video: true, Audio: true})
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open", LED: "live"}, g)
 	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp, Others: call.Others})
-	sc := startScreen(t, url, 1280, 720)
+	sc := screentest.Start(t, url, 1280, 720)
 	waitPages(t, disp, 1)
 
 	a := farend.StartFarEnd(t, lk, "screen", "patient", farend.Publish())
@@ -113,7 +85,7 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 		t.Fatalf("far end did not publish: %v", err)
 	}
 	published := time.Now()
-	one := movingTiles(t, sc, 1, 20*time.Second)
+	one := screentest.MovingTiles(t, sc, 1, 20*time.Second)
 	t.Logf("far end publishes → its moving picture on the unit's screen: %s (tile %+v)", time.Since(published).Round(10*time.Millisecond), one[0])
 
 	b := farend.StartFarEnd(t, lk, "screen", "interpreter", farend.Publish())
@@ -121,15 +93,15 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 		t.Fatalf("second far end did not publish: %v", err)
 	}
 	published = time.Now()
-	two := movingTiles(t, sc, 2, 20*time.Second)
+	two := screentest.MovingTiles(t, sc, 2, 20*time.Second)
 	t.Logf("second far end publishes → two moving tiles: %s", time.Since(published).Round(10*time.Millisecond))
 	var bar struct{ Bar, Others string }
-	sc.eval(`({Bar: document.getElementById('bar-text').textContent, Others: document.getElementById('others').textContent})`, &bar)
+	sc.Eval(`({Bar: document.getElementById('bar-text').textContent, Others: document.getElementById('others').textContent})`, &bar)
 	if bar.Bar != "LIVE: camera and microphone on" || bar.Others != "2 at the far end" {
 		t.Errorf("status bar %+v", bar)
 	}
 	// Who speaks is emphasised (Chromium's fake microphone beeps).
-	waitUntil(t, sc, "a speaking far end emphasised", 10*time.Second, tilesJS, func(ts []tileView) bool {
+	screentest.WaitUntil(t, sc, "a speaking far end emphasised", 10*time.Second, screentest.TilesJS, func(ts []screentest.Tile) bool {
 		n := 0
 		for _, x := range ts {
 			if x.Speaking {
@@ -138,24 +110,24 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 		}
 		return n == 1
 	})
-	waitSelfRoom(t, sc, 10*time.Second) // the room's own picture, small
-	saveShot(t, sc, "call-two-far-ends.png")
+	screentest.WaitSelfRoom(t, sc, 10*time.Second) // the room's own picture, small
+	screentest.SaveShot(t, sc, "call-two-far-ends.png")
 	// PRIVACY: nothing leaves the room, the room still sees the far end.
 	g.Set(gate.State{})
-	waitUntil(t, sc, "the private status bar", 5*time.Second, `document.getElementById('bar-text').textContent`, func(s string) bool { return s == "Private: nothing leaves the room" })
-	movingTiles(t, sc, 2, 5*time.Second)
-	if v := waitUntil(t, sc, "the self-view's placeholder", 2*time.Second, selfJS, func(v selfView) bool { return v.Closed }); v.Placeholder != "Camera closed" {
+	screentest.WaitUntil(t, sc, "the private status bar", 5*time.Second, `document.getElementById('bar-text').textContent`, func(s string) bool { return s == "Private: nothing leaves the room" })
+	screentest.MovingTiles(t, sc, 2, 5*time.Second)
+	if v := screentest.WaitUntil(t, sc, "the self-view's placeholder", 2*time.Second, screentest.SelfJS, func(v screentest.Self) bool { return v.Closed }); v.Placeholder != "Camera closed" {
 		t.Errorf("private self-view %+v", v)
 	}
-	saveShot(t, sc, "call-private.png")
+	screentest.SaveShot(t, sc, "call-private.png")
 	g.Set(gate.State{Video: true, Audio: true})
 
 	// A page opened mid call: nothing to decode until the far ends send
 	// keyframes, which the display asks them for.
 	reloaded := time.Now()
-	sc.call("Page.reload", map[string]any{"ignoreCache": true})
+	sc.Call("Page.reload", map[string]any{"ignoreCache": true})
 	before := plis.Load()
-	movingTiles(t, sc, 2, 15*time.Second)
+	screentest.MovingTiles(t, sc, 2, 15*time.Second)
 	t.Logf("page opened mid call → both pictures back: %s (%d keyframe requests sent to the far ends)", time.Since(reloaded).Round(10*time.Millisecond), plis.Load()-before)
 	if plis.Load() == before {
 		t.Error("the page opened mid call got its pictures without asking the far ends for keyframes: RequestKeyframe untested")
@@ -165,7 +137,7 @@ func TestScreenShowsEveryFarEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	left := time.Now()
-	rest := movingTiles(t, sc, 1, 15*time.Second)
+	rest := screentest.MovingTiles(t, sc, 1, 15*time.Second)
 	t.Logf("one far end leaves → one tile: %s", time.Since(left).Round(10*time.Millisecond))
 	if rest[0].Participant != two[0].Participant && rest[0].Participant != two[1].Participant {
 		t.Errorf("the remaining tile shows %q, not one of %q, %q", rest[0].Participant, two[0].Participant, two[1].Participant)

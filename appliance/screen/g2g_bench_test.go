@@ -9,6 +9,7 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/screen"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/media/display"
 	"github.com/konsult/konsult/media/gate"
 )
@@ -66,7 +67,7 @@ func BenchmarkFarEndToScreenGlassToGlass(b *testing.B) {
 	disp.SetFarEnd(&display.FarEnd{Keyframe: call.RequestKeyframe, Speaking: call.Playout().Speaking})
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open"}, g)
 	url := startServer(b, screen.Config{Room: "Room 3", Unit: u, Media: disp})
-	sc := startScreen(b, url, 1280, 720)
+	sc := screentest.Start(b, url, 1280, 720)
 	waitPages(b, disp, 1)
 	fe := farend.StartFarEnd(b, lk, "g2g", "patient", farend.PublishStamped())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -75,10 +76,10 @@ func BenchmarkFarEndToScreenGlassToGlass(b *testing.B) {
 		b.Fatalf("far end did not publish: %v", err)
 	}
 	published := time.Now()
-	movingTiles(b, sc, 1, 20*time.Second)
+	screentest.MovingTiles(b, sc, 1, 20*time.Second)
 	first := time.Since(published)
 	time.Sleep(time.Second) // rate control and the jitter buffers settle
-	sc.eval(stampReaderJS, nil)
+	sc.Eval(stampReaderJS, nil)
 	var st g2gStats
 	next := func() {
 		n := st.Valid
@@ -88,18 +89,18 @@ func BenchmarkFarEndToScreenGlassToGlass(b *testing.B) {
 				b.Fatalf("no more stamped frames on the screen (read %d, valid %d)", st.Read, st.Valid)
 			}
 			time.Sleep(20 * time.Millisecond)
-			sc.eval(`window.__g2g`, &st)
+			sc.Eval(`window.__g2g`, &st)
 		}
 	}
 	start := time.Now()
-	cpu0, _ := sc.usage()
+	cpu0, _ := sc.Usage()
 	for b.Loop() {
 		next()
 	}
 	for len(st.Ages) < 200 || time.Since(start) < 10*time.Second {
 		next()
 	}
-	cpu1, rss := sc.usage()
+	cpu1, rss := sc.Usage()
 	b.ReportMetric(100*float64(cpu1-cpu0)/float64(time.Since(start)), "kiosk-cpu-%")
 	b.ReportMetric(float64(rss)/(1<<20), "kiosk-pss-MB")
 	ages := slices.Clone(st.Ages)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/screen"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/media/display"
 	"github.com/konsult/konsult/media/gate"
 )
@@ -48,7 +49,7 @@ const pageTextJS = `(() => { if (!document.documentElement || !document.getEleme
 // and a call fit 1920x1080, 1280x720 and 800x480.
 func TestScreenPageTextsAndSizes(t *testing.T) {
 	idle := newFakeUnit(appliance.Status{State: appliance.Idle, Shutter: "closed"}, nil)
-	sc := startScreen(t, "about:blank", 1280, 720)
+	sc := screentest.Start(t, "about:blank", 1280, 720)
 	// A word of each notice that only its language has.
 	words := map[string][]string{
 		"nl": {"niets opgenomen", "LIVE", "camera en de microfoon"},
@@ -58,8 +59,8 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 	}
 	for _, lang := range screen.Languages {
 		url := startServer(t, screen.Config{Room: "Room 3", Language: lang, Unit: idle})
-		sc.navigate(url)
-		p := waitUntil(t, sc, lang+" idle screen", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Lang == lang && p.Notice != "" })
+		sc.Navigate(url)
+		p := screentest.WaitUntil(t, sc, lang+" idle screen", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Lang == lang && p.Notice != "" })
 		for _, w := range words[lang] {
 			if !strings.Contains(strings.ToLower(p.Notice), strings.ToLower(w)) {
 				t.Errorf("%s notice %q lacks %q", lang, p.Notice, w)
@@ -69,20 +70,20 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 			t.Errorf("%s idle screen %+v", lang, p)
 		}
 		t.Logf("%s: %s | %s | %s", lang, p.Press, p.Health, p.Notice)
-		saveShot(t, sc, "idle-"+lang+".png")
+		screentest.SaveShot(t, sc, "idle-"+lang+".png")
 	}
 
 	// Unknown language: the default.
 	url := startServer(t, screen.Config{Room: "Room 3", Language: "fr", Unit: idle})
-	sc.navigate(url)
-	waitUntil(t, sc, "default language", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Lang == screen.DefaultLanguage })
+	sc.Navigate(url)
+	screentest.WaitUntil(t, sc, "default language", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Lang == screen.DefaultLanguage })
 
 	reason := "shutter did not close: no end-stop signal within 3s"
 	fault := newFakeUnit(appliance.Status{State: appliance.Fault, Shutter: "unconfirmed", Faults: []string{reason}}, nil)
 	for _, lang := range []string{"en", "nl"} {
 		url := startServer(t, screen.Config{Room: "Room 3", Language: lang, Unit: fault})
-		sc.navigate(url)
-		p := waitUntil(t, sc, lang+" fault screen", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Class == "state-fault" })
+		sc.Navigate(url)
+		p := screentest.WaitUntil(t, sc, lang+" fault screen", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Class == "state-fault" })
 		want := map[string]string{"en": "shutter", "nl": "cameraklep"}[lang]
 		if !strings.Contains(p.Reasons, reason) || !strings.Contains(p.Todo, want) || p.FaultTitle == "" {
 			t.Errorf("%s fault screen does not name the reason and what to do: %+v", lang, p)
@@ -98,18 +99,18 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 	faultURL := startServer(t, screen.Config{Room: "Room 3", Unit: fault})
 	idleURL := startServer(t, screen.Config{Room: "Room 3", Unit: idle})
 	for _, size := range [][2]int{{1920, 1080}, {1280, 720}, {800, 480}} {
-		sc.call("Emulation.setDeviceMetricsOverride", map[string]any{"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": false})
+		sc.Call("Emulation.setDeviceMetricsOverride", map[string]any{"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": false})
 		for _, s := range []struct{ name, url, class string }{{"idle", idleURL, "state-idle"}, {"fault", faultURL, "state-fault"}, {"call", callURL, "state-in_call"}} {
-			sc.navigate(s.url)
-			p := waitUntil(t, sc, s.name, 10*time.Second, pageTextJS, func(p pageText) bool { return p.Class == s.class })
+			sc.Navigate(s.url)
+			p := screentest.WaitUntil(t, sc, s.name, 10*time.Second, pageTextJS, func(p pageText) bool { return p.Class == s.class })
 			time.Sleep(100 * time.Millisecond) // layout after the first state
-			sc.eval(pageTextJS, &p)
+			sc.Eval(pageTextJS, &p)
 			if len(p.Overflow) > 0 {
 				t.Errorf("%dx%d %s: %v do not fit the screen", size[0], size[1], s.name, p.Overflow)
 			}
 			if s.name == "call" {
-				var tiles []tileView
-				sc.eval(tilesJS, &tiles)
+				var tiles []screentest.Tile
+				sc.Eval(screentest.TilesJS, &tiles)
 				if len(tiles) != 3 || !tiles[0].Speaking || tiles[1].Speaking {
 					t.Errorf("%dx%d call: tiles %+v, want 3 with the first speaking", size[0], size[1], tiles)
 				}
@@ -117,12 +118,12 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 					t.Errorf("call status bar %q", p.Bar)
 				}
 			}
-			saveShot(t, sc, fmt.Sprintf("%s-%dx%d.png", s.name, size[0], size[1]))
+			screentest.SaveShot(t, sc, fmt.Sprintf("%s-%dx%d.png", s.name, size[0], size[1]))
 		}
 	}
 	// The call timer runs from the call's start.
 	var timer string
-	sc.eval(`document.getElementById('timer').textContent`, &timer)
+	sc.Eval(`document.getElementById('timer').textContent`, &timer)
 	if !strings.HasPrefix(timer, "1:1") {
 		t.Errorf("call timer %q, want 1:1x (the call began 75 s ago)", timer)
 	}

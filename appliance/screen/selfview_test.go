@@ -1,12 +1,7 @@
 package screen_test
 
 import (
-	"bytes"
-	"image"
-	"image/png"
 	"math"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,6 +11,7 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/screen"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/display"
 	"github.com/konsult/konsult/media/gate"
@@ -91,17 +87,17 @@ func TestSelfViewShowsOnlyWhatTheGateLetsOut(t *testing.T) {
 	u := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now(), Shutter: "open"}, g)
 	// Under a secret path, as the kiosk would open it.
 	url := startServer(t, screen.Config{Room: "Room 3", Unit: u, Media: disp, Secret: screen.NewSecret()})
-	sc := startScreen(t, url, 1280, 720)
+	sc := screentest.Start(t, url, 1280, 720)
 	waitPages(t, disp, 1)
 
 	closedCheck := func(what string) {
 		t.Helper()
-		var s selfView
-		sc.eval(selfJS, &s)
+		var s screentest.Self
+		sc.Eval(screentest.SelfJS, &s)
 		if !s.Closed || s.Placeholder != "Camera closed" {
 			t.Fatalf("%s: self-view %+v, want the placeholder", what, s)
 		}
-		if std, mean := selfGlass(t, sc); std > farend.UniformStdDev || math.Abs(mean-0x3c) > 8 {
+		if std, mean := screentest.SelfGlass(t, sc); std > farend.UniformStdDev || math.Abs(mean-0x3c) > 8 {
 			t.Fatalf("%s: the glass over the self-view is not the placeholder: std %.1f mean %.1f", what, std, mean)
 		}
 	}
@@ -113,19 +109,19 @@ func TestSelfViewShowsOnlyWhatTheGateLetsOut(t *testing.T) {
 
 	opened := time.Now()
 	g.Set(gate.State{Video: true, Audio: true})
-	room := waitSelfRoom(t, sc, 10*time.Second)
+	room := screentest.WaitSelfRoom(t, sc, 10*time.Second)
 	t.Logf("camera out → the room in the self-view: %s (%+v)", time.Since(opened).Round(10*time.Millisecond), room)
 	if n := framesDecoded(t, sc); n <= 0 {
 		t.Fatalf("the page counts %d self-view frames decoded while the room shows: the count below would prove nothing", n)
 	}
-	saveShot(t, sc, "selfview-live.png")
+	screentest.SaveShot(t, sc, "selfview-live.png")
 
 	// PRIVACY: time from the gate closing to the placeholder on the page,
 	// by the page's own clock (the same host clock as the test's).
 	done := make(chan float64, 1)
 	go func() {
 		var at float64
-		sc.eval(`new Promise((ok) => { const s = document.getElementById('self');
+		sc.Eval(`new Promise((ok) => { const s = document.getElementById('self');
 		  const f = () => { if (s.classList.contains('closed')) ok(Date.now()); else requestAnimationFrame(f); }; f(); })`, &at)
 		done <- at
 	}()
@@ -145,78 +141,17 @@ func TestSelfViewShowsOnlyWhatTheGateLetsOut(t *testing.T) {
 	if after := framesDecoded(t, sc); after != before {
 		t.Errorf("%d room frames reached the page while private", after-before)
 	}
-	saveShot(t, sc, "selfview-private.png")
+	screentest.SaveShot(t, sc, "selfview-private.png")
 
 	opened = time.Now()
 	g.Set(gate.State{Video: true})
-	waitSelfRoom(t, sc, 10*time.Second)
+	screentest.WaitSelfRoom(t, sc, 10*time.Second)
 	t.Logf("camera out again → the room in the self-view: %s", time.Since(opened).Round(10*time.Millisecond))
 }
 
-func framesDecoded(t *testing.T, sc *screenBrowser) int {
+func framesDecoded(t *testing.T, sc *screentest.Browser) int {
 	t.Helper()
 	var n int
-	sc.eval(selfFramesJS, &n)
+	sc.Eval(selfFramesJS, &n)
 	return n
-}
-
-// waitSelfRoom waits for the self-view to show a moving, non-uniform
-// picture: the simulated camera's bars.
-func waitSelfRoom(t *testing.T, sc *screenBrowser, d time.Duration) selfView {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		var a, b selfView
-		sc.eval(selfJS, &a)
-		time.Sleep(150 * time.Millisecond)
-		sc.eval(selfJS, &b)
-		if !b.Closed && !b.Waiting && b.W > 0 && b.Std > farend.UniformStdDev && a.Hash != b.Hash {
-			if std, _ := selfGlass(t, sc); std > farend.UniformStdDev {
-				return b
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("self-view: no moving room picture within %s; last %+v", d, b)
-		}
-	}
-}
-
-// selfGlass reads the top strip of the self-view box off a screenshot
-// (the placeholder's words are in its middle): its luma spread and mean.
-func selfGlass(t *testing.T, sc *screenBrowser) (std, mean float64) {
-	t.Helper()
-	var r struct{ X, Y, W, H float64 }
-	sc.eval(`(() => { const b = document.getElementById('self').getBoundingClientRect(); return {X: b.x, Y: b.y, W: b.width, H: b.height}; })()`, &r)
-	img, err := png.Decode(bytes.NewReader(sc.screenshot()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Inside the border, the top quarter.
-	rect := image.Rect(int(r.X+r.W*0.1), int(r.Y+r.H*0.08), int(r.X+r.W*0.9), int(r.Y+r.H*0.25))
-	var s, s2, n float64
-	for y := rect.Min.Y; y < rect.Max.Y; y++ {
-		for x := rect.Min.X; x < rect.Max.X; x++ {
-			cr, cg, cb, _ := img.At(x, y).RGBA()
-			l := (0.3*float64(cr) + 0.6*float64(cg) + 0.1*float64(cb)) / 257
-			s += l
-			s2 += l * l
-			n++
-		}
-	}
-	if n == 0 {
-		t.Fatalf("self-view box %+v is empty", r)
-	}
-	mean = s / n
-	return math.Sqrt(math.Max(0, s2/n-mean*mean)), mean
-}
-
-// saveShot writes a screenshot to $KONSULT_SCREEN_SHOTS (docs' pictures).
-func saveShot(t *testing.T, sc *screenBrowser, name string) {
-	dir := os.Getenv("KONSULT_SCREEN_SHOTS")
-	if dir == "" {
-		return
-	}
-	if err := os.WriteFile(filepath.Join(dir, name), sc.screenshot(), 0o644); err != nil {
-		t.Error(err)
-	}
 }

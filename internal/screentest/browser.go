@@ -1,4 +1,9 @@
-package screen_test
+// Package screentest is test support for the unit's own screen: a headless
+// Chromium showing the display page (appliance/screen), driven over the
+// DevTools protocol, and readers of what the page shows (tiles, self-view,
+// the glass itself). appliance/screen's tests and roomd's end-to-end test
+// share it.
+package screentest
 
 import (
 	"encoding/base64"
@@ -17,10 +22,10 @@ import (
 	"github.com/konsult/konsult/internal/headless"
 )
 
-// screenBrowser is a headless Chromium showing the display page, driven
+// Browser is a headless Chromium showing the display page, driven
 // over the DevTools protocol: the test reads the page as the glass shows it
 // (DOM, <video> pixels through a canvas, screenshots).
-type screenBrowser struct {
+type Browser struct {
 	t    testing.TB
 	b    *headless.Browser
 	conn *websocket.Conn
@@ -28,7 +33,7 @@ type screenBrowser struct {
 	id   atomic.Int64
 	mu   sync.Mutex
 	wait map[int64]chan cdpReply
-	port int // DevTools: also how usage finds the process
+	port int // DevTools: also how Usage finds the process
 }
 
 type cdpReply struct {
@@ -38,9 +43,9 @@ type cdpReply struct {
 	} `json:"error"`
 }
 
-// startScreen opens url in a headless Chromium of w×h, as the kiosk would:
+// Start opens url in a headless Chromium of w×h, as the kiosk would:
 // no WebRTC flags (the loopback connection needs none), autoplay allowed.
-func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
+func Start(t testing.TB, url string, w, h int) *Browser {
 	t.Helper()
 	port, err := farend.FreeTCPPort()
 	if err != nil {
@@ -52,7 +57,7 @@ func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
 		"--disable-backgrounding-occluded-windows",
 		"--hide-scrollbars",
 		fmt.Sprintf("--window-size=%d,%d", w, h))
-	sb := &screenBrowser{t: t, b: b, wait: map[int64]chan cdpReply{}, port: port}
+	sb := &Browser{t: t, b: b, wait: map[int64]chan cdpReply{}, port: port}
 	deadline := time.Now().Add(20 * time.Second)
 	var wsURL string
 	for wsURL == "" {
@@ -83,11 +88,14 @@ func startScreen(t testing.TB, url string, w, h int) *screenBrowser {
 	sb.conn = c
 	go sb.read()
 	t.Cleanup(func() { c.Close() })
-	sb.call("Emulation.setDeviceMetricsOverride", map[string]any{"width": w, "height": h, "deviceScaleFactor": 1, "mobile": false})
+	sb.Call("Emulation.setDeviceMetricsOverride", map[string]any{"width": w, "height": h, "deviceScaleFactor": 1, "mobile": false})
 	return sb
 }
 
-func (s *screenBrowser) read() {
+// Output is what Chromium wrote to its stdout and stderr.
+func (s *Browser) Output() string { return s.b.Output() }
+
+func (s *Browser) read() {
 	for {
 		var m struct {
 			ID int64 `json:"id"`
@@ -109,7 +117,7 @@ func (s *screenBrowser) read() {
 	}
 }
 
-func (s *screenBrowser) call(method string, params any) json.RawMessage {
+func (s *Browser) Call(method string, params any) json.RawMessage {
 	s.t.Helper()
 	id := s.id.Add(1)
 	ch := make(chan cdpReply, 1)
@@ -134,11 +142,11 @@ func (s *screenBrowser) call(method string, params any) json.RawMessage {
 	return nil
 }
 
-// eval runs expr in the page (awaiting a promise) and decodes its JSON
+// Eval runs expr in the page (awaiting a promise) and decodes its JSON
 // value into v.
-func (s *screenBrowser) eval(expr string, v any) {
+func (s *Browser) Eval(expr string, v any) {
 	s.t.Helper()
-	raw := s.call("Runtime.evaluate", map[string]any{"expression": expr, "awaitPromise": true, "returnByValue": true})
+	raw := s.Call("Runtime.evaluate", map[string]any{"expression": expr, "awaitPromise": true, "returnByValue": true})
 	var r struct {
 		Result struct {
 			Value json.RawMessage `json:"value"`
@@ -163,13 +171,13 @@ func (s *screenBrowser) eval(expr string, v any) {
 	}
 }
 
-// screenshot is a PNG of the page as shown.
-func (s *screenBrowser) screenshot() []byte {
+// Screenshot is a PNG of the page as shown.
+func (s *Browser) Screenshot() []byte {
 	s.t.Helper()
 	var r struct {
 		Data string `json:"data"`
 	}
-	if err := json.Unmarshal(s.call("Page.captureScreenshot", map[string]any{"format": "png"}), &r); err != nil {
+	if err := json.Unmarshal(s.Call("Page.captureScreenshot", map[string]any{"format": "png"}), &r); err != nil {
 		s.t.Fatal(err)
 	}
 	b, err := base64.StdEncoding.DecodeString(r.Data)
@@ -179,18 +187,19 @@ func (s *screenBrowser) screenshot() []byte {
 	return b
 }
 
-func (s *screenBrowser) navigate(url string) {
-	s.call("Page.navigate", map[string]any{"url": url})
+// Navigate opens url in the page.
+func (s *Browser) Navigate(url string) {
+	s.Call("Page.navigate", map[string]any{"url": url})
 }
 
-// waitUntil evaluates expr (a JSON-valued expression) until ok says yes.
-func waitUntil[T any](t testing.TB, s *screenBrowser, what string, d time.Duration, expr string, ok func(T) bool) T {
+// WaitUntil evaluates expr (a JSON-valued expression) until ok says yes.
+func WaitUntil[T any](t testing.TB, s *Browser, what string, d time.Duration, expr string, ok func(T) bool) T {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	var v T
 	for {
 		var cur T
-		s.eval(expr, &cur)
+		s.Eval(expr, &cur)
 		v = cur
 		if ok(v) {
 			return v

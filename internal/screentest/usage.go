@@ -1,4 +1,4 @@
-package screen_test
+package screentest
 
 import (
 	"os"
@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// usage is the CPU time and memory (proportional set size: shared pages
+// Usage is the CPU time and memory (proportional set size: shared pages
 // split between the processes that share them) of the screen's Chromium,
 // all its processes (its own process group), read from /proc.
-func (s *screenBrowser) usage() (cpu time.Duration, rss int64) {
+func (s *Browser) Usage() (cpu time.Duration, rss int64) {
 	leader := 0
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	type proc struct {
