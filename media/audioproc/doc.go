@@ -4,7 +4,7 @@
 // acoustic echo path ([sim.echo]) that proves them.
 //
 // The implementation is SpeexDSP's (libspeexdsp, BSD-3-Clause, Debian's
-// libspeexdsp1): its MDF echo canceller with a 300 ms tail, and its
+// libspeexdsp1): its MDF echo canceller with a 200 ms tail, and its
 // preprocessor for noise suppression, residual echo suppression (with NS)
 // and AGC, called through cgo (plain C). WebRTC's AudioProcessing 0.3
 // (libwebrtc-audio-processing, BSD) was measured too, through a C++ shim,

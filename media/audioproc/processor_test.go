@@ -194,7 +194,7 @@ func TestStatsAfterEcho(t *testing.T) {
 }
 
 // BenchmarkFrame is the CPU of one 10 ms frame (48 kHz mono) of the whole
-// chain: the reference, echo cancellation (300 ms tail), noise suppression
+// chain: the reference, echo cancellation (200 ms tail), noise suppression
 // and AGC. The far end and its echo are made beforehand (4 s, looped), so
 // only the processor is timed.
 func BenchmarkFrame(b *testing.B) {

@@ -52,8 +52,10 @@ const echoCapacity = 48000 * 3 / 2
 // playout's tap) comes back into the simulated microphone (AddTo) later,
 // quieter, with a short reverberation. Both sides run in real time on their
 // own clocks; the microphone keeps its own read position in the speaker's
-// stream so the delay stays constant, and starts again at the configured
-// delay when the two drift more than maxSlip apart.
+// stream, so the echo stays in step with what was played, and starts again
+// at the configured delay only when the two drift more than maxSlip apart
+// (it then hears silence or older sound meanwhile, as if the speaker had
+// stalled).
 type EchoPath struct {
 	rate  int
 	only  bool
@@ -67,7 +69,7 @@ type EchoPath struct {
 	align   aligner   // the next speaker sample the microphone hears (direct path)
 }
 
-const maxSlip = 40 // ms
+const maxSlip = 150 // ms
 
 // NewEchoPath makes the room for a speaker and microphone at rate.
 func NewEchoPath(cfg EchoConfig, rate int) (*EchoPath, error) {
@@ -75,7 +77,7 @@ func NewEchoPath(cfg EchoConfig, rate int) (*EchoPath, error) {
 		return nil, err
 	}
 	e := &EchoPath{rate: rate, only: cfg.Only, delay: int(cfg.Delay.Seconds() * float64(rate)), hist: make([]float32, echoCapacity)}
-	e.align = newAligner(e.delay, maxSlip*rate/1000)
+	e.align = newAligner(e.delay, e.delay-maxSlip*rate/1000, e.delay+maxSlip*rate/1000)
 	g := float32(math.Pow(10, -cfg.AttenuationDB/20))
 	e.taps, e.gains = []int{0}, []float32{g}
 	if cfg.Reverb > 0 {

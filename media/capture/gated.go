@@ -235,6 +235,7 @@ func gateAudio(g *gate.Gate, done <-chan struct{}, n *Counters, ended func(error
 				// missed (a loaded machine can make even a buffered read slow)
 				// goes too, rather than reaching the far end as a burst.
 				if liveDur-time.Since(liveFrom) > maxAhead {
+					mp.dropped(chunk)
 					release()
 					n.StaleDropped.Add(1)
 					continue

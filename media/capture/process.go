@@ -11,10 +11,13 @@ import (
 
 // AudioProcessor cleans the microphone after the privacy gate: echo
 // cancellation, noise suppression, gain control (audioproc.Processor).
-// Process works in place on mono samples; Reset forgets every sample held.
+// Process works in place on mono samples; Reset forgets every sample held;
+// Skip says a chunk of n samples was captured and dropped unsent (backlog),
+// so the echo reference skips the same time and stays aligned.
 type AudioProcessor interface {
 	Process(pcm []float32, rate int) error
 	Reset()
+	Skip(n int)
 }
 
 // RoomEcho is the simulated room (audioproc.EchoPath): AddTo adds, to one
@@ -66,6 +69,13 @@ func (m *micProc) admitted(g *gate.Gate, chunk wave.Audio) {
 		return
 	}
 	fromMono(chunk, m.buf)
+}
+
+// dropped: a chunk the gate admitted as live is dropped as backlog.
+func (m *micProc) dropped(chunk wave.Audio) {
+	if m.p != nil {
+		m.p.Skip(chunk.ChunkInfo().Len)
+	}
 }
 
 // withRoom adds the simulated room's echo to every microphone chunk, before

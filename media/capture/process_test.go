@@ -44,6 +44,8 @@ func (s *spyProcessor) Reset() {
 	s.sinceReset = 0
 }
 
+func (s *spyProcessor) Skip(int) {}
+
 // mic is a microphone at real pace: 20 ms chunks of a constant 0.5.
 func mic() audio.Reader {
 	next := time.Now()

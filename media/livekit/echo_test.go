@@ -111,6 +111,12 @@ func TestFarEndEchoCancelled(t *testing.T) {
 		fe, t0 := startPatient(t, lk, name, call, farend.Signal{Level: 0.3})
 		time.Sleep(settle + window)
 		db, n := medianDB(fe.AudioBands(), t0.Add(settle), t0.Add(settle+window), false)
+		if os.Getenv("ECHO_CURVE") != "" { // the canceller's convergence, 2 s at a time
+			for at := time.Duration(0); at < settle+window; at += 2 * time.Second {
+				c, _ := medianDB(fe.AudioBands(), t0.Add(at), t0.Add(at+2*time.Second), false)
+				t.Logf("%s: %s: %.1f dB", name, at, c)
+			}
+		}
 		if n < 10 {
 			t.Fatalf("%s: %d band measures", name, n)
 		}
