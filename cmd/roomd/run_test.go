@@ -28,6 +28,8 @@ type unitUnderTest struct {
 	done   chan error
 	stop   context.CancelFunc
 	logs   *syncbuf.Buffer
+	stdout *syncbuf.Buffer // what roomd printed
+	sock   string
 }
 
 func startUnit(t testing.TB, configTOML string) *unitUnderTest {
@@ -45,6 +47,7 @@ func startUnit(t testing.TB, configTOML string) *unitUnderTest {
 	ctx, cancel := context.WithCancel(context.Background())
 	u := &unitUnderTest{t: t, done: make(chan error, 1), stop: cancel, logs: &syncbuf.Buffer{}, events: make(chan appliance.Event, 1024)}
 	stdout := &syncbuf.Buffer{}
+	u.stdout, u.sock = stdout, sock
 	go func() { u.done <- run(ctx, args, stdout, u.logs) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for !strings.Contains(stdout.String(), "roomd ready") {
