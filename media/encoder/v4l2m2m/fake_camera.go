@@ -136,6 +136,7 @@ type fakeCameraFD struct {
 	closed bool
 }
 
+// ioctl reads better whole: one case per request code, like a driver's table, to hold against the V4L2 spec.
 func (d *fakeCameraFD) ioctl(req uintptr, arg unsafe.Pointer) error {
 	f := d.f
 	f.mu.Lock()
