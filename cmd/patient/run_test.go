@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/internal/syncbuf"
 )
 
@@ -72,6 +73,84 @@ func TestPageJoinsTheRoom(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// startPage serves the patient page for room on lk and returns its URL.
+func startPage(t *testing.T, lk *farend.LiveKit, room string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncbuf.Buffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--livekit", lk.URL, "--room", room, "--api-key", lk.APIKey, "--api-secret", lk.APISecret,
+			"--client-js", "../../.cache/npm/node_modules/livekit-client/dist/livekit-client.umd.js", "--listen", "127.0.0.1:0"}, out, out)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	re := regexp.MustCompile(`http://127\.0\.0\.1:\d+/`)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if url := re.FindString(out.String()); url != "" {
+			return url
+		}
+	}
+	t.Fatalf("no page address printed:\n%s", out.String())
+	return ""
+}
+
+// The patient page is the other side of the two-way call: it says what
+// happens to the person's picture and sound before it asks, publishes
+// their camera and microphone (Chromium's fake devices and consent), and
+// its status line stays true once the unit's tracks arrive, even when the
+// unit was in the room first (its tracks come before connect returns).
+func TestPagePublishesAndSaysWhatItReceives(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	room := "demo-two-way"
+	// The room unit's stand-in: it publishes, and measures the first
+	// remote tracks it gets, the patient's.
+	unit := farend.StartFarEnd(t, lk, room, "room-unit", farend.Publish())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := unit.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Published }); err != nil {
+		t.Fatalf("the unit's stand-in did not publish: %v", err)
+	}
+	url := startPage(t, lk, room)
+	sc := screentest.Start(t, url, 1280, 720,
+		"--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+		"--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns")
+	consent := screentest.WaitUntil(t, sc, "the consent sentence", 10*time.Second, `(document.getElementById('consent') || {}).textContent || ''`, func(s string) bool { return s != "" })
+	for _, want := range []string{"camera and microphone", "only", "nothing is recorded"} {
+		if !strings.Contains(strings.Join(strings.Fields(consent), " "), want) {
+			t.Errorf("the page does not say %q before it asks: %q", want, consent)
+		}
+	}
+	screentest.WaitUntil(t, sc, "the page loaded", 10*time.Second, `document.readyState`, func(s string) bool { return s == "complete" })
+	sc.Eval(`document.getElementById('join').click(), true`, nil)
+	const statusJS = `document.getElementById('status').textContent`
+	st := screentest.WaitUntil(t, sc, "sending and receiving the unit", 20*time.Second, statusJS, func(s string) bool {
+		return strings.Contains(s, "sending your camera and microphone") && strings.Contains(s, "receiving room-unit")
+	})
+	if strings.Contains(st, "waiting") {
+		t.Errorf("status %q says waiting while it shows the unit", st)
+	}
+	s, err := unit.WaitFor(ctx, func(s farend.FarEndStats) bool {
+		return s.VideoFramesDecoded > 30 && !s.LastFrameIsUniform && s.AudioEnergyPeak > 0.01
+	})
+	if err != nil {
+		t.Fatalf("the unit's side got no picture and sound from the patient: %v; %+v", err, unit.Stats())
+	}
+	t.Logf("the unit's side decodes the patient: %d frames, %dx%d, audio peak %.3f; patient status %q", s.VideoFramesDecoded, s.FrameWidth, s.FrameHeight, s.AudioEnergyPeak, st)
+	time.Sleep(time.Second)
+	var later string
+	sc.Eval(statusJS, &later)
+	if later != st {
+		t.Errorf("status changed while nothing did: %q, then %q", st, later)
+	}
+
+	if err := unit.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	screentest.WaitUntil(t, sc, "the unit gone", 15*time.Second, statusJS, func(s string) bool {
+		return strings.Contains(s, "room-unit left the room") && strings.Contains(s, "waiting for the room unit") && !strings.Contains(s, "receiving")
+	})
 }
 
 func TestRefusesNonLoopback(t *testing.T) {

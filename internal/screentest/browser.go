@@ -44,19 +44,20 @@ type cdpReply struct {
 }
 
 // Start opens url in a headless Chromium of w×h, as the kiosk would:
-// no WebRTC flags (the loopback connection needs none), autoplay allowed.
-func Start(t testing.TB, url string, w, h int) *Browser {
+// no WebRTC flags (the loopback connection needs none), autoplay allowed;
+// extra flags are added (a page that is not the screen may need some).
+func Start(t testing.TB, url string, w, h int, extra ...string) *Browser {
 	t.Helper()
 	port, err := farend.FreeTCPPort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := headless.Start(t, url,
-		"--remote-debugging-port="+strconv.Itoa(port),
+	b := headless.Start(t, url, append([]string{
+		"--remote-debugging-port=" + strconv.Itoa(port),
 		"--autoplay-policy=no-user-gesture-required",
 		"--disable-backgrounding-occluded-windows",
 		"--hide-scrollbars",
-		fmt.Sprintf("--window-size=%d,%d", w, h))
+		fmt.Sprintf("--window-size=%d,%d", w, h)}, extra...)...)
 	sb := &Browser{t: t, b: b, wait: map[int64]chan cdpReply{}, port: port}
 	deadline := time.Now().Add(20 * time.Second)
 	var wsURL string
