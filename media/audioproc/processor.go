@@ -115,7 +115,7 @@ func (p *Processor) Config() Config { return p.cfg }
 // reference. It must be the exact mix played (playout's tap), not the
 // remote tracks: the echo is of what the room heard.
 func (p *Processor) Render(mix []float32) {
-	if !p.cfg.EchoCancel {
+	if p == nil || !p.cfg.EchoCancel {
 		return
 	}
 	p.refMu.Lock()
@@ -153,6 +153,9 @@ func (p *Processor) reference() {
 // ms, as mediadevices delivers) gets its own samples back with no added
 // delay.
 func (p *Processor) Process(pcm []float32, rate int) error {
+	if p == nil {
+		return nil // no processing configured: a nil *Processor passes audio through
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed || len(pcm) == 0 {
@@ -227,6 +230,9 @@ func power(x []float32) float64 {
 // closes the microphone (capture does), so nothing heard before a mute can
 // come out after it. The far end is kept: it is not the room.
 func (p *Processor) Reset() {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	clear(p.in)
@@ -245,6 +251,9 @@ func (p *Processor) Reset() {
 // processing (capture's backlog drop): the reference skips as much, so the
 // echo's delay as the filter learnt it stays true.
 func (p *Processor) Skip(n int) {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.align.started {
@@ -254,6 +263,9 @@ func (p *Processor) Skip(n int) {
 
 // Close releases the canceller; Process passes audio through after.
 func (p *Processor) Close() {
+	if p == nil {
+		return
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.closed = true
@@ -290,6 +302,9 @@ type Stats struct {
 
 // Stats reports the processor's state; safe from any goroutine.
 func (p *Processor) Stats() Stats {
+	if p == nil {
+		return Stats{DelayMs: -1}
+	}
 	s := Stats{EchoCancel: p.cfg.EchoCancel, NoiseSuppress: p.cfg.NoiseSuppress, GainControl: p.cfg.GainControl}
 	s.Active = time.Since(time.Unix(0, p.last.Load())) < time.Second
 	if e := math.Float64frombits(p.erle.Load()); !math.IsNaN(e) {

@@ -102,6 +102,9 @@ func NewEchoPath(cfg EchoConfig, rate int) (*EchoPath, error) {
 
 // Play takes what the speaker plays.
 func (e *EchoPath) Play(mix []float32) {
+	if e == nil {
+		return
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for _, v := range mix {
@@ -113,6 +116,9 @@ func (e *EchoPath) Play(mix []float32) {
 // AddTo adds the room's echo to one microphone chunk (mono, at the room's
 // rate).
 func (e *EchoPath) AddTo(mic []float32) {
+	if e == nil {
+		return // no simulated room: the microphone as it is
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	n := int64(len(mic))
