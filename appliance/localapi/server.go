@@ -166,16 +166,37 @@ var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/faul
 // routes is the API's mux. Each listener gets its own, so the event-stream
 // cap of one listener (a flood over HTTP) leaves the other's alone.
 func (s *Server) routes(unixSocket bool) http.Handler {
-	u := s.unit
 	mux := http.NewServeMux()
-	streams := make(chan struct{}, s.maxEventStreams)
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, u.Status())
-	})
-	mux.HandleFunc("GET /v1/doctor", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, u.Doctor(r.Context()))
-	})
-	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/status", s.handleStatus)
+	mux.HandleFunc("GET /v1/doctor", s.handleDoctor)
+	mux.HandleFunc("GET /v1/events", s.handleEvents(make(chan struct{}, s.maxEventStreams)))
+	mux.HandleFunc("POST /v1/action", s.handleAction)
+	if !unixSocket {
+		for _, p := range unixOnly {
+			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+				writeErr(w, http.StatusForbidden, fmt.Errorf("%s is served only on the unit's unix socket (roomctl on the unit), not on loopback HTTP", p))
+			})
+		}
+		return mux
+	}
+	mux.HandleFunc("POST /v1/enrol", s.handleEnrol)
+	mux.HandleFunc("POST /v1/factory-reset", s.handleFactoryReset)
+	mux.HandleFunc("POST /v1/press", s.handlePress)
+	mux.HandleFunc("POST /v1/fault", s.handleFault)
+	return mux
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.unit.Status())
+}
+
+func (s *Server) handleDoctor(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.unit.Doctor(r.Context()))
+}
+
+// handleEvents streams events as NDJSON, at most cap(streams) at once.
+func (s *Server) handleEvents(streams chan struct{}) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case streams <- struct{}{}:
 			defer func() { <-streams }()
@@ -184,7 +205,7 @@ func (s *Server) routes(unixSocket bool) http.Handler {
 			writeErr(w, http.StatusServiceUnavailable, fmt.Errorf("too many event streams open (%d, the most this API serves at once): each `roomctl watch` holds one; close one and try again", cap(streams)))
 			return
 		}
-		events, cancel := u.Subscribe(256)
+		events, cancel := s.unit.Subscribe(256)
 		defer cancel()
 		rc := http.NewResponseController(w)
 		w.Header().Set("Content-Type", "application/x-ndjson")
@@ -209,121 +230,117 @@ func (s *Server) routes(unixSocket bool) http.Handler {
 				return
 			}
 		}
-	})
-	mux.HandleFunc("POST /v1/action", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Action string `json:"action"`
-		}
-		if !s.readJSON(w, r, &req) {
-			return
-		}
-		a, err := appliance.ParseAction(req.Action)
-		if err != nil {
-			writeErr(w, http.StatusBadRequest, err)
-			return
-		}
-		if err := u.Do(r.Context(), a, "local-api"); err != nil {
-			writeErr(w, http.StatusServiceUnavailable, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"action": string(a)})
-	})
-	if !unixSocket {
-		for _, p := range unixOnly {
-			mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
-				writeErr(w, http.StatusForbidden, fmt.Errorf("%s is served only on the unit's unix socket (roomctl on the unit), not on loopback HTTP", p))
-			})
-		}
-		return mux
 	}
-	mux.HandleFunc("POST /v1/enrol", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Code string `json:"code"`
-		}
-		if !s.readJSON(w, r, &req) {
-			return
-		}
-		p, ok := u.(Provisioner)
-		if !ok {
-			writeErr(w, http.StatusConflict, errors.New("this unit does not enrol"))
-			return
-		}
-		if err := p.Enrol(r.Context(), req.Code); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
-			return
-		}
-		// The code is a secret until it is spent: the answer does not echo it.
-		writeJSON(w, http.StatusAccepted, map[string]string{"enrolment": "claim code taken"})
-	})
-	mux.HandleFunc("POST /v1/factory-reset", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Confirm bool `json:"confirm"`
-		}
-		if !s.readJSON(w, r, &req) {
-			return
-		}
-		if !req.Confirm {
-			writeErr(w, http.StatusBadRequest, errors.New("a factory reset wipes the unit's identity and fleet config: confirm it (roomctl factory-reset --yes)"))
-			return
-		}
-		p, ok := u.(Provisioner)
-		if !ok {
-			writeErr(w, http.StatusConflict, errors.New("this unit cannot be reset from the API"))
-			return
-		}
-		if err := p.FactoryReset(r.Context()); err != nil {
-			writeErr(w, http.StatusServiceUnavailable, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"factory_reset": "wiping; roomd starts again as a new unit"})
-	})
-	mux.HandleFunc("POST /v1/press", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Button string `json:"button"`
-			HoldMS int    `json:"hold_ms"`
-		}
-		if !s.readJSON(w, r, &req) {
-			return
-		}
-		sim := u.Sim()
-		if sim == nil {
-			writeErr(w, http.StatusConflict, ErrUnsupported)
-			return
-		}
-		hold := time.Duration(req.HoldMS) * time.Millisecond
-		if hold <= 0 {
-			hold = 100 * time.Millisecond
-		}
-		if hold > time.Minute {
-			writeErr(w, http.StatusBadRequest, fmt.Errorf("hold_ms %d is longer than a minute", req.HoldMS))
-			return
-		}
-		if err := sim.Press(r.Context(), req.Button, hold); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"button": req.Button, "hold_ms": hold.Milliseconds()})
-	})
-	mux.HandleFunc("POST /v1/fault", func(w http.ResponseWriter, r *http.Request) {
-		var req struct {
-			Fault string `json:"fault"`
-			On    bool   `json:"on"`
-		}
-		if !s.readJSON(w, r, &req) {
-			return
-		}
-		sim := u.Sim()
-		if sim == nil {
-			writeErr(w, http.StatusConflict, ErrUnsupported)
-			return
-		}
-		if err := sim.SetFault(req.Fault, req.On); err != nil {
-			writeErr(w, http.StatusBadRequest, err)
-			return
-		}
-		writeJSON(w, http.StatusOK, req)
-	})
-	return mux
+}
+
+func (s *Server) handleAction(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Action string `json:"action"`
+	}
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	a, err := appliance.ParseAction(req.Action)
+	if err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	if err := s.unit.Do(r.Context(), a, "local-api"); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"action": string(a)})
+}
+
+func (s *Server) handleEnrol(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Code string `json:"code"`
+	}
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	p, ok := s.unit.(Provisioner)
+	if !ok {
+		writeErr(w, http.StatusConflict, errors.New("this unit does not enrol"))
+		return
+	}
+	if err := p.Enrol(r.Context(), req.Code); err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	// The code is a secret until it is spent: the answer does not echo it.
+	writeJSON(w, http.StatusAccepted, map[string]string{"enrolment": "claim code taken"})
+}
+
+func (s *Server) handleFactoryReset(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Confirm bool `json:"confirm"`
+	}
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	if !req.Confirm {
+		writeErr(w, http.StatusBadRequest, errors.New("a factory reset wipes the unit's identity and fleet config: confirm it (roomctl factory-reset --yes)"))
+		return
+	}
+	p, ok := s.unit.(Provisioner)
+	if !ok {
+		writeErr(w, http.StatusConflict, errors.New("this unit cannot be reset from the API"))
+		return
+	}
+	if err := p.FactoryReset(r.Context()); err != nil {
+		writeErr(w, http.StatusServiceUnavailable, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"factory_reset": "wiping; roomd starts again as a new unit"})
+}
+
+func (s *Server) handlePress(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Button string `json:"button"`
+		HoldMS int    `json:"hold_ms"`
+	}
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	sim := s.unit.Sim()
+	if sim == nil {
+		writeErr(w, http.StatusConflict, ErrUnsupported)
+		return
+	}
+	hold := time.Duration(req.HoldMS) * time.Millisecond
+	if hold <= 0 {
+		hold = 100 * time.Millisecond
+	}
+	if hold > time.Minute {
+		writeErr(w, http.StatusBadRequest, fmt.Errorf("hold_ms %d is longer than a minute", req.HoldMS))
+		return
+	}
+	if err := sim.Press(r.Context(), req.Button, hold); err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"button": req.Button, "hold_ms": hold.Milliseconds()})
+}
+
+func (s *Server) handleFault(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Fault string `json:"fault"`
+		On    bool   `json:"on"`
+	}
+	if !s.readJSON(w, r, &req) {
+		return
+	}
+	sim := s.unit.Sim()
+	if sim == nil {
+		writeErr(w, http.StatusConflict, ErrUnsupported)
+		return
+	}
+	if err := sim.SetFault(req.Fault, req.On); err != nil {
+		writeErr(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, req)
 }
 
 func (s *Server) logRequests(h http.Handler, transport string) http.Handler {
