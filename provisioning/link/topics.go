@@ -46,6 +46,9 @@ const (
 	DeviceEvents                   // <prefix>/device/<id>/events, QoS 1
 	EnrolRequest                   // <prefix>/enrol/<id>/request, retained (enrolment credential)
 	EnrolResponse                  // <prefix>/enrol/<id>/response, retained, signed by the fleet CA
+	TokenRequest                   // <prefix>/device/<id>/token-request, QoS 1, unit → fleetd, signed by the unit
+	Token                          // <prefix>/device/<id>/token, QoS 1, fleetd → unit, sealed to the unit's key
+	Schedule                       // <prefix>/device/<id>/schedule, retained, fleetd → unit, signed
 )
 
 func (k Kind) String() string {
@@ -68,6 +71,12 @@ func (k Kind) String() string {
 		return "enrol-request"
 	case EnrolResponse:
 		return "enrol-response"
+	case TokenRequest:
+		return "token-request"
+	case Token:
+		return "token"
+	case Schedule:
+		return "schedule"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -114,6 +123,16 @@ func (t Topics) Reported(id string) string { return t.device(id, "reported") }
 // Events carries unit id's events.
 func (t Topics) Events(id string) string { return t.device(id, "events") }
 
+// TokenRequest is where unit id asks fleetd for a conference token.
+func (t Topics) TokenRequest(id string) string { return t.device(id, "token-request") }
+
+// Token is where fleetd answers unit id's token requests, sealed to the
+// unit's key.
+func (t Topics) Token(id string) string { return t.device(id, "token") }
+
+// Schedule is unit id's retained, signed list of upcoming consultations.
+func (t Topics) Schedule(id string) string { return t.device(id, "schedule") }
+
 // EnrolRequest is unit id's enrolment request (retained), written with the
 // fleet's shared enrolment credential before the unit has its own
 // certificate. The broker ACL lets that credential write only the request
@@ -141,6 +160,12 @@ func (t Topics) AllDevices(k Kind) string {
 		return t.device("+", "reported")
 	case DeviceEvents:
 		return t.device("+", "events")
+	case TokenRequest:
+		return t.device("+", "token-request")
+	case Token:
+		return t.device("+", "token")
+	case Schedule:
+		return t.device("+", "schedule")
 	}
 	return ""
 }
@@ -168,6 +193,12 @@ func (t Topics) Parse(topic string) (k Kind, name string, ok bool) {
 		return DeviceReported, name, true
 	case "device/events":
 		return DeviceEvents, name, true
+	case "device/token-request":
+		return TokenRequest, name, true
+	case "device/token":
+		return Token, name, true
+	case "device/schedule":
+		return Schedule, name, true
 	case "group/config":
 		return GroupConfig, name, true
 	case "group/cmd":

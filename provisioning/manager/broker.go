@@ -24,6 +24,10 @@ type Broker struct {
 	Cert    string
 	CertKey string
 	Prefix  string
+	// Client names the connecting program in its client id and sync topic
+	// (konsult/<Client>/…): "fleetctl" if empty, "fleetd" for the fleet
+	// service, whose ACL grants it only its own tree.
+	Client string
 }
 
 // The shipped broker's listeners (deploy/mosquitto): 8883 for enrolled

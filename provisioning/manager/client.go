@@ -88,7 +88,11 @@ func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*
 	// A client id of its own for every fleetctl process (watch and a push
 	// at once must not close each other's connection), under the prefix
 	// the shipped broker requires of every chosen id (deploy/mosquitto).
-	id := link.ClientIDPrefix + "fleetctl/" + tag
+	name := s.Client
+	if name == "" {
+		name = "fleetctl"
+	}
+	id := link.ClientIDPrefix + name + "/" + tag
 	fc := &Client{
 		topics:  link.Topics{Prefix: s.Prefix},
 		host:    host,
@@ -100,7 +104,7 @@ func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*
 	// The sync marker travels on a topic of fleetctl's own under the fleet
 	// prefix (which the fleet manager's ACL covers) and only this client
 	// subscribes to it.
-	fc.syncTop = s.Prefix + "/fleetctl/" + tag + "/sync"
+	fc.syncTop = s.Prefix + "/" + name + "/" + tag + "/sync"
 	for _, f := range append(filters, fc.syncTop) {
 		fc.filters[f] = 1
 	}

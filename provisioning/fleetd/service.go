@@ -1,0 +1,288 @@
+package fleetd
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/konsult/konsult/provisioning/ca"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/link"
+	"github.com/konsult/konsult/provisioning/manager"
+)
+
+// Service is a running fleetd.
+type Service struct {
+	cfg      *Config
+	store    *Store
+	ca       *ca.CA
+	fleetKey ed25519.PrivateKey
+	log      *slog.Logger
+	topics   link.Topics
+	// Now is the service's clock; tests move it.
+	Now func() time.Time
+
+	ledger ledgerCache
+
+	mu        sync.Mutex
+	fc        *manager.Client // nil until connected
+	published map[string]string
+	changed   chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// workers answer token requests side by side: each waits for its PUBACK,
+// and one slow answer must not hold up the next unit's.
+const workers = 8
+
+// New opens fleetd's database, CA and fleet signing key.
+func New(cfg *Config, log *slog.Logger) (*Service, error) {
+	c, err := ca.Open(cfg.CADir)
+	if err != nil {
+		return nil, err
+	}
+	key, err := fleet.LoadPrivateKey(filepath.Join(cfg.CADir, "fleet.key"))
+	if err != nil {
+		return nil, fmt.Errorf("fleet signing key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Database), 0o700); err != nil {
+		return nil, fmt.Errorf("database folder: %w", err)
+	}
+	st, err := OpenStore(cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
+		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{},
+		changed: make(chan struct{}, 1), ready: make(chan struct{})}, nil
+}
+
+// Store is the service's database.
+func (s *Service) Store() *Store { return s.store }
+
+// Ready is closed once the service is connected and subscribed.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+// Close closes the database.
+func (s *Service) Close() error { return s.store.Close() }
+
+// Changed tells the schedule publisher the consultations changed.
+func (s *Service) Changed() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves until ctx ends: the broker connection (token requests,
+// schedules, renewals) and, if configured, fleetctl's socket.
+func (s *Service) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	if s.cfg.Socket != "" {
+		ln, err := listenSocket(s.cfg.Socket, os.FileMode(s.cfg.SocketMode))
+		if err != nil {
+			return err
+		}
+		go func() { errc <- s.serveAPI(ctx, ln) }()
+	}
+	filters := []string{s.topics.AllDevices(link.TokenRequest)}
+	if s.cfg.Renew {
+		filters = append(filters, s.topics.AllDevices(link.DeviceReported))
+	}
+	fc, err := manager.Dial(ctx, s.cfg.manager(), s.log, filters...)
+	if err != nil {
+		return err
+	}
+	defer fc.Close()
+	s.mu.Lock()
+	s.fc = fc
+	s.mu.Unlock()
+	s.readyOnce.Do(func() { close(s.ready) })
+	s.log.Info("fleetd: connected", "broker", s.cfg.Broker.URL)
+
+	jobs := make(chan manager.Msg, 256)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for m := range jobs {
+				s.answer(ctx, fc, m)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(jobs)
+	go s.publishLoop(ctx, fc)
+	ren := newRenewer(s)
+	for {
+		m, err := fc.Next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		select {
+		case err := <-errc:
+			return err
+		default:
+		}
+		switch m.Kind {
+		case link.TokenRequest:
+			if m.Retained {
+				continue // a stale request nobody waits for
+			}
+			select {
+			case jobs <- m:
+			default:
+				s.log.Warn("fleetd: token requests arrive faster than they are answered; dropped one", "unit", m.Unit)
+			}
+		case link.DeviceReported:
+			ren.handle(ctx, fc, m)
+		}
+	}
+}
+
+// answer answers one token request on the unit's token topic.
+func (s *Service) answer(ctx context.Context, fc *manager.Client, m manager.Msg) {
+	resp, err := s.Issue(ctx, m.Unit, m.Payload)
+	if resp == nil {
+		s.log.Warn("fleetd: unreadable token request dropped", "unit", m.Unit, "err", err)
+		return
+	}
+	if err != nil {
+		s.log.Warn("fleetd: token refused", "unit", m.Unit, "err", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := fc.Publish(pctx, s.topics.Token(m.Unit), false, resp); err != nil {
+		s.log.Warn("fleetd: token answer not delivered", "unit", m.Unit, "err", err)
+	}
+}
+
+// Issue answers the token request payload that arrived on unit's topic:
+// the response to publish (sealed grant or refusal), and why it refused.
+// A nil response means the request could not be read or verified at all,
+// so there is nobody to answer.
+func (s *Service) Issue(ctx context.Context, unit string, payload []byte) ([]byte, error) {
+	now := s.Now()
+	req, pub, err := fleet.ParseTokenRequest(payload, unit, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ledger.check(unit, pub); err != nil {
+		return fleet.RefuseToken(req.Nonce, err.Error()), err
+	}
+	room, err := s.roomFor(ctx, unit, req.Consultation, now)
+	if err != nil {
+		return fleet.RefuseToken(req.Nonce, err.Error()), err
+	}
+	tok, exp, err := joinToken(s.cfg.LiveKit.APIKey, s.cfg.LiveKit.APISecret, unit, room, now, s.cfg.LiveKit.TokenTTL.Duration)
+	if err != nil {
+		return fleet.RefuseToken(req.Nonce, "fleetd cannot mint tokens"), err
+	}
+	resp, err := fleet.SealTokenGrant(pub, unit, req.Nonce, fleet.TokenGrant{Token: tok, Room: room, Consultation: req.Consultation, Expires: exp})
+	if err != nil {
+		return fleet.RefuseToken(req.Nonce, "fleetd cannot seal the token"), err
+	}
+	if err := s.store.RecordToken(ctx, unit, req.Consultation, room, now, exp); err != nil {
+		s.log.Warn("fleetd: token not logged", "unit", unit, "err", err)
+	}
+	return resp, nil
+}
+
+// Refusal reasons a unit may see (in clear on its token topic).
+var (
+	ErrNoStanding = errors.New("no standing meeting for this unit")
+	ErrNotDue     = errors.New("that consultation is not due now")
+	ErrNotYours   = errors.New("no such consultation for this unit")
+)
+
+// roomFor is the room a unit may enter for consultation id at now.
+func (s *Service) roomFor(ctx context.Context, unit, id string, now time.Time) (string, error) {
+	if id == fleet.StandingMeeting {
+		if r := s.cfg.Units[unit].StandingRoom; r != "" {
+			return r, nil
+		}
+		return "", ErrNoStanding
+	}
+	c, err := s.store.Consultation(ctx, id)
+	if errors.Is(err, ErrNotFound) || err == nil && c.Unit != unit {
+		return "", ErrNotYours
+	}
+	if err != nil {
+		return "", err
+	}
+	if c.CancelledAt != nil {
+		return "", fmt.Errorf("%w: it was cancelled", ErrNotDue)
+	}
+	lead, skew := s.cfg.Consultations.Lead.Duration, s.cfg.Consultations.Skew.Duration
+	if now.Before(c.Start.Add(-lead-skew)) || now.After(c.End.Add(skew)) {
+		return "", ErrNotDue
+	}
+	return c.Room, nil
+}
+
+// ledgerCache reads the CA's ledger again only when the file changed:
+// fleetctl revoke writes it, and the next request must see that.
+type ledgerCache struct {
+	ca *ca.CA
+
+	mu    sync.Mutex
+	mtime time.Time
+	size  int64
+	l     *ca.Ledger
+}
+
+func (lc *ledgerCache) get() (*ca.Ledger, error) {
+	fi, err := os.Stat(filepath.Join(lc.ca.Dir, ca.LedgerFile))
+	if err != nil {
+		return nil, fmt.Errorf("the CA's ledger: %w", err)
+	}
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	if lc.l != nil && fi.ModTime().Equal(lc.mtime) && fi.Size() == lc.size {
+		return lc.l, nil
+	}
+	l, err := lc.ca.Ledger()
+	if err != nil {
+		return nil, fmt.Errorf("the CA's ledger: %w", err)
+	}
+	lc.l, lc.mtime, lc.size = l, fi.ModTime(), fi.Size()
+	return l, nil
+}
+
+// check says whether pub is a key the fleet CA issued unit a client
+// certificate for that is neither revoked nor expired, and the unit is not
+// revoked.
+func (lc *ledgerCache) check(unit string, pub any) error {
+	l, err := lc.get()
+	if err != nil {
+		return errors.New("fleetd cannot read its CA ledger")
+	}
+	if l.Revoked(unit) {
+		return errors.New("this unit is revoked")
+	}
+	kh, err := ca.KeyHash(pub)
+	if err != nil {
+		return errors.New("unknown unit")
+	}
+	now := time.Now()
+	for _, is := range l.Issued {
+		if is.Name == unit && is.KeyHash == kh && is.RevokedAt == nil && now.Before(is.NotAfter) &&
+			is.Kind != ca.KindAdmin && is.Kind != ca.KindServer && is.Kind != ca.KindEnrol {
+			return nil
+		}
+	}
+	return errors.New("unknown unit: the fleet CA issued no valid certificate to this key")
+}
