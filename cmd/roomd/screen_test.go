@@ -51,7 +51,8 @@ func screenText(t *testing.T, sc *screentest.Browser, id, want string, d time.Du
 // printed. Idle shows the room and "Press JOIN to start"; after JOIN each
 // far end's moving picture shows in a tile, the self-view shows the room
 // while the camera is out and the placeholder after PRIVACY, the status bar
-// says so in words; a lost camera gives the fault screen with its reason.
+// says so in words; one far end leaving leaves one tile; a lost camera
+// gives the fault screen with its reason.
 func TestScreenThroughRoomd(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	room := "screen-room"
@@ -75,7 +76,7 @@ func TestScreenThroughRoomd(t *testing.T) {
 	b := farend.StartFarEnd(t, lk, room, "interpreter", farend.Publish())
 	farWait(t, b, "second far end publishes", 30*time.Second, func(s farend.FarEndStats) bool { return s.Published })
 	published := time.Now()
-	screentest.MovingTiles(t, sc, 2, 20*time.Second)
+	two := screentest.MovingTiles(t, sc, 2, 20*time.Second)
 	t.Logf("far end publishes → its moving picture on the screen through roomd: %s", time.Since(published).Round(10*time.Millisecond))
 
 	screenText(t, sc, "bar-text", "LIVE: camera and microphone on", 5*time.Second)
@@ -103,6 +104,18 @@ func TestScreenThroughRoomd(t *testing.T) {
 	u.press("privacy")
 	screenText(t, sc, "bar-text", "LIVE: camera and microphone on", 10*time.Second)
 	screentest.WaitSelfRoom(t, sc, 10*time.Second)
+
+	// One far end leaves: one tile, the other's, remains.
+	if err := b.Leave(); err != nil {
+		t.Fatal(err)
+	}
+	left := time.Now()
+	rest := screentest.MovingTiles(t, sc, 1, 15*time.Second)
+	t.Logf("a far end leaves → one tile: %s", time.Since(left).Round(10*time.Millisecond))
+	if rest[0].Participant != two[0].Participant && rest[0].Participant != two[1].Participant {
+		t.Errorf("the remaining tile shows %q, not one of %q, %q", rest[0].Participant, two[0].Participant, two[1].Participant)
+	}
+	screenText(t, sc, "others", "1 at the far end", 5*time.Second)
 
 	// The camera lost mid call: the fault screen names it.
 	if err := u.api.Fault(context.Background(), "camera_lost", true); err != nil {
