@@ -17,6 +17,9 @@ import (
 // %u pattern of the shipped ACL (deploy/mosquitto/acl).
 const EnrolCN = "konsult/enrol"
 
+// FleetdCN is the fleet service's CN (deploy/mosquitto/acl: user fleetd).
+const FleetdCN = "fleetd"
+
 // FleetKeyFile and FleetPubFile are the fleet signing key and its public
 // key in the CA folder: enrolment hands the units this fleet.pub, so this
 // fleet.key is the one they trust.
@@ -62,6 +65,11 @@ func InitCA(dir, name, broker string, extraHosts []string) (InitResult, error) {
 	}
 	adminCert, adminKey, err := c.IssueWithKey(ca.KindAdmin, "fleet-admin", nil, r.AdminDir)
 	if err != nil {
+		return r, err
+	}
+	// The fleet service's own client certificate (CN fleetd, whose ACL
+	// lines are its own), in a folder of its own to copy to its server.
+	if _, _, err := c.IssueWithKey(ca.KindAdmin, FleetdCN, nil, filepath.Join(dir, "fleetd")); err != nil {
 		return r, err
 	}
 	enrolCert, enrolKey, err := c.IssueWithKey(ca.KindEnrol, EnrolCN, nil, r.EnrolDir)
