@@ -90,6 +90,7 @@ func Start(t testing.TB, url string, w, h int, extra ...string) *Browser {
 	go sb.read()
 	t.Cleanup(func() { c.Close() })
 	sb.Call("Emulation.setDeviceMetricsOverride", map[string]any{"width": w, "height": h, "deviceScaleFactor": 1, "mobile": false})
+	sb.loaded(20 * time.Second)
 	return sb
 }
 
@@ -118,8 +119,18 @@ func (s *Browser) read() {
 	}
 }
 
+// Call sends one DevTools command and returns its result; an error ends
+// the test.
 func (s *Browser) Call(method string, params any) json.RawMessage {
 	s.t.Helper()
+	r, err := s.try(method, params)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return r
+}
+
+func (s *Browser) try(method string, params any) (json.RawMessage, error) {
 	id := s.id.Add(1)
 	ch := make(chan cdpReply, 1)
 	s.mu.Lock()
@@ -129,18 +140,39 @@ func (s *Browser) Call(method string, params any) json.RawMessage {
 	err := s.conn.WriteJSON(map[string]any{"id": id, "method": method, "params": params})
 	s.wmu.Unlock()
 	if err != nil {
-		s.t.Fatalf("devtools %s: %v", method, err)
+		return nil, fmt.Errorf("devtools %s: %w", method, err)
 	}
 	select {
 	case r := <-ch:
 		if r.Error != nil {
-			s.t.Fatalf("devtools %s: %s", method, r.Error.Message)
+			return nil, fmt.Errorf("devtools %s: %s", method, r.Error.Message)
 		}
-		return r.Result
+		return r.Result, nil
 	case <-time.After(30 * time.Second):
-		s.t.Fatalf("devtools %s: no answer", method)
+		return nil, fmt.Errorf("devtools %s: no answer", method)
 	}
-	return nil
+}
+
+// loaded waits for the first page to have a document that finished
+// loading: before that the page has no execution context to evaluate in.
+func (s *Browser) loaded(d time.Duration) {
+	s.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		raw, err := s.try("Runtime.evaluate", map[string]any{"expression": "document.readyState", "returnByValue": true})
+		var r struct {
+			Result struct {
+				Value string `json:"value"`
+			} `json:"result"`
+		}
+		if err == nil && json.Unmarshal(raw, &r) == nil && r.Result.Value == "complete" {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the screen's page did not load within %s (%v, %q)", d, err, r.Result.Value)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Eval runs expr in the page (awaiting a promise) and decodes its JSON
