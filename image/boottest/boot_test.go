@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +40,9 @@ const (
 	deviceID    = "boot-unit"
 	group       = "lab"
 	bootTimeout = 15 * time.Minute
+	// After the crash test, a new kiosk must paint the idle screen again
+	// within this (Chromium under TCG is slow: image/README.md has figures).
+	repaintTimeout = 4 * time.Minute
 )
 
 func TestImageBoots(t *testing.T) {
@@ -117,8 +121,14 @@ func TestImageBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
+	// A virtual GPU for the kiosk (virtio-gpu: /dev/dri/card0 under
+	// Debian's kernel, no GL under TCG), at one of the screen's sizes, and
+	// QMP for its screendumps. 2 GB: Chromium beside roomd.
+	qmpSock := filepath.Join(dir, "qmp.sock")
 	qemu := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-cpu", "max",
-		"-m", "1024", "-smp", "2", "-nographic", "-no-reboot",
+		"-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
+		"-vga", "none", "-device", "virtio-vga,xres=1280,yres=720",
+		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
 		"-kernel", base+".vmlinuz", "-initrd", base+".initrd",
 		"-append", "console=ttyS0 root=LABEL=KONSULT-ROOT ro panic=-1 loglevel=3",
 		"-drive", "file="+disk+",format=raw,if=virtio",
@@ -137,22 +147,44 @@ func TestImageBoots(t *testing.T) {
 		<-waited
 	}()
 
+	mon, err := dialQMP(qmpSock, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.c.Close()
+	shots := newScreenShots(t, mon, dir)
+	defer shots.saveLast()
+
 	var onlineAt time.Time
 	deadline := time.After(bootTimeout)
-	for !console.has("@@ done") || onlineAt.IsZero() {
+	for !console.has("@@ done") || onlineAt.IsZero() || shots.idleAt.IsZero() {
+		shots.poll()
 		select {
 		case onlineAt = <-online:
 			t.Logf("fleet: %s online on the host's broker %.1f s after QEMU started", deviceID, onlineAt.Sub(start).Seconds())
 		case err := <-exited:
 			t.Fatalf("QEMU exited (%v) before the unit was up; console in %s:\n%s", err, logPath, tail(console.String(), 60))
 		case <-deadline:
-			t.Fatalf("after %s: report done=%v, online=%v; console in %s:\n%s", bootTimeout,
-				console.has("@@ done"), !onlineAt.IsZero(), logPath, tail(console.String(), 60))
+			t.Fatalf("after %s: report done=%v, online=%v, idle screen=%v (last screen: %s); console in %s:\n%s", bootTimeout,
+				console.has("@@ done"), !onlineAt.IsZero(), !shots.idleAt.IsZero(), shots.lastCounts, logPath, tail(console.String(), 60))
 		case <-time.After(time.Second):
 		}
 	}
 	readyWall := console.firstSeen("@@ roomd-show").Sub(start)
+	// The crash test (report.sh) killed the kiosk: a new one must paint the
+	// idle screen again.
+	doneAt := console.firstSeen("@@ done")
+	againBy := time.Now().Add(repaintTimeout)
+	for shots.againAfter(doneAt).IsZero() && time.Now().Before(againBy) {
+		shots.poll()
+		time.Sleep(time.Second)
+	}
 	out := console.String()
+	againAt := shots.againAfter(doneAt)
+	if againAt.IsZero() {
+		t.Errorf("the idle screen was not back %s after the kiosk was killed (last screen: %s)\n%s", repaintTimeout, shots.lastCounts, section(out, "kiosk-journal"))
+	}
+	checkKiosk(t, out)
 
 	show := section(out, "roomd-show")
 	for _, want := range []string{"ActiveState=active", "SubState=running", "NRestarts=0", "Type=notify", "User=konsult", "WatchdogUSec=30s"} {
@@ -216,9 +248,12 @@ func TestImageBoots(t *testing.T) {
 		"  guest: kernel start -> network online %.1f s, -> time-sync.target %.1f s, -> roomd started %.1f s, -> roomd READY=1 %.1f s\n"+
 		"  host wall clock: QEMU start -> roomd ready reported %.1f s, -> unit online on the broker %.1f s\n"+
 		"  systemd-analyze security roomd: %s %s\n"+
-		"  root filesystem: %d MiB in the image, grown to %d MiB on a disk %d MiB larger",
+		"  root filesystem: %d MiB in the image, grown to %d MiB on a disk %d MiB larger\n"+
+		"  kiosk (%s): QEMU start -> idle screen on the display %.1f s (%.1f s after roomd ready was reported; %d screendumps); killed -> idle screen again %.1f s; screen in %s",
 		time.Now().UTC().Format(time.RFC3339), float64(onlineMs)/1e3, float64(syncMono)/1e6, float64(startMono)/1e6, float64(readyMono)/1e6,
-		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], rootSize>>20, fsSize>>20, grow>>20)
+		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], rootSize>>20, fsSize>>20, grow>>20,
+		pageSource(section(out, "display-source")), shots.idleAt.Sub(start).Seconds(), shots.idleAt.Sub(start).Seconds()-readyWall.Seconds(), shots.n,
+		againAt.Sub(doneAt).Seconds(), shots.saveIdle())
 	t.Log(summary)
 	t.Logf("units on roomd's path (monotonic ms since kernel start):\n%s", section(out, "timings"))
 	if p := os.Getenv("KONSULT_BOOT_RESULT"); p != "" {
@@ -351,6 +386,13 @@ state_dir = "/var/lib/konsult/fleet"
 # roomd runs --sim here, which would keep its identity (and the factory
 # reset's marker for konsult-reset.service) next to its socket in /run.
 identity_dir = "/var/lib/konsult/identity"
+
+# The unit's screen, as the image ships it (image/build).
+[display]
+enabled = true
+listen = "127.0.0.1:8788"
+url_file = "/run/konsult/display.url"
+room_name = "Boot Room"
 `, deviceID, group)
 
 	secret := "0100640" // root:konsult, readable by roomd only
@@ -388,10 +430,20 @@ identity_dir = "/var/lib/konsult/identity"
 		"symlink /etc/systemd/system/multi-user.target.wants/konsult-boottest.service /etc/systemd/system/konsult-boottest.service",
 		"write "+put("report", asset("report.sh"))+" /usr/local/sbin/konsult-boottest-report",
 		"sif /usr/local/sbin/konsult-boottest-report mode 0100755",
+		// The stand-in display page, for as long as roomd does not serve it
+		// (its unit's condition skips it once roomd writes the URL file).
+		"write "+buildScreenStub(t, files)+" /usr/local/sbin/konsult-boottest-screen",
+		"sif /usr/local/sbin/konsult-boottest-screen mode 0100755",
+		"write "+put("screen.service", asset("screen-stub.service"))+" /etc/systemd/system/konsult-boottest-screen.service",
+		"mkdir /etc/systemd/system/roomd.service.wants",
+		"symlink /etc/systemd/system/roomd.service.wants/konsult-boottest-screen.service /etc/systemd/system/konsult-boottest-screen.service",
+		"mkdir /etc/systemd/system/konsult-kiosk.service.d",
+		"write "+put("kiosk.conf", asset("kiosk-boottest.conf"))+" /etc/systemd/system/konsult-kiosk.service.d/boottest.conf",
 	)
 	for _, p := range []string{"/etc/systemd/system/roomd.service.d/boottest.conf", "/etc/systemd/timesyncd.conf.d/boottest.conf",
 		"/etc/systemd/system/konsult-broker-proxy.socket", "/etc/systemd/system/konsult-broker-proxy.service",
-		"/etc/systemd/system/konsult-boottest.service"} {
+		"/etc/systemd/system/konsult-boottest.service", "/etc/systemd/system/konsult-boottest-screen.service",
+		"/etc/systemd/system/konsult-kiosk.service.d/boottest.conf"} {
 		cmds = append(cmds, "sif "+p+" mode 0100644")
 	}
 	script := put("debugfs.cmds", []byte(strings.Join(cmds, "\n")+"\n"))
@@ -402,7 +454,8 @@ identity_dir = "/var/lib/konsult/identity"
 	if got := output(t, "debugfs", "-R", "cat /etc/konsult/roomd.toml", root); !bytes.Contains(got, []byte(deviceID)) {
 		t.Fatalf("test config not in the image:\n%s", got)
 	}
-	for dir, unit := range map[string]string{"sockets.target.wants": "konsult-broker-proxy.socket", "multi-user.target.wants": "konsult-boottest.service"} {
+	for dir, unit := range map[string]string{"sockets.target.wants": "konsult-broker-proxy.socket", "multi-user.target.wants": "konsult-boottest.service",
+		"roomd.service.wants": "konsult-kiosk.service"} {
 		if got := output(t, "debugfs", "-R", "ls /etc/systemd/system/"+dir, root); !bytes.Contains(got, []byte(unit)) {
 			t.Fatalf("%s is not enabled in the image (no link in %s):\n%s", unit, dir, got)
 		}
@@ -412,6 +465,20 @@ identity_dir = "/var/lib/konsult/identity"
 	card := put("konsult-claim.txt", []byte("# Konsult enrolment claim code.\n"+claim+"\n"))
 	run(t, "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", disk, pt.Partitions[0].Start*sector), card, "::konsult-claim.txt")
 	return size
+}
+
+// buildScreenStub builds screenstub/ for the guest (the image is amd64
+// Debian 12, as is the machine the boot test runs on: cgo links against the
+// same libraries the konsult package depends on).
+func buildScreenStub(t *testing.T, dir string) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	out := filepath.Join(dir, "screenstub")
+	run(t, goTool, "build", "-trimpath", "-o", out, "./screenstub")
+	return out
 }
 
 // copyRange copies size bytes from src at off to dst (at off when back).

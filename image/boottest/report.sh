@@ -17,6 +17,23 @@ section root-size findmnt -bno SIZE /
 # unit on roomd's path started and became active, in ms since the kernel.
 section timings sh -c 'for u in NetworkManager NetworkManager-wait-online systemd-timesyncd systemd-time-wait-sync konsult-growroot konsult-claim roomd; do echo "$u: started $(( $(systemctl show -P InactiveExitTimestampMonotonic $u.service) / 1000 )) ms, active $(( $(systemctl show -P ActiveEnterTimestampMonotonic $u.service) / 1000 )) ms"; done'
 section security systemd-analyze security --no-pager roomd
+# Issue 19: the kiosk, started after roomd's READY=1, as its own user. The
+# host takes screendumps meanwhile; here only what systemd and /proc say.
+kiosk_show() { systemctl show konsult-kiosk -p ActiveState -p SubState -p NRestarts -p MainPID -p User \
+  -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic; }
+for _ in $(seq 1 120); do
+  [ "$(systemctl show -P ActiveState konsult-kiosk)" = active ] && break
+  sleep 0.5
+done
+section kiosk-show kiosk_show
+section drm sh -c 'ls -l /dev/dri/; lsmod | grep -E "^(virtio_gpu|drm) "'
+section display-source sh -c 'systemctl show konsult-boottest-screen -p ActiveState -p ConditionResult; ls -ln /run/konsult/'
+kpid="$(systemctl show -P MainPID konsult-kiosk)"
+section kiosk-proc-status sh -c "grep -E '^(Uid|NoNewPrivs|CapEff|CapBnd|Seccomp):' /proc/$kpid/status; cat /proc/$kpid/comm"
+# Process names only: a command line would carry the page's secret.
+section kiosk-procs sh -c 'ps -eo user:20,comm --no-headers | grep -E "cage|chromium" | sort | uniq -c'
+section kiosk-session loginctl list-sessions --no-legend
+section kiosk-policy ls -ln /etc/chromium/policies/managed/
 # Issue 14: roomd logs into its own journal namespace, and a factory reset
 # wipes that namespace and nothing else. A line in the system journal from
 # another program must survive the reset; the first roomd's lines must not.
@@ -46,6 +63,24 @@ section log-after sh -c "echo \"pids: $pid -> $newpid\"; \
   journalctl -b -u konsult-reset.service --no-pager -o short-monotonic | tail -n 8; \
   journalctl --namespace=konsult --header 2>&1 | grep -E 'File path|State:|Head realtime' ; \
   ls -la /var/log/journal/*/ /run/log/journal/ 2>&1 | tail -n 20"
+# The kiosk comes back after a crash: kill it, wait for a new one. The
+# host then checks that the idle screen is painted again.
+# roomd's restart by the factory reset restarted the kiosk too (BindsTo=,
+# WantedBy=roomd.service): wait for that one first.
+for _ in $(seq 1 120); do
+  [ "$(systemctl show -P ActiveState konsult-kiosk)" = active ] && break
+  sleep 0.5
+done
+section kiosk-reset kiosk_show
+old="$(systemctl show -P MainPID konsult-kiosk)"
+systemctl kill -s SIGKILL konsult-kiosk
+for _ in $(seq 1 120); do
+  new="$(systemctl show -P MainPID konsult-kiosk)"
+  [ "$new" != 0 ] && [ "$new" != "$old" ] && [ "$(systemctl show -P ActiveState konsult-kiosk)" = active ] && break
+  sleep 0.5
+done
+section kiosk-after sh -c "echo \"pids: $old -> \$(systemctl show -P MainPID konsult-kiosk)\"; systemctl show konsult-kiosk -p ActiveState -p NRestarts -p Result"
+section kiosk-journal sh -c "journalctl -b -u konsult-kiosk -u konsult-boottest-screen --no-pager -o cat | sed -E 's#(127[.]0[.]0[.]1:8788/)[A-Za-z0-9_-]+#\\1SECRET#g' | tail -n 80"
 section failed systemctl --failed --no-legend --plain
 section journal journalctl --namespace=konsult -b -u roomd --no-pager -o cat
 section nft nft list ruleset
