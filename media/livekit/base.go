@@ -48,7 +48,7 @@ func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error)
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("conference: url must not carry credentials or parameters: put the credential in api_key/api_secret or token")
 	}
-	if cfg.Token == "" && (cfg.APIKey == "" || cfg.APISecret == "") {
+	if cfg.Token == "" && cfg.TokenSource == nil && (cfg.APIKey == "" || cfg.APISecret == "") {
 		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
 	}
 	if cfg.TokenTTL == 0 {
@@ -94,6 +94,9 @@ func (c *base) Counters() *capture.Counters {
 }
 
 func (c *base) token() (string, error) {
+	if c.cfg.TokenSource != nil {
+		return c.sourcedToken()
+	}
 	if c.cfg.APIKey != "" {
 		return JoinToken(c.cfg.APIKey, c.cfg.APISecret, c.cfg.Identity, c.cfg.Room, c.cfg.TokenTTL)
 	}

@@ -27,12 +27,15 @@ import (
 // APIKey/APISecret (preferred) mint a short-lived token for every join;
 // Token is a fixed access token instead. Neither is ever logged.
 type Config struct {
-	URL          string // e.g. https://livekit.clinic.example (or http://127.0.0.1:7880 on the unit itself)
-	Room         string
-	Identity     string
-	APIKey       string
-	APISecret    string
-	Token        string
+	URL       string // e.g. https://livekit.clinic.example (or http://127.0.0.1:7880 on the unit itself)
+	Room      string
+	Identity  string
+	APIKey    string
+	APISecret string
+	Token     string
+	// TokenSource, if set, gives the token for each join (a fleet unit's
+	// fleetd: see tokensource.go); neither key nor secret is then needed.
+	TokenSource  func(ctx context.Context) (string, error)
 	AllowedHosts []string // if set, the server's host must be on it
 	// AllowPrivateICE lets the server hand out TURN servers and candidates
 	// at loopback, link-local and private addresses (a media server on the

@@ -14,8 +14,9 @@ import (
 
 // republish is how often fleetd looks at every schedule again: a
 // consultation that ended drops out of its unit's schedule, and a publish
-// the broker did not take (an outage) is tried again.
-var republish = 30 * time.Second
+// the broker did not take (an outage) is tried again. Only changed
+// schedules are sent, so this costs a database query.
+var republish = 5 * time.Second
 
 // scheduleWindow is how far ahead a schedule reaches.
 const scheduleWindow = 14 * 24 * time.Hour

@@ -286,3 +286,6 @@ func (lc *ledgerCache) check(unit string, pub any) error {
 	}
 	return errors.New("unknown unit: the fleet CA issued no valid certificate to this key")
 }
+
+// CADir is the fleet CA folder fleetd uses.
+func (s *Service) CADir() string { return s.cfg.CADir }

@@ -64,6 +64,12 @@ type Options struct {
 	// (from paho's goroutine; it must not block). Revoked tells a
 	// certificate the fleet revoked apart from a network problem.
 	OnConnectError func(error)
+	// OnToken and OnSchedule, if set, subscribe the unit to fleetd's
+	// answers to its token requests and to its consultation schedule, and
+	// hear them (from paho's goroutine; they must not block). See
+	// fleetd.go.
+	OnToken    func(payload []byte)
+	OnSchedule func(payload []byte, retained bool)
 }
 
 func (o *Options) defaults() error {

@@ -24,6 +24,7 @@ func (l *Link) filters() map[string]byte {
 		f[l.topics.GroupConfig(g)] = 1
 		f[l.topics.GroupCmd(g)] = 1
 	}
+	l.fleetdFilters(f)
 	return f
 }
 
@@ -209,6 +210,9 @@ func (l *Link) onMessage(_ mqtt.Client, m mqtt.Message) {
 	k, name, ok := l.topics.Parse(topic)
 	mine := ok && ((k == DeviceConfig || k == DeviceCmd) && name == l.opts.DeviceID ||
 		(k == GroupConfig || k == GroupCmd) && slices.Contains(l.opts.Groups, name))
+	if ok && name == l.opts.DeviceID && l.fleetdMessage(k, m) {
+		return
+	}
 	if !mine {
 		l.log.Warn("fleet link: dropped message on a topic that is not the unit's", "topic", topic, "bytes", len(m.Payload()))
 		return
