@@ -11,7 +11,7 @@
 // on the same simulated room (120 ms delay, 6 dB, 150 ms reverb): 21-28 dB
 // ERLE alone, and in double talk it took 6-11 dB off the room's own voice;
 // SpeexDSP gave 30-47 dB and 0.1 dB. Through real LiveKit to a Chromium far
-// end (media/livekit's TestFarEnd* tests), 39-43 dB less echo in the decoded
+// end (media/livekit's TestFarEnd* tests), 44-46 dB less echo in the decoded
 // audio, the room's tone 0.0-0.2 dB quieter in double talk, 0.12-0.21 ms of
 // CPU per 10 ms frame. docs/PERFORMANCE.md has the figures and commands.
 //
@@ -37,7 +37,8 @@
 // calls Render). Render only copies into a bounded ring (1 s); the
 // microphone side takes from it, per 10 ms frame, a reference that starts
 // refLead (40 ms) behind the newest sample and then advances frame for
-// frame (aligner), so device jitter neither starves it nor moves it. The
+// frame (aligner), so device jitter and a stalled device's catch-up
+// neither starve it nor move it. The
 // echo's delay beyond that is not assumed: the adaptive filter finds it,
 // and its peak is reported (Stats.DelayMs). Frames capture drops as backlog
 // advance it too (Skip).
