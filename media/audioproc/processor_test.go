@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 )
@@ -267,3 +268,47 @@ func TestAddedLatency(t *testing.T) {
 }
 
 func abs(v float32) float32 { return max(v, -v) }
+
+// The speaker's callback (Render), the microphone's reader (Process,
+// Skip), the gate (Reset) and roomctl (Stats) on their own goroutines.
+func TestConcurrentUse(t *testing.T) {
+	p, err := New(Config{EchoCancel: true, NoiseSuppress: true, GainControl: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	run := func(f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+					f()
+				}
+			}
+		}()
+	}
+	spk := make([]float32, 480)
+	run(func() { p.Render(spk) })
+	run(func() { _ = p.Stats() })
+	run(func() { time.Sleep(5 * time.Millisecond); p.Reset() })
+	mic := make([]float32, 960)
+	for i := 0; i < 300; i++ {
+		if err := p.Process(mic, 48000); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 0 {
+			p.Skip(960)
+		}
+	}
+	close(done)
+	wg.Wait()
+	p.Close()
+	if err := p.Process(mic, 48000); err != nil {
+		t.Fatalf("after Close: %v", err)
+	}
+}
