@@ -29,7 +29,7 @@ import (
 // rig is a fleet: a CA, a real Mosquitto with the shipped ACL, fleetd with
 // its own certificate, and two units.
 type rig struct {
-	t      *testing.T
+	t      testing.TB
 	b      *brokertest.Broker
 	ca     *ca.CA
 	cfg    *Config
@@ -39,7 +39,13 @@ type rig struct {
 	done   chan error
 }
 
-func newRig(t *testing.T, lk *farend.LiveKit) *rig {
+func newRig(t *testing.T, lk *farend.LiveKit) *rig { return newRigTB(t, lk) }
+
+func newRigB(b *testing.B) *rig { return newRigTB(b, nil) }
+
+func (r *rig) unitKeyOnly(name string) *ecdsa.PrivateKey { return unitKey(r.t, r.b.Identity(name)) }
+
+func newRigTB(t testing.TB, lk *farend.LiveKit) *rig {
 	t.Helper()
 	dir := t.TempDir()
 	c, err := ca.Init(filepath.Join(dir, "ca"), "test fleet CA")
@@ -103,7 +109,7 @@ func (r *rig) stop() {
 	r.cancel = nil
 }
 
-func unitKey(t *testing.T, id brokertest.Identity) *ecdsa.PrivateKey {
+func unitKey(t testing.TB, id brokertest.Identity) *ecdsa.PrivateKey {
 	t.Helper()
 	b, err := os.ReadFile(id.KeyFile)
 	if err != nil {
