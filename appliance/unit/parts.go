@@ -44,6 +44,11 @@ type parts struct {
 	simConf  *simconf.Conference // the local simulated conference, when no server is configured
 	call     callParts           // what the unit has for its calls
 	screen   *screenHooks        // nil without a screen
+	audio    audioParts          // the microphone's processing, the simulated room
+	// tokens is the conference's TokenSource when the unit's tokens come
+	// from fleetd (consult.go); fleetUnit says the unit is enrolled.
+	tokens    func(context.Context) (string, error)
+	fleetUnit bool
 
 	wg sync.WaitGroup // button pumps
 }
@@ -80,6 +85,7 @@ func (u *Unit) open(cfg *config.Config) (*parts, error) {
 		return nil, fmt.Errorf("config [pins]: role %s has no pin: set it under [pins], e.g. %s = \"GPIO17\"", miss[0], miss[0])
 	}
 	p := &parts{cfg: cfg, log: u.d.Log, profile: profile, gate: gate.New(), screen: u.screen()}
+	p.tokens, p.fleetUnit = u.fleetTokens(cfg.Conference.APISecret, cfg.Conference.Token), u.d.Identity != nil
 
 	var byName func(string) gpio.PinIO
 	if u.d.Simulate {
@@ -152,6 +158,12 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
 			AllowPrivateICE: c.AllowPrivateICE,
 		}
+		if p.tokens != nil {
+			lc.TokenSource = p.tokens
+			if lc.Room == "" {
+				lc.Room = "fleet" // fleetd's token names the room
+			}
+		}
 		lm := livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
@@ -162,9 +174,16 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			PassThrough: encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS},
 		}
 		p.screen.media(p, &lm)
+		audio, err := p.openAudio(simulate)
+		if err != nil {
+			return nil, err
+		}
+		p.audio = audio
+		p.audio.media(&lm)
 		if c.Connector == "livekit" {
 			opt := livekit.RTCOptions{Speaker: c.Speaker, ForceRelay: c.ForceRelay}
 			p.screen.rtc(&opt)
+			p.audio.rtc(&opt)
 			for _, s := range c.ICEServers {
 				opt.ICEServers = append(opt.ICEServers, webrtc.ICEServer{URLs: s.URLs, Username: s.Username, Credential: s.Credential})
 			}
@@ -276,6 +295,7 @@ func (p *parts) halt() {
 	if p.simBoard != nil {
 		_ = p.simBoard.Halt()
 	}
+	p.audio.close()
 }
 
 func (p *parts) boardName() string {

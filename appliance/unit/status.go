@@ -9,6 +9,7 @@ import (
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/hal/sim"
+	"github.com/konsult/konsult/media/audioproc"
 	"github.com/konsult/konsult/media/playout"
 	"github.com/konsult/konsult/media/simconf"
 	"github.com/konsult/konsult/provisioning/network"
@@ -80,6 +81,9 @@ type Status struct {
 	// Display is the address of the unit's own screen page, never its
 	// secret; absent without a screen.
 	Display string `json:"display,omitempty"`
+	// Audio is the microphone's processing: which stages run, and the echo
+	// canceller's measured ERLE over the last call; absent with all off.
+	Audio *audioproc.Stats `json:"audio,omitempty"`
 }
 
 // mediaOut is what the conference connector handed to its encoders.
@@ -127,6 +131,7 @@ func (p *parts) status(version string) Status {
 				AudioChunks: n.AudioChunks.Load(), Silences: n.Silences.Load(), LastIsSlate: n.LastIsSlate.Load()}
 		}
 	}
+	s.Audio = p.audio.stats()
 	if p.call.lkrtc != nil {
 		if call := p.call.lkrtc.Current(); call != nil {
 			st := call.Playout().Stats()

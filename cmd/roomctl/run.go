@@ -117,7 +117,15 @@ type statusView struct {
 	Version string `json:"version"`
 	Board   string `json:"board"`
 	Display string `json:"display"`
-	Pins    []struct {
+	Audio   *struct {
+		AEC       bool    `json:"aec"`
+		NS        bool    `json:"ns"`
+		AGC       bool    `json:"agc"`
+		Active    bool    `json:"active"`
+		ERLEKnown bool    `json:"erle_known"`
+		ERLE      float64 `json:"erle_db"`
+	} `json:"audio"`
+	Pins []struct {
 		Role   string `json:"role"`
 		Line   string `json:"line"`
 		Header int    `json:"header"`
@@ -188,6 +196,14 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 	row("board", s.Board+"  (roomd "+s.Version+")")
 	if s.Display != "" {
 		row("display", s.Display)
+	}
+	if a := s.Audio; a != nil {
+		on := map[bool]string{true: "on", false: "off"}
+		line := fmt.Sprintf("echo cancellation %s, noise suppression %s, gain control %s", on[a.AEC], on[a.NS], on[a.AGC])
+		if a.AEC && a.ERLEKnown {
+			line += fmt.Sprintf("; ERLE %.1f dB over the last call", a.ERLE)
+		}
+		row("audio", line)
 	}
 	if f := s.Fleet; f != nil {
 		row("fleet", fmt.Sprintf("%s, broker %s", map[bool]string{true: "connected", false: "not connected"}[f.Connected], f.Broker))
