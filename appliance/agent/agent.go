@@ -319,7 +319,9 @@ func (a *Agent) openLink() error {
 	if err != nil {
 		return fmt.Errorf("fleet agent: %w", err)
 	}
+	a.mu.Lock() // PublishTokenRequest reads it from other goroutines
 	a.link = l
+	a.mu.Unlock()
 	a.setUp(false)
 	return nil
 }
@@ -345,6 +347,7 @@ func (a *Agent) relink(conn Connection) error {
 func withoutStatus(o link.Options) link.Options {
 	o.Status = link.Status{}
 	o.OnConnectError = nil
+	o.OnToken, o.OnSchedule = nil, nil
 	o.Logger = nil
 	return o
 }

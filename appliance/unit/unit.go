@@ -62,6 +62,10 @@ type Deps struct {
 	// without its secret.
 	Display    *display.Display
 	DisplayURL string
+	// TokenRequests sends a signed conference token request to fleetd
+	// over the fleet link; with Identity set, a conference config without
+	// api_secret or token then takes its tokens from fleetd (consult.go).
+	TokenRequests func([]byte) error
 }
 
 // Local is the unit's own config file and the command-line flags, which
@@ -117,6 +121,8 @@ type Unit struct {
 	reset chan struct{} // a factory reset was asked for
 
 	selfTap atomic.Pointer[capture.Tap] // the running parts' self-view tap
+
+	consult *consult // nil unless the unit's tokens come from fleetd
 }
 
 // New makes a Unit that runs nothing until the first Apply.
@@ -125,6 +131,7 @@ func New(d Deps) *Unit {
 		d.Level = new(slog.LevelVar)
 	}
 	u := &Unit{d: d, subs: map[*sub]struct{}{}, reset: make(chan struct{}, 1)}
+	u.consult = newConsult(u)
 	if d.Identity != nil {
 		// An unusable identity (revoked, expired) is a fault the unit shows.
 		d.Identity.SetFault(func(detail string, cleared bool) {

@@ -282,6 +282,7 @@ func (s *fleetSetup) newAgent(u *unit.Unit, reboot func()) (*agent.Agent, error)
 		// certificate file; the link reads it at each connect).
 		base.CAFile, base.CertFile, base.KeyFile = s.prov.CAPath(), s.prov.CertPath(), s.prov.KeyPath()
 		base.OnConnectError = s.prov.OnConnectError
+		base.OnToken, base.OnSchedule = u.OnToken, u.OnSchedule
 		id = s.prov
 	}
 	a, err := agent.New(agent.Options{

@@ -128,6 +128,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Fleet:   d.fleetStatus(),
 		Reset:   &unit.ResetPlan{IdentityDir: identityDir(cfg.Fleet, f.simulate, cfg.API.Socket), StateDir: stateDir(cfg, f.simulate)},
 		Display: scr.display(), DisplayURL: scr.origin(),
+		TokenRequests: fl.tokenRequests(),
 	})
 	defer d.u.Close()
 	if fl == nil || fl.needsEnrolment() {
@@ -259,6 +260,7 @@ func (d *daemon) startFleet(ctx context.Context, local *config.Config) <-chan er
 		if fl.prov != nil {
 			fl.prov.SetRefresh(a.RefreshReported)
 			go fl.prov.Watch(ctx, a.Connected, time.Minute)
+			go d.u.RunTokens(ctx)
 		}
 		done <- a.Run(ctx)
 	}()

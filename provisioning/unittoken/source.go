@@ -180,6 +180,9 @@ func (s *Source) Run(ctx context.Context) {
 					}
 					s.Log.Debug("conference token prefetch failed; retrying", "err", err)
 					wait = 5 * time.Second
+					if errors.Is(err, fleet.ErrTokenRefused) {
+						wait = time.Minute // fleetd said no: asking again at once changes nothing
+					}
 				}
 			}
 			if g, ok := s.Cached(want); ok {

@@ -1,0 +1,181 @@
+package unit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/unittoken"
+)
+
+// A fleet unit without the conference's API secret gets its tokens from
+// fleetd (docs/FLEETD.md). What JOIN enters is decided here, on the unit:
+// the consultation of its signed schedule that is due (from Lead before its
+// start until its end), else the unit's standing meeting, which fleetd
+// grants only if its config gives the unit one; else "no consultation
+// now". The token for that is fetched while the unit is idle and renewed
+// before it expires (unittoken), so a press never waits for the fleet.
+
+// ConsultLead is how long before its start a consultation is due.
+const ConsultLead = 10 * time.Minute
+
+// ErrNoConsultation is a JOIN with nothing to enter.
+var ErrNoConsultation = errors.New("no consultation now")
+
+type consult struct {
+	u      *Unit
+	tokens *unittoken.Source
+	now    func() time.Time
+	// active says the running config takes its tokens from fleetd: only
+	// then are tokens prefetched (a unit with its own api_secret asks
+	// nobody).
+	active atomic.Bool
+
+	mu    sync.Mutex
+	sched *fleet.SchedulePayload
+	ver   *fleet.Verifier
+}
+
+// newConsult is nil unless the unit enrols and roomd carries its token
+// requests (Deps.TokenRequests).
+func newConsult(u *Unit) *consult {
+	if u.d.Identity == nil || u.d.TokenRequests == nil {
+		return nil
+	}
+	c := &consult{u: u, now: time.Now}
+	c.tokens = &unittoken.Source{Key: u.d.Identity.Signer(), Device: u.d.Identity.ID(), Publish: u.d.TokenRequests,
+		Want: c.want, Log: u.d.Log}
+	return c
+}
+
+// want is what JOIN enters now ("" while the unit does not use fleetd).
+func (c *consult) want() string {
+	if !c.active.Load() {
+		return ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sched != nil {
+		if s, ok := c.sched.Due(c.now(), ConsultLead); ok {
+			return s.ID
+		}
+	}
+	return fleet.StandingMeeting
+}
+
+// token is the connector's TokenSource.
+func (c *consult) token(ctx context.Context) (string, error) {
+	want := c.want()
+	if want == "" {
+		return "", ErrNoConsultation
+	}
+	tok, err := c.tokens.Token(ctx)
+	if err != nil && want == fleet.StandingMeeting && errors.Is(err, fleet.ErrTokenRefused) {
+		return "", ErrNoConsultation
+	}
+	return tok, err
+}
+
+// onSchedule takes a schedule from the unit's schedule topic: verified
+// against the pinned fleet keys, and kept only if newer than the one held
+// (a replayed older one must not bring back a cancelled consultation).
+func (c *consult) onSchedule(payload []byte) {
+	c.mu.Lock()
+	if c.ver == nil {
+		keys, err := c.u.d.Identity.FleetKeys()
+		if err == nil {
+			c.ver, err = fleet.NewVerifier(fleet.Identity{Device: c.u.d.Identity.ID()}, keys...)
+		}
+		if err != nil {
+			c.mu.Unlock()
+			c.u.d.Log.Warn("consultation schedule: no fleet key to check it with", "err", err)
+			return
+		}
+	}
+	s, err := c.ver.VerifySchedule(payload)
+	if err != nil {
+		c.mu.Unlock()
+		c.u.d.Log.Warn("consultation schedule refused", "err", err)
+		return
+	}
+	if c.sched != nil && !s.IssuedAt.After(c.sched.IssuedAt) {
+		c.mu.Unlock()
+		return
+	}
+	c.sched = s
+	c.mu.Unlock()
+	c.u.d.Log.Info("consultation schedule", "consultations", len(s.Slots))
+	c.tokens.Kick()
+}
+
+// next is the first consultation that has not ended.
+func (c *consult) next() (fleet.Slot, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sched == nil {
+		return fleet.Slot{}, false
+	}
+	return c.sched.Next(c.now())
+}
+
+// OnToken is the fleet link's hook for fleetd's answers (link.Options).
+func (u *Unit) OnToken(payload []byte) {
+	if u.consult != nil {
+		u.consult.tokens.OnToken(payload)
+	}
+}
+
+// OnSchedule is the fleet link's hook for the unit's schedule.
+func (u *Unit) OnSchedule(payload []byte, _ bool) {
+	if u.consult != nil {
+		u.consult.onSchedule(payload)
+	}
+}
+
+// RunTokens keeps a conference token ready until ctx ends (a no-op for a
+// unit that does not get its tokens from fleetd).
+func (u *Unit) RunTokens(ctx context.Context) {
+	if u.consult != nil {
+		u.consult.tokens.Run(ctx)
+	}
+}
+
+// NextConsultation is the unit's next consultation, if its schedule has
+// one.
+func (u *Unit) NextConsultation() (fleet.Slot, bool) {
+	if u.consult == nil {
+		return fleet.Slot{}, false
+	}
+	return u.consult.next()
+}
+
+// fleetTokens is the TokenSource for a conference config without a
+// credential of its own, on a unit that gets its tokens from fleetd.
+func (u *Unit) fleetTokens(apiSecret, token string) func(context.Context) (string, error) {
+	if u.consult == nil {
+		return nil
+	}
+	if apiSecret != "" || token != "" {
+		u.consult.active.Store(false)
+		return nil
+	}
+	u.consult.active.Store(true)
+	u.consult.tokens.Kick()
+	return u.consult.token
+}
+
+// secretCheck is doctor's warning for a fleet unit that still holds the
+// conference's API secret: one stolen SD card would mint tokens for every
+// room, admin included. fleetd issues tokens instead.
+func (p *parts) secretCheck() []localapi.Check {
+	if !p.fleetUnit || p.cfg.Conference.APISecret == "" {
+		return nil
+	}
+	return []localapi.Check{{Name: "conference secret", OK: false,
+		Detail: "this fleet unit holds conference.api_secret: anyone with its SD card can mint tokens for any room, admin and recording included",
+		Fix:    "remove api_key and api_secret from its config and let fleetd issue its tokens (docs/FLEETD.md)"}}
+}

@@ -1,0 +1,128 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/provisioning/fleetd"
+)
+
+// startFleetd runs the fleet service beside f's broker, with the
+// certificate fleetctl ca init made for it, as its server would.
+func startFleetd(t *testing.T, f *enrolFleet, lk *farend.LiveKit, extra string) *fleetd.Service {
+	t.Helper()
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`database = %q
+ca_dir = %q
+[broker]
+url = %q
+ca = %q
+cert = %q
+cert_key = %q
+[livekit]
+api_key = %q
+api_secret = %q
+%s`, filepath.Join(dir, "fleetd.db"), f.caDir, f.b.SharedURL(), f.b.CAFile(),
+		filepath.Join(f.caDir, "fleetd", "fleetd.crt"), filepath.Join(f.caDir, "fleetd", "fleetd.key"), lk.APIKey, lk.APISecret, extra)
+	path := filepath.Join(dir, "fleetd.toml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := fleetd.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := fleetd.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; svc.Close() })
+	select {
+	case <-svc.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleetd did not connect")
+	}
+	return svc
+}
+
+// fleetConference is a unit's [conference] with no credential: its tokens
+// come from fleetd.
+func fleetConference(lk *farend.LiveKit) string {
+	return fmt.Sprintf("\n[conference]\nconnector = \"livekit\"\nurl = %q\nidentity = \"unit-1\"\n", lk.URL)
+}
+
+func inRoom(t *testing.T, lk *farend.LiveKit, room, who string, d time.Duration) bool {
+	t.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		ps, err := lk.Participants(context.Background(), room)
+		if err == nil && slices.Contains(ps, who) {
+			return true
+		}
+	}
+	return false
+}
+
+// A consultation booked in fleetd reaches the unit as its schedule; one
+// press at its time enters its room with a token fleetd issued for it. A
+// cancelled one is not entered: with no standing meeting, JOIN says "no
+// consultation now". The unit holds no API secret.
+func TestConsultationJoinedByOnePress(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	f := newEnrolFleet(t)
+	u, id, _ := f.enrolUnit(t, fleetConference(lk))
+	svc := startFleetd(t, f, lk, "")
+	ctx := context.Background()
+
+	now := time.Now()
+	a, err := svc.Add(ctx, fleetd.AddRequest{Unit: id, Start: now.Add(5 * time.Minute), End: now.Add(35 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The schedule is delivered and the token prefetched in the background.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, _ := svc.Store().TokensIssued(ctx, id)
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the unit never fetched a token for its consultation")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	if !inRoom(t, lk, a.Room, id, 10*time.Second) {
+		t.Fatalf("%s is not in the consultation's room %s", id, a.Room)
+	}
+	u.press("leave")
+	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+
+	// Cancelled: the new schedule drops it and fleetd refuses it.
+	if _, err := svc.Store().Cancel(ctx, a.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	svc.Changed()
+	time.Sleep(2 * time.Second) // the schedule's delivery
+	u.press("join")
+	u.waitFor("fault", 20*time.Second, isState(appliance.Fault))
+	if s := u.status(); !strings.Contains(s.LastError, "no consultation now") {
+		t.Fatalf("JOIN with nothing due: %q", s.LastError)
+	}
+	if inRoom(t, lk, a.Room, id, time.Second) {
+		t.Fatal("the unit entered a cancelled consultation")
+	}
+}
