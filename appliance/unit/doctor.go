@@ -2,6 +2,7 @@ package unit
 
 import (
 	"context"
+	"fmt"
 	"strings"
 
 	"github.com/konsult/konsult/appliance/localapi"
@@ -32,6 +33,7 @@ func (p *parts) Doctor(ctx context.Context) []localapi.Check {
 			out = append(out, localapi.Check{Name: "encoder " + string(ch.Kind), OK: ch.Chosen != nil, Detail: ch.Explain()})
 		}
 		out = append(out, doctorChecks(capture.DeviceChecks(p.simBoard != nil, p.cfg.Conference.Camera, p.cfg.Conference.Microphone))...)
+		out = append(out, p.audioCheck())
 	case p.simConf != nil:
 		out = append(out, localapi.Check{Name: "conference", OK: true, Detail: "simulated local conference (no server configured; nothing leaves the machine)"})
 	default:
@@ -53,4 +55,24 @@ func doctorChecks[C ~struct {
 		out[i] = localapi.Check(c)
 	}
 	return out
+}
+
+// audioCheck says whether the room's echo is cancelled, and how well it was
+// over the last call: a loudspeaker beside the microphone needs it.
+func (p *parts) audioCheck() localapi.Check {
+	st := p.audio.stats()
+	if st == nil || !st.EchoCancel {
+		return localapi.Check{Name: "echo cancellation", OK: false, Detail: "off: the far end hears its own voice back from the unit's loudspeaker",
+			Fix: "set [audio] aec = true"}
+	}
+	detail := "on (SpeexDSP)"
+	if st.ERLEKnown {
+		detail += fmt.Sprintf("; %.1f dB of echo removed over the last call", st.ERLE)
+	} else {
+		detail += "; not measured yet (the far end has not spoken)"
+	}
+	if st.DelayMs >= 0 {
+		detail += fmt.Sprintf("; echo delay %d ms", st.DelayMs)
+	}
+	return localapi.Check{Name: "echo cancellation", OK: true, Detail: detail}
 }

@@ -44,6 +44,7 @@ type parts struct {
 	simConf  *simconf.Conference // the local simulated conference, when no server is configured
 	call     callParts           // what the unit has for its calls
 	screen   *screenHooks        // nil without a screen
+	audio    audioParts          // the microphone's processing, the simulated room
 	// tokens is the conference's TokenSource when the unit's tokens come
 	// from fleetd (consult.go); fleetUnit says the unit is enrolled.
 	tokens    func(context.Context) (string, error)
@@ -173,9 +174,16 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			PassThrough: encoder.PassThroughConfig{Mode: c.VideoPassthrough, Camera: c.Camera, Width: c.Width, Height: c.Height, FPS: c.FPS},
 		}
 		p.screen.media(p, &lm)
+		audio, err := p.openAudio(simulate)
+		if err != nil {
+			return nil, err
+		}
+		p.audio = audio
+		p.audio.media(&lm)
 		if c.Connector == "livekit" {
 			opt := livekit.RTCOptions{Speaker: c.Speaker, ForceRelay: c.ForceRelay}
 			p.screen.rtc(&opt)
+			p.audio.rtc(&opt)
 			for _, s := range c.ICEServers {
 				opt.ICEServers = append(opt.ICEServers, webrtc.ICEServer{URLs: s.URLs, Username: s.Username, Credential: s.Credential})
 			}
@@ -287,6 +295,7 @@ func (p *parts) halt() {
 	if p.simBoard != nil {
 		_ = p.simBoard.Halt()
 	}
+	p.audio.close()
 }
 
 func (p *parts) boardName() string {
