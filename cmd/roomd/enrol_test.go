@@ -23,7 +23,7 @@ import (
 // fleetctl binary made the CA and the enrolment bundle, and runs every
 // fleet-side step; Mosquitto runs the shipped config, ACL and the CA's CRL.
 type enrolFleet struct {
-	t     *testing.T
+	t     testing.TB
 	bin   string // fleetctl
 	caDir string
 	b     *brokertest.Broker
@@ -35,7 +35,7 @@ var (
 	fleetctlErr  error
 )
 
-func buildFleetctl(t *testing.T) string {
+func buildFleetctl(t testing.TB) string {
 	t.Helper()
 	fleetctlOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "fleetctl-bin")
@@ -54,7 +54,7 @@ func buildFleetctl(t *testing.T) string {
 	return fleetctlBin
 }
 
-func newEnrolFleet(t *testing.T) *enrolFleet {
+func newEnrolFleet(t testing.TB) *enrolFleet {
 	t.Helper()
 	f := &enrolFleet{t: t, bin: buildFleetctl(t), caDir: filepath.Join(t.TempDir(), "fleet-ca")}
 	// The port is the test broker's, known only once it runs; the
@@ -143,7 +143,7 @@ func (u *unitUnderTest) within(d time.Duration, what string, ok func(status) boo
 }
 
 // enrolUnit takes a fresh unit from claim code to its own certificate.
-func (f *enrolFleet) enrolUnit(t *testing.T, extra string, groups ...string) (*unitUnderTest, string, string) {
+func (f *enrolFleet) enrolUnit(t testing.TB, extra string, groups ...string) (*unitUnderTest, string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	code := strings.TrimSpace(f.run("enrol", "code", "--note", "test clinic"))

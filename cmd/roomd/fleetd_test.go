@@ -19,7 +19,7 @@ import (
 
 // startFleetd runs the fleet service beside f's broker, with the
 // certificate fleetctl ca init made for it, as its server would.
-func startFleetd(t *testing.T, f *enrolFleet, lk *farend.LiveKit, extra string) *fleetd.Service {
+func startFleetd(t testing.TB, f *enrolFleet, lk *farend.LiveKit, extra string) *fleetd.Service {
 	t.Helper()
 	dir := t.TempDir()
 	conf := fmt.Sprintf(`database = %q
@@ -125,4 +125,63 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 	if inRoom(t, lk, a.Room, id, time.Second) {
 		t.Fatal("the unit entered a cancelled consultation")
 	}
+}
+
+// BenchmarkJoinFleetdToken is JOIN → the far end sees the room, for a unit
+// whose token comes from fleetd (prefetched while idle) beside a unit that
+// mints its own from a local secret, alternating in one run against one
+// LiveKit. Goal: fleetd-p50 / secret-p50 ≤ 1.05 (issue 21).
+func BenchmarkJoinFleetdToken(b *testing.B) {
+	lk := farend.StartLiveKit(b)
+	f := newEnrolFleet(b)
+	fu, id, _ := f.enrolUnit(b, fleetConference(lk))
+	svc := startFleetd(b, f, lk, "")
+	now := time.Now()
+	a, err := svc.Add(context.Background(), fleetd.AddRequest{Unit: id, Start: now, End: now.Add(2 * time.Hour)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	su := startUnit(b, livekitConfig(lk, "bench-secret", ""))
+	// The schedule and the first token reach the fleet unit.
+	for end := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if n, _ := svc.Store().TokensIssued(context.Background(), id); n > 0 {
+			break
+		}
+		if time.Now().After(end) {
+			b.Fatal("the fleet unit never fetched its token")
+		}
+	}
+	measure := func(u *unitUnderTest, room string) time.Duration {
+		b.StopTimer()
+		fe := farend.StartFarEnd(b, lk, room, "patient", farend.ReportInterval(20*time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Connected }); err != nil {
+			b.Fatalf("far end did not connect: %v", err)
+		}
+		b.StartTimer()
+		press := time.Now()
+		u.press("join")
+		if _, err := fe.WaitFor(ctx, isRoom); err != nil {
+			b.Fatalf("the room never appeared at the far end in %s: %v", room, err)
+		}
+		d := time.Since(press)
+		b.StopTimer()
+		u.press("leave")
+		u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+		fe.Close()
+		b.StartTimer()
+		return d
+	}
+	var withFleetd, withSecret []time.Duration
+	for b.Loop() {
+		withSecret = append(withSecret, measure(su, "bench-secret"))
+		withFleetd = append(withFleetd, measure(fu, a.Room))
+	}
+	slices.Sort(withFleetd)
+	slices.Sort(withSecret)
+	p50f, p50s := withFleetd[len(withFleetd)/2], withSecret[len(withSecret)/2]
+	b.ReportMetric(float64(p50f.Milliseconds()), "fleetd-p50-ms")
+	b.ReportMetric(float64(p50s.Milliseconds()), "secret-p50-ms")
+	b.ReportMetric(float64(p50f)/float64(p50s), "ratio")
 }
