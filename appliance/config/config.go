@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -280,4 +281,29 @@ func DecodeStrict(text string, c *Config) (toml.MetaData, error) {
 		return md, fmt.Errorf("unknown key %s: remove it, or check its spelling against README.md \"Configuration\"", strings.Join(keys, ", "))
 	}
 	return md, nil
+}
+
+// IdentityDir is where the unit keeps its key and certificates
+// (fleet.identity_dir). A simulated unit keeps them next to its API socket,
+// so each (and each test) has its own.
+func (c *Config) IdentityDir(simulate bool) string {
+	if c.Fleet.IdentityDir != "" {
+		return c.Fleet.IdentityDir
+	}
+	if simulate {
+		return filepath.Join(filepath.Dir(c.API.Socket), "sim-identity")
+	}
+	return "/var/lib/konsult/identity"
+}
+
+// StateDir is where the unit keeps its fleet state (fleet.state_dir); a
+// simulated unit, next to its API socket.
+func (c *Config) StateDir(simulate bool) string {
+	if c.Fleet.StateDir != "" {
+		return c.Fleet.StateDir
+	}
+	if simulate {
+		return filepath.Join(filepath.Dir(c.API.Socket), "sim-fleet")
+	}
+	return "/var/lib/konsult/fleet"
 }

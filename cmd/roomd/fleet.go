@@ -2,20 +2,17 @@ package main
 
 import (
 	"crypto/ed25519"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 
 	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/unit"
-	"github.com/konsult/konsult/internal/atomicfile"
+	"github.com/konsult/konsult/hal/board"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -26,20 +23,7 @@ import (
 const (
 	demoDevice = "sim-unit"
 	demoGroup  = "demo"
-	demoPort   = "127.0.0.1:1883"
 )
-
-// fleetStatus is the fleet part of the local API's status.
-type fleetStatus struct {
-	fleet.ReportedDoc
-	Connected bool   `json:"connected"`
-	Broker    string `json:"broker"`
-	// DemoKey is the demo fleet's signing key in --sim, for fleetctl.
-	DemoKey string `json:"demo_key,omitempty"`
-	// Enrolment is the unit's own identity and where its enrolment stands
-	// (units that enrol themselves).
-	Enrolment *enrol.UnitStatus `json:"enrolment,omitempty"`
-}
 
 // fleetSetup is what the unit's own config fixes about its fleet: identity,
 // pinned key, state, and in --sim the demo broker.
@@ -48,7 +32,7 @@ type fleetSetup struct {
 	groups   []string
 	stateDir string
 	keys     []ed25519.PublicKey
-	demo     *broker.Broker
+	demo     *broker.Demo
 	demoKey  string // path of the demo's signing key
 	log      *slog.Logger
 	// prov is the unit's own identity when it enrols (fleet.enrol_cert);
@@ -86,30 +70,6 @@ func (s *fleetSetup) adoptIdentity(local *config.Config) error {
 	return nil
 }
 
-// identityDir is where the unit keeps its key and certificates.
-func identityDir(f config.Fleet, simulate bool, socket string) string {
-	if f.IdentityDir != "" {
-		return f.IdentityDir
-	}
-	if simulate {
-		return filepath.Join(filepath.Dir(socket), "sim-identity")
-	}
-	return "/var/lib/konsult/identity"
-}
-
-// stateDir is where a unit keeps its fleet state unless fleet.state_dir
-// says otherwise. The --sim demo keeps it next to its API socket, so each
-// simulated unit (and each test) has its own.
-func stateDir(c *config.Config, simulate bool) string {
-	if c.Fleet.StateDir != "" {
-		return c.Fleet.StateDir
-	}
-	if simulate {
-		return filepath.Join(filepath.Dir(c.API.Socket), "sim-fleet")
-	}
-	return "/var/lib/konsult/fleet"
-}
-
 // setupFleet resolves the fleet from the local config; nil means the fleet
 // is off. In --sim without a broker it starts the embedded demo broker and
 // makes a demo fleet key pair, so fleetctl works out of the box.
@@ -123,7 +83,7 @@ func setupFleet(local *config.Config, simulate bool, log *slog.Logger, stdout io
 		log.Info("fleet off: no fleet.broker configured")
 		return nil, nil
 	}
-	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: stateDir(local, simulate), log: log}
+	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: local.StateDir(simulate), log: log}
 	keyFile := f.FleetKey
 	if f.Enrols() {
 		broker := f.EnrolBroker
@@ -131,10 +91,10 @@ func setupFleet(local *config.Config, simulate bool, log *slog.Logger, stdout io
 			broker = enrol.EnrolBroker(f.Broker)
 		}
 		prov, err := enrol.OpenUnit(enrol.UnitOptions{
-			Dir:    identityDir(f, simulate, local.API.Socket),
+			Dir:    local.IdentityDir(simulate),
 			Broker: broker, CAFile: f.CAFile, CertFile: f.EnrolCert, KeyFile: f.EnrolKey,
 			ClaimCode: f.ClaimCode, ClaimFile: f.ClaimFile,
-			RenewBefore: f.RenewBefore.Duration, Model: modelName(local), Logger: log,
+			RenewBefore: f.RenewBefore.Duration, Model: board.Model("board " + local.Unit.Board), Logger: log,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("fleet: %w", err)
@@ -180,57 +140,15 @@ func setupFleet(local *config.Config, simulate bool, log *slog.Logger, stdout io
 	return s, nil
 }
 
-// modelName is the hardware model for the enrolment request: the device
-// tree's model on a Pi, else the board profile.
-func modelName(c *config.Config) string {
-	if b, err := os.ReadFile("/proc/device-tree/model"); err == nil {
-		if m := strings.TrimRight(string(b), "\x00\n"); m != "" {
-			return m
-		}
-	}
-	return "board " + c.Unit.Board
-}
-
-// startDemo starts the embedded broker (127.0.0.1:1883, or a free loopback
-// port if that is taken) and writes the demo fleet's keys and a fleetctl
-// settings file under <state>/demo.
+// startDemo starts the demo fleet (provisioning/broker.Demo) under
+// <state>/demo and prints how to reach it.
 func (s *fleetSetup) startDemo(stdout io.Writer) error {
-	b, err := broker.Start(demoPort)
+	d, err := broker.StartDemo(filepath.Join(s.stateDir, "demo"))
 	if err != nil {
-		if b, err = broker.Start("127.0.0.1:0"); err != nil {
-			return fmt.Errorf("fleet demo: %w", err)
-		}
+		return err
 	}
-	s.demo = b
-	dir := filepath.Join(s.stateDir, "demo")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		s.close()
-		return fmt.Errorf("fleet demo: %w", err)
-	}
-	s.demoKey = filepath.Join(dir, "fleet.key")
-	priv, err := fleet.LoadPrivateKey(s.demoKey)
-	if errors.Is(err, os.ErrNotExist) {
-		_, priv, err = ed25519.GenerateKey(rand.Reader)
-		if err == nil {
-			err = atomicfile.Write(s.demoKey, fleet.FormatPrivateKey(priv), 0o600)
-		}
-	}
-	if err != nil {
-		s.close()
-		return fmt.Errorf("fleet demo key: %w: delete %s to make a new one", err, dir)
-	}
-	pub := priv.Public().(ed25519.PublicKey)
-	if err := atomicfile.Write(filepath.Join(dir, "fleet.pub"), fleet.FormatPublicKey(pub), 0o644); err != nil {
-		s.close()
-		return fmt.Errorf("fleet demo: %w", err)
-	}
-	settings := filepath.Join(dir, "fleetctl.toml")
-	text := fmt.Sprintf("# fleetctl settings for the roomd --sim demo (written by roomd)\nbroker = %q\n", b.URL())
-	if err := atomicfile.Write(settings, []byte(text), 0o600); err != nil {
-		s.close()
-		return fmt.Errorf("fleet demo: %w", err)
-	}
-	fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", b.URL(), s.demoKey, settings)
+	s.demo, s.demoKey = d, d.KeyFile
+	fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", d.URL(), d.KeyFile, d.Settings)
 	return nil
 }
 
@@ -243,16 +161,16 @@ func (s *fleetSetup) close() {
 	}
 }
 
-func (s *fleetSetup) demoURL() string {
-	if s.demo == nil {
-		return ""
+func (s *fleetSetup) demoURL() (url string) {
+	if s.demo != nil {
+		url = s.demo.URL()
 	}
-	return s.demo.URL()
+	return url
 }
 
 // status is the fleet part of the unit's status.
 func (s *fleetSetup) status(u *unit.Unit) any {
-	st := &fleetStatus{DemoKey: s.demoKey, Broker: s.demoURL()}
+	st := &agent.LocalStatus{DemoKey: s.demoKey, Broker: s.demoURL()}
 	if a := s.agent.Load(); a != nil {
 		st.ReportedDoc, st.Connected = a.Reported(), a.Connected()
 	}

@@ -71,7 +71,7 @@ func (f *flags) oneShot(ctx context.Context, local unit.Local, stdout io.Writer)
 		if err != nil {
 			return true, err
 		}
-		dst, err := enrol.TakeClaimCode(f.takeClaim, identityDir(cfg.Fleet, false, ""))
+		dst, err := enrol.TakeClaimCode(f.takeClaim, cfg.IdentityDir(false))
 		if err != nil || dst == "" {
 			return true, err
 		}
@@ -126,7 +126,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Network: &network.Applier{Dir: networkDir(cfg, f.simulate),
 			Helper: cfg.Unit.NetworkApply == "helper" || cfg.Unit.NetworkApply == "" && !f.simulate},
 		Fleet:   d.fleetStatus(),
-		Reset:   &unit.ResetPlan{IdentityDir: identityDir(cfg.Fleet, f.simulate, cfg.API.Socket), StateDir: stateDir(cfg, f.simulate)},
+		Reset:   &unit.ResetPlan{IdentityDir: cfg.IdentityDir(f.simulate), StateDir: cfg.StateDir(f.simulate)},
 		Display: scr.display(), DisplayURL: scr.origin(),
 		TokenRequests: fl.tokenRequests(),
 	})
@@ -153,7 +153,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for _, l := range listeners {
 		go func() { _ = srv.Serve(l) }()
 	}
-	if err := scr.serve(cfg, d.u, log, stdout); err != nil {
+	if err := scr.serve(d.u, stdout); err != nil {
 		return err
 	}
 	agentCtx, stopAgent := context.WithCancel(context.Background())
