@@ -87,9 +87,6 @@ func (f *fakeAppliance) asked() ([]appliance.Action, []time.Duration) {
 	return append([]appliance.Action(nil), f.actions...), append([]time.Duration(nil), f.identify...)
 }
 
-// event is an event as the fleet receives it.
-type event = fleettest.Event
-
 // unit is one agent against a real Mosquitto, watched by the fleet admin.
 type unit struct {
 	*fleettest.Manager // T is the test

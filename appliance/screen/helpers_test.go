@@ -49,19 +49,6 @@ func (u *fakeUnit) Subscribe(n int) (<-chan appliance.Event, func()) {
 	}
 }
 
-// set changes the status and tells the subscribers, as the machine does.
-func (u *fakeUnit) set(f func(*appliance.Status)) {
-	u.mu.Lock()
-	f(&u.st)
-	for ch := range u.subs {
-		select {
-		case ch <- appliance.Event{Type: "state"}:
-		default:
-		}
-	}
-	u.mu.Unlock()
-}
-
 func testLog() *slog.Logger {
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))

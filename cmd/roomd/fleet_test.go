@@ -24,9 +24,6 @@ var (
 	grpTarget = fleet.Target{Group: fleetGroup}
 )
 
-// fleetEvent is an event as the fleet manager receives it.
-type fleetEvent = fleettest.Event
-
 // fleetSide is the fleet manager's end against a real Mosquitto: the
 // signing key, an admin connection, and everything the unit published.
 type fleetSide struct {

@@ -31,7 +31,6 @@ type Config struct {
 func (c Config) Enabled() bool { return c.EchoCancel || c.NoiseSuppress || c.GainControl }
 
 const (
-	frameDur = 10 * time.Millisecond
 	// refCapacity bounds the speaker history kept for the canceller: 1 s.
 	refCapacity = time.Second
 	// refLead is how far behind the newest speaker sample the reference

@@ -33,11 +33,6 @@ func (s *speechLike) fill(out []float32, level float64) {
 	}
 }
 
-type simRun struct {
-	echoIn, echoOut float64 // energy of the echo alone, before and after
-	toneIn, toneOut float64
-}
-
 // runRoom plays far end through the room for d, the microphone hearing the
 // echo plus a 480 Hz near-end tone of toneLevel, and returns the powers
 // (dB) after the first converge: of everything but the tone (the echo) and
