@@ -40,7 +40,7 @@ type Service struct {
 
 // workers answer token requests side by side: each waits for its PUBACK,
 // and one slow answer must not hold up the next unit's.
-const workers = 8
+const workers = 32
 
 // New opens fleetd's database, CA and fleet signing key.
 func New(cfg *Config, log *slog.Logger) (*Service, error) {
@@ -142,10 +142,13 @@ func (s *Service) Run(ctx context.Context) error {
 			if m.Retained {
 				continue // a stale request nobody waits for
 			}
+			// Waiting here leaves a burst (every unit prefetching after
+			// fleetd restarts) in the client's bounded queue instead of
+			// dropping requests the units would only send again.
 			select {
 			case jobs <- m:
-			default:
-				s.log.Warn("fleetd: token requests arrive faster than they are answered; dropped one", "unit", m.Unit)
+			case <-ctx.Done():
+				return nil
 			}
 		case link.DeviceReported:
 			ren.handle(ctx, fc, m)
