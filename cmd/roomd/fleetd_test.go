@@ -22,7 +22,9 @@ import (
 func startFleetd(t testing.TB, f *enrolFleet, lk *farend.LiveKit, extra string) *fleetd.Service {
 	t.Helper()
 	dir := t.TempDir()
-	conf := fmt.Sprintf(`database = %q
+	// extra is top-level keys (renew = true), ahead of the tables.
+	conf := fmt.Sprintf(`%s
+database = %q
 ca_dir = %q
 [broker]
 url = %q
@@ -32,8 +34,8 @@ cert_key = %q
 [livekit]
 api_key = %q
 api_secret = %q
-%s`, filepath.Join(dir, "fleetd.db"), f.caDir, f.b.SharedURL(), f.b.CAFile(),
-		filepath.Join(f.caDir, "fleetd", "fleetd.crt"), filepath.Join(f.caDir, "fleetd", "fleetd.key"), lk.APIKey, lk.APISecret, extra)
+`, extra, filepath.Join(dir, "fleetd.db"), f.caDir, f.b.SharedURL(), f.b.CAFile(),
+		filepath.Join(f.caDir, "fleetd", "fleetd.crt"), filepath.Join(f.caDir, "fleetd", "fleetd.key"), lk.APIKey, lk.APISecret)
 	path := filepath.Join(dir, "fleetd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
@@ -184,4 +186,24 @@ func BenchmarkJoinFleetdToken(b *testing.B) {
 	b.ReportMetric(float64(p50f.Milliseconds()), "fleetd-p50-ms")
 	b.ReportMetric(float64(p50s.Milliseconds()), "secret-p50-ms")
 	b.ReportMetric(float64(p50f)/float64(p50s), "ratio")
+}
+
+// fleetd takes over fleetctl renew --watch: a unit that asks for a renewal
+// gets its new certificate without anyone running fleetctl, once; the
+// answer is remembered across a restart of fleetd.
+func TestFleetdRenewsAsUnitsAsk(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	f := newEnrolFleet(t)
+	u, id, _ := f.enrolUnit(t, "renew_before = \"2200h\"\n")
+	before := u.within(30*time.Second, "renewal asked", func(s status) bool { return s.Fleet.Enrolment.Renewing })
+	svc := startFleetd(t, f, lk, "renew = true\n")
+	s := u.within(30*time.Second, "new certificate installed", func(s status) bool {
+		return s.Fleet.Enrolment.Serial != before.Fleet.Enrolment.Serial && !s.Fleet.Enrolment.Renewing
+	})
+	if !s.Fleet.Connected {
+		t.Fatal("the unit lost its connection over the renewal")
+	}
+	if h, err := svc.Store().Renewal(context.Background(), id); err != nil || h == "" {
+		t.Fatalf("the renewal is not recorded: %q %v", h, err)
+	}
 }
