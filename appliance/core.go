@@ -200,6 +200,7 @@ type core struct {
 	hwFaults    map[string]string // shutter faults by kind
 	mediaFaults map[string]string // lost devices
 	callErr     string            // sticky until JOIN or LEAVE
+	notice      string            // ErrNothingDue's text until the next JOIN or LEAVE
 
 	attempt uint64 // current join attempt; 0 = none pending
 	joined  bool   // the conference said we are in
@@ -322,6 +323,9 @@ func (c *core) onAction(in inAction) {
 		c.emit(Event{Type: "action_ignored", Detail: string(in.act), Reason: "factory reset in progress"})
 		return
 	}
+	if in.act == ActJoin || in.act == ActLeave {
+		c.notice = ""
+	}
 	switch in.act {
 	case ActJoin:
 		switch c.state {
@@ -425,6 +429,14 @@ func (c *core) onJoinDone(in inJoinDone) {
 			c.effs = append(c.effs, effLeave{call: in.call})
 			c.leaving++
 		}
+		return
+	}
+	if errors.Is(in.err, ErrNothingDue) {
+		// The connector's wrapping ("join: conference token: …") says
+		// nothing to the person at the screen.
+		c.notice = ErrNothingDue.Error()
+		c.leave(c.notice)
+		c.emit(Event{Type: "call", Detail: "nothing_due", Reason: c.notice})
 		return
 	}
 	if in.err != nil {

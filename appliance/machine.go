@@ -133,6 +133,9 @@ type Status struct {
 	Meeting   string     `json:"meeting,omitempty"`
 	Faults    []string   `json:"faults,omitempty"`
 	LastError string     `json:"last_error,omitempty"`
+	// Notice is why the last JOIN entered nothing without a fault: "no
+	// consultation now" (ErrNothingDue); cleared by the next JOIN or LEAVE.
+	Notice string `json:"notice,omitempty"`
 }
 
 // New builds a Machine. Nothing moves until Run.
@@ -577,6 +580,7 @@ func (m *Machine) snapshot() {
 		Privacy:   c.privacy,
 		Mute:      c.mute,
 		LastError: c.callErr,
+		Notice:    c.notice,
 	}
 	switch {
 	case c.shutterTargetOpen && c.shutterConfirmed:

@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/unittoken"
@@ -23,8 +24,9 @@ import (
 // ConsultLead is how long before its start a consultation is due.
 const ConsultLead = 10 * time.Minute
 
-// ErrNoConsultation is a JOIN with nothing to enter.
-var ErrNoConsultation = errors.New("no consultation now")
+// ErrNoConsultation is a JOIN with nothing to enter: the machine goes
+// back to idle and says so (appliance.ErrNothingDue), not a fault.
+var ErrNoConsultation = appliance.ErrNothingDue
 
 type consult struct {
 	u      *Unit

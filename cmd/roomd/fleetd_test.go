@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
@@ -80,7 +79,8 @@ func inRoom(t *testing.T, lk *farend.LiveKit, room, who string, d time.Duration)
 // A consultation booked in fleetd reaches the unit as its schedule; one
 // press at its time enters its room with a token fleetd issued for it. A
 // cancelled one is not entered: with no standing meeting, JOIN says "no
-// consultation now". The unit holds no API secret.
+// consultation now" (status and event, not a fault). The unit holds no
+// API secret.
 func TestConsultationJoinedByOnePress(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
@@ -120,9 +120,11 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 	svc.Changed()
 	time.Sleep(2 * time.Second) // the schedule's delivery
 	u.press("join")
-	u.waitFor("fault", 20*time.Second, isState(appliance.Fault))
-	if s := u.status(); !strings.Contains(s.LastError, "no consultation now") {
-		t.Fatalf("JOIN with nothing due: %q", s.LastError)
+	u.waitFor("nothing due", 20*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "nothing_due" })
+	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+	// Not a fault: the unit says so and goes back to idle, shutter closed.
+	if s := u.status(); s.Notice != "no consultation now" || s.LastError != "" || s.LED == "fault" || s.Sim.Shutter.Position != "closed" {
+		t.Fatalf("JOIN with nothing due: notice %q error %q LED %s shutter %s", s.Notice, s.LastError, s.LED, s.Sim.Shutter.Position)
 	}
 	if inRoom(t, lk, a.Room, id, time.Second) {
 		t.Fatal("the unit entered a cancelled consultation")
