@@ -61,6 +61,9 @@ type Config struct {
 		// LeaveWhenAlone: hang up this long after the last far-end
 		// participant left (connector "livekit"); 0 = stay.
 		LeaveWhenAlone Duration `toml:"leave_when_alone"`
+		// EndWithConsultation: a fleet unit in a booked consultation
+		// (tokens from fleetd) hangs up at the consultation's end.
+		EndWithConsultation bool `toml:"end_with_consultation"`
 	} `toml:"call"`
 	Conference struct {
 		Connector    string   `toml:"connector"`

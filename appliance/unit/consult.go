@@ -37,9 +37,10 @@ type consult struct {
 	// nobody).
 	active atomic.Bool
 
-	mu    sync.Mutex
-	sched *fleet.SchedulePayload
-	ver   *fleet.Verifier
+	mu       sync.Mutex
+	sched    *fleet.SchedulePayload
+	ver      *fleet.Verifier
+	endTimer *time.Timer // ends the call at the consultation's end (call.end_with_consultation)
 }
 
 // newConsult is nil unless the unit enrols and roomd carries its token
@@ -79,7 +80,46 @@ func (c *consult) token(ctx context.Context) (string, error) {
 	if err != nil && want == fleet.StandingMeeting && errors.Is(err, fleet.ErrTokenRefused) {
 		return "", ErrNoConsultation
 	}
+	if err == nil {
+		// Not here: the join runs under the unit's parts, and a config
+		// being applied holds them while it waits for the join to end.
+		go c.armEnd(want)
+	}
 	return tok, err
+}
+
+// armEnd ends the call that joins consultation id at its end, if the
+// config says so; a join of anything else disarms it.
+func (c *consult) armEnd(id string) {
+	cfg := c.u.Running()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.endTimer != nil {
+		c.endTimer.Stop()
+		c.endTimer = nil
+	}
+	if cfg == nil || !cfg.Call.EndWithConsultation || c.sched == nil {
+		return
+	}
+	for _, s := range c.sched.Slots {
+		if s.ID == id {
+			c.endTimer = time.AfterFunc(s.End.Sub(c.now()), c.endCall)
+		}
+	}
+}
+
+func (c *consult) endCall() {
+	m, err := c.u.machine()
+	if err != nil {
+		return
+	}
+	if st := m.Status().State; st == appliance.InCall || st == appliance.Joining {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := m.Do(ctx, appliance.ActLeave, "consultation end"); err != nil {
+			c.u.d.Log.Warn("could not end the call at the consultation's end", "err", err)
+		}
+	}
 }
 
 // onSchedule takes a schedule from the unit's schedule topic: verified

@@ -209,3 +209,34 @@ func TestFleetdRenewsAsUnitsAsk(t *testing.T) {
 		t.Fatalf("the renewal is not recorded: %q %v", h, err)
 	}
 }
+
+// call.end_with_consultation: the consultation's end ends the call.
+func TestConsultationEndEndsTheCall(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	f := newEnrolFleet(t)
+	u, id, _ := f.enrolUnit(t, fleetConference(lk)+"\n[call]\nend_with_consultation = true\n")
+	svc := startFleetd(t, f, lk, "")
+	ctx := context.Background()
+	now := time.Now()
+	a, err := svc.Add(ctx, fleetd.AddRequest{Unit: id, Start: now, End: now.Add(15 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if n, _ := svc.Store().TokensIssued(ctx, id); n > 0 {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("the unit never fetched a token for its consultation")
+		}
+	}
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	if !inRoom(t, lk, a.Room, id, 10*time.Second) {
+		t.Fatal("not in the consultation's room")
+	}
+	u.waitFor("idle at the consultation's end", 30*time.Second, isState(appliance.Idle))
+	if left := time.Now(); left.Before(a.End.Add(-time.Second)) {
+		t.Fatalf("the call ended at %s, before the consultation's end %s", left.Format(time.TimeOnly), a.End.Format(time.TimeOnly))
+	}
+}
