@@ -221,3 +221,21 @@ func (p *parts) secretCheck() []localapi.Check {
 		Detail: "this fleet unit holds conference.api_secret: anyone with its SD card can mint tokens for any room, admin and recording included",
 		Fix:    "remove api_key and api_secret from its config and let fleetd issue its tokens (docs/FLEETD.md)"}}
 }
+
+// consultStatus is the next consultation in the status.
+type consultStatus struct {
+	fleet.Slot
+	Due bool `json:"due"`
+}
+
+func (u *Unit) consultStatus() *consultStatus {
+	if u.consult == nil || !u.consult.active.Load() {
+		return nil
+	}
+	s, ok := u.consult.next()
+	if !ok {
+		return nil
+	}
+	now := u.consult.now()
+	return &consultStatus{Slot: s, Due: !now.Before(s.Start.Add(-ConsultLead)) && now.Before(s.End)}
+}

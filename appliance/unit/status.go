@@ -30,6 +30,7 @@ func (u *Unit) Status() any {
 	if u.d.Fleet != nil {
 		s.Fleet = u.d.Fleet()
 	}
+	s.Consultation = u.consultStatus()
 	return s
 }
 
@@ -84,6 +85,10 @@ type Status struct {
 	// Audio is the microphone's processing: which stages run, and the echo
 	// canceller's measured ERLE over the last call; absent with all off.
 	Audio *audioproc.Stats `json:"audio,omitempty"`
+	// Consultation is the next booked consultation of a fleet unit whose
+	// tokens come from fleetd (ids and times only); Due says JOIN enters
+	// it now.
+	Consultation *consultStatus `json:"consultation,omitempty"`
 }
 
 // mediaOut is what the conference connector handed to its encoders.

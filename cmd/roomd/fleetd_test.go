@@ -105,6 +105,13 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// The status shows it, due (it starts in 5 minutes): ids and times only.
+	st := u.within(20*time.Second, "the next consultation in the status", func(s status) bool {
+		return s.Consultation != nil && s.Consultation.ID == a.ID && s.Consultation.Due
+	})
+	if !st.Consultation.Start.Equal(a.Start) {
+		t.Fatalf("status shows %+v, booked %s", st.Consultation, a.Start)
+	}
 	u.press("join")
 	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
 	if !inRoom(t, lk, a.Room, id, 10*time.Second) {
