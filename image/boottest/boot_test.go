@@ -157,7 +157,7 @@ func TestImageBoots(t *testing.T) {
 
 	var onlineAt time.Time
 	deadline := time.After(bootTimeout)
-	for !console.has("@@ done") || onlineAt.IsZero() || shots.idleAt.IsZero() {
+	for !console.has("@@ done") || onlineAt.IsZero() {
 		shots.poll()
 		select {
 		case onlineAt = <-online:
@@ -181,6 +181,10 @@ func TestImageBoots(t *testing.T) {
 	}
 	out := console.String()
 	againAt := shots.againAfter(doneAt)
+	if shots.idleAt.IsZero() {
+		t.Fatalf("the kiosk never showed the idle screen (%d screendumps; last screen: %s)\n%s\n%s", shots.n, shots.lastCounts,
+			section(out, "kiosk-session"), section(out, "kiosk-journal"))
+	}
 	if againAt.IsZero() {
 		t.Errorf("the idle screen was not back %s after the kiosk was killed (last screen: %s)\n%s", repaintTimeout, shots.lastCounts, section(out, "kiosk-journal"))
 	}

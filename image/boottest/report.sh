@@ -32,7 +32,10 @@ kpid="$(systemctl show -P MainPID konsult-kiosk)"
 section kiosk-proc-status sh -c "grep -E '^(Uid|NoNewPrivs|CapEff|CapBnd|Seccomp):' /proc/$kpid/status; cat /proc/$kpid/comm"
 # Process names only: a command line would carry the page's secret.
 section kiosk-procs sh -c 'ps -eo user:20,comm --no-headers | grep -E "cage|chromium" | sort | uniq -c'
-section kiosk-session loginctl list-sessions --no-legend
+# The kiosk's processes stay in its unit's cgroup, where IPAddressDeny=,
+# DevicePolicy= and MemoryMax= hold (a logind session would move them).
+section kiosk-cgroup sh -c 'cat "/proc/$(systemctl show -P MainPID konsult-kiosk)/cgroup"; systemctl show konsult-kiosk -p IPAddressDeny -p DevicePolicy -p MemoryMax'
+section kiosk-ps sh -c 'ps -eo user:16,pid,ppid,stat,wchan:24,comm | grep -E "^konsult-kiosk"'
 section kiosk-policy ls -ln /etc/chromium/policies/managed/
 # Issue 14: roomd logs into its own journal namespace, and a factory reset
 # wipes that namespace and nothing else. A line in the system journal from
@@ -80,7 +83,8 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 section kiosk-after sh -c "echo \"pids: $old -> \$(systemctl show -P MainPID konsult-kiosk)\"; systemctl show konsult-kiosk -p ActiveState -p NRestarts -p Result"
-section kiosk-journal sh -c "journalctl -b -u konsult-kiosk -u konsult-boottest-screen --no-pager -o cat | sed -E 's#(127[.]0[.]0[.]1:8788/)[A-Za-z0-9_-]+#\\1SECRET#g' | tail -n 80"
+section kiosk-procs-late sh -c 'ps -eo user:16,pid,ppid,stat,wchan:24,comm | grep -E "^konsult-kiosk"'
+section kiosk-journal sh -c "{ journalctl -b -u konsult-kiosk -u konsult-boottest-screen --no-pager -o cat; echo '-- the kiosk user:'; journalctl -b _UID=$(id -u konsult-kiosk) --no-pager -o cat; } | sed -E 's#(127[.]0[.]0[.]1:8788/)[A-Za-z0-9_-]+#\\1SECRET#g' | tail -n 80"
 section failed systemctl --failed --no-legend --plain
 section journal journalctl --namespace=konsult -b -u roomd --no-pager -o cat
 section nft nft list ruleset

@@ -370,6 +370,9 @@ func checkKiosk(t *testing.T, out string) {
 	if !strings.Contains(procs, "chromium") || !strings.Contains(procs, "cage") {
 		t.Errorf("no cage and chromium processes:\n%s", procs)
 	}
+	if cg := section(out, "kiosk-cgroup"); !strings.Contains(cg, "0::/system.slice/konsult-kiosk.service") {
+		t.Errorf("the kiosk is not in its unit's cgroup (so not under its IPAddressDeny=, DevicePolicy=, MemoryMax=):\n%s", cg)
+	}
 	if !strings.Contains(section(out, "kiosk-policy"), "konsult.json") {
 		t.Errorf("no Chromium policy /etc/chromium/policies/managed/konsult.json:\n%s", section(out, "kiosk-policy"))
 	}
