@@ -12,9 +12,12 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -33,15 +36,16 @@ import (
 var lines = []string{"JOIN", "LEAVE", "PRIVACY", "MUTE", "LED", "SHUTTER", "SHUTTER_OPEN", "SHUTTER_CLOSED"}
 
 var (
-	t0       = time.Now()
-	events   = newLog()
-	roomdLog = newLog()
-	gpioDir  string // /sys/devices/platform/<dev>/<chip>
-	missing  []string
-	roomdMu  sync.Mutex
-	roomd    *exec.Cmd
-	ready    time.Time
-	travel   = 300 * time.Millisecond
+	t0        = time.Now()
+	events    = newLog()
+	roomdLog  = newLog()
+	gpioDir   string // /sys/devices/platform/<dev>/<chip>
+	missing   []string
+	roomdMu   sync.Mutex
+	roomd     *exec.Cmd
+	roomdDone chan struct{} // closed when roomd has exited
+	ready     time.Time
+	travel    = 300 * time.Millisecond
 )
 
 func main() {
@@ -74,6 +78,8 @@ func main() {
 	http.HandleFunc("/gpio", gpioState)
 	http.HandleFunc("/pull", setPull)
 	http.HandleFunc("/roomd/start", startRoomd)
+	http.HandleFunc("/roomd/stop", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(stopRoomdWait(20*time.Second) + "\n")) })
+	http.HandleFunc("/roomd/status", roomdStatus)
 	http.HandleFunc("/roomd/log", func(w http.ResponseWriter, r *http.Request) { w.Write(roomdLog.bytes()) })
 	http.HandleFunc("/events", func(w http.ResponseWriter, r *http.Request) { w.Write(events.bytes()) })
 	http.HandleFunc("/sh", shell)
@@ -299,7 +305,11 @@ func startRoomd(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "already running", http.StatusConflict)
 		return
 	}
-	cmd := exec.Command("/usr/bin/roomd", "--config", "/etc/konsult/roomd.toml")
+	config := "/etc/konsult/roomd.toml"
+	if c := r.URL.Query().Get("config"); c != "" {
+		config = c // the lab's other roomd configs (the echo test's aec = false)
+	}
+	cmd := exec.Command("/usr/bin/roomd", "--config", config)
 	cmd.Env = append(os.Environ(), "SSL_CERT_FILE=/etc/lab/ca.pem", "HOME=/root", "PATH=/usr/bin:/bin", "KONSULT_SOCKET=/run/roomd.sock")
 	pr, pw, _ := os.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
@@ -309,8 +319,11 @@ func startRoomd(w http.ResponseWriter, r *http.Request) {
 	}
 	pw.Close()
 	started := time.Now()
-	roomd = cmd
+	roomd, ready = cmd, time.Time{}
+	exited := make(chan struct{})
+	roomdDone = exited
 	go func() {
+		defer close(exited)
 		sc := bufio.NewScanner(pr)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
@@ -326,6 +339,43 @@ func startRoomd(w http.ResponseWriter, r *http.Request) {
 		roomdLog.add(fmt.Sprintf("roomd exited: %v", err))
 	}()
 	fmt.Fprintf(w, "%d\n", started.UnixMicro())
+}
+
+// stopRoomdWait stops roomd and waits for it to exit (its GPIO lines and
+// sound devices free again), so the next /roomd/start can run another one.
+func stopRoomdWait(d time.Duration) string {
+	stopRoomd()
+	roomdMu.Lock()
+	done := roomdDone
+	roomdMu.Unlock()
+	if done == nil {
+		return "not running"
+	}
+	select {
+	case <-done:
+	case <-time.After(d):
+		return "still running after " + d.String()
+	}
+	roomdMu.Lock()
+	roomd, roomdDone, ready = nil, nil, time.Time{}
+	roomdMu.Unlock()
+	return "stopped"
+}
+
+// roomdStatus relays roomd's GET /v1/status from its local API socket.
+func roomdStatus(w http.ResponseWriter, r *http.Request) {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", "/run/roomd.sock")
+		}}}
+	resp, err := c.Get("http://roomd/v1/status")
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer resp.Body.Close()
+	w.WriteHeader(resp.StatusCode)
+	_, _ = io.Copy(w, resp.Body)
 }
 
 func stopRoomd() {
