@@ -25,7 +25,7 @@ import (
 const (
 	// envEcho runs the echo calls. They are not in make lab yet: in the
 	// guest the unit's microphone hands over only 8-40 % of real time
-	// (the far end gets 19-35 of 250 Opus packets in 5 s; the kernel's
+	// (the far end gets 19-82 of 250 Opus packets in 5 s; the kernel's
 	// loopback runs in time, /proc/asound's cable shows it), so the echo
 	// measured at the far end is mostly the gaps, with the canceller or
 	// without, and proves nothing; echoBack fails on it.

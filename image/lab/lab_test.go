@@ -419,12 +419,14 @@ func buildInitramfs(t *testing.T, p parts, work, out string, caPEM []byte, url s
 	// The speaker is the loopback's playback side through a dmix of the
 	// same format (snd-aloop needs both sides to agree), plug converting
 	// miniaudio's float: what it plays comes back in the microphone. The
-	// dsnoop's 20 ms periods are mediadevices' own chunk: with 10 ms ones
-	// the microphone handed over about 4 chunks a second under TCG.
+	// dsnoop's 20 ms periods are mediadevices' own chunk (with 10 ms ones
+	// the microphone handed over about 4 chunks a second under TCG), and
+	// its 200 ms buffer rides out the guest's scheduling (80 ms: a third
+	// of the chunks the 200 ms buffer gives reached the far end).
 	r.bytes("/etc/asound.conf", []byte(`pcm.labmic {
   type dsnoop
   ipc_key 5978
-  slave { pcm "hw:Loopback,1,0" channels 1 rate 48000 format S16_LE period_size 960 buffer_size 3840 }
+  slave { pcm "hw:Loopback,1,0" channels 1 rate 48000 format S16_LE period_size 960 buffer_size 9600 }
 }
 pcm.labspk {
   type dmix
