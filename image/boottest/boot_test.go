@@ -42,7 +42,7 @@ const (
 	bootTimeout = 15 * time.Minute
 	// After the crash test, a new kiosk must paint the idle screen again
 	// within this (Chromium under TCG is slow: image/README.md has figures).
-	repaintTimeout = 4 * time.Minute
+	repaintTimeout = 8 * time.Minute
 )
 
 func TestImageBoots(t *testing.T) {
