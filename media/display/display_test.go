@@ -263,8 +263,14 @@ func TestSlotCodecChange(t *testing.T) {
 	d := newDisplay(t, gate.New(), nil)
 	d.SetFarEnd(&FarEnd{})
 	page := connectPage(t, d)
-	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: vp8Key, At: time.Now()})
-	eventually(t, "VP8 reaches the page", 5*time.Second, func() bool { return page.count(0) >= 1 })
+	// A far end sends frames on and on; the first may come before the
+	// page's connection is up (CI under load saw the only one lost).
+	eventually(t, "VP8 reaches the page", 5*time.Second, func() bool {
+		d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "VP8", Keyframe: true, Data: vp8Key, At: time.Now()})
+		time.Sleep(40 * time.Millisecond)
+		return page.count(0) >= 1
+	})
+	time.Sleep(100 * time.Millisecond) // the last keyframes in flight land
 	n := page.count(0)
 	h264Delta := []byte{0, 0, 0, 1, 0x41, 0x9a, 1, 2, 3}
 	h264Key := []byte{0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80, 0, 0, 0, 1, 0x65, 0x88, 1, 2, 3}
@@ -273,8 +279,11 @@ func TestSlotCodecChange(t *testing.T) {
 	if page.count(0) != n {
 		t.Fatal("an H.264 delta frame reached the page before an H.264 keyframe")
 	}
-	d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "H264", Keyframe: true, Data: h264Key, At: time.Now()})
-	eventually(t, "H.264 reaches the page on the same slot", 5*time.Second, func() bool { return page.count(0) > n })
+	eventually(t, "H.264 reaches the page on the same slot", 5*time.Second, func() bool {
+		d.FarFrame(playout.VideoFrame{Participant: "p-a", Codec: "H264", Keyframe: true, Data: h264Key, At: time.Now()})
+		time.Sleep(40 * time.Millisecond)
+		return page.count(0) > n
+	})
 	if st := d.State(); len(st.Far) != 1 || st.Far[0].Codec != "H264" {
 		t.Fatalf("state %+v", st.Far)
 	}
