@@ -74,8 +74,9 @@ func (s *Screen) Origin() string { return Origin(s.l) + "/" }
 // Serve serves the page with the unit's state, and writes the URL file. It
 // returns the line to print: the full URL without a URL file, else the
 // origin and where the kiosk's URL is (never the secret, invariant 7).
-func (s *Screen) Serve(u Unit) (line string, err error) {
-	srv, err := New(Config{Room: s.o.Room, Language: s.o.Language, Unit: u, Media: s.Display, Secret: s.secret, Log: s.o.Log})
+// next, if set, is the start of the unit's next booked consultation.
+func (s *Screen) Serve(u Unit, next func() (time.Time, bool)) (line string, err error) {
+	srv, err := New(Config{Room: s.o.Room, Language: s.o.Language, Unit: u, Media: s.Display, Secret: s.secret, Log: s.o.Log, Next: next})
 	if err != nil {
 		return "", err
 	}

@@ -62,6 +62,9 @@ type Config struct {
 	Unit     Unit
 	Media    Media      // nil: a unit without video on its screen (state only)
 	Others   func() int // far-end people in the call; nil: the far-end tiles are counted
+	// Next is the start of the unit's next booked consultation (from the
+	// fleet's schedule); nil or false: none.
+	Next func() (time.Time, bool)
 	// Secret, if set, is the first path segment of every URL served (the
 	// page, its state and its offer): only who knows it, the kiosk given
 	// the URL at start, can read the screen's state and media. Without it
@@ -77,6 +80,10 @@ func NewSecret() string {
 	_, _ = rand.Read(b)
 	return base64.RawURLEncoding.EncodeToString(b)
 }
+
+// DueLead is how long before its start the screen shows a consultation as
+// due (appliance/unit.ConsultLead: JOIN enters it from then).
+const DueLead = 10 * time.Minute
 
 // MaxStateStreams bounds the /v1/state streams served at once (the kiosk
 // needs one; a reload briefly two).

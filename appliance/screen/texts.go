@@ -33,10 +33,18 @@ type texts struct {
 	TodoDevice  string
 	TodoNetwork string
 	TodoOther   string
+	// NextAt and DueAt name the next consultation's start ("%s" is the
+	// time, 15:04); NothingDue answers a JOIN with none due.
+	NextAt     string
+	DueAt      string
+	NothingDue string
 }
 
 var allTexts = map[string]texts{
 	"en": {
+		NextAt:      "Next consultation at %s",
+		DueAt:       "Consultation at %s: press JOIN to start",
+		NothingDue:  "No consultation now",
 		Notice:      "This room has a video consultation unit. Its camera and microphone are on only while this screen shows LIVE. Nothing is recorded: no picture or sound is stored.",
 		PressJoin:   "Press JOIN to start",
 		Live:        "LIVE: camera and microphone on",
@@ -58,6 +66,9 @@ var allTexts = map[string]texts{
 		TodoOther:   "Call technical support and tell them what this screen shows.",
 	},
 	"nl": {
+		NextAt:      "Volgend consult om %s",
+		DueAt:       "Consult om %s: druk op JOIN om te beginnen",
+		NothingDue:  "Nu geen consult",
 		Notice:      "In deze kamer staat een apparaat voor videoconsulten. De camera en de microfoon staan alleen aan zolang dit scherm LIVE toont. Er wordt niets opgenomen: beeld en geluid worden nergens bewaard.",
 		PressJoin:   "Druk op JOIN om te beginnen",
 		Live:        "LIVE: camera en microfoon aan",
@@ -79,6 +90,9 @@ var allTexts = map[string]texts{
 		TodoOther:   "Bel de technische dienst en vertel wat dit scherm toont.",
 	},
 	"es": {
+		NextAt:      "Próxima consulta a las %s",
+		DueAt:       "Consulta a las %s: pulse JOIN para empezar",
+		NothingDue:  "Ahora no hay ninguna consulta",
 		Notice:      "En esta sala hay un equipo de videoconsulta. La cámara y el micrófono solo están encendidos mientras esta pantalla muestra LIVE. No se graba nada: no se guarda ninguna imagen ni ningún sonido.",
 		PressJoin:   "Pulse JOIN para empezar",
 		Live:        "LIVE: cámara y micrófono encendidos",
@@ -100,6 +114,9 @@ var allTexts = map[string]texts{
 		TodoOther:   "Llame al servicio técnico y cuente lo que muestra esta pantalla.",
 	},
 	"nb": {
+		NextAt:      "Neste konsultasjon kl. %s",
+		DueAt:       "Konsultasjon kl. %s: trykk JOIN for å starte",
+		NothingDue:  "Ingen konsultasjon nå",
 		Notice:      "I dette rommet står en enhet for videokonsultasjon. Kameraet og mikrofonen er bare på mens denne skjermen viser LIVE. Ingenting tas opp: verken bilde eller lyd blir lagret.",
 		PressJoin:   "Trykk JOIN for å starte",
 		Live:        "LIVE: kamera og mikrofon på",

@@ -20,8 +20,11 @@ type View struct {
 	Bar       string `json:"bar"`
 	BarKind   string `json:"bar_kind"`
 	PressJoin string `json:"press_join,omitempty"`
-	Health    string `json:"health"`
-	Notice    string `json:"notice"`
+	// Next is the next consultation's time (only a time, never a name),
+	// or that a JOIN found none due.
+	Next   string `json:"next,omitempty"`
+	Health string `json:"health"`
+	Notice string `json:"notice"`
 	// CallSince is when the call began (unix ms), for the call timer.
 	CallSince int64  `json:"call_since,omitempty"`
 	Now       int64  `json:"now"`
@@ -72,6 +75,7 @@ func (s *Server) view(st appliance.Status, m *display.State) View {
 	}
 	if st.State == appliance.Idle {
 		v.PressJoin = t.PressJoin
+		v.Next = s.next(st, t)
 	}
 	health := t.Ready
 	if len(st.Faults) > 0 || st.State == appliance.Fault {
@@ -101,4 +105,23 @@ func (s *Server) view(st appliance.Status, m *display.State) View {
 		v.Fault = &FaultView{Title: t.Fault, Reasons: reasons, WhatToDo: t.WhatToDo, Todo: todoFor(t, strings.Join(reasons, " "))}
 	}
 	return v
+}
+
+// next is the idle screen's line about the schedule: the consultation due
+// (from DueLead before its start) or the next one, else "no consultation
+// now" after a JOIN that found none.
+func (s *Server) next(st appliance.Status, t texts) string {
+	if s.cfg.Next != nil {
+		if start, ok := s.cfg.Next(); ok {
+			at := start.Local().Format("15:04")
+			if time.Until(start) <= DueLead {
+				return fmt.Sprintf(t.DueAt, at)
+			}
+			return fmt.Sprintf(t.NextAt, at)
+		}
+	}
+	if st.Notice != "" {
+		return t.NothingDue
+	}
+	return ""
 }

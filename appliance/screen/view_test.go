@@ -62,3 +62,39 @@ func TestViewMirrorsTheLED(t *testing.T) {
 		}
 	}
 }
+
+// The idle screen names the next consultation by its time only, says when
+// one is due (JOIN enters it from DueLead before its start), and answers a
+// JOIN that found none with "no consultation now", in each language.
+func TestViewNamesTheNextConsultation(t *testing.T) {
+	var next time.Time
+	has := false
+	s := &Server{cfg: Config{Room: "R", Language: "en", Next: func() (time.Time, bool) { return next, has }}}
+	idle := appliance.Status{State: appliance.Idle}
+	if v := s.view(idle, nil); v.Next != "" {
+		t.Errorf("no schedule: next %q", v.Next)
+	}
+	has, next = true, time.Now().Add(2*time.Hour)
+	at := next.Local().Format("15:04")
+	if v := s.view(idle, nil); v.Next != "Next consultation at "+at {
+		t.Errorf("in two hours: next %q", v.Next)
+	}
+	next = time.Now().Add(5 * time.Minute)
+	at = next.Local().Format("15:04")
+	if v := s.view(idle, nil); v.Next != "Consultation at "+at+": press JOIN to start" {
+		t.Errorf("due: next %q", v.Next)
+	}
+	if v := s.view(appliance.Status{State: appliance.InCall}, nil); v.Next != "" {
+		t.Errorf("in a call the line goes: %q", v.Next)
+	}
+	has = false
+	if v := s.view(appliance.Status{State: appliance.Idle, Notice: "no consultation now"}, nil); v.Next != "No consultation now" {
+		t.Errorf("after a JOIN with none due: %q", v.Next)
+	}
+	for _, lang := range Languages {
+		_, tx := textsFor(lang)
+		if !strings.Contains(tx.NextAt, "%s") || !strings.Contains(tx.DueAt, "%s") || !strings.Contains(tx.DueAt, "JOIN") || tx.NothingDue == "" {
+			t.Errorf("%s: schedule texts %q %q %q", lang, tx.NextAt, tx.DueAt, tx.NothingDue)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/screen"
@@ -48,7 +49,10 @@ func (p *screenParts) serve(u *unit.Unit, stdout io.Writer) error {
 	if p == nil {
 		return nil
 	}
-	line, err := p.s.Serve(u.Appliance())
+	line, err := p.s.Serve(u.Appliance(), func() (time.Time, bool) {
+		c, ok := u.NextConsultation()
+		return c.Start, ok
+	})
 	if err != nil {
 		return err
 	}

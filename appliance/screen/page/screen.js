@@ -69,6 +69,7 @@ function render(v) {
   $("others").textContent = v.others_text || "";
   $("room").textContent = v.room;
   $("press").textContent = v.press_join || "";
+  $("next").textContent = v.next || "";
   $("health").textContent = v.health;
   $("notice").textContent = v.notice;
   $("self-closed").textContent = v.camera_shut;
