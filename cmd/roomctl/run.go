@@ -117,7 +117,14 @@ type statusView struct {
 	Version string `json:"version"`
 	Board   string `json:"board"`
 	Display string `json:"display"`
-	Audio   *struct {
+	// Consultation is the next booked one (ids and times only).
+	Consultation *struct {
+		ID    string    `json:"id"`
+		Start time.Time `json:"start"`
+		End   time.Time `json:"end"`
+		Due   bool      `json:"due"`
+	} `json:"consultation"`
+	Audio *struct {
 		AEC       bool    `json:"aec"`
 		NS        bool    `json:"ns"`
 		AGC       bool    `json:"agc"`
@@ -196,6 +203,16 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 	row("board", s.Board+"  (roomd "+s.Version+")")
 	if s.Display != "" {
 		row("display", s.Display)
+	}
+	if c := s.Consultation; c != nil {
+		due := ""
+		if c.Due {
+			due = " (due: JOIN enters it)"
+		}
+		row("consultation", fmt.Sprintf("%s %s–%s%s", c.ID, c.Start.Local().Format("2006-01-02 15:04"), c.End.Local().Format("15:04"), due))
+	}
+	if s.Notice != "" {
+		row("notice", s.Notice)
 	}
 	if a := s.Audio; a != nil {
 		on := map[bool]string{true: "on", false: "off"}
