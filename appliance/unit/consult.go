@@ -195,6 +195,13 @@ func (u *Unit) NextConsultation() (fleet.Slot, bool) {
 	return u.consult.next()
 }
 
+// NextStart is when the unit's next consultation starts, if it has one
+// (appliance/screen's Config.Next).
+func (u *Unit) NextStart() (time.Time, bool) {
+	c, ok := u.NextConsultation()
+	return c.Start, ok
+}
+
 // fleetTokens is the TokenSource for a conference config without a
 // credential of its own, on a unit that gets its tokens from fleetd.
 func (u *Unit) fleetTokens(apiSecret, token string) func(context.Context) (string, error) {

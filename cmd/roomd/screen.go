@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"time"
 
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/screen"
@@ -49,10 +48,7 @@ func (p *screenParts) serve(u *unit.Unit, stdout io.Writer) error {
 	if p == nil {
 		return nil
 	}
-	line, err := p.s.Serve(u.Appliance(), func() (time.Time, bool) {
-		c, ok := u.NextConsultation()
-		return c.Start, ok
-	})
+	line, err := p.s.Serve(u.Appliance(), u.NextStart)
 	if err != nil {
 		return err
 	}
