@@ -499,7 +499,7 @@ timeout = "3s"
 join_timeout = "60s"
 
 [conference]
-connector = "livekit"         # two-way: the far end plays on the speaker
+connector = "livekit-whip"    # the main call publishes only; the echo calls (KONSULT_LAB_ECHO) are two-way
 url = %q
 room = %q
 identity = %q
