@@ -168,12 +168,11 @@ func (b *Broker) setup(opts Options) error {
 	if err := os.Mkdir(dataDir, 0o700); err != nil {
 		return fmt.Errorf("brokertest: %w", err)
 	}
-	if b.port, err = freePort(); err != nil {
+	ports, err := freePorts(2)
+	if err != nil {
 		return err
 	}
-	if b.sharedPort, err = freePort(); err != nil {
-		return err
-	}
+	b.port, b.sharedPort = ports[0], ports[1]
 	conf, err := renderConf(mosquitto.Conf, map[string]string{
 		"pid_file":             "",
 		"log_dest":             "stderr",
@@ -287,13 +286,20 @@ func shareWithBrokerUser(dir, serverKey, dataDir string) error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("brokertest: free port: %w", err)
+// freePorts holds every listener open until all n are chosen: picked one
+// at a time, the kernel may hand out the same just-closed port twice, and
+// Mosquitto then fails with "Address already in use" (seen in CI).
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("brokertest: free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // Addr is the broker's host:port.

@@ -108,12 +108,11 @@ func installBroker(t *testing.T, home string) *broker {
 		t.Fatal("the installed /etc/mosquitto/mosquitto.conf is not deploy/mosquitto/mosquitto.conf")
 	}
 	b := &broker{t: t, root: root}
-	if b.unitPort, err = freePort(); err != nil {
+	ports, err := freePorts(2)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if b.sharedPort, err = freePort(); err != nil {
-		t.Fatal(err)
-	}
+	b.unitPort, b.sharedPort = ports[0], ports[1]
 	// The test's own changes: its ports on 127.0.0.1, the log on stderr,
 	// no pid file, and every path under the temporary root.
 	conf := string(installed)
@@ -162,13 +161,19 @@ func mosquittoBinary(t *testing.T) string {
 	return ""
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
+// freePorts holds every listener open until all n are chosen, so the two
+// listeners never get the same just-closed port.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 type lockedWriter struct{ b *broker }
