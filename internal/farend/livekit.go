@@ -50,6 +50,7 @@ type LiveKit struct {
 	done     chan struct{}
 	stopOnce sync.Once
 	nodeIP   string
+	extra    string // appended to the generated config (cluster.go: redis)
 }
 
 // missing skips or fails the test for a real part that is not installed.
@@ -228,7 +229,7 @@ func (lk *LiveKit) start(bin, dir string) error {
 	lk.URL = fmt.Sprintf("http://127.0.0.1:%d", httpPort)
 	lk.WSURL = fmt.Sprintf("ws://127.0.0.1:%d", httpPort)
 	cfgPath := filepath.Join(dir, "livekit.yaml")
-	if err := os.WriteFile(cfgPath, []byte(liveKitConfig(httpPort, udpPort, lk.APIKey, lk.APISecret, lk.nodeIP)), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(liveKitConfig(httpPort, udpPort, lk.APIKey, lk.APISecret, lk.nodeIP)+lk.extra), 0o600); err != nil {
 		return err
 	}
 	logf, err := os.OpenFile(lk.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
