@@ -48,7 +48,7 @@ func newBase(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*base, error)
 	if u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("conference: url must not carry credentials or parameters: put the credential in api_key/api_secret or token")
 	}
-	if cfg.Token == "" && cfg.TokenSource == nil && (cfg.APIKey == "" || cfg.APISecret == "") {
+	if cfg.Token == "" && cfg.TokenSource == nil && (cfg.APIKey == "" || cfg.APISecret == "") && !cfg.PlainWHIP {
 		return nil, errors.New("conference: set api_key and api_secret (preferred) or token")
 	}
 	if cfg.TokenTTL == 0 {

@@ -43,6 +43,10 @@ type Config struct {
 	// such an address may (icepolicy.ForServer).
 	AllowPrivateICE bool
 	TokenTTL        time.Duration // default 10 minutes
+	// PlainWHIP makes URL the full endpoint of any RFC 9725 WHIP server
+	// (connector "whip", e.g. MediaMTX): the WHIP connector posts to it as
+	// it is, with Token as the bearer token if set, else with none.
+	PlainWHIP bool
 	// DisconnectGrace is how long the unit tries to get a lost connection
 	// back (ICE restarts) before the call counts as ended. Default 10 s.
 	DisconnectGrace time.Duration
@@ -97,7 +101,7 @@ func NewWHIP(cfg Config, m Media, g *gate.Gate, log *slog.Logger) (*WHIPConnecto
 func (c *WHIPConnector) client(token string) (*whip.Client, error) {
 	pol := c.icePolicy()
 	return whip.New(whip.Config{
-		Endpoint:          strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1",
+		Endpoint:          c.endpoint(),
 		Token:             token,
 		AllowedHosts:      c.cfg.AllowedHosts,
 		Logger:            c.log,
@@ -105,6 +109,15 @@ func (c *WHIPConnector) client(token string) (*whip.Client, error) {
 		HTTPClient:        c.http,
 		ICEPolicy:         &pol,
 	})
+}
+
+// endpoint is where the offer goes: LiveKit's /whip/v1, or URL itself for
+// a plain WHIP server.
+func (c *WHIPConnector) endpoint() string {
+	if c.cfg.PlainWHIP {
+		return c.cfg.URL
+	}
+	return strings.TrimSuffix(c.cfg.URL, "/") + "/whip/v1"
 }
 
 // Warm does before the press what reveals nothing to anyone: it resolves
