@@ -37,7 +37,7 @@ func (c *Config) Validate() error {
 		pos("sim.echo.reverb", c.Sim.Echo.Reverb, 0, 500*time.Millisecond),
 		floatRange("sim.echo.attenuation_db", c.Sim.Echo.AttenuationDB, 0, 60),
 		oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error"),
-		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip", "livekit"),
+		oneOf("conference.connector", c.Conference.Connector, "", "livekit-whip", "livekit", "whip"),
 		pos("call.leave_when_alone", c.Call.LeaveWhenAlone, 0, 24*time.Hour),
 		oneOf("conference.video_codec", c.Conference.VideoCodec, "auto", "H264", "VP8"),
 		oneOf("conference.video_passthrough", c.Conference.VideoPassthrough, "auto", "off"),

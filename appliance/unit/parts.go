@@ -144,12 +144,13 @@ func (u *Unit) open(cfg *config.Config) (*parts, error) {
 }
 
 // conference is the connector the config selects: LiveKit two-way
-// ("livekit"), LiveKit over WHIP ("livekit-whip"), the local simulated
+// ("livekit"), LiveKit over WHIP ("livekit-whip"), any WHIP server
+// ("whip", e.g. MediaMTX: url is the endpoint), the local simulated
 // conference in --sim without a server, or none (JOIN is refused).
 func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 	cfg := p.cfg
 	switch c := cfg.Conference; {
-	case c.Connector == "livekit-whip" || c.Connector == "livekit":
+	case c.Connector == "livekit-whip" || c.Connector == "livekit" || c.Connector == "whip":
 		if simulate {
 			c.Camera, c.Microphone, c.Speaker = capture.TestDevice, capture.TestDevice, playout.DeviceNull
 		}
@@ -158,7 +159,12 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			APIKey: c.APIKey, APISecret: c.APISecret, Token: c.Token, AllowedHosts: c.AllowedHosts,
 			AllowPrivateICE: c.AllowPrivateICE,
 		}
-		if p.tokens != nil {
+		if c.Connector == "whip" {
+			// Any RFC 9725 server: url is its endpoint, token (if any) the
+			// bearer token; room and identity are LiveKit's notions.
+			lc.PlainWHIP, lc.APIKey, lc.APISecret = true, "", ""
+			lc.Room, lc.Identity = "whip", "unit"
+		} else if p.tokens != nil {
 			lc.TokenSource = p.tokens
 			if lc.Room == "" {
 				lc.Room = "fleet" // fleetd's token names the room
