@@ -128,7 +128,7 @@ func Verify(recs []Record, device string) Result {
 					Message: fmt.Sprintf("record %d is at position %d, after record %d: reordered", want, i+1+j, r.Seq)}
 			} else {
 				res.Problem = &Problem{Kind: Deleted, Seq: want, Index: -1,
-					Message: fmt.Sprintf("records %s are missing between %d and %d: deleted", seqRange(want, r.Seq-1), res.Last, r.Seq)}
+					Message: fmt.Sprintf("%s missing between %d and %d: deleted", seqRange(want, r.Seq-1), res.Last, r.Seq)}
 			}
 		}
 		return res
@@ -164,9 +164,9 @@ func indexOfSeq(recs []Record, seq uint64) int {
 
 func seqRange(a, b uint64) string {
 	if a == b {
-		return strconv.FormatUint(a, 10)
+		return "record " + strconv.FormatUint(a, 10) + " is"
 	}
-	return fmt.Sprintf("%d to %d", a, b)
+	return fmt.Sprintf("records %d to %d are", a, b)
 }
 
 // chainKey finds the unit's key: the first chain start or checkpoint

@@ -93,6 +93,7 @@ type Link struct {
 	host   string      // host:port to dial
 	tls    *tls.Config // nil for plain tcp to loopback
 	client mqtt.Client
+	store  *store // the outgoing queue
 
 	ctx    context.Context // ends at Close: aborts dials and backoff waits
 	cancel context.CancelFunc
@@ -178,10 +179,11 @@ func Open(opts Options) (*Link, error) {
 	o.SetCleanSession(false)
 	o.SetResumeSubs(false) // onConnect subscribes afresh on every connect
 	o.SetOrderMatters(false)
-	o.SetStore(&store{
+	l.store = &store{
 		FileStore: mqtt.NewFileStore(opts.StoreDir),
 		volatile:  map[string]bool{l.topics.Status(id): true, l.topics.Reported(id): true},
-	})
+	}
+	o.SetStore(l.store)
 	o.SetKeepAlive(opts.KeepAlive)
 	o.SetPingTimeout(opts.ConnectTimeout)
 	o.SetConnectTimeout(opts.ConnectTimeout)

@@ -14,6 +14,10 @@ import (
 	"time"
 )
 
+// DefaultMaxQueued is Options.MaxQueued's default: 10,000 messages, a few
+// MB on disk, days of a unit's events while its broker is away.
+const DefaultMaxQueued = 10000
+
 // Options configures a Link.
 type Options struct {
 	// Broker is mqtts://host[:port] (or ssl://, the same; port 8883 by
@@ -49,6 +53,12 @@ type Options struct {
 	// MinBackoff up to MaxBackoff, each with random jitter (defaults 1 s and
 	// 60 s). See jitter.
 	MinBackoff, MaxBackoff time.Duration
+	// MaxQueued bounds the outgoing queue (events and audit records
+	// waiting on disk for the broker; DefaultMaxQueued if 0). When it is
+	// full a new event is dropped (the newest goes, ErrQueueFull; the
+	// oldest are what the fleet lacks most) and an audit record is not
+	// taken: the audit log keeps it and the agent sends it later.
+	MaxQueued int
 	// RetryMin and RetryMax shape the re-subscription of group config
 	// topics that have delivered nothing since the link opened (see
 	// retryGroups): waits double from RetryMin up to RetryMax (defaults
@@ -97,6 +107,9 @@ func (o *Options) defaults() error {
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second
+	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = DefaultMaxQueued
 	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = time.Second

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -30,6 +31,9 @@ func (l *Link) PublishEvent(ev Event) (string, error) {
 	if l.isClosed() {
 		return "", ErrClosed
 	}
+	if l.store.queued() >= l.opts.MaxQueued {
+		return "", fmt.Errorf("link: event %s: %w", ev.Type, ErrQueueFull)
+	}
 	topic := l.topics.Events(l.opts.DeviceID)
 	// While disconnected paho only writes the message to the store and
 	// returns; while connected it hands it to its writer, bounded by the
@@ -44,6 +48,36 @@ func (l *Link) PublishEvent(ev Event) (string, error) {
 	}
 	l.log.Debug("fleet event queued", "topic", topic, "bytes", len(b), "type", ev.Type)
 	return ev.ID, nil
+}
+
+// ErrQueueFull is an event or audit record refused because the outgoing
+// queue holds Options.MaxQueued messages already.
+var ErrQueueFull = errors.New("the outgoing queue is full (the broker has been unreachable for long)")
+
+// Queued is how many events and audit records wait on disk for the
+// broker.
+func (l *Link) Queued() int { return l.store.queued() }
+
+// PublishAudit queues one audit record (its canonical line) for the fleet
+// on the unit's audit topic (QoS 1, kept on disk like events until the
+// broker has it). ErrQueueFull: not queued; send it again later.
+func (l *Link) PublishAudit(line []byte) error {
+	if l.isClosed() {
+		return ErrClosed
+	}
+	if l.store.queued() >= l.opts.MaxQueued {
+		return ErrQueueFull
+	}
+	topic := l.topics.Audit(l.opts.DeviceID)
+	tok := l.client.Publish(topic, 1, false, line)
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("link: audit record on %s: %w", topic, err)
+		}
+	default:
+	}
+	return nil
 }
 
 // PublishStatus sets what the unit announces on its retained status topic

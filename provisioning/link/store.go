@@ -2,6 +2,7 @@ package link
 
 import (
 	"strings"
+	"sync"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -24,6 +25,21 @@ import (
 type store struct {
 	*mqtt.FileStore
 	volatile map[string]bool // outbound topics not to persist
+
+	mu  sync.Mutex
+	out map[string]bool // outbound keys on disk: the queue's length
+}
+
+func (s *store) Open() {
+	s.FileStore.Open()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.out = map[string]bool{}
+	for _, k := range s.FileStore.All() {
+		if strings.HasPrefix(k, "o.") {
+			s.out[k] = true
+		}
+	}
 }
 
 func (s *store) Put(key string, m packets.ControlPacket) {
@@ -34,4 +50,34 @@ func (s *store) Put(key string, m packets.ControlPacket) {
 		}
 	}
 	s.FileStore.Put(key, m)
+	if strings.HasPrefix(key, "o.") {
+		s.mu.Lock()
+		if s.out == nil {
+			s.out = map[string]bool{}
+		}
+		s.out[key] = true
+		s.mu.Unlock()
+	}
+}
+
+func (s *store) Del(key string) {
+	s.FileStore.Del(key)
+	s.mu.Lock()
+	delete(s.out, key)
+	s.mu.Unlock()
+}
+
+func (s *store) Reset() {
+	s.FileStore.Reset()
+	s.mu.Lock()
+	s.out = map[string]bool{}
+	s.mu.Unlock()
+}
+
+// queued is how many outbound messages wait on disk for the broker's
+// acknowledgement.
+func (s *store) queued() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.out)
 }

@@ -49,6 +49,7 @@ const (
 	TokenRequest                   // <prefix>/device/<id>/token-request, QoS 1, unit → fleetd, signed by the unit
 	Token                          // <prefix>/device/<id>/token, QoS 1, fleetd → unit, sealed to the unit's key
 	Schedule                       // <prefix>/device/<id>/schedule, retained, fleetd → unit, signed
+	DeviceAudit                    // <prefix>/device/<id>/audit, QoS 1, unit → fleetd, records signed by the unit (provisioning/audit)
 )
 
 func (k Kind) String() string {
@@ -77,6 +78,8 @@ func (k Kind) String() string {
 		return "token"
 	case Schedule:
 		return "schedule"
+	case DeviceAudit:
+		return "audit"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -123,6 +126,9 @@ func (t Topics) Reported(id string) string { return t.device(id, "reported") }
 // Events carries unit id's events.
 func (t Topics) Events(id string) string { return t.device(id, "events") }
 
+// Audit carries unit id's audit records, one per message.
+func (t Topics) Audit(id string) string { return t.device(id, "audit") }
+
 // TokenRequest is where unit id asks fleetd for a conference token.
 func (t Topics) TokenRequest(id string) string { return t.device(id, "token-request") }
 
@@ -166,6 +172,8 @@ func (t Topics) AllDevices(k Kind) string {
 		return t.device("+", "token")
 	case Schedule:
 		return t.device("+", "schedule")
+	case DeviceAudit:
+		return t.device("+", "audit")
 	}
 	return ""
 }
@@ -199,6 +207,8 @@ func (t Topics) Parse(topic string) (k Kind, name string, ok bool) {
 		return Token, name, true
 	case "device/schedule":
 		return Schedule, name, true
+	case "device/audit":
+		return DeviceAudit, name, true
 	case "group/config":
 		return GroupConfig, name, true
 	case "group/cmd":
