@@ -136,6 +136,21 @@ type Config struct {
 		} `toml:"echo"`
 	} `toml:"sim"`
 	Fleet Fleet `toml:"fleet"`
+	// Privacy is what the privacy report (appliance/report) declares: the
+	// clinic's regions and the region of each media host it allows.
+	Privacy struct {
+		// Regions are the regions the clinic declares media may go to.
+		Regions []string `toml:"regions"`
+		// HostRegions maps a media server host (as in conference.url or
+		// allowed_hosts) to its declared region.
+		HostRegions map[string]string `toml:"host_regions"`
+	} `toml:"privacy"`
+	// Audit is the unit's audit log's retention (provisioning/audit).
+	// Local only: the log is opened once at start.
+	Audit struct {
+		Retention Duration `toml:"retention"`
+		MaxBytes  int64    `toml:"max_bytes"`
+	} `toml:"audit"`
 }
 
 // Fleet is the [fleet] section: how the unit reaches its fleet. The

@@ -42,6 +42,8 @@ const (
 //	log.format              local      the logger is made once at start
 //	[sim] [sim.echo]        live       unit re-opened
 //	[audio]                 live       unit re-opened (the next call's processor)
+//	[privacy]               live       only the privacy report reads it, from the running config
+//	[audit]                 local      the audit log is opened once at start
 //	fleet.broker, ca_file,
 //	  cert_file, key_file,
 //	  confirm_timeout       live       the agent reconnects on the new connection (ConnectionFor)
@@ -93,6 +95,9 @@ var scopes = []struct {
 	{"conference", Live},
 	{"sim", Live},
 	{"audio", Live},
+	// The report reads the running config; the audit log is opened at start.
+	{"privacy", Live},
+	{"audit", LocalOnly},
 }
 
 // ScopeOf is key's scope ("fleet.broker", or a section classified whole,

@@ -28,6 +28,8 @@ func (c *Config) Validate() error {
 		oneOf("unit.network_apply", c.Unit.NetworkApply, "", "helper", "none"),
 		c.Network.Validate(),
 		pos("shutter.timeout", c.Shutter.Timeout, 50*time.Millisecond, 30*time.Second),
+		pos("audit.retention", c.Audit.Retention, time.Hour, 10*365*24*time.Hour),
+		auditSize(c.Audit.MaxBytes),
 		pos("call.join_timeout", c.Call.JoinTimeout, time.Second, 5*time.Minute),
 		pos("call.leave_timeout", c.Call.LeaveTimeout, 100*time.Millisecond, time.Minute),
 		pos("call.max_length", c.Call.MaxLength, 0, 24*time.Hour),
@@ -157,6 +159,13 @@ func loopbackAddr(key, v string) error {
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("%s: the port is not a number from 0 to 65535", key)
+	}
+	return nil
+}
+
+func auditSize(n int64) error {
+	if n < 64<<10 || n > 1<<30 {
+		return fmt.Errorf("audit.max_bytes = %d is out of range: use 65536 (64 KiB) to 1073741824 (1 GiB)", n)
 	}
 	return nil
 }
