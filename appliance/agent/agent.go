@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/provisioning/audit"
 	"github.com/konsult/konsult/provisioning/configstore"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/link"
@@ -95,6 +96,13 @@ type Options struct {
 	// reported, renewed through the certificate command, and nil for a
 	// unit provisioned with certificate files by hand.
 	Identity Identity
+	// Audit, if set, is the unit's audit log: the agent records what it
+	// decides and what the appliance and identity report, and ships the
+	// records to the fleet (audit.go).
+	Audit *audit.Log
+	// CallE2EE says whether a call just joined is end-to-end encrypted:
+	// "true", "false" or "unknown" (nil: unknown), for the audit log.
+	CallE2EE func() string
 	Logger   *slog.Logger
 }
 
@@ -133,6 +141,9 @@ type Agent struct {
 	isDeferred    bool
 
 	refresh chan struct{} // RefreshReported asks Run to publish
+
+	aud       auditState // owned by Run
+	auditSent uint64     // guarded by mu: aud.sent for Reported
 }
 
 // New opens the config store and brings the unit up on the config it
@@ -176,6 +187,8 @@ func New(opts Options) (*Agent, error) {
 		store.Close()
 		return nil, err
 	}
+	a.loadAudit()
+	a.auditSent = a.aud.sent
 	return a, nil
 }
 
@@ -265,6 +278,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer cancel()
 		events = ch
 	}
+	var auditC <-chan struct{}
+	if a.opts.Audit != nil {
+		auditC = a.opts.Audit.Notify()
+	}
 	if err := a.openLink(); err != nil {
 		return err
 	}
@@ -277,6 +294,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.armConfirm()
 	}
 	a.publishState()
+	a.auditIdentity(nil)
+	a.shipAudit()
 
 	for {
 		var confirmC <-chan time.Time
@@ -301,7 +320,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.confirm = nil
 			a.onConfirmTimeout()
 		case <-a.refresh:
+			a.auditIdentity(nil)
 			a.publishReported()
+		case <-auditC:
+			a.shipAudit()
 		case ev, ok := <-events:
 			if !ok {
 				events = nil
@@ -354,9 +376,11 @@ func withoutStatus(o link.Options) link.Options {
 
 func (a *Agent) onConn(s link.ConnState) {
 	a.setUp(s.Up)
+	a.auditIdentity(s.Err)
 	if !s.Up {
 		return
 	}
+	a.shipAudit()
 	if _, pending := a.store.Pending(); pending && a.deferred == nil {
 		a.stopConfirm()
 		if err := a.store.Confirm(); err != nil {

@@ -20,6 +20,7 @@ func (a *Agent) RefreshReported() {
 
 func (a *Agent) onApplianceEvent(ev appliance.Event) {
 	t := a.redact.text
+	a.auditAppliance(ev)
 	switch ev.Type {
 	case "state":
 		a.publish(fleet.EventState, fleet.State{State: string(ev.State)})
@@ -65,6 +66,7 @@ func cutLast(s, sep string) (string, string, bool) {
 
 // publish queues an event; it reports whether it was queued.
 func (a *Agent) publish(typ string, data any) bool {
+	a.auditFleetEvent(typ, data)
 	if _, err := a.link.PublishEvent(link.Event{Type: typ, Data: data}); err != nil {
 		a.log.Warn("fleet event not queued", "type", typ, "err", err)
 		return false
@@ -119,6 +121,7 @@ func (a *Agent) Reported() fleet.ReportedDoc {
 	if a.opts.Identity != nil {
 		d.Identity = a.opts.Identity.Report()
 	}
+	d.Audit = a.auditReport()
 	a.mu.Lock()
 	d.Deferred = a.isDeferred
 	if a.lastRejection != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/internal/atomicfile"
+	"github.com/konsult/konsult/provisioning/audit"
 )
 
 // ResetPlan is where the things a factory reset removes live. The local
@@ -82,6 +83,13 @@ func (u *Unit) Wipe() error {
 	}
 	if err != nil {
 		return fmt.Errorf("factory reset: %w", err)
+	}
+	// The next audit chain's first record says a reset happened (and
+	// nothing of the identity just wiped).
+	if plan.IdentityDir != "" {
+		if err := audit.MarkReset(filepath.Join(filepath.Dir(plan.IdentityDir), audit.ResetFile), time.Now()); err != nil {
+			return fmt.Errorf("factory reset: %w", err)
+		}
 	}
 	// The journal is the system's: konsult-reset.path sees this marker and
 	// konsult-reset.service (root) vacuums it, then removes the marker.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -11,8 +12,10 @@ import (
 
 	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/appliance/report"
 	"github.com/konsult/konsult/appliance/unit"
 	"github.com/konsult/konsult/hal/board"
+	"github.com/konsult/konsult/provisioning/audit"
 	"github.com/konsult/konsult/provisioning/broker"
 	"github.com/konsult/konsult/provisioning/enrol"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -37,8 +40,11 @@ type fleetSetup struct {
 	log      *slog.Logger
 	// prov is the unit's own identity when it enrols (fleet.enrol_cert);
 	// nil for a unit given its certificate by hand or the --sim demo.
-	prov  *enrol.Unit
-	agent atomic.Pointer[agent.Agent] // once it runs
+	prov        *enrol.Unit
+	agent       atomic.Pointer[agent.Agent] // once it runs
+	local       *config.Config
+	identityDir string
+	audit       *audit.Log // the unit's audit log, opened with the agent
 }
 
 // identity is the unit's enrolled identity, if it enrols.
@@ -83,7 +89,7 @@ func setupFleet(local *config.Config, simulate bool, log *slog.Logger, stdout io
 		log.Info("fleet off: no fleet.broker configured")
 		return nil, nil
 	}
-	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: local.StateDir(simulate), log: log}
+	s := &fleetSetup{device: f.DeviceID, groups: f.Groups, stateDir: local.StateDir(simulate), log: log, local: local, identityDir: local.IdentityDir(simulate)}
 	keyFile := f.FleetKey
 	if f.Enrols() {
 		broker := f.EnrolBroker
@@ -153,6 +159,9 @@ func (s *fleetSetup) startDemo(stdout io.Writer) error {
 }
 
 func (s *fleetSetup) close() {
+	if s != nil && s.audit != nil {
+		s.audit.Close()
+	}
 	if s != nil && s.demo != nil {
 		if err := s.demo.Close(); err != nil {
 			s.log.Warn("fleet demo broker", "err", err)
@@ -194,6 +203,7 @@ func (s *fleetSetup) newAgent(u *unit.Unit, reboot func()) (*agent.Agent, error)
 		Logger:   s.log,
 	}
 	var id agent.Identity // nil (not a typed nil) for a unit without enrolment
+	var signer crypto.Signer
 	if s.prov != nil {
 		// An enrolled unit always speaks as itself: its own key and the
 		// certificate and CA enrolment installed (renewal replaces the
@@ -202,8 +212,14 @@ func (s *fleetSetup) newAgent(u *unit.Unit, reboot func()) (*agent.Agent, error)
 		base.OnConnectError = s.prov.OnConnectError
 		base.OnToken, base.OnSchedule = u.OnToken, u.OnSchedule
 		id = s.prov
+		signer = s.prov.Signer()
+	}
+	var err error
+	if s.audit, err = agent.OpenAudit(s.stateDir, s.identityDir, signer, s.local); err != nil {
+		return nil, err
 	}
 	a, err := agent.New(agent.Options{
+		Audit: s.audit, CallE2EE: func() string { return report.E2EE(u.Running()) },
 		StateDir:   s.stateDir,
 		Keys:       s.keys,
 		Connection: agent.Connection{Link: base},

@@ -18,7 +18,7 @@ func newLog(t *testing.T, dir string, o audit.Options) *audit.Log {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o.Dir, o.Signer = filepath.Join(dir, "audit"), k.Signer()
+	o.Dir, o.Signer, o.ResetMark = filepath.Join(dir, "audit"), k.Signer(), filepath.Join(dir, audit.ResetFile)
 	l, err := audit.Open(o)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +199,7 @@ func TestFactoryResetStartsANewChain(t *testing.T) {
 	// What a reset does: the identity and state go; the mark stays.
 	os.RemoveAll(filepath.Join(dir, "identity"))
 	os.RemoveAll(filepath.Join(dir, "audit"))
-	if err := audit.MarkReset(filepath.Join(dir, "audit"), time.Now()); err != nil {
+	if err := audit.MarkReset(filepath.Join(dir, audit.ResetFile), time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	l2 := newLog(t, dir, audit.Options{})
@@ -214,7 +214,7 @@ func TestFactoryResetStartsANewChain(t *testing.T) {
 	if strings.Contains(line, oldDev) || strings.Contains(line, old.Chain) || strings.Contains(line, old.Hash()) {
 		t.Fatalf("the new chain's first record names the old identity: %s", line)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "audit", audit.ResetFile)); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(dir, audit.ResetFile)); !os.IsNotExist(err) {
 		t.Fatal("the reset mark stayed after the new chain began")
 	}
 }

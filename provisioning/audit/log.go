@@ -23,10 +23,11 @@ import (
 // File names in the log's directory.
 const (
 	LogFile = "audit.jsonl"
-	// ResetFile is left in the fresh directory by a factory reset
-	// (MarkReset): the next chain's first record says a reset happened.
-	// It holds the time of the reset only, nothing of the old identity.
-	ResetFile = "reset"
+	// ResetFile is the name a factory reset leaves its mark under
+	// (MarkReset), beside the identity directory: the next chain's first
+	// record says a reset happened. It holds the time of the reset only,
+	// nothing of the old identity.
+	ResetFile = "audit-reset"
 )
 
 // Defaults of the retention policy (appliance/config [audit]).
@@ -50,6 +51,10 @@ type Options struct {
 	MaxBytes int64
 	// Now is the clock (time.Now if nil).
 	Now func() time.Time
+	// ResetMark is where a factory reset leaves its mark (MarkReset); ""
+	// for none. A new chain that finds it starts with reason
+	// factory_reset, and removes it.
+	ResetMark string
 }
 
 // Log is the unit's audit log. Its methods are safe for concurrent use.
@@ -68,13 +73,13 @@ type Log struct {
 	started string // why this chain began, if it began at this Open
 }
 
-// MarkReset records in dir that a factory reset happened (appliance/unit
-// calls it after wiping the state directory).
-func MarkReset(dir string, at time.Time) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// MarkReset records at path that a factory reset happened (appliance/unit
+// calls it after wiping the identity and state directories).
+func MarkReset(path string, at time.Time) error {
+	if err := atomicfile.Write(path, []byte(at.UTC().Format(time.RFC3339)+"\n"), 0o600); err != nil {
 		return fmt.Errorf("audit: %w", err)
 	}
-	return atomicfile.Write(filepath.Join(dir, ResetFile), []byte(at.UTC().Format(time.RFC3339)+"\n"), 0o600)
+	return nil
 }
 
 // Open opens the log in o.Dir, starting a new chain if there is none (or
@@ -116,7 +121,7 @@ func Open(o Options) (*Log, error) {
 		return nil, err
 	}
 	if reason != "" {
-		if _, err := os.Stat(filepath.Join(o.Dir, ResetFile)); err == nil {
+		if _, err := os.Stat(o.ResetMark); o.ResetMark != "" && err == nil {
 			reason = "factory_reset"
 		}
 		l.started = reason
@@ -124,7 +129,9 @@ func Open(o Options) (*Log, error) {
 			l.f.Close()
 			return nil, err
 		}
-		_ = os.Remove(filepath.Join(o.Dir, ResetFile))
+		if o.ResetMark != "" {
+			_ = os.Remove(o.ResetMark)
+		}
 	}
 	l.mu.Lock()
 	err = l.pruneLocked()

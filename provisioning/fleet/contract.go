@@ -52,7 +52,20 @@ type ReportedDoc struct {
 	// Identity is the unit's enrolled certificate (absent for a unit whose
 	// certificate was installed by hand).
 	Identity *IdentityReport `json:"identity,omitempty"`
-	At       time.Time       `json:"at"`
+	// Audit is the unit's audit log (provisioning/audit) as the fleet
+	// needs it to find gaps (absent for a unit that keeps none).
+	Audit *AuditReport `json:"audit,omitempty"`
+	At    time.Time    `json:"at"`
+}
+
+// AuditReport is the high-water mark of the unit's audit log.
+type AuditReport struct {
+	Chain string `json:"chain"`
+	// Sent is the highest seq handed to the fleet link (queued or
+	// delivered); Head the highest written, and HeadHash its hash.
+	Sent     uint64 `json:"sent"`
+	Head     uint64 `json:"head"`
+	HeadHash string `json:"head_hash"`
 }
 
 // IdentityReport is the unit's certificate as the fleet needs to know it.

@@ -1,0 +1,244 @@
+package agent
+
+import (
+	"crypto"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/internal/atomicfile"
+	"github.com/konsult/konsult/provisioning/audit"
+	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/identity"
+	"github.com/konsult/konsult/provisioning/link"
+)
+
+// The unit's audit log (provisioning/audit) is written here, from the
+// same facts the fleet events come from, and shipped to the fleet on the
+// unit's audit topic: what the agent decides about configs and commands,
+// what the appliance reports (calls, privacy, mute, faults, the factory
+// reset), and the identity's enrolment, renewal and revocation.
+//
+// Shipping: the log is the queue of record. The agent hands every record
+// after the last one it handed over (sentFile) to the link, which keeps
+// it on disk until the broker has it. When the link's queue is full the
+// rest wait in the log and go at the next append or connect; the log's own
+// bound (retention, size) is the policy when the broker stays away.
+
+// sentFile, in the log's directory, is "<chain> <seq>": the last record
+// handed to the link.
+const sentFile = "sent"
+
+// auditState is owned by the goroutine running Run, apart from what the
+// mutex guards.
+type auditState struct {
+	chain string
+	sent  uint64
+	// privacy and mute as last recorded, to record changes only.
+	privacy, mute bool
+	serial        string // the certificate serial last recorded
+	revoked       bool
+}
+
+func (a *Agent) auditDir() string { return filepath.Join(a.opts.StateDir, "audit") }
+
+// loadAudit reads what was shipped, and the certificate serial last
+// recorded.
+func (a *Agent) loadAudit() {
+	if a.opts.Audit == nil {
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(a.auditDir(), sentFile))
+	if err == nil {
+		f := strings.Fields(string(b))
+		if len(f) == 2 && f[0] == a.opts.Audit.Head().Chain {
+			a.aud.chain = f[0]
+			a.aud.sent, _ = strconv.ParseUint(f[1], 10, 64)
+		}
+	}
+	if a.aud.chain == "" {
+		a.aud.chain = a.opts.Audit.Head().Chain
+	}
+	for _, r := range a.opts.Audit.Records() {
+		if s := r.Fields["serial"]; s != "" && (r.Kind == audit.KindEnrolled || r.Kind == audit.KindRenewed) {
+			a.aud.serial = s
+		}
+	}
+	if a.opts.Appliance != nil {
+		st := a.opts.Appliance.Status()
+		a.aud.privacy, a.aud.mute = st.Privacy, st.Mute
+	}
+}
+
+// record appends to the audit log; a failure is logged, never fatal.
+func (a *Agent) record(kind string, fields map[string]string) {
+	if a.opts.Audit == nil {
+		return
+	}
+	if _, err := a.opts.Audit.Append(kind, fields); err != nil {
+		a.log.Error("audit record not written", "kind", kind, "err", err)
+	}
+}
+
+// auditFleetEvent records what a fleet event says, for the kinds the
+// audit log keeps.
+func (a *Agent) auditFleetEvent(typ string, data any) {
+	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	switch d := data.(type) {
+	case fleet.Started:
+		a.record(audit.KindStarted, map[string]string{"version": d.Version, "generation": u(d.Generation)})
+	case fleet.ConfigApplied:
+		if typ == fleet.EventConfigApplied {
+			a.record(audit.KindConfigApplied, map[string]string{"target": d.Target, "version": u(d.Version), "generation": u(d.Generation)})
+		}
+	case *fleet.Rejection:
+		a.record(audit.KindConfigRejected, map[string]string{"target": d.Target, "version": u(d.Version), "reason": d.Reason})
+	case fleet.Rejection:
+		a.record(audit.KindConfigRejected, map[string]string{"target": d.Target, "version": u(d.Version), "reason": d.Reason})
+	case fleet.Rollback:
+		a.record(audit.KindConfigRolledBack, map[string]string{"from_generation": u(d.FromGeneration), "to_generation": u(d.ToGeneration), "reason": d.Reason})
+	case *fleet.Rollback:
+		a.record(audit.KindConfigRolledBack, map[string]string{"from_generation": u(d.FromGeneration), "to_generation": u(d.ToGeneration), "reason": d.Reason})
+	case fleet.CommandResult:
+		res := "done"
+		if typ == fleet.EventCommandRefused {
+			res = "refused"
+		}
+		a.record(audit.KindCommand, map[string]string{"name": d.Name, "result": res, "reason": d.Reason})
+	case fleet.Call:
+		if typ == fleet.EventCallJoined {
+			a.record(audit.KindCallJoined, map[string]string{"meeting": d.Meeting, "e2ee": a.callE2EE()})
+		} else {
+			a.record(audit.KindCallLeft, map[string]string{"meeting": d.Meeting, "reason": d.Reason})
+		}
+	case fleet.Fault:
+		if typ == fleet.EventFaultCleared {
+			a.record(audit.KindFaultCleared, map[string]string{"source": d.Source})
+		} else {
+			a.record(audit.KindFault, map[string]string{"source": d.Source, "reason": d.Reason})
+		}
+	}
+}
+
+// callE2EE is whether the call just joined is end-to-end encrypted, as the
+// unit says (Options.CallE2EE): "true", "false" or "unknown".
+func (a *Agent) callE2EE() string {
+	if a.opts.CallE2EE == nil {
+		return "unknown"
+	}
+	return a.opts.CallE2EE()
+}
+
+// auditAppliance records what the fleet events do not carry: privacy and
+// mute turning on and off, and a factory reset about to wipe the unit.
+func (a *Agent) auditAppliance(ev appliance.Event) {
+	if a.opts.Audit == nil {
+		return
+	}
+	if ev.Type == "factory_reset" && ev.Detail == "wiping" {
+		a.record(audit.KindFactoryReset, nil)
+	}
+	if a.opts.Appliance == nil {
+		return
+	}
+	st := a.opts.Appliance.Status()
+	if st.Privacy != a.aud.privacy {
+		a.aud.privacy = st.Privacy
+		a.record(map[bool]string{true: audit.KindPrivacyOn, false: audit.KindPrivacyOff}[st.Privacy], nil)
+	}
+	if st.Mute != a.aud.mute {
+		a.aud.mute = st.Mute
+		a.record(map[bool]string{true: audit.KindMuteOn, false: audit.KindMuteOff}[st.Mute], nil)
+	}
+}
+
+// auditIdentity records enrolment (the first certificate this chain sees),
+// renewal (a new serial) and revocation (the broker refusing the
+// certificate as revoked).
+func (a *Agent) auditIdentity(connErr error) {
+	if a.opts.Audit == nil {
+		return
+	}
+	if a.opts.Identity != nil {
+		if rep := a.opts.Identity.Report(); rep != nil && rep.Serial != "" && rep.Serial != a.aud.serial {
+			kind := audit.KindRenewed
+			if a.aud.serial == "" {
+				kind = audit.KindEnrolled
+			}
+			a.aud.serial = rep.Serial
+			a.record(kind, map[string]string{"serial": rep.Serial, "not_after": rep.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
+		}
+	}
+	if link.Revoked(connErr) && !a.aud.revoked {
+		a.aud.revoked = true
+		a.record(audit.KindRevoked, nil)
+	}
+}
+
+// shipAudit hands the records not yet handed over to the link, and
+// refreshes the reported document's high-water mark.
+func (a *Agent) shipAudit() {
+	l := a.opts.Audit
+	if l == nil {
+		return
+	}
+	head := l.Head()
+	if head.Chain != a.aud.chain {
+		a.aud.chain, a.aud.sent = head.Chain, 0
+	}
+	before := a.aud.sent
+	for _, r := range l.After(a.aud.sent) {
+		if err := a.link.PublishAudit(r.Line()); err != nil {
+			if !errors.Is(err, link.ErrQueueFull) && !errors.Is(err, link.ErrClosed) {
+				a.log.Warn("audit record not queued; it stays in the log", "seq", r.Seq, "err", err)
+			}
+			break
+		}
+		a.aud.sent = r.Seq
+	}
+	if a.aud.sent != before {
+		line := fmt.Sprintf("%s %d\n", a.aud.chain, a.aud.sent)
+		if err := atomicfile.Write(filepath.Join(a.auditDir(), sentFile), []byte(line), 0o600); err != nil {
+			a.log.Warn("audit: where shipping stands was not saved; records may go twice", "err", err)
+		}
+		a.mu.Lock()
+		a.auditSent = a.aud.sent
+		a.mu.Unlock()
+		a.publishReported()
+	}
+}
+
+// auditReport is the reported document's audit part.
+func (a *Agent) auditReport() *fleet.AuditReport {
+	if a.opts.Audit == nil {
+		return nil
+	}
+	h := a.opts.Audit.Head()
+	a.mu.Lock()
+	sent := a.auditSent
+	a.mu.Unlock()
+	return &fleet.AuditReport{Chain: h.Chain, Sent: sent, Head: h.Seq, HeadHash: h.Hash()}
+}
+
+// OpenAudit opens the unit's audit log in <stateDir>/audit with the
+// retention of c's [audit], signed with signer (the enrolled unit's key),
+// or, for a unit given its certificate by hand or the --sim demo, with the
+// unit's own key in identityDir (made there on first use, as enrolment
+// would).
+func OpenAudit(stateDir, identityDir string, signer crypto.Signer, c *config.Config) (*audit.Log, error) {
+	if signer == nil {
+		k, _, err := identity.LoadOrCreateKey(identityDir)
+		if err != nil {
+			return nil, fmt.Errorf("audit log: %w", err)
+		}
+		signer = k.Signer()
+	}
+	return audit.Open(audit.Options{Dir: filepath.Join(stateDir, "audit"), Signer: signer,
+		Retention: c.Audit.Retention.Duration, MaxBytes: c.Audit.MaxBytes,
+		ResetMark: filepath.Join(filepath.Dir(identityDir), audit.ResetFile)})
+}
