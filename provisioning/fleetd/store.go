@@ -49,6 +49,27 @@ var migrations = []string{
 		answered_at INTEGER NOT NULL,
 		error TEXT
 	);`,
+	// 2: the units' audit records (provisioning/audit) as they arrived,
+	// and each unit's audit high-water mark from its reported state.
+	`CREATE TABLE audit_records (
+		id INTEGER PRIMARY KEY,
+		unit TEXT NOT NULL,
+		chain TEXT NOT NULL,
+		seq INTEGER NOT NULL,
+		hash TEXT NOT NULL,
+		line TEXT NOT NULL,
+		received_at INTEGER NOT NULL,
+		UNIQUE (unit, chain, seq, hash)
+	);
+	CREATE INDEX audit_records_unit ON audit_records(unit, chain, seq);
+	CREATE TABLE audit_marks (
+		unit TEXT PRIMARY KEY,
+		chain TEXT NOT NULL,
+		sent INTEGER NOT NULL,
+		head INTEGER NOT NULL,
+		head_hash TEXT NOT NULL,
+		at INTEGER NOT NULL
+	);`,
 }
 
 // Store is fleetd's database.

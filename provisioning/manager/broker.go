@@ -28,6 +28,12 @@ type Broker struct {
 	// (konsult/<Client>/…): "fleetctl" if empty, "fleetd" for the fleet
 	// service, whose ACL grants it only its own tree.
 	Client string
+	// Session, if set, makes the connection a persistent session under the
+	// fixed client id konsult/<Client>/<Session>: the broker keeps its
+	// subscriptions and queues QoS 1 messages for it while it is away
+	// (fleetd's audit store must not miss a record a unit sent meanwhile).
+	// Only one process may use a given session at a time.
+	Session string
 }
 
 // The shipped broker's listeners (deploy/mosquitto): 8883 for enrolled

@@ -93,6 +93,9 @@ func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*
 		name = "fleetctl"
 	}
 	id := link.ClientIDPrefix + name + "/" + tag
+	if s.Session != "" {
+		id = link.ClientIDPrefix + name + "/" + s.Session
+	}
 	fc := &Client{
 		topics:  link.Topics{Prefix: s.Prefix},
 		host:    host,
@@ -133,7 +136,7 @@ func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*
 	})
 	o.SetClientID(id)
 	o.SetProtocolVersion(4)
-	o.SetCleanSession(true)
+	o.SetCleanSession(s.Session == "")
 	// In order: the sync marker must come after the retained messages the
 	// broker sent before it.
 	o.SetOrderMatters(true)
