@@ -36,6 +36,9 @@ type Service struct {
 	changed   chan struct{}
 	ready     chan struct{}
 	readyOnce sync.Once
+
+	auditUp    chan struct{} // closed once the audit store listens
+	auditReady sync.Once
 }
 
 // workers answer token requests side by side: each waits for its PUBACK,
@@ -61,7 +64,7 @@ func New(cfg *Config, log *slog.Logger) (*Service, error) {
 	}
 	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
 		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{},
-		changed: make(chan struct{}, 1), ready: make(chan struct{})}, nil
+		changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
 }
 
 // Store is the service's database.
@@ -86,7 +89,12 @@ func (s *Service) Changed() {
 func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	go func() {
+		if err := s.runAudit(ctx); err != nil {
+			errc <- err
+		}
+	}()
 	if s.cfg.Socket != "" {
 		ln, err := listenSocket(s.cfg.Socket, os.FileMode(s.cfg.SocketMode))
 		if err != nil {
