@@ -36,6 +36,7 @@ func subcommands() []subcommand {
 		{"revoke", "ID [--crl-out FILE]", "revoke a unit's certificate (the broker refuses it at its next connect, after Mosquitto restarts) and clear its retained topics", revokeCmd, ""},
 		{"renew", "[--watch]", "sign the certificate renewals units ask for and send them back", renewCmd, ""},
 		{"consult", "add --unit ID --at 2026-12-02T10:30 [--for 30m] | list [--unit ID] [--all] | cancel ID | import [--unit ID] FILE.ics", "book, list and cancel consultations in fleetd (one-button join); import a booking calendar", consultCmd, consultNotes},
+		{"audit", "verify --unit ID [--db FILE] | verify --file FILE [--unit ID] | export --unit ID [--out FILE]", "verify a unit's signed audit chain as fleetd holds it (or a log file): the first edited, deleted, reordered or inserted record, and gaps", auditCmd, auditNotes},
 		{"cmd", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/provisioning/audit"
+)
+
+// TestAuditChainSurvivesABrokerOutage: an enrolled unit busy with its
+// privacy button while its broker goes away and comes back; the fleet
+// service ends with the unit's whole chain, identical to the unit's own
+// log, and it verifies. Real roomd, Mosquitto and fleetd.
+func TestAuditChainSurvivesABrokerOutage(t *testing.T) {
+	f := newEnrolFleet(t)
+	svc := startFleetd(t, f, &farend.LiveKit{APIKey: "devkey", APISecret: "fleetd-test-secret-0123456789abcdef"}, "")
+	select {
+	case <-svc.AuditReady():
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleetd's audit store did not connect")
+	}
+	u, id, dir := f.enrolUnit(t, "")
+	ctx := context.Background()
+
+	const presses = 60
+	for i := range presses {
+		if i == presses/3 {
+			f.b.Stop()
+			t.Log("broker stopped")
+		}
+		if i == 2*presses/3 {
+			f.b.Restart()
+			t.Log("broker back")
+		}
+		u.press("privacy")
+		time.Sleep(80 * time.Millisecond) // a released button is debounced too
+		want := i%2 == 0
+		u.within(5*time.Second, fmt.Sprintf("privacy %v after press %d", want, i), func(s status) bool { return s.Privacy == want })
+	}
+
+	// The unit's own log, and what the fleet holds of it.
+	logPath := filepath.Join(dir, "state", "audit", audit.LogFile)
+	var unitLines [][]byte
+	var head uint64
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, err := os.ReadFile(logPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unitLines = bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
+		last, err := audit.Parse(unitLines[len(unitLines)-1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		head = last.Seq
+		chains, _ := svc.Store().AuditChains(ctx, id)
+		var held [][]byte
+		if len(chains) == 1 {
+			held, _ = svc.Store().AuditLines(ctx, id, chains[0])
+		}
+		mark, _, ok, _ := svc.Store().AuditMark(ctx, id)
+		if len(held) == len(unitLines) && ok && mark.Sent == head && bytes.Equal(bytes.Join(held, []byte("\n")), bytes.Join(unitLines, []byte("\n"))) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("fleetd holds %d records of the unit's %d (chains %v, mark %+v ok=%v)", len(held), len(unitLines), chains, mark, ok)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if head < presses {
+		t.Fatalf("the unit wrote %d records for %d privacy presses", head, presses)
+	}
+	var recs []audit.Record
+	privacy := 0
+	for _, l := range unitLines {
+		r, _ := audit.Parse(l)
+		recs = append(recs, r)
+		if r.Kind == audit.KindPrivacyOn || r.Kind == audit.KindPrivacyOff {
+			privacy++
+		}
+	}
+	if privacy != presses {
+		t.Errorf("%d privacy records for %d presses", privacy, presses)
+	}
+	if recs[0].Kind != audit.KindChainStarted || recs[0].Fields["reason"] != "first_start" {
+		t.Errorf("first record %+v", recs[0])
+	}
+	res := audit.Verify(recs, id)
+	if !res.OK() || res.Last != head {
+		t.Fatalf("the fleet's chain does not verify: %+v %v", res, res.Problem)
+	}
+	t.Logf("fleet holds all %d records; chain verifies, signed by %s", res.Records, res.Device)
+
+	// Nothing secret in the log or roomd's output: no key material, no
+	// claim code, no URL with credentials.
+	claim, _ := os.ReadFile(filepath.Join(f.caDir, "enrol", "konsult-enrol.key"))
+	secretish := regexp.MustCompile(`PRIVATE KEY|[a-z]+://[^/\s"]*:[^/\s"]*@|eyJ[a-zA-Z0-9_-]{10,}`)
+	for name, text := range map[string][]byte{"audit log": bytes.Join(unitLines, nil), "roomd log": []byte(u.logs.String()), "roomd stdout": []byte(u.stdout.String())} {
+		if m := secretish.Find(text); m != nil {
+			t.Errorf("%s holds %q", name, m)
+		}
+		if len(claim) > 0 && bytes.Contains(text, bytes.TrimSpace(claim)) {
+			t.Errorf("%s holds the enrolment key", name)
+		}
+	}
+}
