@@ -153,3 +153,9 @@ func (c *Client) Events(ctx context.Context, fn func(appliance.Event) bool) erro
 	}
 	return sc.Err()
 }
+
+// PrivacyReport fetches the unit's privacy report (JSON, appliance/report's
+// Report) into out.
+func (c *Client) PrivacyReport(ctx context.Context, out any) error {
+	return c.do(ctx, http.MethodGet, "/v1/privacy-report", nil, out)
+}

@@ -49,6 +49,12 @@ type Provisioner interface {
 	FactoryReset(ctx context.Context) error
 }
 
+// Reporter is a Unit that makes its privacy report (appliance/report's
+// Report); a Unit that is not one answers 409.
+type Reporter interface {
+	PrivacyReport(ctx context.Context) any
+}
+
 // Sim is the simulated board's fault and button injection.
 type Sim interface {
 	Press(ctx context.Context, button string, hold time.Duration) error
@@ -161,7 +167,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // unixOnly are the calls a local page never needs and must never make:
 // they enrol, wipe, or press the simulated buttons (pressing PRIVACY and
 // JOIN together is a factory reset). roomctl makes them on the socket.
-var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/fault"}
+var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/fault", "/v1/privacy-report"}
 
 // routes is the API's mux. Each listener gets its own, so the event-stream
 // cap of one listener (a flood over HTTP) leaves the other's alone.
@@ -183,7 +189,17 @@ func (s *Server) routes(unixSocket bool) http.Handler {
 	mux.HandleFunc("POST /v1/factory-reset", s.handleFactoryReset)
 	mux.HandleFunc("POST /v1/press", s.handlePress)
 	mux.HandleFunc("POST /v1/fault", s.handleFault)
+	mux.HandleFunc("GET /v1/privacy-report", s.handlePrivacyReport)
 	return mux
+}
+
+func (s *Server) handlePrivacyReport(w http.ResponseWriter, r *http.Request) {
+	rep, ok := s.unit.(Reporter)
+	if !ok {
+		writeErr(w, http.StatusConflict, errors.New("this unit makes no privacy report"))
+		return
+	}
+	writeJSON(w, http.StatusOK, rep.PrivacyReport(r.Context()))
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -29,6 +29,9 @@ Commands:
                              bouncy_buttons, shutter_drift, join_fails, call_drop, camera_lost
   doctor [--json]            check the wiring; each failure names the pin and the fix
   enrol CODE                 give the unit its claim code (from the fleet manager) to join the fleet
+  privacy-report [--html] [--config FILE] [--out FILE]
+                             the privacy report for the data protection officer (Markdown, or a
+                             print-ready HTML page): from the running unit, or offline from a config file
   factory-reset --yes        wipe the unit's identity and fleet config and start again as a new unit
                              (also: hold PRIVACY and JOIN together for 10 s)
 `
@@ -99,6 +102,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		_, err := fmt.Fprintln(stdout, "claim code taken: the unit asks the fleet to approve it; roomctl status shows how it stands")
 		return err
+	case "privacy-report":
+		return privacyReport(ctx, c, rest, stdout, jsonOut)
 	case "factory-reset":
 		if len(rest) != 1 || rest[0] != "--yes" {
 			return errors.New("factory-reset wipes the unit's identity, fleet config and queued events: run roomctl factory-reset --yes")
