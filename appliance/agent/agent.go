@@ -100,6 +100,9 @@ type Options struct {
 	// decides and what the appliance and identity report, and ships the
 	// records to the fleet (audit.go).
 	Audit *audit.Log
+	// PrivacyReport makes the unit's privacy report for the
+	// privacy-report command (nil: the command fails).
+	PrivacyReport func(context.Context) any
 	// CallE2EE says whether a call just joined is end-to-end encrypted:
 	// "true", "false" or "unknown" (nil: unknown), for the audit log.
 	CallE2EE func() string

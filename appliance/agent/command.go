@@ -26,6 +26,10 @@ func (a *Agent) handleCommand(ctx context.Context, m link.Message) {
 		return
 	}
 	res = fleet.CommandResult{Name: c.Name, Nonce: c.Nonce}
+	if c.Name == fleet.CommandPrivacyReport {
+		a.privacyReport(ctx, &res)
+		return
+	}
 	checks, err := a.run(ctx, c)
 	for _, ch := range checks {
 		res.Checks = append(res.Checks, fleet.DoctorCheck{Name: ch.Name, OK: ch.OK, Detail: a.redact.text(ch.Detail), Fix: a.redact.text(ch.Fix)})
@@ -57,7 +61,7 @@ func peekCommand(env []byte) fleet.CommandResult {
 		return out
 	}
 	switch p.Name {
-	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate, fleet.CommandDoctor:
+	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate, fleet.CommandDoctor, fleet.CommandPrivacyReport:
 		out.Name = p.Name
 	}
 	if len(p.Nonce) == 32 && isLowerHex(p.Nonce) {
@@ -125,4 +129,29 @@ func (a *Agent) do(ctx context.Context, c *fleet.Command) error {
 		return nil
 	}
 	return fmt.Errorf("unknown command %q", c.Name)
+}
+
+// privacyReport answers the privacy-report command with the unit's report,
+// every secret-looking config value cut out of it once more.
+func (a *Agent) privacyReport(ctx context.Context, res *fleet.CommandResult) {
+	if a.opts.PrivacyReport == nil {
+		res.Reason, res.Message = "failed", "this unit makes no privacy report"
+		a.publish(fleet.EventCommandRefused, *res)
+		return
+	}
+	b, err := json.Marshal(a.opts.PrivacyReport(ctx))
+	if err != nil {
+		res.Reason, res.Message = "failed", "the privacy report could not be encoded"
+		a.publish(fleet.EventCommandRefused, *res)
+		return
+	}
+	red := a.redact.text(string(b))
+	if !json.Valid([]byte(red)) {
+		res.Reason, res.Message = "failed", "the privacy report could not be sent with its secrets cut out"
+		a.publish(fleet.EventCommandRefused, *res)
+		return
+	}
+	res.Report = json.RawMessage(red)
+	a.log.Info("command done", "name", res.Name)
+	a.publish(fleet.EventCommandDone, *res)
 }

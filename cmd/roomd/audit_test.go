@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,11 +100,48 @@ func TestAuditChainSurvivesABrokerOutage(t *testing.T) {
 	}
 	t.Logf("fleet holds all %d records; chain verifies, signed by %s", res.Records, res.Device)
 
+	// The fleet manager's view: fleetctl audit verify on fleetd's database.
+	verdict := f.run("audit", "verify", "--unit", id, "--db", svc.DatabasePath())
+	if !strings.Contains(verdict, ": OK") || !strings.Contains(verdict, fmt.Sprintf("records 1 to %d verified", head)) {
+		t.Fatalf("fleetctl audit verify:\n%s", verdict)
+	}
+	// A copy of the unit's own log, tampered with four ways.
+	swap := func(ls [][]byte, i, j int) [][]byte { ls[i], ls[j] = ls[j], ls[i]; return ls }
+	for name, tamper := range map[string]func([][]byte) [][]byte{
+		"edited": func(ls [][]byte) [][]byte {
+			ls[10] = bytes.Replace(ls[10], []byte("privacy_o"), []byte("mute_o"), 1)
+			return ls
+		},
+		"deleted":   func(ls [][]byte) [][]byte { return append(ls[:20:20], ls[21:]...) },
+		"reordered": func(ls [][]byte) [][]byte { return swap(ls, 30, 31) },
+		"inserted":  func(ls [][]byte) [][]byte { return append(ls[:40:40], append([][]byte{ls[12]}, ls[40:]...)...) },
+	} {
+		ls := make([][]byte, len(unitLines))
+		for i := range unitLines {
+			ls[i] = bytes.Clone(unitLines[i])
+		}
+		p := filepath.Join(t.TempDir(), name+".jsonl")
+		os.WriteFile(p, append(bytes.Join(tamper(ls), []byte("\n")), '\n'), 0o600)
+		out, err := f.try("audit", "verify", "--file", p, "--unit", id)
+		if err == nil || !strings.Contains(out, "FAILED") || !strings.Contains(out, name) {
+			t.Errorf("fleetctl audit verify of a log %s: err=%v\n%s", name, err, out)
+		}
+	}
+
+	// The privacy report as the fleet manager gets it from the unit.
+	rep := f.run("privacy-report", "--unit", id)
+	for _, want := range []string{"# Privacy report: unit " + id, "| broker | 127.0.0.1 |", "## Audit log", fmt.Sprintf("%d records written", head)} {
+		if !strings.Contains(rep, want) {
+			t.Errorf("fleetctl privacy-report lacks %q:\n%s", want, rep)
+		}
+	}
+
 	// Nothing secret in the log or roomd's output: no key material, no
 	// claim code, no URL with credentials.
 	claim, _ := os.ReadFile(filepath.Join(f.caDir, "enrol", "konsult-enrol.key"))
 	secretish := regexp.MustCompile(`PRIVATE KEY|[a-z]+://[^/\s"]*:[^/\s"]*@|eyJ[a-zA-Z0-9_-]{10,}`)
-	for name, text := range map[string][]byte{"audit log": bytes.Join(unitLines, nil), "roomd log": []byte(u.logs.String()), "roomd stdout": []byte(u.stdout.String())} {
+	for name, text := range map[string][]byte{"audit log": bytes.Join(unitLines, nil), "roomd log": []byte(u.logs.String()), "roomd stdout": []byte(u.stdout.String()),
+		"privacy report": []byte(rep), "verify output": []byte(verdict)} {
 		if m := secretish.Find(text); m != nil {
 			t.Errorf("%s holds %q", name, m)
 		}

@@ -219,7 +219,7 @@ func (s *fleetSetup) newAgent(u *unit.Unit, reboot func()) (*agent.Agent, error)
 		return nil, err
 	}
 	a, err := agent.New(agent.Options{
-		Audit: s.audit, CallE2EE: func() string { return report.E2EE(u.Running()) },
+		Audit: s.audit, CallE2EE: func() string { return report.E2EE(u.Running()) }, PrivacyReport: u.PrivacyReport,
 		StateDir:   s.stateDir,
 		Keys:       s.keys,
 		Connection: agent.Connection{Link: base},

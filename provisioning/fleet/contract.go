@@ -1,6 +1,9 @@
 package fleet
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // This file is the unit → fleet contract that fleetctl and dashboards read:
 // the retained status and reported documents and the events. Field names and
@@ -186,6 +189,9 @@ type CommandResult struct {
 	// Checks (doctor only) are the unit's self-check, as roomctl doctor
 	// shows them, with any secret cut out.
 	Checks []DoctorCheck `json:"checks,omitempty"`
+	// Report (privacy-report only) is the unit's privacy report, JSON
+	// (appliance/report's Report).
+	Report json.RawMessage `json:"report,omitempty"`
 }
 
 // DoctorCheck is one line of a unit's self-check: a part of the unit, whether

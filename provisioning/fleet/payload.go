@@ -98,6 +98,10 @@ const (
 	// and sends the checks back with command_done: the Konsult image has no
 	// login, so this is how a fleet manager sees an installation's wiring.
 	CommandDoctor = "doctor"
+	// CommandPrivacyReport makes the unit's privacy report (what roomctl
+	// privacy-report shows, appliance/report) and sends it back with
+	// command_done, for fleetctl privacy-report.
+	CommandPrivacyReport = "privacy-report"
 )
 
 // MaxCommandLifetime bounds expires_at - issued_at for a command: a command is
@@ -137,7 +141,7 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 	var out CommandArgs
 	allowed := map[string]bool{}
 	switch name {
-	case CommandJoin, CommandLeave, CommandReboot, CommandReportNow, CommandDoctor:
+	case CommandJoin, CommandLeave, CommandReboot, CommandReportNow, CommandDoctor, CommandPrivacyReport:
 	case CommandIdentify:
 		allowed["seconds"] = true
 		out.Seconds = IdentifyDefaultSeconds
@@ -152,7 +156,7 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 			return out, fmt.Errorf("certificate's argument must be one PEM certificate of at most %d bytes", MaxCertificateArg)
 		}
 	default:
-		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now, doctor or certificate", name)
+		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now, doctor, privacy-report or certificate", name)
 	}
 	for k := range args {
 		if !allowed[k] {

@@ -170,3 +170,6 @@ func (s *Store) AuditUnits(ctx context.Context) ([]string, error) {
 	}
 	return out, rows.Err()
 }
+
+// DatabasePath is the SQLite file fleetd keeps (fleetctl audit reads it).
+func (s *Service) DatabasePath() string { return s.cfg.Database }

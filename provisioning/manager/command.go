@@ -28,6 +28,8 @@ type CmdResult struct {
 	At      time.Time `json:"at,omitzero"`
 	// Checks: the unit's self-check (doctor only).
 	Checks []fleet.DoctorCheck `json:"checks,omitempty"`
+	// Report: the unit's privacy report (privacy-report only), JSON.
+	Report json.RawMessage `json:"report,omitempty"`
 }
 
 // SendCommand publishes a signed command (not retained: a command is for
@@ -130,7 +132,7 @@ func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelo
 		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
 			continue
 		}
-		r.Result, r.Reason, r.Message, r.At, r.Checks = ResDone, "", "", ev.At, d.Checks
+		r.Result, r.Reason, r.Message, r.At, r.Checks, r.Report = ResDone, "", "", ev.At, d.Checks, d.Report
 		if ev.Type == fleet.EventCommandRefused {
 			r.Result, r.Reason, r.Message = ResRefused, d.Reason, d.Message
 		}
