@@ -46,6 +46,10 @@ type Options struct {
 	// certificate, recorded in its ledger, and whose revocation list the
 	// broker loads at each (re)start; by default a throwaway one.
 	CA *ca.CA
+	// Conf replaces these settings of the shipped mosquitto.conf (key →
+	// value, e.g. "max_queued_messages": "40000"); for benchmarks that
+	// show what a larger fleet needs.
+	Conf map[string]string
 }
 
 // Identity is a client certificate issued by the fleet CA.
@@ -185,6 +189,11 @@ func (b *Broker) setup(opts Options) error {
 		"acl_file":             aclFile,
 		"crlfile":              b.crl,
 	})
+	for k, v := range opts.Conf {
+		if err == nil {
+			conf, err = renderConf(conf, map[string]string{k: v})
+		}
+	}
 	if err != nil {
 		return err
 	}
