@@ -19,13 +19,13 @@ import (
 const unitID = "unit-1"
 
 // join brings the unit (the two-way connector "livekit") into room through
-// server, with its gate open.
+// server, with its gate open, as roomd builds it (the default disconnect
+// grace, 10 s).
 func join(t *testing.T, server *farend.LiveKit, room string) (*livekit.RTCCall, *gate.Gate, *livekit.RTCConnector) {
 	t.Helper()
 	g := gate.New()
 	conn, err := livekit.NewRTC(livekit.Config{
 		URL: server.URL, Room: room, Identity: unitID, APIKey: server.APIKey, APISecret: server.APISecret,
-		DisconnectGrace: 30 * time.Second,
 	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
 		Camera: capture.TestDevice, Microphone: capture.TestDevice},
 		livekit.RTCOptions{Speaker: playout.DeviceNull}, g,
