@@ -242,3 +242,14 @@ func OpenAudit(stateDir, identityDir string, signer crypto.Signer, c *config.Con
 		Retention: c.Audit.Retention.Duration, MaxBytes: c.Audit.MaxBytes,
 		ResetMark: filepath.Join(filepath.Dir(identityDir), audit.ResetFile)})
 }
+
+// RecordUpdate is the update code's hook into the audit log: an update
+// installed (installed true) or rolled back, with the version, the slot
+// and why. Safe from any goroutine; a no-op without an audit log.
+func (a *Agent) RecordUpdate(installed bool, version, slot, reason string) {
+	kind := audit.KindUpdateRolledBack
+	if installed {
+		kind = audit.KindUpdateInstalled
+	}
+	a.record(kind, map[string]string{"version": version, "slot": slot, "reason": reason})
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/konsult/konsult/internal/farend"
 	"github.com/konsult/konsult/provisioning/audit"
+	"github.com/konsult/konsult/provisioning/fleetd"
 )
 
 // TestAuditChainSurvivesABrokerOutage: an enrolled unit busy with its
@@ -148,5 +151,84 @@ func TestAuditChainSurvivesABrokerOutage(t *testing.T) {
 		if len(claim) > 0 && bytes.Contains(text, bytes.TrimSpace(claim)) {
 			t.Errorf("%s holds the enrolment key", name)
 		}
+	}
+}
+
+// fleetdAt runs fleetd on the database in dir until the returned stop.
+func fleetdAt(t *testing.T, f *enrolFleet, dir string) (*fleetd.Service, func()) {
+	t.Helper()
+	conf := fmt.Sprintf("database = %q\nca_dir = %q\n[broker]\nurl = %q\nca = %q\ncert = %q\ncert_key = %q\n[livekit]\napi_key = \"devkey\"\napi_secret = \"fleetd-test-secret-0123456789abcdef\"\n",
+		filepath.Join(dir, "fleetd.db"), f.caDir, f.b.SharedURL(), f.b.CAFile(),
+		filepath.Join(f.caDir, "fleetd", "fleetd.crt"), filepath.Join(f.caDir, "fleetd", "fleetd.key"))
+	path := filepath.Join(dir, "fleetd.toml")
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := fleetd.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := fleetd.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { svc.Run(ctx); close(done) }()
+	select {
+	case <-svc.AuditReady():
+	case <-time.After(20 * time.Second):
+		t.Fatal("fleetd's audit store did not connect")
+	}
+	return svc, func() { cancel(); <-done; svc.Close() }
+}
+
+// TestAuditRecordsWaitForFleetd: fleetd is down while the unit records;
+// the broker keeps the records for fleetd's audit session, and fleetd has
+// them all once it is back.
+func TestAuditRecordsWaitForFleetd(t *testing.T) {
+	f := newEnrolFleet(t)
+	dir := t.TempDir()
+	_, stop := fleetdAt(t, f, dir)
+	u, id, udir := f.enrolUnit(t, "")
+	stop()
+	for i := range 20 {
+		u.press("mute")
+		time.Sleep(80 * time.Millisecond)
+		want := i%2 == 0
+		u.within(5*time.Second, fmt.Sprintf("mute %v after press %d", want, i), func(s status) bool { return s.Mute == want })
+	}
+	// The unit has handed everything to the broker before fleetd returns.
+	b, err := os.ReadFile(filepath.Join(udir, "state", "audit", audit.LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Count(b, []byte("\n"))
+	u.within(20*time.Second, "all records sent", func(s status) bool {
+		return s.Fleet != nil && s.Fleet.Audit != nil && s.Fleet.Audit.Sent == uint64(want)
+	})
+	svc, stop := fleetdAt(t, f, dir)
+	defer stop()
+	ctx := context.Background()
+	var held [][]byte
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		chains, _ := svc.Store().AuditChains(ctx, id)
+		if len(chains) == 1 {
+			held, _ = svc.Store().AuditLines(ctx, id, chains[0])
+			if len(held) == want {
+				break
+			}
+		}
+	}
+	if len(held) != want {
+		t.Fatalf("fleetd holds %d of the unit's %d records after being away", len(held), want)
+	}
+	var recs []audit.Record
+	for _, l := range held {
+		r, _ := audit.Parse(l)
+		recs = append(recs, r)
+	}
+	if res := audit.Verify(recs, id); !res.OK() {
+		t.Fatalf("chain: %v", res.Problem)
 	}
 }
