@@ -163,8 +163,9 @@ func (s *Server) start(bin, dir string) error {
 	}
 	s.URL = fmt.Sprintf("http://127.0.0.1:%d", web)
 	s.API = fmt.Sprintf("http://127.0.0.1:%d", api)
-	// Everything but WebRTC and the API off; media on one loopback UDP
-	// port, announced as 127.0.0.1 only; no STUN.
+	// Everything but WebRTC and the API off (every other server, MoQ
+	// included, listens on all interfaces by default); media on one
+	// loopback UDP port, announced as 127.0.0.1 only; no STUN.
 	cfg := fmt.Sprintf(`logLevel: debug
 logDestinations: [stdout]
 authMethod: http
@@ -180,6 +181,7 @@ rtsp: false
 rtmp: false
 hls: false
 srt: false
+moq: false
 webrtc: true
 webrtcAddress: 127.0.0.1:%d
 webrtcEncryption: false
