@@ -39,6 +39,11 @@ const EnvBench10k = "KONSULT_BENCH_10K"
 // file, fsync, rename, fsync of the folder), then sends config_applied and
 // its reported versions, as the Agent does.
 //
+// KONSULT_BENCH_10K_DIR=/dev/shm puts the units' folders (applied config,
+// queued answers) on tmpfs: on one disk the journal serialises the 20,000
+// file creations and fsyncs of a push, which real units, each on its own
+// disk, do not share.
+//
 // KONSULT_BENCH_10K_MODE=publish makes the same retained publish without
 // fleetctl's push job waiting for and counting the answers (its counting
 // is quadratic in the units and shares the two cores with them here), so
@@ -155,6 +160,15 @@ func startLiteUnits(b *testing.B, br *brokertest.Broker, ids []string, group str
 	quiet := slog.New(slog.DiscardHandler)
 	groups := []string{group}
 	root := b.TempDir()
+	if d := os.Getenv(EnvBench10k + "_DIR"); d != "" {
+		// e.g. /dev/shm: the units' folders off the one shared disk, as
+		// each real unit writes to its own.
+		var err error
+		if root, err = os.MkdirTemp(d, "push10k-"); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { os.RemoveAll(root) })
+	}
 	const batch = 100
 	for start := 0; start < len(ids); start += batch {
 		end := min(start+batch, len(ids))
