@@ -101,3 +101,19 @@ func roomdOnMediaMTX(t *testing.T, token string) {
 		t.Fatalf("the reader's last picture after LEAVE is not the slate: %+v", f)
 	}
 }
+
+// MediaMTX stops mid-call: the unit fails closed as on LiveKit (fault with
+// a reason, gate shut, shutter closed, LED fault).
+func TestRoomdMediaMTXStopsMidCall(t *testing.T) {
+	srv := mediamtx.Start(t, "")
+	u := startUnit(t, fmt.Sprintf("[conference]\nconnector = \"whip\"\nurl = %q\nvideo_codec = \"VP8\"\n", srv.WHIP(mediamtx.Path)))
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	srv.Stop()
+	u.waitFor("fault", 30*time.Second, isState(appliance.Fault))
+	s := u.status()
+	if s.LED != "fault" || s.LastError == "" || s.Sim.Shutter.Position != "closed" || s.Gate.Live() {
+		t.Fatalf("after MediaMTX stopped: %+v shutter %s", s.Status, s.Sim.Shutter.Position)
+	}
+	t.Logf("reason shown: %s", s.LastError)
+}
