@@ -30,14 +30,19 @@ import (
 const EnvBench10k = "KONSULT_BENCH_10K"
 
 // BenchmarkPushToFleet10k: a signed group config pushed to 10,000 simulated
-// units on one loopback Mosquitto (the shipped config and ACL, TLS with a
-// client certificate per unit, one MQTT connection per unit through the
+// units on one loopback Mosquitto (the shipped config, with
+// max_queued_messages raised: see benchLite, and ACL; TLS with a client
+// certificate per unit, one MQTT connection per unit through the
 // real provisioning/link). Each unit is light: no Agent, no config schema,
 // but what makes a push safe is kept: it verifies the envelope against the
 // pinned fleet key (fleet.Verifier: signature, target, time, version above
 // the applied one) and applies it atomically (internal/atomicfile: temp
 // file, fsync, rename, fsync of the folder), then sends config_applied and
 // its reported versions, as the Agent does.
+//
+// KONSULT_BENCH_10K_UNITS=N runs N units instead; KONSULT_BENCH_10K_QUEUE=
+// shipped keeps the shipped max_queued_messages (fleetctl's view then
+// fails above ~5,000 units).
 //
 // KONSULT_BENCH_10K_DIR=/dev/shm puts the units' folders (applied config,
 // queued answers) on tmpfs: on one disk the journal serialises the 20,000
