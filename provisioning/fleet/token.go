@@ -129,6 +129,10 @@ type TokenGrant struct {
 	Room         string    `json:"room"`
 	Consultation string    `json:"consultation"`
 	Expires      time.Time `json:"expires"`
+	// E2EEKey is the consultation's end-to-end key material K (32 bytes,
+	// /work/shared E2EE contract), present for an end-to-end encrypted
+	// consultation. It travels only inside the sealed grant; never log it.
+	E2EEKey []byte `json:"e2ee_key,omitempty"`
 }
 
 // TokenResponse is the message on a unit's token topic: the nonce it
