@@ -124,7 +124,7 @@ func TestImageBoots(t *testing.T) {
 	// Debian's kernel, no GL under TCG), at one of the screen's sizes, and
 	// QMP for its screendumps. 2 GB: Chromium beside roomd.
 	qmpSock := filepath.Join(dir, "qmp.sock")
-	qemu := exec.Command("qemu-system-x86_64", "-accel", "kvm", "-accel", "tcg", "-M", "pc", "-cpu", "max",
+	qemu := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-cpu", "max",
 		"-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-vga", "none", "-device", "virtio-vga,xres=1280,yres=720",
 		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
