@@ -3,6 +3,7 @@ package farend
 import (
 	"context"
 	_ "embed"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,6 +78,10 @@ type FarEndStats struct {
 	AudioEnergyPeak      float64 // highest AudioEnergy seen so far
 	AudioPacketsReceived int
 
+	// E2EE: the page runs livekit-client's end-to-end encryption (option
+	// E2EE); E2EEErrors counts its worker's encryption/decryption errors.
+	E2EE       bool
+	E2EEErrors int
 	Errors     []string  // page errors (uncaught, connect, publish, ...)
 	Left       bool      // the page has left the room (Close/Leave)
 	ReceivedAt time.Time // test server receipt time of this report
@@ -113,6 +118,8 @@ type pageReport struct {
 	Bands              *pageBands   `json:"bands"`
 	Freezes            int          `json:"freezes"`
 	Errors             []string     `json:"errors"`
+	E2EE               bool         `json:"e2ee"`
+	E2EEErrors         int          `json:"e2eeErrors"`
 	Logs               []string     `json:"logs"`
 }
 
@@ -132,6 +139,7 @@ type config struct {
 	publishStamp bool
 	signal       *Signal // PublishSignal
 	bands        bool    // MeasureBands
+	e2eeKey      []byte  // E2EE
 }
 
 // Option configures StartFarEnd.
@@ -190,6 +198,14 @@ func (f *FarEnd) Frames() []FrameSample {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]FrameSample(nil), f.frames...)
+}
+
+// E2EE makes the page join with livekit-client's end-to-end encryption
+// (ExternalE2EEKeyProvider.setKey(material), its own E2EE worker), as the
+// patient page does with the key from its link. The key goes into the page
+// only, never into a log.
+func E2EE(material []byte) Option {
+	return func(c *config) { c.e2eeKey = append([]byte(nil), material...) }
 }
 
 // ChromiumFlags adds command-line flags for Chromium.
@@ -288,6 +304,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
 		"stamp": c.stamps, "frames": c.frames, "publishStamp": c.publishStamp,
 		"signal": c.signal, "bands": c.bands, "band": SignalBand, "toneHz": ToneHz,
+		"e2eeKey": hex.EncodeToString(c.e2eeKey),
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
@@ -300,6 +317,10 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 	mux.HandleFunc("GET /livekit-client.umd.js", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
 		http.ServeFile(w, r, lkjs)
+	})
+	mux.HandleFunc("GET /livekit-client.e2ee.worker.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		http.ServeFile(w, r, filepath.Join(filepath.Dir(lkjs), "livekit-client.e2ee.worker.js"))
 	})
 	mux.HandleFunc("GET /favicon.ico", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("POST /report", f.handleReport)
@@ -367,8 +388,9 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 		AudioFrom:          p.AudioFrom, AudioEnergy: p.AudioEnergy, AudioEnergyPeak: p.AudioPeak,
 		AudioPacketsReceived: p.AudioPackets,
 		Errors:               p.Errors,
-		ReceivedAt:           now,
-		Reports:              prev.Reports + 1,
+		E2EE:                 p.E2EE, E2EEErrors: p.E2EEErrors,
+		ReceivedAt: now,
+		Reports:    prev.Reports + 1,
 	}
 	s.StampFramesRead, s.StampFramesValid = p.StampRead, p.StampValid
 	s.VideoFreezes = p.Freezes

@@ -117,8 +117,12 @@ func (c *base) openCapture() (*capture.Capture, error) {
 	// The self-view sees the frames as coded, before any transform: what
 	// the gate let out, in the clear, for the unit's own screen only.
 	vb = c.media.SelfView.Wrap(vb)
-	vb = transformVideo(vb, c.media.SendTransform)
-	ab = transformAudio(ab, c.media.SendTransform)
+	send := c.media.SendTransform
+	if c.media.E2EE != nil {
+		send = e2eeSend(c.media.E2EE, c.video.Chosen.Codec, send)
+	}
+	vb = transformVideo(vb, send)
+	ab = transformAudio(ab, send)
 	capt, err := capture.Open(capture.Config{Gate: c.gate, Width: c.media.Width, Height: c.media.Height, FPS: c.media.FPS, Video: vb, Audio: ab, Stamp: c.media.Stamp,
 		Camera: c.media.Camera, Microphone: c.media.Microphone, Processor: c.media.Processor, Room: c.media.Room})
 	if err != nil {

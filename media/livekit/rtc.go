@@ -132,7 +132,7 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, OnVideoFrame: c.opt.OnVideoFrame, OnMix: c.opt.OnMix, Log: c.log})
+	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, E2EE: c.media.E2EE, OnVideoFrame: c.opt.OnVideoFrame, OnMix: c.opt.OnMix, Log: c.log})
 	if err != nil {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
@@ -298,6 +298,11 @@ func (c *RTCCall) addTrack(pc *webrtc.PeerConnection, t mediadevices.Track) (*lk
 		return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
 	}
 	req := &lkp.AddTrackRequest{Cid: t.ID(), Encryption: c.conn.opt.Encryption}
+	if c.conn.media.E2EE != nil {
+		// Browsers decrypt a participant only when every track says GCM;
+		// RED and backup codecs would carry frames the transform never saw.
+		req.Encryption, req.DisableRed, req.SimulcastCodecs = EncryptionGCM, true, nil
+	}
 	if t.Kind() == webrtc.RTPCodecTypeVideo {
 		req.Type, req.Source, req.Name = lkp.TrackType_VIDEO, lkp.TrackSource_CAMERA, "camera"
 		req.Width, req.Height = uint32(c.conn.media.Width), uint32(c.conn.media.Height)

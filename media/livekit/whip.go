@@ -18,6 +18,7 @@ import (
 
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
+	"github.com/konsult/konsult/media/e2ee"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/whip"
@@ -68,6 +69,13 @@ type Media struct {
 	// SendTransform, if set, changes every encoded frame before it is
 	// packetised (end-to-end encryption); see FrameTransform.
 	SendTransform FrameTransform
+	// E2EE, if set, encrypts every frame the unit sends and decrypts every
+	// frame it receives end to end (media/e2ee, livekit-client's format):
+	// tracks are announced Encryption GCM without RED, frames that do not
+	// decrypt are dropped and counted (playout.Stats.E2EEDecryptFailures).
+	// Only the /rtc/v1 connector can do it; the WHIP connector refuses to
+	// join (ErrE2EENeedsRTC). nil is a call encrypted hop by hop only.
+	E2EE *e2ee.Key
 	// PassThrough says whether a camera that codes H.264 itself is sent
 	// without re-encoding (the encoder choice, "uvc-h264", says).
 	PassThrough encoder.PassThroughConfig
@@ -178,6 +186,9 @@ func (c *WHIPConnector) KeepWarm(ctx context.Context, interval time.Duration) {
 // QEMU's user network in the hardware lab) should not turn a press of JOIN
 // into a fault the staff must clear. A second ICE failure is the answer.
 func (c *WHIPConnector) Join(ctx context.Context) (*Call, error) {
+	if c.media.E2EE != nil {
+		return nil, fmt.Errorf("join: %w", ErrE2EENeedsRTC)
+	}
 	call, err := c.join(ctx)
 	if err == nil || !errors.Is(err, whip.ErrICEFailed) || ctx.Err() != nil {
 		return call, err

@@ -26,6 +26,8 @@ import (
 	"unsafe"
 
 	"github.com/gen2brain/malgo"
+
+	"github.com/konsult/konsult/media/e2ee"
 )
 
 // SampleRate is the rate of the mix and of the speaker (Opus's own).
@@ -50,6 +52,11 @@ type Config struct {
 	// Transform, if set, changes each encoded frame before it is decoded or
 	// shown (end-to-end decryption); an error drops the frame.
 	Transform func(kind string, frame []byte) ([]byte, error)
+	// E2EE, if set, decrypts every remote frame (livekit-client's frame
+	// format, media/e2ee) before Transform, playout and OnVideoFrame. A
+	// frame that does not decrypt is dropped and counted
+	// (Stats.E2EEDecryptFailures), never played or shown.
+	E2EE *e2ee.Key
 	// OnVideoFrame receives every whole remote video frame, still encoded
 	// (the display sink). It must not block.
 	OnVideoFrame func(VideoFrame)
@@ -83,12 +90,14 @@ type Player struct {
 	sources map[*source]struct{}
 	videos  map[*videoTrack]struct{}
 
-	energy  atomic.Uint64 // float64 bits: RMS of the mix over the last ~100 ms
-	peak    atomic.Uint64
-	played  atomic.Uint64 // samples handed to the device
-	winSum  float64       // only the device callback touches these
-	winN    int
-	scratch []float32
+	energy atomic.Uint64 // float64 bits: RMS of the mix over the last ~100 ms
+	peak   atomic.Uint64
+	played atomic.Uint64 // samples handed to the device
+
+	e2eeOK, e2eeFailures atomic.Uint64 // remote frames decrypted / dropped
+	winSum               float64       // only the device callback touches these
+	winN                 int
+	scratch              []float32
 
 	ctx    *malgo.AllocatedContext
 	dev    *malgo.Device

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -49,6 +50,9 @@ func (p *Player) PlayAudio(participant string, t RTPSource) error {
 			return endOf(err)
 		}
 		frame := pkt.Payload
+		if frame, err = p.decrypt("opus", frame); err != nil {
+			continue
+		}
 		if p.cfg.Transform != nil {
 			if frame, err = p.cfg.Transform("audio", frame); err != nil {
 				continue
@@ -156,8 +160,11 @@ func (p *Player) ShowVideo(participant, mime string, t RTPSource, keyframe func(
 		default:
 		}
 		ra.push(pkt, func(frame []byte) {
+			var err error
+			if frame, err = p.decrypt(strings.ToLower(codec), frame); err != nil {
+				return
+			}
 			if p.cfg.Transform != nil {
-				var err error
 				if frame, err = p.cfg.Transform("video", frame); err != nil {
 					return
 				}
@@ -234,12 +241,33 @@ type Stats struct {
 	EnergyPeak    float64      `json:"energy_peak"` // highest Energy this call
 	SamplesPlayed uint64       `json:"samples_played"`
 	Video         []VideoStats `json:"video"`
+	// E2EE says whether remote frames are decrypted end to end;
+	// E2EEDecryptFailures counts the frames dropped because they did not
+	// decrypt (a far end with another key, or none).
+	E2EE                bool   `json:"e2ee"`
+	E2EEDecrypted       uint64 `json:"e2ee_decrypted"`
+	E2EEDecryptFailures uint64 `json:"e2ee_decrypt_failures"`
+}
+
+// decrypt decrypts one remote frame when the call is end-to-end
+// encrypted, counting what does not decrypt.
+func (p *Player) decrypt(codec string, frame []byte) ([]byte, error) {
+	if p.cfg.E2EE == nil {
+		return frame, nil
+	}
+	out, err := p.cfg.E2EE.Decrypt(codec, frame)
+	if err != nil {
+		p.e2eeFailures.Add(1)
+		return nil, err
+	}
+	p.e2eeOK.Add(1)
+	return out, nil
 }
 
 // Stats reads the figures of the videos still there (an ended one is
 // forgotten).
 func (p *Player) Stats() Stats {
-	st := Stats{Device: p.device, SamplesPlayed: p.played.Load()}
+	st := Stats{Device: p.device, SamplesPlayed: p.played.Load(), E2EE: p.cfg.E2EE != nil, E2EEDecrypted: p.e2eeOK.Load(), E2EEDecryptFailures: p.e2eeFailures.Load()}
 	st.Energy = f64(p.energy.Load())
 	st.EnergyPeak = f64(p.peak.Load())
 	p.mu.Lock()

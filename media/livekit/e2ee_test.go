@@ -1,0 +1,196 @@
+package livekit_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/hkdf"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/capture"
+	"github.com/konsult/konsult/media/e2ee"
+	"github.com/konsult/konsult/media/gate"
+	"github.com/konsult/konsult/media/livekit"
+	"github.com/konsult/konsult/media/playout"
+)
+
+// syncBuf collects everything the unit logs, for the key scan.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func e2eeMaterial(seed byte) []byte {
+	k := make([]byte, 32)
+	for i := range k {
+		k[i] = seed + byte(i)*17
+	}
+	return k
+}
+
+// keyForms is every form of K and of the frame key derived from it that
+// could leak into text.
+func keyForms(k []byte) []string {
+	fk, _ := hkdf.Key(sha256.New, k, []byte(e2ee.Salt), string(make([]byte, 128)), 16)
+	var out []string
+	for _, b := range [][]byte{k, fk} {
+		out = append(out, hex.EncodeToString(b), strings.ToUpper(hex.EncodeToString(b)),
+			base64.RawURLEncoding.EncodeToString(b), base64.StdEncoding.EncodeToString(b), string(b), fmt.Sprint(b))
+	}
+	return out
+}
+
+func joinE2EE(t *testing.T, lk *farend.LiveKit, room, codec string, key *e2ee.Key, logs io.Writer) (*livekit.RTCCall, *gate.Gate, *livekit.RTCConnector) {
+	t.Helper()
+	g := gate.New()
+	conn, err := livekit.NewRTC(livekit.Config{
+		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second,
+	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: codec, VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		Camera: capture.TestDevice, Microphone: capture.TestDevice, E2EE: key, Stamp: true},
+		livekit.RTCOptions{Speaker: playout.DeviceNull}, g, slog.New(slog.NewTextHandler(io.MultiWriter(os.Stderr, logs), &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	call, err := conn.Join(ctx)
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	t.Cleanup(func() { _ = call.Leave(context.Background()) })
+	g.Set(gate.State{Video: true, Audio: true})
+	return call, g, conn
+}
+
+// End to end through a real LiveKit and real headless Chromium running
+// livekit-client's E2EE: a patient with the key sees and hears the unit and
+// the unit shows the patient; a participant without the key and one with
+// another key get no picture; the unit counts the frames it cannot
+// decrypt; PRIVACY puts the slate on the encrypted far end; and no form of
+// the key is in anything the unit logged. One LiveKit for all.
+func TestE2EECall(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	material := e2eeMaterial(3)
+	key, err := e2ee.NewKey(material)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuf{}
+	var errs []string
+	for _, codec := range []string{"H264", "VP8"} {
+		t.Run(codec, func(t *testing.T) {
+			room := "e2ee-" + strings.ToLower(codec)
+			call, g, _ := joinE2EE(t, lk, room, codec, key, logs)
+			patient := farend.StartFarEnd(t, lk, room, "patient", farend.Publish(), farend.Watch("unit-1"), farend.E2EE(material), farend.ReadStamps())
+			s := farWaitT(t, patient, "the patient with the key decodes the unit's video at 20 fps, reads its capture stamps and hears it", 30*time.Second, func(s farend.FarEndStats) bool {
+				return s.E2EE && s.VideoFrom == "unit-1" && s.FPS >= 20 && s.StampFramesValid > 10 && s.AudioEnergyPeak > 0.01
+			})
+			t.Logf("patient with the key: %.0f fps, %d frames decoded, audio peak %.3f, worker errors %d", s.FPS, s.VideoFramesDecoded, s.AudioEnergyPeak, s.E2EEErrors)
+			if s.E2EEErrors != 0 {
+				t.Errorf("the patient's worker reported %d errors with the right key", s.E2EEErrors)
+			}
+			ps := waitPlayout(t, call, "the unit shows and plays the patient (decrypted)", 20*time.Second, func(s playout.Stats) bool {
+				for _, v := range s.Video {
+					if v.FPS >= 15 && v.Frames > 30 {
+						return s.EnergyPeak > 0.01
+					}
+				}
+				return false
+			})
+			if !ps.E2EE || ps.E2EEDecrypted == 0 {
+				t.Errorf("playout: e2ee %v, %d frames decrypted", ps.E2EE, ps.E2EEDecrypted)
+			}
+			failsBefore := ps.E2EEDecryptFailures
+
+			// Without the key: not a single frame of the unit's video.
+			nokey := farend.StartFarEnd(t, lk, room, "eavesdropper", farend.Watch("unit-1"), farend.ReadStamps())
+			// Another key: nothing, and the worker says so.
+			wrong := farend.StartFarEnd(t, lk, room, "wrong-key", farend.Publish(), farend.Watch("unit-1"), farend.E2EE(e2eeMaterial(9)))
+			farWaitT(t, wrong, "the wrong-key page reports decryption errors", 30*time.Second, func(s farend.FarEndStats) bool {
+				return s.E2EEErrors > 0 && s.VideoPacketsReceived > 100
+			})
+			farWaitT(t, nokey, "the keyless page receives the unit's video packets", 20*time.Second, func(s farend.FarEndStats) bool {
+				return s.VideoPacketsReceived > 100
+			})
+			time.Sleep(2 * time.Second)
+			// Another key: the worker drops every frame, none is decoded.
+			if s := wrong.Stats(); s.VideoFramesDecoded != 0 || s.FramesPresented != 0 {
+				t.Errorf("the wrong-key page decoded %d (presented %d) frames; want none. %s", s.VideoFramesDecoded, s.FramesPresented, s)
+			}
+			// No key: the clear codec header (VP8's 10 key-frame bytes, the
+			// H.264 SPS/PPS and slice start) lets Chromium's decoder turn
+			// the odd encrypted key frame into noise or a flat colour, but
+			// not one frame of the unit's picture: no capture stamp reads
+			// back, and the decoder does not keep going.
+			if s := nokey.Stats(); s.StampFramesValid != 0 || s.VideoFramesDecoded > 5 || s.FPS > 0 {
+				t.Errorf("the keyless page got the unit's picture: %d stamps read valid, %d frames decoded, %.0f fps. %s", s.StampFramesValid, s.VideoFramesDecoded, s.FPS, s)
+			} else {
+				t.Logf("keyless page: %d packets, %d frames decoded (noise), %d stamps valid", s.VideoPacketsReceived, s.VideoFramesDecoded, s.StampFramesValid)
+			}
+			waitPlayout(t, call, "the unit counts the wrong-key participant's frames as decrypt failures", 20*time.Second, func(s playout.Stats) bool {
+				return s.E2EEDecryptFailures > failsBefore+10
+			})
+
+			if codec == "H264" {
+				// PRIVACY at an encrypted far end: the last picture is the slate.
+				g.Set(gate.State{Video: false, Audio: false})
+				farWaitT(t, patient, "the encrypted far end's last picture is the slate", 10*time.Second, func(s farend.FarEndStats) bool { return s.LastFrameIsUniform })
+				g.Set(gate.State{Video: true, Audio: true})
+				farWaitT(t, patient, "the picture again after PRIVACY off", 10*time.Second, func(s farend.FarEndStats) bool { return !s.LastFrameIsUniform && s.FPS >= 15 })
+			}
+			for _, fe := range []*farend.FarEnd{patient, nokey, wrong} {
+				errs = append(errs, fe.Stats().Errors...)
+			}
+		})
+	}
+	out := logs.String() + strings.Join(errs, "\n")
+	if len(out) < 100 {
+		t.Fatalf("only %d bytes of logs to scan", len(out))
+	}
+	for _, f := range keyForms(material) {
+		if strings.Contains(out, f) {
+			t.Fatalf("a form of the key (%d chars) is in the logs", len(f))
+		}
+	}
+	if s := fmt.Sprintf("%v %+v %s", key, key, key); strings.Contains(s, hex.EncodeToString(material)[:8]) || !strings.Contains(s, "redacted") {
+		t.Fatalf("the key prints as %q", s)
+	}
+}
+
+// The WHIP connector cannot announce encrypted tracks: asked for E2EE it
+// refuses to join, with the reason, and sends nothing in the clear.
+func TestE2EEWHIPRefused(t *testing.T) {
+	key, _ := e2ee.NewKey(e2eeMaterial(1))
+	c, err := livekit.NewWHIP(livekit.Config{URL: "http://127.0.0.1:1", Room: "r", Identity: "unit-1", APIKey: "k", APISecret: "s"},
+		livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", Camera: capture.TestDevice, Microphone: capture.TestDevice, E2EE: key}, gate.New(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Join(context.Background())
+	if !errors.Is(err, livekit.ErrE2EENeedsRTC) || !strings.Contains(err.Error(), "not sent in the clear") {
+		t.Fatalf("WHIP join with E2EE: %v", err)
+	}
+}
