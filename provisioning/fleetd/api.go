@@ -3,6 +3,7 @@ package fleetd
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,15 +112,22 @@ func (s *Service) Add(ctx context.Context, r AddRequest) (Added, error) {
 		return Added{}, err
 	}
 	s.Changed()
-	return Added{Consultation: c, PatientLink: s.patientLink(c.ID, secret)}, nil
+	return Added{Consultation: c, PatientLink: s.patientLink(c.ID, secret, c.e2eeKey)}, nil
 }
 
-func (s *Service) patientLink(id, secret string) string {
+// patientLink is patient_url#ID.SECRET.K: the fragment, which a browser
+// never sends to a server, carries the secret (exchanged for a token) and
+// the end-to-end key material K (base64url, no padding).
+func (s *Service) patientLink(id, secret string, k []byte) string {
 	base := s.cfg.PatientURL
 	if base == "" {
 		base = "https://fleetd.invalid/join"
 	}
-	return strings.TrimRight(base, "#") + "#" + id + "." + secret
+	l := strings.TrimRight(base, "#") + "#" + id + "." + secret
+	if len(k) > 0 {
+		l += "." + base64.RawURLEncoding.EncodeToString(k)
+	}
+	return l
 }
 
 func (s *Service) apiAdd(w http.ResponseWriter, r *http.Request) {

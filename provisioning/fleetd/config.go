@@ -49,6 +49,7 @@ type Config struct {
 	LiveKit       LiveKitConfig         `toml:"livekit"`
 	Consultations ConsultationsConfig   `toml:"consultations"`
 	Units         map[string]UnitConfig `toml:"units"`
+	PatientWeb    PatientWebConfig      `toml:"patient_web"`
 
 	dir string
 }
@@ -178,6 +179,9 @@ func (c *Config) check() error {
 	}
 	if c.Consultations.Skew.Duration == 0 {
 		c.Consultations.Skew.Duration = 2 * time.Minute
+	}
+	if err := c.checkPatientWeb(); err != nil {
+		return err
 	}
 	for id, u := range c.Units {
 		if err := link.ValidName(id); err != nil {

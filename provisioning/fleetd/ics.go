@@ -73,7 +73,7 @@ func (s *Service) Import(ctx context.Context, r io.Reader, unit string) (ImportR
 			if err != nil {
 				return res, err
 			}
-			res.Added = append(res.Added, Added{Consultation: c, PatientLink: s.patientLink(c.ID, secret)})
+			res.Added = append(res.Added, Added{Consultation: c, PatientLink: s.patientLink(c.ID, secret, c.e2eeKey)})
 		case err != nil:
 			return res, err
 		case cancelled && prev.CancelledAt == nil:

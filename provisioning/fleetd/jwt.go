@@ -56,3 +56,25 @@ func joinToken(apiKey, apiSecret, identity, room string, now time.Time, ttl time
 	mac.Write([]byte(signing))
 	return signing + "." + enc.EncodeToString(mac.Sum(nil)), exp, nil
 }
+
+// adminToken is fleetd's own short token to ask LiveKit who is in room
+// (RoomService.ListParticipants needs roomAdmin for that room). It never
+// leaves fleetd.
+func adminToken(apiKey, apiSecret, room string, now time.Time) (string, error) {
+	claims := map[string]any{
+		"iss":   apiKey,
+		"sub":   "fleetd",
+		"nbf":   now.Add(-10 * time.Second).Unix(),
+		"exp":   now.Add(time.Minute).Unix(),
+		"video": map[string]any{"room": room, "roomAdmin": true},
+	}
+	enc := base64.RawURLEncoding
+	payload, err := json.Marshal(claims)
+	if err != nil {
+		return "", fmt.Errorf("livekit admin token: %w", err)
+	}
+	signing := enc.EncodeToString([]byte(`{"alg":"HS256","typ":"JWT"}`)) + "." + enc.EncodeToString(payload)
+	mac := hmac.New(sha256.New, []byte(apiSecret))
+	mac.Write([]byte(signing))
+	return signing + "." + enc.EncodeToString(mac.Sum(nil)), nil
+}

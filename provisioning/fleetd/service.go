@@ -6,9 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/konsult/konsult/provisioning/ca"
@@ -37,6 +40,10 @@ type Service struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 
+	patientAddr atomic.Value // string: where the patient web listens
+	bad         badSecrets   // wrong patient links per address
+	lkHTTP      *http.Client // to ask LiveKit who is in a room
+
 	auditUp    chan struct{} // closed once the audit store listens
 	auditReady sync.Once
 }
@@ -64,7 +71,7 @@ func New(cfg *Config, log *slog.Logger) (*Service, error) {
 	}
 	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
 		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{},
-		changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
+		lkHTTP: &http.Client{Timeout: 10 * time.Second}, changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
 }
 
 // Store is the service's database.
@@ -90,6 +97,19 @@ func (s *Service) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
+	go s.purgeLoop(ctx)
+	if s.cfg.PatientWeb.Listen != "" {
+		ln, err := net.Listen("tcp", s.cfg.PatientWeb.Listen)
+		if err != nil {
+			return fmt.Errorf("[patient_web] listen: %w", err)
+		}
+		s.patientAddr.Store(ln.Addr().String())
+		go func() {
+			if err := s.ServePatient(ctx, ln); err != nil {
+				errc <- err
+			}
+		}()
+	}
 	go func() {
 		if err := s.runAudit(ctx); err != nil {
 			errc <- err
@@ -198,11 +218,17 @@ func (s *Service) Issue(ctx context.Context, unit string, payload []byte) ([]byt
 	if err != nil {
 		return fleet.RefuseToken(req.Nonce, err.Error()), err
 	}
+	var k []byte
+	if req.Consultation != fleet.StandingMeeting {
+		if k, err = s.store.E2EEKey(ctx, req.Consultation); err != nil {
+			return fleet.RefuseToken(req.Nonce, "fleetd cannot read the consultation"), err
+		}
+	}
 	tok, exp, err := joinToken(s.cfg.LiveKit.APIKey, s.cfg.LiveKit.APISecret, unit, room, now, s.cfg.LiveKit.TokenTTL.Duration)
 	if err != nil {
 		return fleet.RefuseToken(req.Nonce, "fleetd cannot mint tokens"), err
 	}
-	resp, err := fleet.SealTokenGrant(pub, unit, req.Nonce, fleet.TokenGrant{Token: tok, Room: room, Consultation: req.Consultation, Expires: exp})
+	resp, err := fleet.SealTokenGrant(pub, unit, req.Nonce, fleet.TokenGrant{Token: tok, Room: room, Consultation: req.Consultation, Expires: exp, E2EEKey: k})
 	if err != nil {
 		return fleet.RefuseToken(req.Nonce, "fleetd cannot seal the token"), err
 	}
@@ -242,6 +268,23 @@ func (s *Service) roomFor(ctx context.Context, unit, id string, now time.Time) (
 		return "", ErrNotDue
 	}
 	return c.Room, nil
+}
+
+// purgeLoop deletes consultations' key material once their window (and
+// the units' clock skew) is over, every republish interval.
+func (s *Service) purgeLoop(ctx context.Context) {
+	t := time.NewTicker(republish)
+	defer t.Stop()
+	for {
+		if _, err := s.store.PurgeKeys(ctx, s.Now().Add(-s.cfg.Consultations.Skew.Duration)); err != nil && ctx.Err() == nil {
+			s.log.Warn("fleetd: consultation keys not purged; trying again", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // ledgerCache reads the CA's ledger again only when the file changed:
@@ -296,6 +339,12 @@ func (lc *ledgerCache) check(unit string, pub any) error {
 		}
 	}
 	return errors.New("unknown unit: the fleet CA issued no valid certificate to this key")
+}
+
+// PatientAddr is where the patient web listens ("" if it does not).
+func (s *Service) PatientAddr() string {
+	a, _ := s.patientAddr.Load().(string)
+	return a
 }
 
 // CADir is the fleet CA folder fleetd uses.

@@ -70,6 +70,18 @@ var migrations = []string{
 		head_hash TEXT NOT NULL,
 		at INTEGER NOT NULL
 	);`,
+	// 3: each consultation's end-to-end key material K (32 bytes), kept
+	// until its window ends (PurgeKeys), then NULL; and the patient page's
+	// token exchanges (no token, no address: when, for which consultation).
+	`ALTER TABLE consultations ADD COLUMN e2ee_key BLOB;
+	CREATE TABLE patient_joins (
+		id INTEGER PRIMARY KEY,
+		consultation TEXT NOT NULL,
+		identity TEXT NOT NULL,
+		issued_at INTEGER NOT NULL,
+		expires_at INTEGER NOT NULL
+	);
+	CREATE INDEX patient_joins_consultation ON patient_joins(consultation, issued_at);`,
 }
 
 // Store is fleetd's database.
@@ -88,7 +100,14 @@ type Consultation struct {
 	SourceUID   string     `json:"source_uid,omitempty"`
 	Created     time.Time  `json:"created"`
 	CancelledAt *time.Time `json:"cancelled_at,omitempty"`
+
+	// e2eeKey is K, set only by AddConsultation (for the link, shown once);
+	// never marshalled.
+	e2eeKey []byte
 }
+
+// E2EEKeySize is the size of a consultation's key material K.
+const E2EEKeySize = 32
 
 // OpenStore opens (creating if need be) the database at path and brings
 // its schema up to date.
@@ -172,13 +191,15 @@ func (s *Store) AddConsultation(ctx context.Context, unit string, start, end tim
 	c := Consultation{ID: "c-" + randomID(10), Unit: unit, Room: "konsult-" + randomID(15), Start: start.UTC().Truncate(time.Second), End: end.UTC().Truncate(time.Second), SourceUID: sourceUID, Created: now.UTC().Truncate(time.Second)}
 	sec := make([]byte, 32)
 	_, _ = rand.Read(sec)
+	c.e2eeKey = make([]byte, E2EEKeySize)
+	_, _ = rand.Read(c.e2eeKey)
 	secret := base64.RawURLEncoding.EncodeToString(sec)
 	var uid any
 	if sourceUID != "" {
 		uid = sourceUID
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO consultations (id, unit, room, starts_at, ends_at, patient_secret_hash, source_uid, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		c.ID, c.Unit, c.Room, c.Start.Unix(), c.End.Unix(), hashSecret(secret), uid, c.Created.Unix())
+	_, err := s.db.ExecContext(ctx, `INSERT INTO consultations (id, unit, room, starts_at, ends_at, patient_secret_hash, source_uid, created_at, e2ee_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		c.ID, c.Unit, c.Room, c.Start.Unix(), c.End.Unix(), hashSecret(secret), uid, c.Created.Unix(), c.e2eeKey)
 	if err != nil {
 		return Consultation{}, "", fmt.Errorf("add consultation: %w", err)
 	}
@@ -307,6 +328,41 @@ func (s *Store) Reschedule(ctx context.Context, id string, start, end time.Time)
 	_, err := s.db.ExecContext(ctx, "UPDATE consultations SET starts_at = ?, ends_at = ? WHERE id = ?", start.Unix(), end.Unix(), id)
 	if err != nil {
 		return fmt.Errorf("reschedule consultation: %w", err)
+	}
+	return nil
+}
+
+// E2EEKey returns consultation id's key material K, or nil once its window
+// has ended and PurgeKeys deleted it.
+func (s *Store) E2EEKey(ctx context.Context, id string) ([]byte, error) {
+	var k []byte
+	err := s.db.QueryRowContext(ctx, "SELECT e2ee_key FROM consultations WHERE id = ?", id).Scan(&k)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read consultation key: %w", err)
+	}
+	return k, nil
+}
+
+// PurgeKeys deletes the key material of every consultation that ended
+// before cutoff or was cancelled, and returns how many it deleted.
+func (s *Store) PurgeKeys(ctx context.Context, cutoff time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, "UPDATE consultations SET e2ee_key = NULL WHERE e2ee_key IS NOT NULL AND (ends_at < ? OR cancelled_at IS NOT NULL)", cutoff.Unix())
+	if err != nil {
+		return 0, fmt.Errorf("purge consultation keys: %w", err)
+	}
+	return res.RowsAffected()
+}
+
+// RecordPatientJoin logs a patient token issued (never the token or the
+// secret).
+func (s *Store) RecordPatientJoin(ctx context.Context, consultation, identity string, issued, expires time.Time) error {
+	_, err := s.db.ExecContext(ctx, "INSERT INTO patient_joins (consultation, identity, issued_at, expires_at) VALUES (?, ?, ?, ?)",
+		consultation, identity, issued.Unix(), expires.Unix())
+	if err != nil {
+		return fmt.Errorf("record patient join: %w", err)
 	}
 	return nil
 }
