@@ -83,6 +83,7 @@ type ptCall struct {
 	fake  *v4l2m2m.FakeCamera
 	capt  *capture.Capture
 	pt    *capture.PassThrough
+	tap   *capture.Tap
 	r     mediadevices.EncodedReadCloser
 	slate [][]byte
 	units chan []byte
@@ -90,6 +91,13 @@ type ptCall struct {
 }
 
 func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
+	t.Helper()
+	return startPassThroughTapped(t, fake, false)
+}
+
+// startPassThroughTapped is startPassThrough, with the self-view's tap
+// (c.tap) around the pass-through if tapped, as media/livekit wraps it.
+func startPassThroughTapped(t *testing.T, fake *v4l2m2m.FakeCamera, tapped bool) *ptCall {
 	t.Helper()
 	t.Cleanup(fake.Install())
 	pt := encoder.PassThroughConfig{Mode: "auto", Width: ptW, Height: ptH, FPS: ptFPS}
@@ -110,11 +118,15 @@ func startPassThrough(t *testing.T, fake *v4l2m2m.FakeCamera) *ptCall {
 	}
 	ab, _ := ac.Chosen.Audio(encoder.Settings{})
 	c := &ptCall{g: gate.New(), fake: fake, units: make(chan []byte, 256), errs: make(chan error, 1)}
+	c.pt = vb.(*capture.PassThrough)
+	if tapped {
+		c.tap = capture.NewTap(c.g)
+		vb = c.tap.Wrap(vb)
+	}
 	c.capt, err = capture.Open(capture.Config{Gate: c.g, Width: ptW, Height: ptH, FPS: ptFPS, Microphone: capture.TestDevice, Video: vb, Audio: ab})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.pt = vb.(*capture.PassThrough)
 	if c.slate, err = capture.SlateH264(ptW, ptH, ptFPS); err != nil {
 		t.Fatal(err)
 	}
@@ -381,5 +393,59 @@ func TestPassThroughNotChosen(t *testing.T) {
 	ch, _ := encoder.Choose(encoder.Video, "auto", on)
 	if ex := ch.Explain(); ch.Chosen.Name != "uvc-h264" || !strings.Contains(ex, "bitrate: fixed by the camera (congestion control cannot lower it)") {
 		t.Errorf("chosen: %s", ex)
+	}
+}
+
+// The self-view of a camera that codes H.264 itself is the camera's own
+// access units as they leave for the far end, and only while the gate lets
+// video out (invariant 9): none of the slates, none while shut.
+func TestPassThroughSelfView(t *testing.T) {
+	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true, BitRate: true}
+	fake.Source = newCameraCoder(t, ptW, ptH).code
+	c := startPassThroughTapped(t, fake, true)
+	var mu sync.Mutex
+	var seen []capture.EncodedFrame
+	c.tap.SetSink(func(f capture.EncodedFrame) {
+		mu.Lock()
+		seen = append(seen, capture.EncodedFrame{Codec: f.Codec, Keyframe: f.Keyframe, Data: append([]byte(nil), f.Data...)})
+		mu.Unlock()
+	})
+	tapped := func() []capture.EncodedFrame {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]capture.EncodedFrame(nil), seen...)
+	}
+
+	c.expectSlate(t)
+	c.quiet(t, 600*time.Millisecond)
+	if n := len(tapped()); n != 0 {
+		t.Fatalf("%d units reached the self-view while the gate was shut", n)
+	}
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t) // the IDR and 5 more
+	got := tapped()
+	if len(got) < 6 || got[0].Codec != "H264" || !got[0].Keyframe {
+		t.Fatalf("camera out: the self-view got %d units (first %+v), want the IDR and what followed", len(got), got[0:min(1, len(got))])
+	}
+	for _, f := range got {
+		for _, s := range c.slate {
+			if bytes.Equal(f.Data, s) {
+				t.Fatal("a slate unit reached the self-view")
+			}
+		}
+	}
+	c.g.Set(gate.State{})
+	for { // the unit in flight at the close may still leave
+		if u := c.next(t); bytes.Equal(u, c.slate[0]) {
+			break
+		}
+	}
+	for range capture.SlatesPerClose - 1 {
+		c.next(t)
+	}
+	shut := len(tapped())
+	c.quiet(t, 600*time.Millisecond)
+	if n := len(tapped()); n != shut {
+		t.Fatalf("%d units reached the self-view after the close", n-shut)
 	}
 }

@@ -24,8 +24,8 @@ import (
 // gate's state instead. So the self-view never holds a room frame from
 // before a close, and never shows one while private.
 //
-// A camera that codes H.264 itself (PassThrough) bypasses the encoder and so
-// the tap: its self-view stays on the placeholder.
+// A camera that codes H.264 itself (PassThrough) is wrapped the same way:
+// its access units reach the self-view as they leave for the far end.
 type Tap struct {
 	g      *gate.Gate
 	sink   atomic.Pointer[func(EncodedFrame)]
