@@ -353,11 +353,11 @@ func (c *core) onAction(in inAction) {
 	case ActPrivacyOff:
 		c.setPrivacy(false)
 	case ActMute:
-		c.mute = !c.mute
+		c.setMute(!c.mute)
 	case ActMuteOn:
-		c.mute = true
+		c.setMute(true)
 	case ActMuteOff:
-		c.mute = false
+		c.setMute(false)
 	}
 }
 
@@ -378,7 +378,7 @@ func (c *core) onHeld(in inHeld) {
 		if c.state == Joining || c.state == InCall {
 			c.leave("factory reset hold")
 		}
-		c.privacy = true
+		c.setPrivacy(true)
 		c.emit(Event{Type: "factory_reset", Detail: "countdown"})
 		c.effs = append(c.effs, effResetTimer{seq: c.resetSeq})
 	case !both && c.resetOn:
@@ -388,8 +388,26 @@ func (c *core) onHeld(in inHeld) {
 }
 
 func (c *core) setPrivacy(on bool) {
+	if c.privacy != on {
+		// The audit log records each change (appliance/agent).
+		c.emit(Event{Type: "privacy", Detail: onOff(on)})
+	}
 	c.privacy = on
 	// settle() shuts the gate first, then moves the shutter to match.
+}
+
+func (c *core) setMute(on bool) {
+	if c.mute != on {
+		c.emit(Event{Type: "mute", Detail: onOff(on)})
+	}
+	c.mute = on
+}
+
+func onOff(on bool) string {
+	if on {
+		return "on"
+	}
+	return "off"
 }
 
 func (c *core) startJoin() {

@@ -12,7 +12,7 @@ import (
 type Event struct {
 	Seq     uint64      `json:"seq"`
 	At      time.Time   `json:"at"`
-	Type    string      `json:"type"` // hello, state, gate, led, shutter, call, participant, fault, fault_cleared, button, action, action_ignored, factory_reset (README "Local API")
+	Type    string      `json:"type"` // hello, state, gate, led, shutter, call, participant, fault, fault_cleared, button, action, action_ignored, privacy, mute, factory_reset (README "Local API")
 	State   State       `json:"state,omitempty"`
 	Gate    *gate.State `json:"gate,omitempty"`
 	LED     string      `json:"led,omitempty"`

@@ -37,12 +37,10 @@ const sentFile = "sent"
 // auditState is owned by the goroutine running Run, apart from what the
 // mutex guards.
 type auditState struct {
-	chain string
-	sent  uint64
-	// privacy and mute as last recorded, to record changes only.
-	privacy, mute bool
-	serial        string // the certificate serial last recorded
-	revoked       bool
+	chain   string
+	sent    uint64
+	serial  string // the certificate serial last recorded
+	revoked bool
 }
 
 func (a *Agent) auditDir() string { return filepath.Join(a.opts.StateDir, "audit") }
@@ -68,10 +66,6 @@ func (a *Agent) loadAudit() {
 		if s := r.Fields["serial"]; s != "" && (r.Kind == audit.KindEnrolled || r.Kind == audit.KindRenewed) {
 			a.aud.serial = s
 		}
-	}
-	if a.opts.Appliance != nil {
-		st := a.opts.Appliance.Status()
-		a.aud.privacy, a.aud.mute = st.Privacy, st.Mute
 	}
 }
 
@@ -135,25 +129,16 @@ func (a *Agent) callE2EE() string {
 }
 
 // auditAppliance records what the fleet events do not carry: privacy and
-// mute turning on and off, and a factory reset about to wipe the unit.
+// mute turning on and off (the appliance's privacy and mute events, one
+// per change), and a factory reset about to wipe the unit.
 func (a *Agent) auditAppliance(ev appliance.Event) {
-	if a.opts.Audit == nil {
-		return
-	}
-	if ev.Type == "factory_reset" && ev.Detail == "wiping" {
+	switch {
+	case ev.Type == "factory_reset" && ev.Detail == "wiping":
 		a.record(audit.KindFactoryReset, nil)
-	}
-	if a.opts.Appliance == nil {
-		return
-	}
-	st := a.opts.Appliance.Status()
-	if st.Privacy != a.aud.privacy {
-		a.aud.privacy = st.Privacy
-		a.record(map[bool]string{true: audit.KindPrivacyOn, false: audit.KindPrivacyOff}[st.Privacy], nil)
-	}
-	if st.Mute != a.aud.mute {
-		a.aud.mute = st.Mute
-		a.record(map[bool]string{true: audit.KindMuteOn, false: audit.KindMuteOff}[st.Mute], nil)
+	case ev.Type == "privacy":
+		a.record(map[bool]string{true: audit.KindPrivacyOn, false: audit.KindPrivacyOff}[ev.Detail == "on"], nil)
+	case ev.Type == "mute":
+		a.record(map[bool]string{true: audit.KindMuteOn, false: audit.KindMuteOff}[ev.Detail == "on"], nil)
 	}
 }
 
