@@ -1,0 +1,426 @@
+package fleetd
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
+	"github.com/konsult/konsult/internal/syncbuf"
+	"github.com/konsult/konsult/provisioning/ca"
+	"github.com/konsult/konsult/provisioning/manager"
+)
+
+const testClinic = "Huisartsenpraktijk De Linde"
+
+// patientRig is fleetd's patient web over TLS (httptest's certificate) on
+// loopback, with no broker: the page and the token exchange only.
+type patientRig struct {
+	svc *Service
+	srv *httptest.Server
+	log *syncbuf.Buffer
+	now time.Time
+}
+
+func clientDir(t testing.TB) string {
+	wd, _ := os.Getwd()
+	d := filepath.Join(wd, "..", "..", ".cache", "npm", "node_modules", "livekit-client", "dist")
+	if _, err := os.Stat(filepath.Join(d, "livekit-client.umd.js")); err != nil {
+		msg := "livekit-client not in .cache/npm (.ci/farend-setup.sh installs it)"
+		if os.Getenv("KONSULT_REQUIRE_REAL_PARTS") == "1" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return d
+}
+
+func newPatientRig(t *testing.T, lk *farend.LiveKit, wrap func(http.Handler) http.Handler) *patientRig {
+	t.Helper()
+	dir := t.TempDir()
+	c, err := ca.Init(filepath.Join(dir, "ca"), "test fleet CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := manager.GenerateKeys(c.Dir, false); err != nil {
+		t.Fatal(err)
+	}
+	key, secret, ws := "k", "s", "ws://127.0.0.1:9"
+	if lk != nil {
+		key, secret, ws = lk.APIKey, lk.APISecret, lk.WSURL
+	}
+	cfg := &Config{
+		Database:   filepath.Join(dir, "fleetd.db"),
+		CADir:      c.Dir,
+		Broker:     BrokerConfig{URL: "mqtt://127.0.0.1:9"},
+		LiveKit:    LiveKitConfig{APIKey: key, APISecret: secret},
+		PatientWeb: PatientWebConfig{Listen: "127.0.0.1:0", Cert: "unused", Key: "unused", Clinic: testClinic, LiveKitURL: ws, ClientDir: clientDir(t)},
+	}
+	if err := cfg.check(); err != nil {
+		t.Fatal(err)
+	}
+	log := &syncbuf.Buffer{}
+	svc, err := New(cfg, slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	r := &patientRig{svc: svc, log: log, now: time.Now()}
+	svc.Now = func() time.Time { return time.Now() }
+	var h http.Handler = svc.PatientHandler()
+	if wrap != nil {
+		h = wrap(h)
+	}
+	r.srv = httptest.NewTLSServer(h)
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+// book adds a consultation from start to end and returns it and its link's
+// fragment parts.
+func (r *patientRig) book(t *testing.T, start, end time.Time) (Added, string, string, string) {
+	t.Helper()
+	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: start, End: end})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, frag, ok := strings.Cut(a.PatientLink, "#")
+	if !ok {
+		t.Fatalf("link %q has no fragment", a.PatientLink)
+	}
+	p := strings.Split(frag, ".")
+	if len(p) != 3 {
+		t.Fatalf("link fragment has %d parts, want ID.SECRET.K", len(p))
+	}
+	return a, p[0], p[1], p[2]
+}
+
+func (r *patientRig) exchange(t *testing.T, id, secret string) (JoinAnswer, int) {
+	t.Helper()
+	b, _ := json.Marshal(map[string]string{"id": id, "secret": secret})
+	resp, err := r.srv.Client().Post(r.srv.URL+"/join/token", "application/json", strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var a JoinAnswer
+	if err := json.NewDecoder(resp.Body).Decode(&a); err != nil {
+		t.Fatal(err)
+	}
+	return a, resp.StatusCode
+}
+
+func TestPatientLinkCarriesKAndItIsPurgedAfterTheWindow(t *testing.T) {
+	r := newPatientRig(t, nil, nil)
+	now := time.Now()
+	a, _, _, k := r.book(t, now.Add(-time.Hour), now.Add(-10*time.Minute))
+	kb, err := base64.RawURLEncoding.DecodeString(k)
+	if err != nil || len(kb) != 32 || len(k) != 43 {
+		t.Fatalf("K in the link: %d chars, %d bytes, %v; want 43 chars of base64url, 32 bytes", len(k), len(kb), err)
+	}
+	stored, err := r.svc.Store().E2EEKey(context.Background(), a.ID)
+	if err != nil || string(stored) != string(kb) {
+		t.Fatalf("stored key differs from the link's (%v)", err)
+	}
+	b, _, _, k2 := r.book(t, now.Add(time.Hour), now.Add(2*time.Hour))
+	if k2 == k {
+		t.Fatal("two consultations share a key")
+	}
+	if n, err := r.svc.Store().PurgeKeys(context.Background(), now); err != nil || n != 1 {
+		t.Fatalf("purge: %d, %v; want the one ended consultation's key", n, err)
+	}
+	if stored, _ := r.svc.Store().E2EEKey(context.Background(), a.ID); stored != nil {
+		t.Fatal("the ended consultation's key is still stored")
+	}
+	if stored, _ := r.svc.Store().E2EEKey(context.Background(), b.ID); len(stored) != 32 {
+		t.Fatal("the coming consultation's key was purged")
+	}
+	if strings.Contains(r.log.String(), k) || strings.Contains(r.log.String(), k2) {
+		t.Fatal("a key is in fleetd's log")
+	}
+}
+
+func TestPatientTokenRefusals(t *testing.T) {
+	r := newPatientRig(t, nil, nil)
+	now := time.Now()
+	_, idOld, secOld, _ := r.book(t, now.Add(-time.Hour), now.Add(-time.Minute))
+	_, idLate, secLate, _ := r.book(t, now.Add(20*time.Minute), now.Add(50*time.Minute))
+	cancelled, idC, secC, _ := r.book(t, now, now.Add(30*time.Minute))
+	if _, err := r.svc.Store().Cancel(context.Background(), cancelled.ID, now); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, id, secret, want string
+		code                   int
+	}{
+		{"expired", idOld, secOld, JoinExpired, http.StatusGone},
+		{"too early", idLate, secLate, JoinEarly, http.StatusForbidden},
+		{"cancelled", idC, secC, JoinCancelled, http.StatusGone},
+		{"wrong secret", idOld, secLate, JoinUnknown, http.StatusNotFound},
+		{"unknown id", "c-nosuchthing", secOld, JoinUnknown, http.StatusNotFound},
+	} {
+		a, code := r.exchange(t, c.id, c.secret)
+		if a.Error != c.want || code != c.code || a.Token != "" {
+			t.Errorf("%s: %d %q (token %v); want %d %q and no token", c.name, code, a.Error, a.Token != "", c.code, c.want)
+		}
+	}
+	// Two wrong ones were counted above; three more reach the limit, and
+	// then even the right secret is refused from that address.
+	for range 3 {
+		r.exchange(t, idOld, "guess")
+	}
+	if a, code := r.exchange(t, idOld, secOld); a.Error != JoinSlowDown || code != http.StatusTooManyRequests {
+		t.Fatalf("after %d wrong secrets: %d %q; want 429 %q", badLimit, code, a.Error, JoinSlowDown)
+	}
+	for _, s := range []string{secOld, secLate, secC} {
+		if strings.Contains(r.log.String(), s) {
+			t.Fatal("a patient secret is in fleetd's log")
+		}
+	}
+}
+
+func TestPatientPageHeaders(t *testing.T) {
+	r := newPatientRig(t, nil, nil)
+	for _, p := range []string{"/join", "/join/assets/patient.js", "/join/lib/livekit-client.umd.js", "/join/lib/livekit-client.e2ee.worker.js"} {
+		resp, err := r.srv.Client().Get(r.srv.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		h := resp.Header
+		csp := h.Get("Content-Security-Policy")
+		if resp.StatusCode != 200 || n == 0 {
+			t.Errorf("%s: %s, %d bytes", p, resp.Status, n)
+		}
+		if h.Get("Referrer-Policy") != "no-referrer" || !strings.Contains(csp, "default-src 'none'") || !strings.Contains(csp, "script-src 'self';") || strings.Contains(csp, "unsafe") {
+			t.Errorf("%s: Referrer-Policy %q, CSP %q", p, h.Get("Referrer-Policy"), csp)
+		}
+		t.Logf("%s: %d bytes", p, n)
+	}
+}
+
+// page opens the patient page at link in its own Chromium with fake
+// devices; lang is its browser language; deny refuses camera and mic.
+func (r *patientRig) page(t *testing.T, frag, lang string, deny bool) *screentest.Browser {
+	t.Helper()
+	flags := []string{"--use-fake-device-for-media-stream", "--ignore-certificate-errors", "--lang=" + lang, "--accept-lang=" + lang}
+	if !deny {
+		flags = append(flags, "--use-fake-ui-for-media-stream")
+	}
+	b := screentest.Start(t, "about:blank", 800, 600, flags...)
+	if deny {
+		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "videoCapture"}, "setting": "denied"})
+		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "audioCapture"}, "setting": "denied"})
+	}
+	b.Navigate(r.srv.URL + "/join#" + frag)
+	return b
+}
+
+func state(t *testing.T, b *screentest.Browser, want string, d time.Duration) {
+	t.Helper()
+	screentest.WaitUntil(t, b, "page state "+want, d, "(document.body && document.body.dataset.state) || ''", func(s string) bool { return s == want })
+}
+
+func TestPatientNoticeInEachLanguage(t *testing.T) {
+	r := newPatientRig(t, nil, nil)
+	now := time.Now()
+	_, id, sec, k := r.book(t, now, now.Add(30*time.Minute))
+	// What each language's notice must say: the clinic, end-to-end
+	// encryption, no recording, how to leave.
+	words := map[string][]string{
+		"nl": {"verwerkt door " + testClinic, "end-to-end versleuteld", "niets opgenomen", "Verlaten"},
+		"es": {"trata " + testClinic, "cifrada de extremo a extremo", "No se graba nada", "Salir"},
+		"nb": {"behandles av " + testClinic, "ende-til-ende-kryptert", "Ingenting blir tatt opp", "Forlat"},
+		"en": {"processed by " + testClinic, "encrypted end to end", "Nothing is recorded", "Leave"},
+	}
+	b := r.page(t, id+"."+sec+"."+k, "es", false)
+	state(t, b, "notice", 20*time.Second)
+	order := []string{"es", "nl", "nb", "en"} // es by the browser's language, then switched
+	for i, l := range order {
+		if i > 0 {
+			b.Eval(fmt.Sprintf(`(()=>{const s=document.getElementById('lang'); s.value=%q; s.dispatchEvent(new Event('change')); return true})()`, l), nil)
+		}
+		var text, lang string
+		b.Eval(`document.getElementById('notice').innerText`, &text)
+		b.Eval(`document.documentElement.lang`, &lang)
+		if lang != l {
+			t.Errorf("page language %q, want %q", lang, l)
+		}
+		for _, w := range words[l] {
+			if !strings.Contains(text, w) {
+				t.Errorf("%s notice lacks %q:\n%s", l, w, text)
+			}
+		}
+	}
+	// The contract's test vector: K = 00..1f.
+	var code string
+	b.Eval(`konsultSafetyCode("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")`, &code)
+	if code != "1978 4840" || code != goSafetyCode(seq32()) {
+		t.Errorf("page's safety code of 00..1f: %q, want %q", code, goSafetyCode(seq32()))
+	}
+}
+
+func seq32() []byte {
+	k := make([]byte, 32)
+	for i := range k {
+		k[i] = byte(i)
+	}
+	return k
+}
+
+// goSafetyCode is the contract's safety code, written here from its text
+// (media/e2ee.SafetyCode is the unit's; provisioning may not import media).
+func goSafetyCode(k []byte) string {
+	h := sha256.Sum256(append([]byte("konsult-safety-code-v1"), k...))
+	s := fmt.Sprintf("%08d", binary.BigEndian.Uint64(h[:8])%100000000)
+	return s[:4] + " " + s[4:]
+}
+
+type pageView struct {
+	State  string  `json:"state"`
+	E2EE   string  `json:"e2ee"`
+	Frames int     `json:"frames"`
+	Errors int     `json:"errors"`
+	Code   string  `json:"code"`
+	Text   string  `json:"text"`
+	InCall float64 `json:"in_call"`
+}
+
+const viewExpr = `!window.konsult ? {} : ({state: document.body.dataset.state, e2ee: document.body.dataset.e2ee || "", frames: konsult.framesDecoded, errors: konsult.decryptErrors, code: konsult.code, in_call: konsult.tInCall, text: document.querySelector('main').innerText})`
+
+func waitView(t *testing.T, b *screentest.Browser, what string, d time.Duration, ok func(pageView) bool) pageView {
+	t.Helper()
+	return screentest.WaitUntil(t, b, what, d, viewExpr, ok)
+}
+
+// TestPatientPagesEndToEnd: until the unit encrypts, two patient pages that
+// share K decrypt each other; a page with another K decodes nothing and
+// says it cannot decrypt; a patient who denies the camera joins listening
+// and sees the room; a second join with a link in use, and an expired
+// link, are refused with the patient's message.
+func TestPatientPagesEndToEnd(t *testing.T) {
+	clientDir(t)
+	lk := farend.StartLiveKit(t)
+	var room string
+	extra := map[string]string{} // test ids → identities for the extra pages in the same room
+	r := newPatientRig(t, lk, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			if q.Method == http.MethodPost && q.URL.Path == "/join/token" {
+				body, _ := io.ReadAll(q.Body)
+				var req struct{ ID string }
+				_ = json.Unmarshal(body, &req)
+				if ident, ok := extra[req.ID]; ok {
+					writeJSON(w, 200, JoinAnswer{Token: lk.Token(ident, room, true, true, 10*time.Minute), URL: lk.WSURL})
+					return
+				}
+				q.Body = io.NopCloser(strings.NewReader(string(body)))
+			}
+			h.ServeHTTP(w, q)
+		})
+	})
+	now := time.Now()
+	a, id, sec, k := r.book(t, now.Add(5*time.Minute), now.Add(35*time.Minute)) // within the 10-minute lead
+	room = a.Room
+	extra["c-peer"], extra["c-wrong"], extra["c-listen"] = "peer", "wrong", "listen"
+	wrong := make([]byte, 32)
+	_, _ = rand.Read(wrong)
+	kw := base64.RawURLEncoding.EncodeToString(wrong)
+
+	pa := r.page(t, id+"."+sec+"."+k, "en", false)
+	state(t, pa, "notice", 20*time.Second)
+	pa.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pa, "prejoin", 20*time.Second)
+	var pickers struct{ Cams, Mics int }
+	pa.Eval(`({cams: document.getElementById('cam').options.length, mics: document.getElementById('mic').options.length})`, &pickers)
+	if pickers.Cams == 0 || pickers.Mics == 0 {
+		t.Errorf("device pickers: %d cameras, %d microphones", pickers.Cams, pickers.Mics)
+	}
+	pa.Eval(`document.getElementById('join').click(), true`, nil)
+
+	pb := r.page(t, "c-peer.x."+k, "nl", false)
+	state(t, pb, "notice", 20*time.Second)
+	pb.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pb, "prejoin", 20*time.Second)
+	pb.Eval(`document.getElementById('join').click(), true`, nil)
+
+	va := waitView(t, pa, "patient A decrypts B", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
+	vb := waitView(t, pb, "page B decrypts A", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
+	kb, _ := base64.RawURLEncoding.DecodeString(k)
+	if va.Code != goSafetyCode(kb) || vb.Code != va.Code || !strings.Contains(va.Text, "Safety code: "+va.Code) {
+		t.Errorf("safety codes: A %q, B %q, want %q shown", va.Code, vb.Code, goSafetyCode(kb))
+	}
+	t.Logf("page load → in call: %.0f ms (A), %.0f ms (B, including the clicks)", va.InCall, vb.InCall)
+
+	// The wrong key: nothing decoded, "cannot decrypt".
+	pw := r.page(t, "c-wrong.x."+kw, "en", false)
+	state(t, pw, "notice", 20*time.Second)
+	pw.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pw, "prejoin", 20*time.Second)
+	pw.Eval(`document.getElementById('join').click(), true`, nil)
+	vw := waitView(t, pw, "wrong key says it cannot decrypt", 40*time.Second, func(v pageView) bool { return v.E2EE == "cannot_decrypt" })
+	if vw.Frames != 0 || !strings.Contains(vw.Text, "cannot be decrypted") {
+		t.Errorf("wrong key: %d frames decoded, text %q", vw.Frames, vw.Text)
+	}
+
+	// Camera and microphone denied: the message, then a listen-only join
+	// that sees the room.
+	pl := r.page(t, "c-listen.x."+k, "en", true)
+	state(t, pl, "notice", 20*time.Second)
+	pl.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pl, "denied", 20*time.Second)
+	var denied string
+	pl.Eval(`document.getElementById('denied').innerText`, &denied)
+	if !strings.Contains(denied, "will not see or hear you") {
+		t.Errorf("denied message: %q", denied)
+	}
+	pl.Eval(`document.getElementById('join-listen').click(), true`, nil)
+	waitView(t, pl, "listen-only page decrypts the room", 40*time.Second, func(v pageView) bool { return v.State == "call" && v.E2EE == "ok" })
+	ids, err := lk.Participants(context.Background(), room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("in the room: %v", ids)
+
+	// The same link again while A is in the call: refused.
+	pr := r.page(t, id+"."+sec+"."+k, "en", false)
+	state(t, pr, "notice", 20*time.Second)
+	pr.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pr, "prejoin", 20*time.Second)
+	pr.Eval(`document.getElementById('join').click(), true`, nil)
+	vr := waitView(t, pr, "a link in use is refused", 20*time.Second, func(v pageView) bool { return v.State == "refused" })
+	if !strings.Contains(vr.Text, "Someone is already in this consultation") {
+		t.Errorf("in use: %q", vr.Text)
+	}
+
+	// An expired link.
+	_, ido, seco, ko := r.book(t, now.Add(-time.Hour), now.Add(-time.Minute))
+	pe := r.page(t, ido+"."+seco+"."+ko, "nl", false)
+	state(t, pe, "notice", 20*time.Second)
+	pe.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pe, "prejoin", 20*time.Second)
+	pe.Eval(`document.getElementById('join').click(), true`, nil)
+	ve := waitView(t, pe, "an expired link is refused", 20*time.Second, func(v pageView) bool { return v.State == "refused" })
+	if !strings.Contains(ve.Text, "Dit consult is voorbij") {
+		t.Errorf("expired: %q", ve.Text)
+	}
+	for _, s := range []string{sec, k, seco} {
+		if strings.Contains(r.log.String(), s) {
+			t.Fatal("a secret or key is in fleetd's log")
+		}
+	}
+}
