@@ -224,8 +224,8 @@ func (r *patientRig) page(t *testing.T, frag, lang string, deny bool) *screentes
 	}
 	b := screentest.Start(t, "about:blank", 800, 600, flags...)
 	if deny {
-		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "videoCapture"}, "setting": "denied"})
-		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "audioCapture"}, "setting": "denied"})
+		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "camera"}, "setting": "denied"})
+		b.Call("Browser.setPermission", map[string]any{"permission": map[string]any{"name": "microphone"}, "setting": "denied"})
 	}
 	b.Navigate(r.srv.URL + "/join#" + frag)
 	return b
