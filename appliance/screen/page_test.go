@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -93,11 +94,16 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 
 	g := gate.New()
 	g.Set(gate.State{Video: true, Audio: true})
-	call := newFakeUnit(appliance.Status{State: appliance.InCall, Since: time.Now().Add(-75 * time.Second), Shutter: "open"}, g)
+	began := time.Now().Add(-75 * time.Second)
+	call := newFakeUnit(appliance.Status{State: appliance.InCall, Since: began, Shutter: "open"}, g)
 	media := fakeMedia{far: []display.SlotState{{Slot: 0, Participant: "p-1", Speaking: true}, {Slot: 1, Participant: "p-2"}, {Slot: 2, Participant: "p-3"}}}
 	callURL := startServer(t, screen.Config{Room: "Room 3", Unit: call, Media: media})
 	faultURL := startServer(t, screen.Config{Room: "Room 3", Unit: fault})
 	idleURL := startServer(t, screen.Config{Room: "Room 3", Unit: idle})
+	var overlapURLs []string
+	for n := 1; n <= 3; n++ {
+		overlapURLs = append(overlapURLs, startServer(t, screen.Config{Room: "Room 3", Unit: call, Media: fakeMedia{far: media.far[:n]}}))
+	}
 	for _, size := range [][2]int{{1920, 1080}, {1280, 720}, {800, 480}} {
 		sc.Call("Emulation.setDeviceMetricsOverride", map[string]any{"width": size[0], "height": size[1], "deviceScaleFactor": 1, "mobile": false})
 		for _, s := range []struct{ name, url, class string }{{"idle", idleURL, "state-idle"}, {"fault", faultURL, "state-fault"}, {"call", callURL, "state-in_call"}} {
@@ -120,11 +126,30 @@ func TestScreenPageTextsAndSizes(t *testing.T) {
 			}
 			screentest.SaveShot(t, sc, fmt.Sprintf("%s-%dx%d.png", s.name, size[0], size[1]))
 		}
+		// Every far-end participant is wholly visible: no tile lies under
+		// the self-view, with one, two or three far ends.
+		for _, url := range overlapURLs {
+			sc.Navigate(url)
+			screentest.WaitUntil(t, sc, "call", 10*time.Second, pageTextJS, func(p pageText) bool { return p.Class == "state-in_call" })
+			time.Sleep(100 * time.Millisecond)
+			var hit []string
+			sc.Eval(tilesUnderSelfJS, &hit)
+			if len(hit) > 0 {
+				t.Errorf("%dx%d: the self-view covers part of %v", size[0], size[1], hit)
+			}
+		}
 	}
 	// The call timer runs from the call's start.
 	var timer string
 	sc.Eval(`document.getElementById('timer').textContent`, &timer)
-	if !strings.HasPrefix(timer, "1:1") {
-		t.Errorf("call timer %q, want 1:1x (the call began 75 s ago)", timer)
+	var m, sec int
+	if _, err := fmt.Sscanf(timer, "%d:%d", &m, &sec); err != nil || math.Abs(float64(m*60+sec)-time.Since(began).Seconds()) > 2 {
+		t.Errorf("call timer %q, want the %.0f s since the call began", timer, time.Since(began).Seconds())
 	}
 }
+
+// tilesUnderSelfJS names the shown tiles whose box meets the self-view's.
+const tilesUnderSelfJS = `(() => { const s = document.getElementById('self').getBoundingClientRect(); const out = [];
+  for (const t of document.querySelectorAll('.tile')) { if (t.hidden) continue; const r = t.getBoundingClientRect();
+    if (r.right > s.left && r.left < s.right && r.bottom > s.top && r.top < s.bottom) out.push(t.dataset.participant || t.dataset.slot); }
+  return out; })()`

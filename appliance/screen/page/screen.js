@@ -111,14 +111,35 @@ function layout(v) {
       if (owner[i] !== undefined) { owner[i] = undefined; stale(i); }
     }
   }
-  const n = Math.max(shown.size, 1);
-  const wide = window.innerWidth >= window.innerHeight;
-  let cols = Math.ceil(Math.sqrt(n));
-  if (wide && n === 2) cols = 2;
-  const rows = Math.ceil(n / cols);
+  arrange(Math.max(shown.size, 1));
+}
+
+// arrange lays n tiles out beside the self-view, never under it: every
+// far-end participant stays wholly visible. It keeps the self-view's
+// corner free by giving up either a column on the right or a strip at the
+// bottom, whichever leaves the larger 16:9 picture per tile, and picks the
+// grid the same way.
+function arrange(n) {
+  const W = window.innerWidth, H = $("call").clientHeight || window.innerHeight;
+  const mx = W / 100, my = window.innerHeight / 100; // 1vw, 1vh
+  // #self in screen.css: 22vw wide, 16:9, 1.5vw/1.5vh from the corner (its
+  // size from the stylesheet, not the DOM: it may not be shown yet).
+  const sw = 22 * mx + 2.5 * mx, sh = 22 * mx * 9 / 16 + 2.5 * my;
+  let best = null;
+  for (const reserve of ["right", "bottom"]) {
+    const w = W - 2 * mx - (reserve === "right" ? sw : 0);
+    const h = H - 2 * my - (reserve === "bottom" ? sh : 0);
+    for (let cols = 1; cols <= n; cols++) {
+      const rows = Math.ceil(n / cols);
+      const pw = Math.min(w / cols, (h / rows) * 16 / 9);
+      if (pw > 0 && (!best || pw > best.pw + 0.5)) best = { reserve, cols, rows, pw };
+    }
+  }
   const g = $("tiles").style;
-  g.gridTemplateColumns = "repeat(" + cols + ", 1fr)";
-  g.gridTemplateRows = "repeat(" + rows + ", 1fr)";
+  g.right = best.reserve === "right" ? (mx + sw) + "px" : "";
+  g.bottom = best.reserve === "bottom" ? (my + sh) + "px" : "";
+  g.gridTemplateColumns = "repeat(" + best.cols + ", 1fr)";
+  g.gridTemplateRows = "repeat(" + best.rows + ", 1fr)";
 }
 
 function tick() {
