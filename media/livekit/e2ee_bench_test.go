@@ -17,10 +17,14 @@ import (
 )
 
 func benchJoin(b *testing.B, lk *farend.LiveKit, room string, key *e2ee.Key, stamp bool) (*livekit.RTCCall, *gate.Gate) {
+	return benchJoinCodec(b, lk, room, "H264", key, stamp)
+}
+
+func benchJoinCodec(b *testing.B, lk *farend.LiveKit, room, codec string, key *e2ee.Key, stamp bool) (*livekit.RTCCall, *gate.Gate) {
 	b.Helper()
 	g := gate.New()
 	conn, err := livekit.NewRTC(livekit.Config{URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret},
-		livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "H264", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
+		livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: codec, VideoBitRate: 1_000_000, AudioBitRate: 32_000,
 			Camera: capture.TestDevice, Microphone: capture.TestDevice, E2EE: key, Stamp: stamp},
 		livekit.RTCOptions{Speaker: playout.DeviceNull}, g, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
@@ -93,23 +97,29 @@ func BenchmarkE2EEJoin(b *testing.B) {
 
 // BenchmarkE2EEGlassToGlass: the capture stamp drawn into the unit's
 // picture → the patient's page paints the decoded frame and reads it back,
-// clear and end-to-end encrypted in one run (H.264, openh264, the same
-// page with the key for both). Reports the p50 and p95 of each and the p50
+// clear and end-to-end encrypted in one run (H.264 from openh264 and VP8
+// from libvpx, the same page with the key for both). Reports the p50 and p95 of each and the p50
 // difference. Each op is one stamped frame; at least 10 s and 200 samples
 // per mode.
 func BenchmarkE2EEGlassToGlass(b *testing.B) {
 	lk := farend.StartLiveKit(b)
+	for _, codec := range []string{"H264", "VP8"} {
+		b.Run(codec, func(b *testing.B) { e2eeGlassToGlass(b, lk, codec) })
+	}
+}
+
+func e2eeGlassToGlass(b *testing.B, lk *farend.LiveKit, codec string) {
 	material := e2eeMaterial(6)
 	key, _ := e2ee.NewKey(material)
 	ages := map[bool][]time.Duration{}
 	for _, encrypted := range []bool{false, true} {
 		k := key
-		room := "bench-g2g-e2ee"
+		room := "bench-g2g-e2ee-" + codec
 		if !encrypted {
-			k, room = nil, "bench-g2g-clear"
+			k, room = nil, "bench-g2g-clear-"+codec
 		}
 		fe := farend.StartFarEnd(b, lk, room, "patient", farend.Watch("unit-1"), farend.E2EE(material), farend.ReadStamps(), farend.ReportInterval(20*time.Millisecond))
-		call, _ := benchJoin(b, lk, room, k, true)
+		call, _ := benchJoinCodec(b, lk, room, codec, k, true)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.StampFramesValid > 10 }); err != nil {
 			b.Fatalf("no stamped frames: %v", err)
