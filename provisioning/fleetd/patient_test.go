@@ -315,6 +315,8 @@ func waitView(t *testing.T, b *screentest.Browser, what string, d time.Duration,
 // link, are refused with the patient's message.
 func TestPatientPagesEndToEnd(t *testing.T) {
 	clientDir(t)
+	began := time.Now()
+	defer func() { t.Logf("took %s", time.Since(began)) }()
 	lk := farend.StartLiveKit(t)
 	var room string
 	extra := map[string]string{} // test ids → identities for the extra pages in the same room
@@ -341,6 +343,7 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	_, _ = rand.Read(wrong)
 	kw := base64.RawURLEncoding.EncodeToString(wrong)
 
+	t.Logf("%s at %s", "pa", time.Since(began))
 	pa := r.page(t, id+"."+sec+"."+k, "en", false)
 	state(t, pa, "notice", 20*time.Second)
 	pa.Eval(`document.getElementById('continue').click(), true`, nil)
@@ -352,14 +355,17 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	}
 	pa.Eval(`document.getElementById('join').click(), true`, nil)
 
+	t.Logf("%s at %s", "pb", time.Since(began))
 	pb := r.page(t, "c-peer.x."+k, "nl", false)
 	state(t, pb, "notice", 20*time.Second)
 	pb.Eval(`document.getElementById('continue').click(), true`, nil)
 	state(t, pb, "prejoin", 20*time.Second)
 	pb.Eval(`document.getElementById('join').click(), true`, nil)
 
+	t0 := time.Now()
 	va := waitView(t, pa, "patient A decrypts B", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
 	vb := waitView(t, pb, "page B decrypts A", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
+	t.Logf("both decrypt %s after B's join click", time.Since(t0).Round(time.Millisecond))
 	kb, _ := base64.RawURLEncoding.DecodeString(k)
 	if va.Code != goSafetyCode(kb) || vb.Code != va.Code || !strings.Contains(va.Text, "Safety code: "+va.Code) {
 		t.Errorf("safety codes: A %q, B %q, want %q shown", va.Code, vb.Code, goSafetyCode(kb))
@@ -367,18 +373,22 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	t.Logf("page load → in call: %.0f ms (A), %.0f ms (B, including the clicks)", va.InCall, vb.InCall)
 
 	// The wrong key: nothing decoded, "cannot decrypt".
+	t.Logf("%s at %s", "pw", time.Since(began))
 	pw := r.page(t, "c-wrong.x."+kw, "en", false)
 	state(t, pw, "notice", 20*time.Second)
 	pw.Eval(`document.getElementById('continue').click(), true`, nil)
 	state(t, pw, "prejoin", 20*time.Second)
 	pw.Eval(`document.getElementById('join').click(), true`, nil)
+	t0 = time.Now()
 	vw := waitView(t, pw, "wrong key says it cannot decrypt", 40*time.Second, func(v pageView) bool { return v.E2EE == "cannot_decrypt" })
+	t.Logf("wrong key: cannot decrypt after %s", time.Since(t0).Round(time.Millisecond))
 	if vw.Frames != 0 || !strings.Contains(vw.Text, "cannot be decrypted") {
 		t.Errorf("wrong key: %d frames decoded, text %q", vw.Frames, vw.Text)
 	}
 
 	// Camera and microphone denied: the message, then a listen-only join
 	// that sees the room.
+	t.Logf("%s at %s", "pl", time.Since(began))
 	pl := r.page(t, "c-listen.x."+k, "en", true)
 	state(t, pl, "notice", 20*time.Second)
 	pl.Eval(`document.getElementById('continue').click(), true`, nil)
@@ -397,6 +407,7 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	t.Logf("in the room: %v", ids)
 
 	// The same link again while A is in the call: refused.
+	t.Logf("%s at %s", "pr", time.Since(began))
 	pr := r.page(t, id+"."+sec+"."+k, "en", false)
 	state(t, pr, "notice", 20*time.Second)
 	pr.Eval(`document.getElementById('continue').click(), true`, nil)
@@ -409,6 +420,7 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 
 	// An expired link.
 	_, ido, seco, ko := r.book(t, now.Add(-time.Hour), now.Add(-time.Minute))
+	t.Logf("%s at %s", "pe", time.Since(began))
 	pe := r.page(t, ido+"."+seco+"."+ko, "nl", false)
 	state(t, pe, "notice", 20*time.Second)
 	pe.Eval(`document.getElementById('continue').click(), true`, nil)
