@@ -15,6 +15,7 @@ import (
 
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
+	"github.com/konsult/konsult/media/e2ee"
 	"github.com/konsult/konsult/media/encoder"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/icepolicy"
@@ -103,9 +104,24 @@ func (c *base) token() (string, error) {
 	return c.cfg.Token, nil
 }
 
+// joinKey is the join's end-to-end key: Config.E2EESource's, else
+// Media.E2EE (nil: hop by hop only).
+func (c *base) joinKey() (*e2ee.Key, error) {
+	if c.cfg.E2EESource != nil {
+		k, err := c.cfg.E2EESource()
+		if err != nil {
+			return nil, fmt.Errorf("end-to-end encryption: %w", err)
+		}
+		if k != nil {
+			return k, nil
+		}
+	}
+	return c.media.E2EE, nil
+}
+
 // openCapture opens camera and microphone behind the gate with fresh
-// encoders, for one call.
-func (c *base) openCapture() (*capture.Capture, error) {
+// encoders, for one call; key (if any) encrypts every frame end to end.
+func (c *base) openCapture(key *e2ee.Key) (*capture.Capture, error) {
 	vb, err := c.video.Chosen.Video(c.media.videoSettings())
 	if err != nil {
 		return nil, fmt.Errorf("video encoder: %w", err)
@@ -118,8 +134,8 @@ func (c *base) openCapture() (*capture.Capture, error) {
 	// the gate let out, in the clear, for the unit's own screen only.
 	vb = c.media.SelfView.Wrap(vb)
 	send := c.media.SendTransform
-	if c.media.E2EE != nil {
-		send = e2eeSend(c.media.E2EE, c.video.Chosen.Codec, send)
+	if key != nil {
+		send = e2eeSend(key, c.video.Chosen.Codec, send)
 	}
 	vb = transformVideo(vb, send)
 	ab = transformAudio(ab, send)

@@ -20,6 +20,7 @@ import (
 	"github.com/konsult/konsult/media"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/congestion"
+	"github.com/konsult/konsult/media/e2ee"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/icepolicy"
 	"github.com/konsult/konsult/media/playout"
@@ -123,7 +124,11 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 	if err := whip.CheckURL(c.cfg.URL, c.cfg.AllowedHosts); err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	capt, err := c.openCapture()
+	key, err := c.joinKey()
+	if err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	}
+	capt, err := c.openCapture(key)
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
@@ -132,13 +137,13 @@ func (c *RTCConnector) Join(ctx context.Context) (*RTCCall, error) {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, E2EE: c.media.E2EE, OnVideoFrame: c.opt.OnVideoFrame, OnMix: c.opt.OnMix, Log: c.log})
+	player, err := playout.Open(playout.Config{Device: c.opt.Speaker, Transform: c.opt.RecvTransform, E2EE: key, OnVideoFrame: c.opt.OnVideoFrame, OnMix: c.opt.OnMix, Log: c.log})
 	if err != nil {
 		capt.Close()
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	call := &RTCCall{
-		conn: c, id: newMeetingID(), salt: randBytes(16), api: api, capt: capt, rate: rate, player: player, log: c.log,
+		conn: c, e2ee: key, id: newMeetingID(), salt: randBytes(16), api: api, capt: capt, rate: rate, player: player, log: c.log,
 		token: tok, others: map[string]string{}, presence: make(chan media.Presence, 64), grace: c.cfg.DisconnectGrace,
 	}
 	call.init(call.releaseMedia)
@@ -298,7 +303,7 @@ func (c *RTCCall) addTrack(pc *webrtc.PeerConnection, t mediadevices.Track) (*lk
 		return nil, fmt.Errorf("add %s track: %w", t.Kind(), err)
 	}
 	req := &lkp.AddTrackRequest{Cid: t.ID(), Encryption: c.conn.opt.Encryption}
-	if c.conn.media.E2EE != nil {
+	if c.e2ee != nil {
 		// Browsers decrypt a participant only when every track says GCM;
 		// RED and backup codecs would carry frames the transform never saw.
 		req.Encryption, req.DisableRed, req.SimulcastCodecs = EncryptionGCM, true, nil
@@ -415,6 +420,7 @@ func randBytes(n int) []byte {
 // RTCCall is one meeting joined over LiveKit's signalling.
 type RTCCall struct {
 	conn   *RTCConnector
+	e2ee   *e2ee.Key // this call's end-to-end key; nil: hop by hop only
 	id     string
 	salt   []byte // per call: the same person has another pseudonym next call
 	api    *webrtc.API
@@ -498,3 +504,7 @@ func (c *RTCCall) Path() string {
 	}
 	return ""
 }
+
+// E2EE says whether this call is encrypted end to end (its frames carry
+// livekit-client's AES-GCM frame encryption), not only hop by hop.
+func (c *RTCCall) E2EE() bool { return c.e2ee != nil }

@@ -36,7 +36,12 @@ type Config struct {
 	Token     string
 	// TokenSource, if set, gives the token for each join (a fleet unit's
 	// fleetd: see tokensource.go); neither key nor secret is then needed.
-	TokenSource  func(ctx context.Context) (string, error)
+	TokenSource func(ctx context.Context) (string, error)
+	// E2EESource, if set, gives the end-to-end key of each join; it is
+	// asked right after the join's token (a fleet unit's consultation key
+	// comes in the same grant). A key encrypts that call as Media.E2EE
+	// would; an error refuses the join; nil and no error is Media.E2EE.
+	E2EESource   func() (*e2ee.Key, error)
 	AllowedHosts []string // if set, the server's host must be on it
 	// AllowPrivateICE lets the server hand out TURN servers and candidates
 	// at loopback, link-local and private addresses (a media server on the
@@ -203,11 +208,16 @@ func (c *WHIPConnector) join(ctx context.Context) (*Call, error) {
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
+	if key, err := c.joinKey(); err != nil {
+		return nil, fmt.Errorf("join: %w", err)
+	} else if key != nil {
+		return nil, fmt.Errorf("join: %w", ErrE2EENeedsRTC)
+	}
 	client, err := c.client(tok)
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
-	capt, err := c.openCapture()
+	capt, err := c.openCapture(nil)
 	if err != nil {
 		return nil, fmt.Errorf("join: %w", err)
 	}
