@@ -277,7 +277,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.store.Close()
 	var events <-chan appliance.Event
 	if a.opts.Appliance != nil {
-		ch, cancel := a.opts.Appliance.Subscribe(64)
+		// The machine drops a subscriber's oldest event when its buffer is
+		// full; the audit log is written from these events, so the agent's
+		// buffer is deep enough for any burst a person can press (60
+		// PRIVACY toggles back to back overflowed 64).
+		ch, cancel := a.opts.Appliance.Subscribe(4096)
 		defer cancel()
 		events = ch
 	}
