@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -63,14 +64,14 @@ func keyForms(k []byte) []string {
 	return out
 }
 
-func joinE2EE(t *testing.T, lk *farend.LiveKit, room, codec string, key *e2ee.Key, logs io.Writer) (*livekit.RTCCall, *gate.Gate, *livekit.RTCConnector) {
+func joinE2EE(t *testing.T, lk *farend.LiveKit, room, codec string, key *e2ee.Key, logs io.Writer, onFrame func(playout.VideoFrame)) (*livekit.RTCCall, *gate.Gate, *livekit.RTCConnector) {
 	t.Helper()
 	g := gate.New()
 	conn, err := livekit.NewRTC(livekit.Config{
 		URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second,
 	}, livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: codec, VideoBitRate: 1_000_000, AudioBitRate: 32_000,
 		Camera: capture.TestDevice, Microphone: capture.TestDevice, E2EE: key, Stamp: true},
-		livekit.RTCOptions{Speaker: playout.DeviceNull}, g, slog.New(slog.NewTextHandler(io.MultiWriter(os.Stderr, logs), &slog.HandlerOptions{Level: slog.LevelDebug})))
+		livekit.RTCOptions{Speaker: playout.DeviceNull, OnVideoFrame: onFrame}, g, slog.New(slog.NewTextHandler(io.MultiWriter(os.Stderr, logs), &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,20 @@ func TestE2EECall(t *testing.T) {
 	for _, codec := range []string{"H264", "VP8"} {
 		t.Run(codec, func(t *testing.T) {
 			room := "e2ee-" + strings.ToLower(codec)
-			call, g, _ := joinE2EE(t, lk, room, codec, key, logs)
+			// The display hook (the unit's screen) gets the patient's frames
+			// decrypted: VP8 key frames of the page's 640x360, and none
+			// still ending in the encrypted frame's trailer (IV length 12,
+			// key index 0).
+			var shown, shownKeys, stillSealed atomic.Int64
+			call, g, _ := joinE2EE(t, lk, room, codec, key, logs, func(f playout.VideoFrame) {
+				shown.Add(1)
+				if bytes.HasSuffix(f.Data, []byte{12, 0}) {
+					stillSealed.Add(1)
+				}
+				if f.Codec == "VP8" && f.Keyframe && f.Width == 640 && f.Height == 360 && len(f.Data) > 100 {
+					shownKeys.Add(1)
+				}
+			})
 			patient := farend.StartFarEnd(t, lk, room, "patient", farend.Publish(), farend.Watch("unit-1"), farend.E2EE(material), farend.ReadStamps())
 			s := farWaitT(t, patient, "the patient with the key decodes the unit's video at 20 fps, reads its capture stamps and hears it", 30*time.Second, func(s farend.FarEndStats) bool {
 				return s.E2EE && s.VideoFrom == "unit-1" && s.FPS >= 20 && s.StampFramesValid > 10 && s.AudioEnergyPeak > 0.01
@@ -124,6 +138,9 @@ func TestE2EECall(t *testing.T) {
 				t.Errorf("playout: e2ee %v, %d frames decrypted", ps.E2EE, ps.E2EEDecrypted)
 			}
 			failsBefore := ps.E2EEDecryptFailures
+			if shown.Load() < 30 || shownKeys.Load() == 0 || stillSealed.Load() > 1 {
+				t.Errorf("display hook: %d frames, %d VP8 key frames of 640x360, %d still encrypted", shown.Load(), shownKeys.Load(), stillSealed.Load())
+			}
 
 			// Without the key: not a single frame of the unit's video.
 			nokey := farend.StartFarEnd(t, lk, room, "eavesdropper", farend.Watch("unit-1"), farend.ReadStamps())
@@ -144,8 +161,9 @@ func TestE2EECall(t *testing.T) {
 			// H.264 SPS/PPS and slice start) lets Chromium's decoder turn
 			// the odd encrypted key frame into noise or a flat colour, but
 			// not one frame of the unit's picture: no capture stamp reads
-			// back, and the decoder does not keep going.
-			if s := nokey.Stats(); s.StampFramesValid != 0 || s.VideoFramesDecoded > 5 || s.FPS > 0 {
+			// back, and the decoder does not keep going (at most the key
+			// frames, one every 2 s, against the unit's 30 fps).
+			if s := nokey.Stats(); s.StampFramesValid != 0 || s.VideoFramesDecoded > 6 || s.FPS > 2 {
 				t.Errorf("the keyless page got the unit's picture: %d stamps read valid, %d frames decoded, %.0f fps. %s", s.StampFramesValid, s.VideoFramesDecoded, s.FPS, s)
 			} else {
 				t.Logf("keyless page: %d packets, %d frames decoded (noise), %d stamps valid", s.VideoPacketsReceived, s.VideoFramesDecoded, s.StampFramesValid)
