@@ -229,6 +229,11 @@ func TestUnitTokenIsForItsConsultationOnlyAndLiveKitRefusesTheRest(t *testing.T)
 	if g.Room != a.Room || g.Consultation != a.ID {
 		t.Fatalf("grant for %q/%q, want room %q", g.Room, g.Consultation, a.Room)
 	}
+	// The consultation's end-to-end key K is in the sealed grant, the same
+	// as the patient link's third part.
+	if parts := strings.Split(a.PatientLink, "."); len(g.E2EEKey) != 32 || base64.RawURLEncoding.EncodeToString(g.E2EEKey) != parts[len(parts)-1] {
+		t.Fatalf("grant's E2EE key (%d bytes) is not the link's K", len(g.E2EEKey))
+	}
 	if ttl := time.Until(g.Expires); ttl > MaxTokenTTL+time.Second || ttl < MaxTokenTTL-time.Minute {
 		t.Fatalf("token valid for %s, want ≤ %s", ttl, MaxTokenTTL)
 	}
@@ -336,6 +341,18 @@ func TestBrokerSubscriberSeesOnlyCiphertext(t *testing.T) {
 	}).Wait()
 	u1 := r.unit("room-1")
 	g := r.grant(u1, fleet.StandingMeeting)
+	if g.E2EEKey != nil {
+		t.Fatal("a standing meeting's grant carries an E2EE key")
+	}
+	now := time.Now()
+	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: now, End: now.Add(30 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gc := r.grant(u1, a.ID)
+	if len(gc.E2EEKey) != 32 {
+		t.Fatalf("the consultation's grant carries a %d-byte E2EE key, want 32", len(gc.E2EEKey))
+	}
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()
 	defer mu.Unlock()
@@ -343,7 +360,8 @@ func TestBrokerSubscriberSeesOnlyCiphertext(t *testing.T) {
 		t.Fatalf("the spy saw %d messages, want the request and the answer", len(seen))
 	}
 	for _, p := range seen {
-		if bytes.Contains(p, []byte(g.Token)) || bytes.Contains(p, []byte(strings.Split(g.Token, ".")[1])) || bytes.Contains(p, []byte("standing-1")) {
+		if bytes.Contains(p, []byte(g.Token)) || bytes.Contains(p, []byte(strings.Split(g.Token, ".")[1])) || bytes.Contains(p, []byte("standing-1")) ||
+			bytes.Contains(p, gc.E2EEKey) || bytes.Contains(p, []byte(base64.StdEncoding.EncodeToString(gc.E2EEKey))) || bytes.Contains(p, []byte(base64.RawURLEncoding.EncodeToString(gc.E2EEKey))) {
 			t.Fatalf("the broker carried the token or its room in clear: %.80s", p)
 		}
 	}
