@@ -417,6 +417,16 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	if !strings.Contains(vr.Text, "Someone is already in this consultation") {
 		t.Errorf("in use: %q", vr.Text)
 	}
+	// Once A has left, the same link works again (a reload, a dropped
+	// phone, another device).
+	pa.Eval(`document.getElementById('leave').click(), true`, nil)
+	state(t, pa, "left", 10*time.Second)
+	pr.Navigate(r.srv.URL + "/join?again#" + id + "." + sec + "." + k)
+	state(t, pr, "notice", 20*time.Second)
+	pr.Eval(`document.getElementById('continue').click(), true`, nil)
+	state(t, pr, "prejoin", 20*time.Second)
+	pr.Eval(`document.getElementById('join').click(), true`, nil)
+	waitView(t, pr, "the link works again after its patient left", 30*time.Second, func(v pageView) bool { return v.State == "call" && v.E2EE == "ok" })
 
 	// An expired link.
 	_, ido, seco, ko := r.book(t, now.Add(-time.Hour), now.Add(-time.Minute))
