@@ -2,14 +2,22 @@ package fleetd
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -444,5 +452,100 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 		if strings.Contains(r.log.String(), s) {
 			t.Fatal("a secret or key is in fleetd's log")
 		}
+	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key into dir.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "patient web test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "patient.crt"), filepath.Join(dir, "patient.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(c)
+	return certFile, keyFile, pool
+}
+
+// TestPatientWebServesHTTPSOnly: fleetd's own listener ([patient_web]
+// listen, cert, key) answers over TLS with the configured certificate, and
+// a plain-HTTP request to it gets no page.
+func TestPatientWebServesHTTPSOnly(t *testing.T) {
+	r := newPatientRig(t, nil, nil)
+	cert, key, pool := selfSigned(t, t.TempDir())
+	r.svc.cfg.PatientWeb.Cert, r.svc.cfg.PatientWeb.Key = cert, key
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.svc.ServePatient(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-done })
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	resp, err := hc.Get("https://" + ln.Addr().String() + "/join")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `<section id="notice"`) || resp.Header.Get("Referrer-Policy") != "no-referrer" {
+		t.Fatalf("https /join: %s, %d bytes, Referrer-Policy %q", resp.Status, len(body), resp.Header.Get("Referrer-Policy"))
+	}
+	plain, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + ln.Addr().String() + "/join")
+	if err == nil {
+		b, _ := io.ReadAll(plain.Body)
+		plain.Body.Close()
+		if strings.Contains(string(b), "notice") {
+			t.Fatal("the page was served over plain HTTP")
+		}
+	}
+}
+
+func TestPatientWebConfigChecks(t *testing.T) {
+	base := func() *Config {
+		return &Config{Database: "/x/db", CADir: "/x/ca", Broker: BrokerConfig{URL: "mqtt://127.0.0.1:1"}, LiveKit: LiveKitConfig{APIKey: "k", APISecret: "s"},
+			PatientWeb: PatientWebConfig{Listen: ":8443", Cert: "/c", Key: "/k", Clinic: "C", LiveKitURL: "wss://lk.example"}}
+	}
+	if err := base().check(); err != nil {
+		t.Fatalf("a good [patient_web]: %v", err)
+	}
+	for name, edit := range map[string]func(*Config){
+		"no cert":                  func(c *Config) { c.PatientWeb.Cert = "" },
+		"no clinic":                func(c *Config) { c.PatientWeb.Clinic = "" },
+		"plain ws to a host":       func(c *Config) { c.PatientWeb.LiveKitURL = "ws://lk.example" },
+		"http livekit":             func(c *Config) { c.PatientWeb.LiveKitURL = "https://lk.example" },
+		"allow_origin over http":   func(c *Config) { c.PatientWeb.AllowOrigin = "http://clinic.example" },
+		"allow_origin with a path": func(c *Config) { c.PatientWeb.AllowOrigin = "https://clinic.example/join" },
+	} {
+		c := base()
+		edit(c)
+		if err := c.check(); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	c := base()
+	c.PatientWeb = PatientWebConfig{}
+	if err := c.check(); err != nil || c.PatientWeb.ClientDir != DefaultLiveKitClientDir {
+		t.Errorf("no [patient_web]: %v, client_dir %q", err, c.PatientWeb.ClientDir)
 	}
 }
