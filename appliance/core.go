@@ -426,7 +426,8 @@ func (c *core) leave(why string) {
 	if c.call != nil {
 		c.effs = append(c.effs, effLeave{call: c.call})
 		c.leaving++
-		c.emit(Event{Type: "call", Detail: "left", Meeting: c.call.ID(), Reason: why})
+		on, _ := callE2EE(c.call)
+		c.emit(Event{Type: "call", Detail: "left", Meeting: c.call.ID(), Reason: why, E2EE: &on})
 		c.call = nil
 	}
 	c.state = Leaving
@@ -463,7 +464,8 @@ func (c *core) onJoinDone(in inJoinDone) {
 	}
 	c.call = in.call
 	c.joined = true
-	c.emit(Event{Type: "call", Detail: "joined", Meeting: in.call.ID()})
+	on, _ := callE2EE(in.call)
+	c.emit(Event{Type: "call", Detail: "joined", Meeting: in.call.ID(), E2EE: &on})
 }
 
 func (c *core) onShutterDone(in inShutterDone) {

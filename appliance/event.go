@@ -22,4 +22,7 @@ type Event struct {
 	// Participant is a far-end participant's per-call pseudonym, never a
 	// name or identity (type participant).
 	Participant string `json:"participant,omitempty"`
+	// E2EE says whether the call was encrypted end to end (type call,
+	// detail joined and left): the privacy report's per-call record.
+	E2EE *bool `json:"e2ee,omitempty"`
 }

@@ -54,6 +54,23 @@ type Call interface {
 	Ended() <-chan error
 }
 
+// Encrypted is a Call that says whether it is encrypted end to end (the
+// far end decrypts; the media server carries only ciphertext) and, if so,
+// the safety code both sides can compare (media/e2ee.SafetyCode). A Call
+// without it is encrypted hop by hop only.
+type Encrypted interface {
+	E2EE() bool
+	SafetyCode() string
+}
+
+// callE2EE is what a call says of its end-to-end encryption.
+func callE2EE(c Call) (on bool, code string) {
+	if e, ok := c.(Encrypted); ok && e.E2EE() {
+		return true, e.SafetyCode()
+	}
+	return false, ""
+}
+
 // Config wires a Machine.
 type Config struct {
 	Gate          *gate.Gate
@@ -123,16 +140,21 @@ type Machine struct {
 
 // Status is a snapshot for roomctl and the local API.
 type Status struct {
-	State     State      `json:"state"`
-	Since     time.Time  `json:"since"`
-	Gate      gate.State `json:"gate"`
-	LED       string     `json:"led"`
-	Privacy   bool       `json:"privacy"`
-	Mute      bool       `json:"mute"`
-	Shutter   string     `json:"shutter"` // closed, closing, opening, open, unconfirmed
-	Meeting   string     `json:"meeting,omitempty"`
-	Faults    []string   `json:"faults,omitempty"`
-	LastError string     `json:"last_error,omitempty"`
+	State   State      `json:"state"`
+	Since   time.Time  `json:"since"`
+	Gate    gate.State `json:"gate"`
+	LED     string     `json:"led"`
+	Privacy bool       `json:"privacy"`
+	Mute    bool       `json:"mute"`
+	Shutter string     `json:"shutter"` // closed, closing, opening, open, unconfirmed
+	Meeting string     `json:"meeting,omitempty"`
+	// E2EE says, during a call, whether it is encrypted end to end
+	// (absent without a call); SafetyCode is then the code the unit's
+	// screen shows, never the key or anything else derived from it.
+	E2EE       *bool    `json:"e2ee,omitempty"`
+	SafetyCode string   `json:"safety_code,omitempty"`
+	Faults     []string `json:"faults,omitempty"`
+	LastError  string   `json:"last_error,omitempty"`
 	// Notice is why the last JOIN entered nothing without a fault: "no
 	// consultation now" (ErrNothingDue); cleared by the next JOIN or LEAVE.
 	Notice string `json:"notice,omitempty"`
@@ -594,6 +616,8 @@ func (m *Machine) snapshot() {
 	}
 	if c.call != nil {
 		s.Meeting = c.call.ID()
+		on, code := callE2EE(c.call)
+		s.E2EE, s.SafetyCode = &on, code
 	}
 	for _, v := range c.hwFaults {
 		s.Faults = append(s.Faults, "shutter: "+v)
@@ -680,6 +704,9 @@ func (m *Machine) publish(e Event) {
 		if kv[1] != "" {
 			attrs = append(attrs, kv[0], kv[1])
 		}
+	}
+	if e.E2EE != nil {
+		attrs = append(attrs, "e2ee", *e.E2EE)
 	}
 	m.log.Info("event", attrs...)
 }

@@ -93,6 +93,11 @@ type Config struct {
 		Speaker    string      `toml:"speaker"`
 		ICEServers []ICEServer `toml:"ice_servers"`
 		ForceRelay bool        `toml:"force_relay"`
+		// E2EEKeyFile is a stand-alone unit's end-to-end key (connector
+		// "livekit"): 32 bytes raw or base64url, mode 0600, owned by
+		// roomd's user (LoadE2EEKey). A fleet unit's consultations bring
+		// their own key.
+		E2EEKeyFile string `toml:"e2ee_key_file"`
 	} `toml:"conference"`
 	API struct {
 		Socket string `toml:"socket"`

@@ -38,10 +38,17 @@ type texts struct {
 	NextAt     string
 	DueAt      string
 	NothingDue string
+	// E2EE says the call is encrypted end to end ("%s" is the safety
+	// code); TodoE2EE is what to do when a join was refused because it
+	// could not be.
+	E2EE     string
+	TodoE2EE string
 }
 
 var allTexts = map[string]texts{
 	"en": {
+		E2EE:        "Encrypted end to end · safety code %s",
+		TodoE2EE:    "The call could not be encrypted end to end, so it was not started and nothing left the room. Press JOIN again; if it happens again, call technical support and say \"end-to-end encryption\".",
 		NextAt:      "Next consultation at %s",
 		DueAt:       "Consultation at %s: press JOIN to start",
 		NothingDue:  "No consultation now",
@@ -66,6 +73,8 @@ var allTexts = map[string]texts{
 		TodoOther:   "Call technical support and tell them what this screen shows.",
 	},
 	"nl": {
+		E2EE:        "End-to-end versleuteld · veiligheidscode %s",
+		TodoE2EE:    "Het gesprek kon niet end-to-end versleuteld worden en is daarom niet gestart: er is niets de kamer uit gegaan. Druk opnieuw op JOIN; gebeurt het weer, bel dan de technische ondersteuning en zeg \"end-to-end-versleuteling\".",
 		NextAt:      "Volgend consult om %s",
 		DueAt:       "Consult om %s: druk op JOIN om te beginnen",
 		NothingDue:  "Nu geen consult",
@@ -90,6 +99,8 @@ var allTexts = map[string]texts{
 		TodoOther:   "Bel de technische dienst en vertel wat dit scherm toont.",
 	},
 	"es": {
+		E2EE:        "Cifrado de extremo a extremo · código de seguridad %s",
+		TodoE2EE:    "La llamada no se pudo cifrar de extremo a extremo, así que no se inició y nada salió de la sala. Pulse JOIN otra vez; si vuelve a pasar, llame al soporte técnico y diga \"cifrado de extremo a extremo\".",
 		NextAt:      "Próxima consulta a las %s",
 		DueAt:       "Consulta a las %s: pulse JOIN para empezar",
 		NothingDue:  "Ahora no hay ninguna consulta",
@@ -114,6 +125,8 @@ var allTexts = map[string]texts{
 		TodoOther:   "Llame al servicio técnico y cuente lo que muestra esta pantalla.",
 	},
 	"nb": {
+		E2EE:        "Ende-til-ende-kryptert · sikkerhetskode %s",
+		TodoE2EE:    "Samtalen kunne ikke krypteres ende til ende, så den ble ikke startet, og ingenting forlot rommet. Trykk JOIN igjen; skjer det igjen, ring teknisk støtte og si «ende-til-ende-kryptering».",
 		NextAt:      "Neste konsultasjon kl. %s",
 		DueAt:       "Konsultasjon kl. %s: trykk JOIN for å starte",
 		NothingDue:  "Ingen konsultasjon nå",
@@ -153,6 +166,8 @@ func textsFor(lang string) (string, texts) {
 func todoFor(t texts, reason string) string {
 	r := strings.ToLower(reason)
 	switch {
+	case strings.Contains(r, "end-to-end"):
+		return t.TodoE2EE
 	case strings.Contains(r, "shutter") || strings.Contains(r, "sensor"):
 		return t.TodoShutter
 	case strings.Contains(r, "camera") || strings.Contains(r, "microphone") || strings.Contains(r, "device"):

@@ -30,6 +30,9 @@ type View struct {
 	Now       int64  `json:"now"`
 	Others    int    `json:"others"`
 	OthersTxt string `json:"others_text,omitempty"`
+	// E2EE is, during an end-to-end encrypted call, that it is and the
+	// safety code to compare with the patient's page ("" otherwise).
+	E2EE string `json:"e2ee,omitempty"`
 	// CameraOut is the gate's video state: the self-view shows the room
 	// only while it is true.
 	CameraOut  bool           `json:"camera_out"`
@@ -93,6 +96,9 @@ func (s *Server) view(st appliance.Status, m *display.State) View {
 			v.Others = len(m.Far)
 		}
 		v.OthersTxt = fmt.Sprintf(t.FarPeople, v.Others)
+		if st.E2EE != nil && *st.E2EE && st.SafetyCode != "" {
+			v.E2EE = fmt.Sprintf(t.E2EE, st.SafetyCode)
+		}
 	}
 	if st.State == appliance.Fault || len(st.Faults) > 0 {
 		reasons := append([]string(nil), st.Faults...)

@@ -41,6 +41,10 @@ type consult struct {
 	sched    *fleet.SchedulePayload
 	ver      *fleet.Verifier
 	endTimer *time.Timer // ends the call at the consultation's end (call.end_with_consultation)
+	// pending is the end-to-end key of the token last handed to a join,
+	// or pendingErr why it has none it may use (e2ee.go).
+	pending    joinKey
+	pendingErr error
 }
 
 // newConsult is nil unless the unit enrols and roomd carries its token
@@ -76,16 +80,47 @@ func (c *consult) token(ctx context.Context) (string, error) {
 	if want == "" {
 		return "", ErrNoConsultation
 	}
-	tok, err := c.tokens.Token(ctx)
+	c.setPending(joinKey{}, nil)
+	g, err := c.tokens.Grant(ctx)
 	if err != nil && want == fleet.StandingMeeting && errors.Is(err, fleet.ErrTokenRefused) {
 		return "", ErrNoConsultation
 	}
-	if err == nil {
-		// Not here: the join runs under the unit's parts, and a config
-		// being applied holds them while it waits for the join to end.
-		go c.armEnd(want)
+	if err != nil {
+		return "", err
 	}
-	return tok, err
+	if g.Consultation != fleet.StandingMeeting {
+		// Every consultation from fleetd is end to end encrypted: without
+		// a usable key the join is refused (invariant 10).
+		var k joinKey
+		kerr := ErrNoE2EEKey
+		if len(g.E2EEKey) > 0 {
+			k, kerr = newJoinKey(g.E2EEKey)
+		}
+		c.setPending(k, kerr)
+	}
+	// Not here: the join runs under the unit's parts, and a config
+	// being applied holds them while it waits for the join to end.
+	go c.armEnd(want)
+	return g.Token, nil
+}
+
+// setPending keeps the end-to-end key of the token just handed to a join
+// (or why there is none usable) for the connector's E2EESource, which asks
+// right after the token.
+func (c *consult) setPending(k joinKey, err error) {
+	c.mu.Lock()
+	c.pending, c.pendingErr = k, err
+	c.mu.Unlock()
+}
+
+// takeKey is the end-to-end key of the join's token (zero for the
+// standing meeting), or why the join must be refused.
+func (c *consult) takeKey() (joinKey, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, err := c.pending, c.pendingErr
+	c.pending, c.pendingErr = joinKey{}, nil
+	return k, err
 }
 
 // armEnd ends the call that joins consultation id at its end, if the

@@ -48,7 +48,9 @@ type parts struct {
 	// tokens is the conference's TokenSource when the unit's tokens come
 	// from fleetd (consult.go); fleetUnit says the unit is enrolled.
 	tokens    func(context.Context) (string, error)
+	takeKey   func() (joinKey, error) // the fleet's end-to-end key of the join's token
 	fleetUnit bool
+	e2ee      e2eeParts // the end-to-end keys (e2ee.go)
 
 	wg sync.WaitGroup // button pumps
 }
@@ -86,6 +88,9 @@ func (u *Unit) open(cfg *config.Config) (*parts, error) {
 	}
 	p := &parts{cfg: cfg, log: u.d.Log, profile: profile, gate: gate.New(), screen: u.screen()}
 	p.tokens, p.fleetUnit = u.fleetTokens(cfg.Conference.APISecret, cfg.Conference.Token), u.d.Identity != nil
+	if p.tokens != nil {
+		p.takeKey = u.consult.takeKey
+	}
 
 	var byName func(string) gpio.PinIO
 	if u.d.Simulate {
@@ -169,7 +174,18 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 			if lc.Room == "" {
 				lc.Room = "fleet" // fleetd's token names the room
 			}
+			p.e2ee.take = p.takeKey
 		}
+		if c.E2EEKeyFile != "" {
+			material, err := config.LoadE2EEKey(c.E2EEKeyFile)
+			if err != nil {
+				return nil, err
+			}
+			if p.e2ee.file, err = newJoinKey(material); err != nil {
+				return nil, fmt.Errorf("conference.e2ee_key_file: %w", err)
+			}
+		}
+		lc.E2EESource = p.e2ee.source
 		lm := livekit.Media{
 			Width: c.Width, Height: c.Height, FPS: c.FPS, VideoCodec: c.VideoCodec,
 			VideoBitRate: c.VideoBitrateKbps * 1000, AudioBitRate: c.AudioBitrateKbps * 1000,
@@ -198,7 +214,7 @@ func (p *parts) conference(simulate bool) (appliance.Conference, error) {
 				return nil, fmt.Errorf("config [conference]: %w", err)
 			}
 			p.call = callParts{lk: rtc, lkrtc: rtc}
-			return p.screen.join(rtc), nil
+			return p.screen.join(rtc, &p.e2ee), nil
 		}
 		w, err := livekit.NewWHIP(lc, lm, p.gate, p.log)
 		if err != nil {

@@ -59,15 +59,24 @@ func (s *screenHooks) rtc(opt *livekit.RTCOptions) {
 	opt.OnVideoFrame = s.disp.FarFrame
 }
 
-func (s *screenHooks) join(rtc *livekit.RTCConnector) appliance.Conference {
-	if s == nil {
-		return appliance.JoinWith(rtc.Join)
-	}
-	disp := s.disp
-	return appliance.JoinWith(func(ctx context.Context) (*livekit.RTCCall, error) {
+func (s *screenHooks) join(rtc *livekit.RTCConnector, keys *e2eeParts) appliance.Conference {
+	// The call says whether it is end to end encrypted, with the safety
+	// code of the key the connector took for it (appliance.Encrypted).
+	join := func(ctx context.Context) (e2eeCall, error) {
 		c, err := rtc.Join(ctx)
 		if err != nil {
-			return nil, err
+			return e2eeCall{}, err
+		}
+		return e2eeCall{RTCCall: c, code: keys.current().code}, nil
+	}
+	if s == nil {
+		return appliance.JoinWith(join)
+	}
+	disp := s.disp
+	return appliance.JoinWith(func(ctx context.Context) (e2eeCall, error) {
+		c, err := join(ctx)
+		if err != nil {
+			return c, err
 		}
 		f := &display.FarEnd{Keyframe: c.RequestKeyframe}
 		if pl := c.Playout(); pl != nil {

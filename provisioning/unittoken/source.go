@@ -137,18 +137,22 @@ var ErrNothingDue = errors.New("no consultation now")
 // JOIN enters now, fetched only if the cache has none (the prefetch missed,
 // e.g. the consultation became due a moment ago).
 func (s *Source) Token(ctx context.Context) (string, error) {
+	g, err := s.Grant(ctx)
+	return g.Token, err
+}
+
+// Grant is the whole grant for what JOIN enters now (the token and, for an
+// end-to-end encrypted consultation, its key material, which stays in
+// memory only), from the cache or fetched as Token does.
+func (s *Source) Grant(ctx context.Context) (fleet.TokenGrant, error) {
 	want := s.Want()
 	if want == "" {
-		return "", ErrNothingDue
+		return fleet.TokenGrant{}, ErrNothingDue
 	}
 	if g, ok := s.Cached(want); ok {
-		return g.Token, nil
+		return g, nil
 	}
-	g, err := s.Fetch(ctx, want)
-	if err != nil {
-		return "", err
-	}
-	return g.Token, nil
+	return s.Fetch(ctx, want)
 }
 
 // Kick makes Run look at Want again now (the schedule changed).

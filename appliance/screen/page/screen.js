@@ -67,6 +67,7 @@ function render(v) {
   bar.className = v.bar_kind;
   $("bar-text").textContent = v.bar;
   $("others").textContent = v.others_text || "";
+  $("e2ee").textContent = v.e2ee || "";
   $("room").textContent = v.room;
   $("press").textContent = v.press_join || "";
   $("next").textContent = v.next || "";
