@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/media/e2ee"
+	"github.com/konsult/konsult/provisioning/fleetd"
+)
+
+// A consultation from fleetd, joined by one press, is end to end
+// encrypted: the unit takes K from its sealed grant, a patient page with K
+// (livekit-client's own E2EE worker) decodes the unit's video and the unit
+// decrypts the patient's; the status says e2ee and shows the safety code
+// of K, the joined and left events say e2ee; K appears in no log, event,
+// status or error, in any of its forms.
+func TestConsultationEndToEndEncrypted(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	f := newEnrolFleet(t)
+	u, id, _ := f.enrolUnit(t, fleetConference(lk))
+	svc := startFleetd(t, f, lk, "")
+	ctx := context.Background()
+
+	now := time.Now()
+	a, err := svc.Add(ctx, fleetd.AddRequest{Unit: id, Start: now.Add(5 * time.Minute), End: now.Add(35 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	material, err := svc.Store().E2EEKey(ctx, a.ID)
+	if err != nil || len(material) != 32 {
+		t.Fatalf("fleetd holds no key for the consultation: %d bytes, %v", len(material), err)
+	}
+	u.within(30*time.Second, "the consultation due in the status", func(s status) bool {
+		return s.Consultation != nil && s.Consultation.ID == a.ID && s.Consultation.Due
+	})
+	patient := farend.StartFarEnd(t, lk, a.Room, "patient", farend.Publish(), farend.Watch(id), farend.E2EE(material))
+	u.press("join")
+	joined := u.waitFor("joined", 30*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "joined" })
+	if e := joined[len(joined)-1]; e.E2EE == nil || !*e.E2EE {
+		t.Fatalf("the joined event does not say e2ee: %+v", e)
+	}
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	ps, err := patient.WaitFor(wctx, func(s farend.FarEndStats) bool {
+		return s.E2EE && s.VideoFrom == id && s.FPS >= 20
+	})
+	if err != nil {
+		t.Fatalf("the patient with K does not see the room: %+v: %v", ps, err)
+	}
+	if ps.E2EEErrors != 0 {
+		t.Errorf("the patient's worker reported %d decrypt errors with the right key", ps.E2EEErrors)
+	}
+	st := u.within(20*time.Second, "the patient decrypted on the unit", func(s status) bool {
+		return s.Remote != nil && s.Remote.E2EE && s.Remote.E2EEDecrypted > 0
+	})
+	if st.E2EE == nil || !*st.E2EE {
+		t.Fatalf("status e2ee = %v during an end-to-end encrypted call", st.E2EE)
+	}
+	if want := e2ee.SafetyCode(material); st.SafetyCode != want {
+		t.Fatalf("status safety code %q, the contract's for K %q", st.SafetyCode, want)
+	}
+	raw := rawStatus(t, u)
+	u.press("leave")
+	left := u.waitFor("left", 20*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "left" })
+	if e := left[len(left)-1]; e.E2EE == nil || !*e.E2EE {
+		t.Fatalf("the left event does not say e2ee: %+v", e)
+	}
+	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+
+	var evs strings.Builder
+	for _, e := range append(joined, left...) {
+		b, _ := json.Marshal(e)
+		evs.Write(b)
+	}
+	scanForKey(t, material, map[string]string{"roomd's log": u.logs.String(), "roomd's stdout": u.stdout.String(),
+		"events": evs.String(), "status": raw})
+}
+
+// rawStatus is GET /v1/status as the local API serves it.
+func rawStatus(t *testing.T, u *unitUnderTest) string {
+	t.Helper()
+	b, err := json.Marshal(u.status())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// scanForKey fails if any output holds K raw or in a common encoding.
+func scanForKey(t *testing.T, material []byte, outputs map[string]string) {
+	t.Helper()
+	forms := map[string]string{
+		"raw":       string(material),
+		"hex":       hex.EncodeToString(material),
+		"HEX":       strings.ToUpper(hex.EncodeToString(material)),
+		"base64":    base64.StdEncoding.EncodeToString(material),
+		"base64url": base64.RawURLEncoding.EncodeToString(material),
+	}
+	for name, out := range outputs {
+		if out == "" {
+			continue
+		}
+		for form, s := range forms {
+			if strings.Contains(out, s) {
+				t.Errorf("%s holds K (%s)", name, form)
+			}
+		}
+	}
+}
