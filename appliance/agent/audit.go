@@ -41,6 +41,8 @@ type auditState struct {
 	sent    uint64
 	serial  string // the certificate serial last recorded
 	revoked bool
+	e2ee    string // what the call being recorded said of its encryption
+
 }
 
 func (a *Agent) auditDir() string { return filepath.Join(a.opts.StateDir, "audit") }
@@ -108,7 +110,7 @@ func (a *Agent) auditFleetEvent(typ string, data any) {
 		if typ == fleet.EventCallJoined {
 			a.record(audit.KindCallJoined, map[string]string{"meeting": d.Meeting, "e2ee": a.callE2EE()})
 		} else {
-			a.record(audit.KindCallLeft, map[string]string{"meeting": d.Meeting, "reason": d.Reason})
+			a.record(audit.KindCallLeft, map[string]string{"meeting": d.Meeting, "e2ee": a.callE2EE(), "reason": d.Reason})
 		}
 	case fleet.Fault:
 		if typ == fleet.EventFaultCleared {
@@ -119,9 +121,14 @@ func (a *Agent) auditFleetEvent(typ string, data any) {
 	}
 }
 
-// callE2EE is whether the call just joined is end-to-end encrypted, as the
-// unit says (Options.CallE2EE): "true", "false" or "unknown".
+// callE2EE is whether the call just joined or left is end-to-end
+// encrypted: what the call said (its event's E2EE), else what the config
+// promises (Options.CallE2EE): "true", "false", "per_consultation" or
+// "unknown".
 func (a *Agent) callE2EE() string {
+	if a.aud.e2ee != "" {
+		return a.aud.e2ee
+	}
 	if a.opts.CallE2EE == nil {
 		return "unknown"
 	}
@@ -132,6 +139,14 @@ func (a *Agent) callE2EE() string {
 // mute turning on and off (the appliance's privacy and mute events, one
 // per change), and a factory reset about to wipe the unit.
 func (a *Agent) auditAppliance(ev appliance.Event) {
+	if ev.Type == "call" {
+		// The call's own word on its encryption (appliance.Event.E2EE),
+		// for the call record that follows.
+		a.aud.e2ee = ""
+		if ev.E2EE != nil {
+			a.aud.e2ee = strconv.FormatBool(*ev.E2EE)
+		}
+	}
 	switch {
 	case ev.Type == "factory_reset" && ev.Detail == "wiping":
 		a.record(audit.KindFactoryReset, nil)

@@ -39,7 +39,8 @@ func TestAuditRecordsWhatTheAgentDecides(t *testing.T) {
 	u.WaitEvent(fleet.EventConfigRejected, 5*time.Second)
 	u.Publish(topics.DeviceCmd(unitID), false, u.command(fleet.CommandReportNow, nil, time.Now(), time.Now().Add(time.Minute), ""))
 	u.WaitEvent(fleet.EventCommandDone, 5*time.Second)
-	u.app.emit(appliance.Event{Type: "call", Detail: "joined", Meeting: "m-7"})
+	yes := true
+	u.app.emit(appliance.Event{Type: "call", Detail: "joined", Meeting: "m-7", E2EE: &yes})
 	u.app.emit(appliance.Event{Type: "call", Detail: "left", Meeting: "m-7", Reason: "server said " + secret + " at https://u:pw@sfu.example/x?access_token=abc"})
 	u.WaitEvent(fleet.EventCallLeft, 5*time.Second)
 	u.app.emit(appliance.Event{Type: "fault", Detail: "shutter", Reason: "stuck"})
@@ -62,7 +63,7 @@ func TestAuditRecordsWhatTheAgentDecides(t *testing.T) {
 	if r := got[audit.KindConfigApplied]; r.Fields["target"] != "device:"+unitID || r.Fields["version"] != "1" {
 		t.Errorf("config_applied record %+v", r.Fields)
 	}
-	if r := got[audit.KindCallJoined]; r.Fields["meeting"] != "m-7" || r.Fields["e2ee"] != "false" {
+	if r := got[audit.KindCallJoined]; r.Fields["meeting"] != "m-7" || r.Fields["e2ee"] != "true" {
 		t.Errorf("call_joined record %+v", r.Fields)
 	}
 	if r := got[audit.KindCommand]; r.Fields["name"] != fleet.CommandReportNow || r.Fields["result"] != "done" {

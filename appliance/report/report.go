@@ -102,33 +102,43 @@ type Check struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// E2EE says whether calls on c are end-to-end encrypted: "true", "false"
-// or "unknown" (no config). It reads a conference key tagged "e2ee" if the
-// schema has one; this build's schema has none and no connector of this
-// build encrypts end to end, so its answer is "false".
+// E2EE says whether calls on c are end-to-end encrypted, from the config:
+// "true" (connector livekit with conference.e2ee_key_file: every call),
+// "per_consultation" (connector livekit on fleetd's tokens: each
+// consultation with the key its grant carries, refused without one),
+// "false", or "unknown" (no config). The audit log records what each call
+// really was (the call's own E2EE).
 func E2EE(c *config.Config) string {
-	if c == nil {
+	switch {
+	case c == nil:
 		return "unknown"
+	case c.Conference.Connector != "livekit":
+		return "false"
+	case conferenceKey(c, "e2ee_key_file") != "" || conferenceKey(c, "e2ee") == "true":
+		return "true"
+	case c.Conference.APIKey == "" && c.Conference.Token == "" && c.Fleet.Enabled && c.Fleet.EnrolCert != "":
+		return "per_consultation"
 	}
+	return "false"
+}
+
+// conferenceKey is the value of [conference] key name as text ("" if the
+// schema has no such key): read by reflection, so the report follows the
+// schema as it grows.
+func conferenceKey(c *config.Config, name string) string {
 	v := reflect.ValueOf(c.Conference)
 	for i := 0; i < v.NumField(); i++ {
-		if strings.Split(v.Type().Field(i).Tag.Get("toml"), ",")[0] != "e2ee" {
+		if strings.Split(v.Type().Field(i).Tag.Get("toml"), ",")[0] != name {
 			continue
 		}
 		switch f := v.Field(i); f.Kind() {
 		case reflect.Bool:
-			if f.Bool() {
-				return "true"
-			}
-			return "false"
+			return strconv.FormatBool(f.Bool())
 		case reflect.String:
-			if s := f.String(); s != "" && s != "off" && s != "false" {
-				return "true"
-			}
-			return "false"
+			return f.String()
 		}
 	}
-	return "false"
+	return ""
 }
 
 // Build makes the report.
@@ -233,11 +243,14 @@ func (r *Report) media(c *config.Config) Flow {
 	if len(c.Conference.AllowedHosts) == 0 {
 		f.Items = append(f.Items, Item{"allowed hosts", "no allow-list (conference.allowed_hosts is empty): the unit joins only the configured server", false})
 	}
-	e := E2EE(c)
-	if e == "true" {
-		f.Items = append(f.Items, Item{"end-to-end encryption", "on", false},
-			Item{"who can decrypt", "only the participants of the consultation: the media server forwards ciphertext", false})
-	} else {
+	switch e := E2EE(c); e {
+	case "true":
+		f.Items = append(f.Items, Item{"end-to-end encryption", "on for every call (the key in conference.e2ee_key_file)", false},
+			Item{"who can decrypt", "only the participants holding that key: the media server forwards ciphertext", false})
+	case "per_consultation":
+		f.Items = append(f.Items, Item{"end-to-end encryption", "on for each consultation, with the key fleetd sends for it sealed to this unit; a consultation whose grant carries no key is refused, not sent without it", false},
+			Item{"who can decrypt", "only the participants holding the consultation's key (the unit, and the patient through the link's key): the media server forwards ciphertext", false})
+	default:
 		r.flag("end-to-end encryption is off: the media server " + host + " can decrypt the media it forwards")
 		f.Items = append(f.Items, Item{"end-to-end encryption", "off", true},
 			Item{"who can decrypt", "the media server (" + host + ") and the far end: media is encrypted hop by hop, and decrypted at the server to forward it", false})
