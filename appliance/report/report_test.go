@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -260,5 +261,31 @@ func TestOfflineReportSaysChecksDidNotRun(t *testing.T) {
 		if !strings.Contains(md, want) {
 			t.Errorf("offline report lacks %q:\n%s", want, md)
 		}
+	}
+}
+
+// TestE2EEFollowsTheConfig: with conference.e2ee_key_file the report says
+// end-to-end encryption is on and who can decrypt, and no longer flags it.
+func TestE2EEFollowsTheConfig(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "e2ee.key")
+	if err := os.WriteFile(key, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	on := strings.Replace(configured, `room = "room-1"`, "room = \"room-1\"\ne2ee_key_file = "+strconv.Quote(key), 1)
+	r := build(t, load(t, on))
+	md := r.Markdown()
+	if !strings.Contains(md, "| end-to-end encryption | on for every call") || !strings.Contains(md, "only the participants holding that key") {
+		t.Fatalf("E2EE on not reported:\n%s", md)
+	}
+	for _, f := range r.Flags {
+		if strings.Contains(f, "end-to-end encryption is off") {
+			t.Fatalf("E2EE on, still flagged: %q", r.Flags)
+		}
+	}
+	if strings.Contains(md, key) {
+		t.Error("the report names the key file")
+	}
+	if report.E2EE(load(t, configured)) != "false" {
+		t.Error("a unit with an API key and no key file says it encrypts end to end")
 	}
 }
