@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -178,6 +179,12 @@ func TestE2EECall(t *testing.T) {
 				farWaitT(t, patient, "the encrypted far end's last picture is the slate", 10*time.Second, func(s farend.FarEndStats) bool { return s.LastFrameIsUniform })
 				g.Set(gate.State{Video: true, Audio: true})
 				farWaitT(t, patient, "the picture again after PRIVACY off", 10*time.Second, func(s farend.FarEndStats) bool { return !s.LastFrameIsUniform && s.FPS >= 15 })
+
+				// LEAVE: the far end sees the unit go.
+				if err := call.Leave(context.Background()); err != nil {
+					t.Fatalf("leave: %v", err)
+				}
+				farWaitT(t, patient, "the unit has left", 10*time.Second, func(s farend.FarEndStats) bool { return slices.Contains(s.ParticipantsLeft, "unit-1") })
 			}
 			for _, fe := range []*farend.FarEnd{patient, nokey, wrong} {
 				errs = append(errs, fe.Stats().Errors...)
