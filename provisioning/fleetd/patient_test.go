@@ -320,7 +320,8 @@ func waitView(t *testing.T, b *screentest.Browser, what string, d time.Duration,
 // share K decrypt each other; a page with another K decodes nothing and
 // says it cannot decrypt; a patient who denies the camera joins listening
 // and sees the room; a second join with a link in use, and an expired
-// link, are refused with the patient's message.
+// link, are refused with the patient's message; a clear publisher in the
+// room makes the page warn.
 func TestPatientPagesEndToEnd(t *testing.T) {
 	clientDir(t)
 	began := time.Now()
@@ -439,14 +440,23 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	// An expired link.
 	_, ido, seco, ko := r.book(t, now.Add(-time.Hour), now.Add(-time.Minute))
 	t.Logf("%s at %s", "pe", time.Since(began))
-	pe := r.page(t, ido+"."+seco+"."+ko, "nl", false)
+	pe := pw // the wrong-key page's browser, reused
+	pe.Navigate(r.srv.URL + "/join?expired#" + ido + "." + seco + "." + ko)
 	state(t, pe, "notice", 20*time.Second)
+	pe.Eval(`(()=>{const s=document.getElementById('lang'); s.value='nl'; s.dispatchEvent(new Event('change')); return true})()`, nil)
 	pe.Eval(`document.getElementById('continue').click(), true`, nil)
 	state(t, pe, "prejoin", 20*time.Second)
 	pe.Eval(`document.getElementById('join').click(), true`, nil)
 	ve := waitView(t, pe, "an expired link is refused", 20*time.Second, func(v pageView) bool { return v.State == "refused" })
 	if !strings.Contains(ve.Text, "Dit consult is voorbij") {
 		t.Errorf("expired: %q", ve.Text)
+	}
+	// Someone publishing in clear joins: the page no longer says the call
+	// is encrypted end to end, it warns.
+	farend.StartFarEnd(t, lk, room, "clear-publisher", farend.Publish())
+	vc := waitView(t, pb, "a clear publisher makes the page warn", 45*time.Second, func(v pageView) bool { return v.E2EE == "clear" })
+	if strings.Contains(vc.Text, "Encrypted end to end") || !strings.Contains(vc.Text, "niet end-to-end versleuteld") {
+		t.Errorf("with a clear publisher: %q", vc.Text)
 	}
 	for _, s := range []string{sec, k, seco} {
 		if strings.Contains(r.log.String(), s) {

@@ -196,7 +196,7 @@
   // "Encrypted end to end" only once a remote video frame was decoded
   // from a publication announced encrypted: livekit-client's worker drops
   // what it cannot decrypt, so a decoded frame means decryption works.
-  // A publication announced in clear is said to be clear.
+  // Any remote video announced in clear makes the whole call "clear".
   async function checkE2EE() {
     const room = st.room;
     if (!room) return;
@@ -212,8 +212,8 @@
     }
     st.framesDecoded = decoded;
     let next = "checking";
-    if (decoded > 0) next = "ok";
-    else if (clear > 0) next = "clear";
+    if (clear > 0) next = "clear"; // anyone in clear: the call is not end to end
+    else if (decoded > 0) next = "ok";
     else if (st.decryptErrors > 0) next = "cannot_decrypt";
     if (next === "ok" && !st.code) st.code = await safetyCode(b64url(link.k));
     if (next !== st.e2ee) { st.e2ee = next; render(); }
