@@ -116,3 +116,39 @@ func scanForKey(t *testing.T, material []byte, outputs map[string]string) {
 		}
 	}
 }
+
+// A consultation cannot be encrypted end to end on the WHIP connector: the
+// press is refused with the reason, the LED shows the failed join's fault,
+// and the unit never enters the room in the clear.
+func TestConsultationE2EEImpossibleRefused(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	f := newEnrolFleet(t)
+	conf := strings.Replace(fleetConference(lk), `connector = "livekit"`, `connector = "livekit-whip"`, 1)
+	u, id, _ := f.enrolUnit(t, conf)
+	svc := startFleetd(t, f, lk, "")
+	ctx := context.Background()
+	now := time.Now()
+	a, err := svc.Add(ctx, fleetd.AddRequest{Unit: id, Start: now.Add(5 * time.Minute), End: now.Add(35 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	material, _ := svc.Store().E2EEKey(ctx, a.ID)
+	u.within(30*time.Second, "the consultation due in the status", func(s status) bool {
+		return s.Consultation != nil && s.Consultation.ID == a.ID && s.Consultation.Due
+	})
+	u.press("join")
+	s := u.within(30*time.Second, "the join refused", func(s status) bool { return s.LastError != "" && s.Sim.Shutter.Position == "closed" })
+	if s.LED != "fault" || !strings.Contains(s.LastError, "end-to-end encryption") || s.Sim.Shutter.Position != "closed" {
+		t.Fatalf("refused join: LED %s, error %q, shutter %s", s.LED, s.LastError, s.Sim.Shutter.Position)
+	}
+	evs := u.waitFor("the join's fault event", 10*time.Second, func(e appliance.Event) bool { return e.Type == "fault" && e.Detail == "call" })
+	if inRoom(t, lk, a.Room, id, 2*time.Second) {
+		t.Fatal("the unit entered an end-to-end consultation without encryption")
+	}
+	var out strings.Builder
+	for _, e := range evs {
+		b, _ := json.Marshal(e)
+		out.Write(b)
+	}
+	scanForKey(t, material, map[string]string{"roomd's log": u.logs.String(), "events": out.String(), "status": rawStatus(t, u)})
+}
