@@ -129,6 +129,11 @@ type statusView struct {
 		End   time.Time `json:"end"`
 		Due   bool      `json:"due"`
 	} `json:"consultation"`
+	// Remote is the far end as the unit decrypts and plays it.
+	Remote *struct {
+		E2EE           bool   `json:"e2ee"`
+		DecryptFailure uint64 `json:"e2ee_decrypt_failures"`
+	} `json:"remote"`
 	Audio *struct {
 		AEC       bool    `json:"aec"`
 		NS        bool    `json:"ns"`
@@ -198,6 +203,16 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 	row("mute", onOff(s.Mute))
 	if s.Meeting != "" {
 		row("meeting", s.Meeting)
+	}
+	if s.E2EE != nil {
+		v := "no: encrypted hop by hop only (the media server can read it)"
+		if *s.E2EE {
+			v = "yes, safety code " + s.SafetyCode
+			if r := s.Remote; r != nil && r.DecryptFailure > 0 {
+				v += fmt.Sprintf("; %d far-end frames did not decrypt", r.DecryptFailure)
+			}
+		}
+		row("end-to-end encrypted", v)
 	}
 	for _, f := range s.Faults {
 		row("FAULT", f)
@@ -316,6 +331,9 @@ func formatEvent(ev appliance.Event) string {
 	}
 	if ev.Meeting != "" {
 		fmt.Fprintf(&b, " meeting=%s", ev.Meeting)
+	}
+	if ev.E2EE != nil {
+		fmt.Fprintf(&b, " e2ee=%t", *ev.E2EE)
 	}
 	if ev.Reason != "" {
 		fmt.Fprintf(&b, " (%s)", ev.Reason)

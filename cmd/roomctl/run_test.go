@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/internal/syncbuf"
 )
 
@@ -144,4 +145,18 @@ func TestWatchShowsStateChanges(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// roomctl watch says per call whether it was end-to-end encrypted.
+func TestWatchSaysE2EE(t *testing.T) {
+	on, off := true, false
+	if s := formatEvent(appliance.Event{Type: "call", Detail: "joined", Meeting: "m-1", E2EE: &on}); !strings.Contains(s, "meeting=m-1 e2ee=true") {
+		t.Errorf("an end-to-end call: %q", s)
+	}
+	if s := formatEvent(appliance.Event{Type: "call", Detail: "left", Meeting: "m-2", E2EE: &off}); !strings.Contains(s, "e2ee=false") {
+		t.Errorf("a hop-by-hop call: %q", s)
+	}
+	if s := formatEvent(appliance.Event{Type: "state", State: appliance.Idle}); strings.Contains(s, "e2ee") {
+		t.Errorf("a state event: %q", s)
+	}
 }
