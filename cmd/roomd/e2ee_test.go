@@ -11,6 +11,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/screentest"
 	"github.com/konsult/konsult/media/e2ee"
 	"github.com/konsult/konsult/provisioning/fleetd"
 )
@@ -24,7 +25,9 @@ import (
 func TestConsultationEndToEndEncrypted(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk))
+	u, id, _ := f.enrolUnit(t, fleetConference(lk)+displayConfig(""))
+	url, _ := displayURL(t, u)
+	sc := screentest.Start(t, url, 1280, 720)
 	svc := startFleetd(t, f, lk, "")
 	ctx := context.Background()
 
@@ -68,6 +71,8 @@ func TestConsultationEndToEndEncrypted(t *testing.T) {
 	if want := e2ee.SafetyCode(material); st.SafetyCode != want {
 		t.Fatalf("status safety code %q, the contract's for K %q", st.SafetyCode, want)
 	}
+	// The unit's screen shows the code the patient's page shows.
+	screenText(t, sc, "e2ee", "Encrypted end to end · safety code "+e2ee.SafetyCode(material), 10*time.Second)
 	raw := rawStatus(t, u)
 	u.press("leave")
 	left := u.waitFor("left", 20*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "left" })
@@ -75,6 +80,7 @@ func TestConsultationEndToEndEncrypted(t *testing.T) {
 		t.Fatalf("the left event does not say e2ee: %+v", e)
 	}
 	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+	screenText(t, sc, "e2ee", "", 10*time.Second) // no code once the call is over
 
 	var evs strings.Builder
 	for _, e := range append(joined, left...) {
