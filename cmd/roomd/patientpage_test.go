@@ -53,7 +53,7 @@ func loopbackCert(t *testing.T, dir string) (certFile, keyFile string) {
 // (/join over HTTPS) with the link fleetctl consult add prints; the unit
 // joins the consultation by one press. The patient's page decrypts the
 // unit's picture and shows the safety code the unit shows; the unit
-// decrypts the patient.
+// decrypts the patient, and its screen shows the patient's moving picture.
 func TestPatientPageWithTheUnit(t *testing.T) {
 	wd, _ := os.Getwd()
 	lkc := filepath.Join(wd, "..", "..", ".cache", "npm", "node_modules", "livekit-client", "dist")
@@ -65,7 +65,9 @@ func TestPatientPageWithTheUnit(t *testing.T) {
 	}
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk))
+	u, id, _ := f.enrolUnit(t, fleetConference(lk)+displayConfig(""))
+	screenURL, _ := displayURL(t, u)
+	screen := screentest.Start(t, screenURL, 1280, 720)
 	cert, key := loopbackCert(t, t.TempDir())
 	svc := startFleetd(t, f, lk, fmt.Sprintf(`patient_url = "https://127.0.0.1/join"
 patient_web = { listen = "127.0.0.1:0", cert = %q, key = %q, clinic = "Huisartsenpraktijk De Linde", livekit_url = %q, client_dir = %q }`,
@@ -125,6 +127,8 @@ patient_web = { listen = "127.0.0.1:0", cert = %q, key = %q, clinic = "Huisartse
 	if st.SafetyCode != view.Code {
 		t.Errorf("the unit shows safety code %q, the patient %q", st.SafetyCode, view.Code)
 	}
+	// The unit's own screen shows the patient's moving picture.
+	screentest.MovingTiles(t, screen, 1, 20*time.Second)
 	u.press("leave")
 	u.waitFor("idle", 20*time.Second, isState(appliance.Idle))
 }
