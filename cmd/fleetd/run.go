@@ -43,6 +43,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer svc.Close()
 	if *check {
+		if err := svc.CheckPatientWeb(); err != nil {
+			return err
+		}
 		v, err := svc.Store().Version()
 		if err != nil {
 			return err

@@ -364,6 +364,24 @@ func (s *Service) PatientHandler() http.Handler {
 	})
 }
 
+// CheckPatientWeb checks what the patient web needs on disk (fleetd
+// --check): its certificate and key, and livekit-client's two files.
+func (s *Service) CheckPatientWeb() error {
+	pw := s.cfg.PatientWeb
+	if pw.Listen == "" {
+		return nil
+	}
+	if _, err := tls.LoadX509KeyPair(pw.Cert, pw.Key); err != nil {
+		return fmt.Errorf("[patient_web] cert and key: %w", err)
+	}
+	for _, f := range []string{"livekit-client.umd.js", "livekit-client.e2ee.worker.js"} {
+		if _, err := os.Stat(filepath.Join(pw.ClientDir, f)); err != nil {
+			return fmt.Errorf("[patient_web] client_dir: %w (the konsult-fleetctl package installs livekit-client in %s)", err, DefaultLiveKitClientDir)
+		}
+	}
+	return nil
+}
+
 // ServePatient serves the patient web on ln (TLS with the configured
 // certificate) until ctx ends.
 func (s *Service) ServePatient(ctx context.Context, ln net.Listener) error {

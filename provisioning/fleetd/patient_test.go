@@ -502,7 +502,13 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 func TestPatientWebServesHTTPSOnly(t *testing.T) {
 	r := newPatientRig(t, nil, nil)
 	cert, key, pool := selfSigned(t, t.TempDir())
+	if err := r.svc.CheckPatientWeb(); err == nil {
+		t.Fatal("CheckPatientWeb passed without a certificate")
+	}
 	r.svc.cfg.PatientWeb.Cert, r.svc.cfg.PatientWeb.Key = cert, key
+	if err := r.svc.CheckPatientWeb(); err != nil {
+		t.Fatalf("CheckPatientWeb: %v", err)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
