@@ -5,6 +5,9 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -157,4 +160,51 @@ func TestConsultationE2EEImpossibleRefused(t *testing.T) {
 		out.Write(b)
 	}
 	scanForKey(t, material, map[string]string{"roomd's log": u.logs.String(), "events": out.String(), "status": rawStatus(t, u)})
+}
+
+// A stand-alone unit with conference.e2ee_key_file encrypts its calls end
+// to end with that key: a far end with the key sees the room; the status
+// says e2ee with the key's safety code. A key file others can read stops
+// roomd with the fix, and the key is in no output.
+func TestStandaloneKeyFile(t *testing.T) {
+	lk := farend.StartLiveKit(t)
+	material := make([]byte, 32)
+	for i := range material {
+		material[i] = byte(0xa0 + i)
+	}
+	keyFile := filepath.Join(t.TempDir(), "e2ee.key")
+	if err := os.WriteFile(keyFile, []byte(base64.RawURLEncoding.EncodeToString(material)+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := connectorConfig("livekit", lk, "standalone-e2ee", fmt.Sprintf("e2ee_key_file = %q", keyFile))
+	dir := t.TempDir()
+	confFile := filepath.Join(dir, "roomd.toml")
+	if err := os.WriteFile(confFile, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr strings.Builder
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	err := run(ctx, []string{"--sim", "--socket", filepath.Join(dir, "roomd.sock"), "--http", "off", "--config", confFile}, &stdout, &stderr)
+	cancel()
+	if err == nil || !strings.Contains(err.Error(), "chmod 600 "+keyFile) {
+		t.Fatalf("roomd with a 0644 key file: %v", err)
+	}
+	scanForKey(t, material, map[string]string{"error": err.Error(), "stdout": stdout.String(), "log": stderr.String()})
+
+	if err := os.Chmod(keyFile, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := startUnit(t, conf)
+	patient := farend.StartFarEnd(t, lk, "standalone-e2ee", "patient", farend.Publish(), farend.Watch("unit-1"), farend.E2EE(material))
+	u.press("join")
+	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
+	farWait(t, patient, "the room decrypted", 30*time.Second, func(s farend.FarEndStats) bool { return s.E2EE && s.VideoFrom == "unit-1" && s.FPS >= 15 })
+	st := u.status()
+	if st.E2EE == nil || !*st.E2EE || st.SafetyCode != e2ee.SafetyCode(material) {
+		t.Fatalf("status e2ee %v code %q", st.E2EE, st.SafetyCode)
+	}
+	raw := rawStatus(t, u)
+	u.press("leave")
+	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
+	scanForKey(t, material, map[string]string{"roomd's log": u.logs.String(), "stdout": u.stdout.String(), "status": raw})
 }
