@@ -57,7 +57,7 @@ func clientDir(t testing.TB) string {
 	return d
 }
 
-func newPatientRig(t *testing.T, lk *farend.LiveKit, wrap func(http.Handler) http.Handler) *patientRig {
+func newPatientRig(t testing.TB, lk *farend.LiveKit, wrap func(http.Handler) http.Handler) *patientRig {
 	t.Helper()
 	dir := t.TempDir()
 	c, err := ca.Init(filepath.Join(dir, "ca"), "test fleet CA")
@@ -100,7 +100,7 @@ func newPatientRig(t *testing.T, lk *farend.LiveKit, wrap func(http.Handler) htt
 
 // book adds a consultation from start to end and returns it and its link's
 // fragment parts.
-func (r *patientRig) book(t *testing.T, start, end time.Time) (Added, string, string, string) {
+func (r *patientRig) book(t testing.TB, start, end time.Time) (Added, string, string, string) {
 	t.Helper()
 	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: start, End: end})
 	if err != nil {
@@ -224,7 +224,7 @@ func TestPatientPageHeaders(t *testing.T) {
 
 // page opens the patient page at link in its own Chromium with fake
 // devices; lang is its browser language; deny refuses camera and mic.
-func (r *patientRig) page(t *testing.T, frag, lang string, deny bool) *screentest.Browser {
+func (r *patientRig) page(t testing.TB, frag, lang string, deny bool) *screentest.Browser {
 	t.Helper()
 	flags := []string{"--use-fake-device-for-media-stream", "--ignore-certificate-errors", "--lang=" + lang, "--accept-lang=" + lang}
 	if !deny {
@@ -239,7 +239,7 @@ func (r *patientRig) page(t *testing.T, frag, lang string, deny bool) *screentes
 	return b
 }
 
-func state(t *testing.T, b *screentest.Browser, want string, d time.Duration) {
+func state(t testing.TB, b *screentest.Browser, want string, d time.Duration) {
 	t.Helper()
 	screentest.WaitUntil(t, b, "page state "+want, d, "(document.body && document.body.dataset.state) || ''", func(s string) bool { return s == want })
 }
@@ -311,7 +311,7 @@ type pageView struct {
 
 const viewExpr = `!window.konsult ? {} : ({state: document.body.dataset.state, e2ee: document.body.dataset.e2ee || "", frames: konsult.framesDecoded, errors: konsult.decryptErrors, code: konsult.code, in_call: konsult.tInCall, text: document.querySelector('main').innerText})`
 
-func waitView(t *testing.T, b *screentest.Browser, what string, d time.Duration, ok func(pageView) bool) pageView {
+func waitView(t testing.TB, b *screentest.Browser, what string, d time.Duration, ok func(pageView) bool) pageView {
 	t.Helper()
 	return screentest.WaitUntil(t, b, what, d, viewExpr, ok)
 }
@@ -564,4 +564,31 @@ func TestPatientWebConfigChecks(t *testing.T) {
 	if err := c.check(); err != nil || c.PatientWeb.ClientDir != DefaultLiveKitClientDir {
 		t.Errorf("no [patient_web]: %v, client_dir %q", err, c.PatientWeb.ClientDir)
 	}
+}
+
+// BenchmarkPatientPageToInCall: the patient page opened (navigation start)
+// to "in call" (token exchanged, connected, camera and mic published), in
+// Chromium with its fake devices, the clicks included; then Leave.
+func BenchmarkPatientPageToInCall(b *testing.B) {
+	clientDir(b)
+	lk := farend.StartLiveKit(b)
+	r := newPatientRig(b, lk, nil)
+	now := time.Now()
+	_, id, sec, k := r.book(b, now, now.Add(30*time.Minute))
+	p := r.page(b, id+"."+sec+"."+k, "en", false)
+	var total float64
+	for i := 0; b.Loop(); i++ {
+		if i > 0 {
+			p.Navigate(r.srv.URL + fmt.Sprintf("/join?%d#", i) + id + "." + sec + "." + k)
+		}
+		state(b, p, "notice", 20*time.Second)
+		p.Eval(`document.getElementById('continue').click(), true`, nil)
+		state(b, p, "prejoin", 20*time.Second)
+		p.Eval(`document.getElementById('join').click(), true`, nil)
+		v := waitView(b, p, "in call", 30*time.Second, func(v pageView) bool { return v.State == "call" })
+		total += v.InCall
+		p.Eval(`document.getElementById('leave').click(), true`, nil)
+		state(b, p, "left", 10*time.Second)
+	}
+	b.ReportMetric(total/float64(b.N), "ms-to-in-call")
 }
