@@ -205,14 +205,14 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 		row("meeting", s.Meeting)
 	}
 	if s.E2EE != nil {
-		v := "no: encrypted hop by hop only (the media server can read it)"
+		v := "no (encrypted hop by hop only: the media server can read it)"
 		if *s.E2EE {
 			v = "yes, safety code " + s.SafetyCode
 			if r := s.Remote; r != nil && r.DecryptFailure > 0 {
 				v += fmt.Sprintf("; %d far-end frames did not decrypt", r.DecryptFailure)
 			}
 		}
-		row("end-to-end encrypted", v)
+		row("end-to-end", v)
 	}
 	for _, f := range s.Faults {
 		row("FAULT", f)
