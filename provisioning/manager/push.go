@@ -286,8 +286,24 @@ func (j *PushJob) Run(ctx context.Context, fc *Client, view *View, dd *Dedup) ([
 	if j.Wait > 0 {
 		wctx, cancel := context.WithTimeout(ctx, j.Wait)
 		defer cancel()
-		for !j.settled() {
-			j.progress().Update(j.count())
+		// settled and count walk every unit: at most every 50 ms (or when
+		// the broker is quiet), not per message, which made a push to N
+		// units cost N² (44 % of fleetctl's CPU at 10,000 units).
+		var looked time.Time
+		open := 0 // units not answered, kept per message: 0 looks at once
+		for _, r := range j.results {
+			if !r.answered() {
+				open++
+			}
+		}
+		for {
+			if time.Since(looked) >= 50*time.Millisecond {
+				if j.settled() {
+					break
+				}
+				j.progress().Update(j.count())
+				looked = time.Now()
+			}
 			nctx, ncancel := context.WithTimeout(wctx, 100*time.Millisecond)
 			m, err := fc.Next(nctx)
 			ncancel()
@@ -298,9 +314,16 @@ func (j *PushJob) Run(ctx context.Context, fc *Client, view *View, dd *Dedup) ([
 					}
 					break // --wait is over: whoever has not answered is "no answer"
 				}
+				looked = time.Time{} // quiet: look now
 				continue
 			}
+			was := j.answered(m.Unit)
 			j.handle(m, view, dd)
+			if !was && j.answered(m.Unit) {
+				if open--; open <= 0 {
+					looked = time.Time{}
+				}
+			}
 		}
 		j.progress().Done(j.count())
 	}
@@ -319,6 +342,11 @@ func (j *PushJob) progress() Progress {
 		return noProgress{}
 	}
 	return j.Progress
+}
+
+func (j *PushJob) answered(unit string) bool {
+	r := j.results[unit]
+	return r != nil && r.answered()
 }
 
 func (j *PushJob) settled() bool {
