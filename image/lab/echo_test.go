@@ -23,12 +23,19 @@ import (
 // timer, back into the microphone at full level. The far end talks (a known
 // signal) and measures what comes back from the unit in its own band.
 const (
-	// envEcho runs the echo calls. They are not in make lab yet: in the
-	// guest the unit's microphone hands over only 8-40 % of real time
-	// (the far end gets 19-82 of 250 Opus packets in 5 s; the kernel's
-	// loopback runs in time, /proc/asound's cable shows it), so the echo
-	// measured at the far end is mostly the gaps, with the canceller or
-	// without, and proves nothing; echoBack fails on it.
+	// envEcho runs the echo bench (benchEcho) and the echo calls. They are
+	// not in make lab yet: in the guest the unit's microphone hands over
+	// only 8-40 % of real time in a call (the far end gets 19-82 of 250
+	// Opus packets in 5 s), so the echo measured at the far end is mostly
+	// the gaps, with the canceller or without, and proves nothing;
+	// echoBack fails on it. The call is not the only cause: labbench -echo,
+	// with no call at all, measured the same microphone code at 18-23 % of
+	// real time with the canceller in line (SpeexDSP under TCG: the
+	// canceller realigned 11-12 times and never converged) and at 62-75 %
+	// with the canceller run over a recording, the guest's microphone
+	// delivering 0.08-1.7 s of audio per second and the speaker's mix
+	// itself dropping out (2 cores shared with other jobs). benchEcho
+	// fails on that as an invalid measure, never as a figure.
 	envEcho     = "KONSULT_LAB_ECHO"
 	signalLevel = 0.3             // the far end's peak RMS, as cmd/roomd's echo test
 	echoSettle  = 8 * time.Second // the canceller converges; judge the talk after
@@ -207,4 +214,66 @@ func echoConfig(cfg string, aec bool) []byte {
 	cfg = strings.NewReplacer("width = 640\n", "width = 320\n", "height = 360\n", "height = 180\n",
 		"fps = 15\n", "fps = 10\n", "video_bitrate_kbps = 600\n", "video_bitrate_kbps = 100\n").Replace(cfg)
 	return []byte(cfg + fmt.Sprintf("\n[audio]\naec = %v\n", aec))
+}
+
+// benchEcho is the lab's ERLE through snd-aloop without a call (issue 20):
+// labbench -echo plays a known far end through roomd's own speaker code
+// (media/playout on the dmix) with its exact mix as the canceller's
+// reference, captures it back through roomd's own microphone code
+// (media/capture on the dsnoop, gate open, media/audioproc behind it) and
+// compares each chunk's energy before and after the canceller, once it
+// has converged. The microphone must keep real time, or the figure would
+// be of the gaps.
+func benchEcho(t *testing.T, agent *agentClient, step func(string)) {
+	out := agent.post("/sh", `/usr/bin/labbench -echo -settle 8s -window 6s >/tmp/echo.json 2>/tmp/echo.log; r=$?
+/bin/busybox tail -c 1500 /tmp/echo.log; /bin/busybox cat /tmp/echo.json; exit $r`)
+	t.Logf("labbench -echo in the guest:\n%s", out)
+	var res struct {
+		ERLE     float64 `json:"erle_db"`
+		EchoDB   float64 `json:"echo_dbfs"`
+		LeftDB   float64 `json:"left_dbfs"`
+		PlayedDB float64 `json:"played_dbfs"`
+		EchoFrac float64 `json:"echo_chunks_fraction"`
+		MicSec   float64 `json:"mic_s"`
+		WallSec  float64 `json:"wall_s"`
+		RealTime float64 `json:"mic_realtime"`
+		Skipped  int     `json:"mic_skipped_samples"`
+		Played   uint64  `json:"speaker_samples"`
+		Proc     struct {
+			DelayMs   int     `json:"delay_ms"`
+			ERLE      float64 `json:"erle_db"`
+			Realigned uint64  `json:"realigned"`
+			Frames    uint64  `json:"frames"`
+		} `json:"proc"`
+		Error string `json:"error"`
+	}
+	var line string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "{") {
+			line = l
+		}
+	}
+	if err := json.Unmarshal([]byte(line), &res); err != nil {
+		t.Errorf("echo bench (labbench -echo) did not report: %v: %s", err, lastBytes(out, 2000))
+		return
+	}
+	step(fmt.Sprintf("echo bench through snd-aloop: ERLE %.1f dB, mic %.0f %% of real time", res.ERLE, 100*res.RealTime))
+	t.Logf("BENCH ECHO through snd-aloop, no call (labbench -echo): far end played at %.1f dBFS, echo in the mic %.1f dBFS, left after the canceller %.1f dBFS: ERLE %.1f dB (want ≥ %.0f) over %.0f %% of the window's chunks; canceller's own view %.1f dB, delay %d ms, realigned %d over %d frames; mic %.1f s of audio in %.1f s (%.0f %% of real time, %d samples skipped), speaker %d samples",
+		res.PlayedDB, res.EchoDB, res.LeftDB, res.ERLE, wantERLE, 100*res.EchoFrac, res.Proc.ERLE, res.Proc.DelayMs, res.Proc.Realigned, res.Proc.Frames,
+		res.MicSec, res.WallSec, 100*res.RealTime, res.Skipped, res.Played)
+	if res.Error != "" {
+		t.Errorf("echo bench: %s (%s)", res.Error, lastBytes(out, 1500))
+		return
+	}
+	if res.RealTime < 0.9 {
+		t.Errorf("echo bench: the microphone delivered only %.0f %% of real time (want ≥ 90 %%): the ERLE measure is invalid", 100*res.RealTime)
+		return
+	}
+	if res.PlayedDB-res.EchoDB > 20 {
+		t.Errorf("echo bench: the echo came back %.1f dB under what was played: the loopback echo path is not working, the ERLE measure is invalid", res.PlayedDB-res.EchoDB)
+		return
+	}
+	if res.ERLE < wantERLE {
+		t.Errorf("through snd-aloop the canceller removes only %.1f dB of echo; want ≥ %.0f dB", res.ERLE, wantERLE)
+	}
 }

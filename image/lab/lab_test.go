@@ -333,13 +333,15 @@ func runLab(t *testing.T) {
 		t.Logf("BENCH %-9s %s: %d frames at %.1f fps (%s, %s)", r.Backend, bench.Size, r.Frames, r.FPS, r.Device, "TCG, 2 cores shared with other jobs")
 	}
 
-	// The echo through snd-aloop, with the canceller and without: not yet
-	// in make lab (echo_test.go, envEcho says why).
+	// The echo through snd-aloop: the canceller on roomd's speaker and
+	// microphone code without a call (benchEcho), then full calls with the
+	// canceller and without. Opt-in, both (echo_test.go, envEcho says why).
 	fe.Close()
 	if os.Getenv(envEcho) != "" {
+		benchEcho(t, agent, step)
 		echoCalls(t, ctx, agent, lk, step)
 	} else {
-		t.Logf("LAB RUNS WITHOUT the echo calls through snd-aloop (%s=1 runs them)", envEcho)
+		t.Logf("LAB RUNS WITHOUT the echo bench and calls through snd-aloop (%s=1 runs them)", envEcho)
 	}
 
 	if d := time.Since(began); d > labBudget {

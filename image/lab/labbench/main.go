@@ -3,8 +3,9 @@
 // Command labbench runs in the QEMU lab guest: it captures frames from the
 // vivid camera once, then encodes the same frames through the V4L2
 // memory-to-memory backend (vicodec, FWHT) and the software backend
-// (openh264), and prints frames per second for each as JSON. Lab
-// equipment, never shipped.
+// (openh264), and prints frames per second for each as JSON. With -echo it
+// measures the unit's echo canceller through snd-aloop instead (echo.go).
+// Lab equipment, never shipped.
 package main
 
 import (
@@ -43,13 +44,28 @@ type result struct {
 func main() {
 	n := flag.String("frames", "60", "frames to encode")
 	camera := flag.String("camera", "video0", "vivid's node name (mediadevices labels cameras \"video0;video0\")")
+	echoMode := flag.Bool("echo", false, "measure the echo canceller through the ALSA loopback instead (echo.go)")
+	mic := flag.String("mic", "64656661756c74", "the echo mode's microphone, as roomd's conference.microphone (\"default\" in hex)")
+	speaker := flag.String("speaker", "default", "the echo mode's speaker, as roomd's conference.speaker")
+	settle := flag.Duration("settle", 8*time.Second, "the echo mode's convergence time before the window")
+	window := flag.Duration("window", 6*time.Second, "the echo mode's measured window")
+	offline := flag.Bool("recorded", true, "the echo mode records both devices in real time and runs the canceller over the recording after (false: in line, as roomd; under TCG the canceller's CPU starves the microphone)")
 	flag.Parse()
+	if *echoMode {
+		slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+		res := echo(*mic, *speaker, *settle, *window, *offline)
+		_ = json.NewEncoder(os.Stdout).Encode(res)
+		if res.Error != "" {
+			os.Exit(1)
+		}
+		return
+	}
 	count, _ := strconv.Atoi(*n)
 	if count <= 0 {
 		count = 60
 	}
 	slog.SetDefault(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	frames, err := capture(*camera, count)
+	frames, err := grab(*camera, count)
 	out := map[string]any{}
 	if err != nil {
 		out["error"] = err.Error()
@@ -62,7 +78,7 @@ func main() {
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 }
 
-func capture(path string, n int) ([]image.Image, error) {
+func grab(path string, n int) ([]image.Image, error) {
 	var cam driver.Driver
 	for _, d := range driver.GetManager().Query(driver.FilterVideoRecorder()) {
 		if strings.Contains(d.Info().Label, path) {
