@@ -5,7 +5,7 @@ LDFLAGS := -s -w -X main.Version=$(VERSION)
 CACHE   := $(CURDIR)/.cache
 export PATH := $(CACHE)/bin:$(PATH)
 
-.PHONY: run run-offline test setup bench lint build clean lab deb image image-amd64 image-test
+.PHONY: run run-offline test setup bench lint build clean lab deb image image-amd64 image-test bundle update-key
 
 ## run: the simulated room unit in a local LiveKit conference, with a page to be the patient
 run:
@@ -81,6 +81,15 @@ image:
 image-amd64:
 	bash packaging/build-deb amd64 dist
 	bash image/build amd64 "$$(ls -t dist/konsult_*_amd64.deb | head -n1)" dist/konsult-amd64.img
+
+## bundle: a signed RAUC update bundle (docs/UPDATES.md) from the same amd64 image build into dist/; root
+## (KONSULT_IMAGE_VERSION sets the version; keys from image/update-key, default .cache/update-keys)
+bundle: image-amd64
+	bash image/bundle dist/konsult-amd64.rootfs.ext4 amd64 "$$(cat dist/konsult-amd64.version)" dist/konsult-amd64.raucb
+
+## update-key: the fleet's update signing CA and signer into .cache/update-keys (image/update-key rotate for a new signer)
+update-key:
+	bash image/update-key init $(CACHE)/update-keys
 
 ## image-test: boot the amd64 image under QEMU (TCG) in a loopback-only netns; root, ~5-10 min
 image-test: image-amd64

@@ -57,11 +57,11 @@ func TestImageBoots(t *testing.T) {
 		img = "../../.cache/image/out/konsult-amd64.img"
 	}
 	img, _ = filepath.Abs(img)
-	base := strings.TrimSuffix(img, ".img")
-	for _, f := range []string{img, base + ".vmlinuz", base + ".initrd"} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("%v: build it with make image-amd64", err)
-		}
+	if _, err := os.Stat(img); err != nil {
+		t.Fatalf("%v: build it with make image-amd64", err)
+	}
+	if _, err := os.Stat(ovmfCode); err != nil {
+		t.Fatalf("%v: the image boots by EFI (GRUB): apt-get install ovmf", err)
 	}
 	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk", "mcopy"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -80,9 +80,9 @@ func TestImageBoots(t *testing.T) {
 	// FAT partition as from any PC: konsult-claim.service must move it off
 	// the card into roomd's identity directory on first boot.
 	claim := enrol.NewClaimCode()
-	rootSize := injectTestFiles(t, disk, dir, broker, port, claim)
+	dataSize := injectTestFiles(t, disk, dir, broker, port, claim)
 	// A card bigger than the image, as every real one is: the unit must
-	// grow its root filesystem to fill it (konsult-growroot.service).
+	// grow its data filesystem to fill it (konsult-growdata.service).
 	const grow = 1 << 30
 	if st, err := os.Stat(disk); err != nil {
 		t.Fatal(err)
@@ -124,12 +124,16 @@ func TestImageBoots(t *testing.T) {
 	// Debian's kernel, no GL under TCG), at one of the screen's sizes, and
 	// QMP for its screendumps. 2 GB: Chromium beside roomd.
 	qmpSock := filepath.Join(dir, "qmp.sock")
+	// The disk boots as a PC's would: OVMF (EFI) runs the image's GRUB,
+	// which picks root slot A or B (docs/UPDATES.md).
+	vars := filepath.Join(dir, "efivars.fd")
+	run(t, "cp", ovmfVars, vars)
 	qemu := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-cpu", "max",
 		"-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
 		"-vga", "none", "-device", "virtio-vga,xres=1280,yres=720",
 		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
-		"-kernel", base+".vmlinuz", "-initrd", base+".initrd",
-		"-append", "console=ttyS0 root=LABEL=KONSULT-ROOT ro panic=-1 loglevel=3",
+		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+		"-drive", "if=pflash,format=raw,file="+vars,
 		"-drive", "file="+disk+",format=raw,if=virtio",
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
 	qemu.Stdout = io.MultiWriter(console, logFile)
@@ -221,11 +225,15 @@ func TestImageBoots(t *testing.T) {
 	if f := strings.TrimSpace(section(out, "failed")); f != "" {
 		t.Errorf("failed units in the guest:\n%s", f)
 	}
-	// The disk as a Pi's card: root on partition 2, the FAT boot partition
-	// mounted at /boot/firmware.
+	// The disk as a Pi's card: root slot A on partition 2, the FAT boot
+	// partition at /boot/firmware, the data partition at /data.
 	mounts := section(out, "mounts")
-	if !regexp.MustCompile(`(?m)^/ /dev/vda2 ext4$`).MatchString(mounts) || !regexp.MustCompile(`(?m)^/boot/firmware /dev/vda1 vfat$`).MatchString(mounts) {
-		t.Errorf("root is not /dev/vda2 (ext4) or the boot partition not /dev/vda1 (vfat) at /boot/firmware:\n%s", mounts)
+	if !regexp.MustCompile(`(?m)^/ /dev/vda2 ext4$`).MatchString(mounts) || !regexp.MustCompile(`(?m)^/boot/firmware /dev/vda1 vfat$`).MatchString(mounts) ||
+		!regexp.MustCompile(`(?m)^/data /dev/vda4 ext4$`).MatchString(mounts) || !regexp.MustCompile(`(?m)^/var/lib/konsult /dev/vda4\[/konsult\] ext4$`).MatchString(mounts) {
+		t.Errorf("root is not slot A /dev/vda2 (ext4), the boot partition not /dev/vda1 (vfat) at /boot/firmware, or the data partition not /dev/vda4 at /data and /var/lib/konsult:\n%s", mounts)
+	}
+	if r := section(out, "rauc"); !strings.Contains(r, "Booted from: rootfs.0 (A)") {
+		t.Errorf("rauc status does not say the unit booted from slot A:\n%s", r)
 	}
 	want, _ := enrol.NormalizeClaimCode(claim)
 	if c := section(out, "claim"); !strings.Contains(c, "identity: "+want) || strings.Contains(c, "card: "+claim) {
@@ -233,10 +241,10 @@ func TestImageBoots(t *testing.T) {
 	}
 	// systemd's own status lines can land inside the section on the shared
 	// console: take the number's line only.
-	fsSize, _ := strconv.ParseInt(regexp.MustCompile(`(?m)^\d+$`).FindString(section(out, "root-size")), 10, 64)
-	if fsSize < rootSize+grow/2 { // ext4 keeps a few % for itself
-		t.Errorf("the root filesystem is %d MiB on a root partition of %d MiB with %d MiB free after it: not grown to the disk\n%s",
-			fsSize>>20, rootSize>>20, grow>>20, section(out, "growroot"))
+	fsSize, _ := strconv.ParseInt(regexp.MustCompile(`(?m)^\d+$`).FindString(section(out, "data-size")), 10, 64)
+	if fsSize < dataSize+grow/2 { // ext4 keeps a few % for itself
+		t.Errorf("the data filesystem is %d MiB on a data partition of %d MiB with %d MiB free after it: not grown to the disk\n%s",
+			fsSize>>20, dataSize>>20, grow>>20, section(out, "growdata"))
 	}
 	score := regexp.MustCompile(`Overall exposure level for roomd.service: ([0-9.]+) (\S+)`).FindStringSubmatch(section(out, "security"))
 	if score == nil {
@@ -253,10 +261,10 @@ func TestImageBoots(t *testing.T) {
 		"  guest: kernel start -> network online %.1f s, -> time-sync.target %.1f s, -> roomd started %.1f s, -> roomd READY=1 %.1f s\n"+
 		"  host wall clock: QEMU start -> roomd ready reported %.1f s, -> unit online on the broker %.1f s\n"+
 		"  systemd-analyze security roomd: %s %s\n"+
-		"  root filesystem: %d MiB in the image, grown to %d MiB on a disk %d MiB larger\n"+
+		"  data filesystem: %d MiB in the image, grown to %d MiB on a disk %d MiB larger\n"+
 		"  kiosk (%s): QEMU start -> idle screen on the display %.1f s (%.1f s after roomd ready was reported; %d screendumps); killed -> idle screen again %.1f s; screen in %s",
 		time.Now().UTC().Format(time.RFC3339), float64(onlineMs)/1e3, float64(syncMono)/1e6, float64(startMono)/1e6, float64(readyMono)/1e6,
-		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], rootSize>>20, fsSize>>20, grow>>20,
+		readyWall.Seconds(), onlineAt.Sub(start).Seconds(), score[1], score[2], dataSize>>20, fsSize>>20, grow>>20,
 		pageSource(section(out, "display-source")), shots.idleAt.Sub(start).Seconds(), shots.idleAt.Sub(start).Seconds()-readyWall.Seconds(), shots.n,
 		againAt.Sub(doneAt).Seconds(), shots.saveIdle())
 	t.Log(summary)
@@ -325,7 +333,7 @@ func reexecInLoopbackNetns(t *testing.T) {
 // service into the root filesystem of disk (partition 2), with debugfs on an
 // extracted copy: no loop device, no mount.
 // It writes claim into konsult-claim.txt on the boot partition (mtools)
-// and returns the size of the root partition.
+// and returns the size of the data partition.
 func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port, claim string) int64 {
 	t.Helper()
 	var layout struct {
@@ -340,8 +348,8 @@ func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port,
 		t.Fatal(err)
 	}
 	pt := layout.PartitionTable
-	if len(pt.Partitions) != 2 {
-		t.Fatalf("image has %d partitions, want boot and root", len(pt.Partitions))
+	if len(pt.Partitions) != 4 {
+		t.Fatalf("image has %d partitions, want boot, root A, root B and data", len(pt.Partitions))
 	}
 	sector := int64(pt.SectorSize)
 	if sector == 0 {
@@ -469,8 +477,14 @@ room_name = "Boot Room"
 
 	card := put("konsult-claim.txt", []byte("# Konsult enrolment claim code.\n"+claim+"\n"))
 	run(t, "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", disk, pt.Partitions[0].Start*sector), card, "::konsult-claim.txt")
-	return size
+	return pt.Partitions[3].Size * sector
 }
+
+// Debian's OVMF (package ovmf): the EFI firmware the image's GRUB runs on.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
 
 // buildScreenStub builds screenstub/ for the guest (the image is amd64
 // Debian 12, as is the machine the boot test runs on: cgo links against the

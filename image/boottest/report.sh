@@ -9,13 +9,14 @@ section roomd-show systemctl show roomd -p ActiveState -p SubState -p NRestarts 
 section time-sync systemctl show time-sync.target -p ActiveEnterTimestampMonotonic
 section proc-status grep -E '^(Uid|Gid|Groups|NoNewPrivs|CapEff|CapBnd|Seccomp):' "/proc/$pid/status"
 section socket ls -ln /run/konsult/
-section mounts sh -c 'for m in / /boot/firmware; do echo "$m $(findmnt -rno SOURCE,FSTYPE "$m")"; done'
+section mounts sh -c 'for m in / /boot/firmware /data /var/lib/konsult; do echo "$m $(findmnt -rno SOURCE,FSTYPE "$m")"; done'
 section claim sh -c 'echo "identity: $(cat /var/lib/konsult/identity/claim-code)"; echo "card: $(grep -v "^#" /boot/firmware/konsult-claim.txt)"'
-section growroot journalctl -b -u konsult-growroot --no-pager -o cat
-section root-size findmnt -bno SIZE /
+section growdata journalctl -b -u konsult-growdata --no-pager -o cat
+section data-size findmnt -bno SIZE /data
+section rauc rauc status
 # Boot is not finished yet (getty waits), so no critical-chain: when each
 # unit on roomd's path started and became active, in ms since the kernel.
-section timings sh -c 'for u in NetworkManager NetworkManager-wait-online systemd-timesyncd systemd-time-wait-sync konsult-growroot konsult-claim roomd; do echo "$u: started $(( $(systemctl show -P InactiveExitTimestampMonotonic $u.service) / 1000 )) ms, active $(( $(systemctl show -P ActiveEnterTimestampMonotonic $u.service) / 1000 )) ms"; done'
+section timings sh -c 'for u in NetworkManager NetworkManager-wait-online systemd-timesyncd systemd-time-wait-sync konsult-growdata konsult-claim roomd; do echo "$u: started $(( $(systemctl show -P InactiveExitTimestampMonotonic $u.service) / 1000 )) ms, active $(( $(systemctl show -P ActiveEnterTimestampMonotonic $u.service) / 1000 )) ms"; done'
 section security systemd-analyze security --no-pager roomd
 # Issue 19: the kiosk, started after roomd's READY=1, as its own user. The
 # host takes screendumps meanwhile; here only what systemd and /proc say.
