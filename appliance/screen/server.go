@@ -152,7 +152,7 @@ func (s *Server) Serve(l net.Listener) error {
 		return fmt.Errorf("screen: %w", err)
 	}
 	srv := &http.Server{
-		Handler:           securityHeaders(h),
+		Handler:           securityHeaders(s.kioskHandOff(h)),
 		ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
@@ -225,6 +225,33 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("Cross-Origin-Resource-Policy", "same-origin")
 		h.Set("Cache-Control", "no-store")
 		next.ServeHTTP(w, r)
+	})
+}
+
+// kioskHandOff lets a top-level navigation to the page under the secret
+// through the guard's Sec-Fetch-Site check, and nothing else. The kiosk
+// must not put the URL on Chromium's command line (any local user reads
+// /proc/PID/cmdline), so it opens a private file:// page that sends
+// Chromium on, and that navigation arrives marked cross-site. Letting it
+// in gives nothing away: only who knows the secret can name the page, a
+// navigation cannot read across origins, the page refuses framing
+// (Sec-Fetch-Dest must be document, and frame-ancestors 'none'), and its
+// state, stream and offer are fetched from its own origin, still checked
+// in full. Host is still checked by the guard.
+func (s *Server) kioskHandOff(guarded http.Handler) http.Handler {
+	if s.cfg.Secret == "" {
+		return guarded
+	}
+	page := []byte("/" + s.cfg.Secret + "/")
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := r.Header
+		if r.Method == http.MethodGet && h.Get("Sec-Fetch-Mode") == "navigate" && h.Get("Sec-Fetch-Dest") == "document" &&
+			len(h.Values("Origin")) == 0 && r.URL.RawQuery == "" &&
+			subtle.ConstantTimeCompare([]byte(r.URL.Path), page) == 1 {
+			r = r.Clone(r.Context())
+			r.Header.Del("Sec-Fetch-Site")
+		}
+		guarded.ServeHTTP(w, r)
 	})
 }
 

@@ -38,6 +38,10 @@ section kiosk-procs sh -c 'ps -eo user:20,comm --no-headers | grep -E "cage|chro
 section kiosk-cgroup sh -c 'cat "/proc/$(systemctl show -P MainPID konsult-kiosk)/cgroup"; systemctl show konsult-kiosk -p IPAddressDeny -p DevicePolicy -p MemoryMax'
 section kiosk-ps sh -c 'ps -eo user:16,pid,ppid,stat,wchan:24,comm | grep -E "^konsult-kiosk"'
 section kiosk-policy ls -ln /etc/chromium/policies/managed/
+# Any local user may read every process's command line: the page's secret
+# must be on none (the kiosk hands Chromium a private file, not the URL).
+# The secret reaches grep on stdin, so grep's own command line lacks it.
+section kiosk-secret sh -c 'cut -d/ -f4 /run/konsult/display.url | runuser -u nobody -- sh -c "echo cmdlines-with-secret: \$(grep -lsF -f - /proc/[0-9]*/cmdline | wc -l)"'
 # Issue 14: roomd logs into its own journal namespace, and a factory reset
 # wipes that namespace and nothing else. A line in the system journal from
 # another program must survive the reset; the first roomd's lines must not.

@@ -373,6 +373,9 @@ func checkKiosk(t *testing.T, out string) {
 	if cg := section(out, "kiosk-cgroup"); !strings.Contains(cg, "0::/system.slice/konsult-kiosk.service") {
 		t.Errorf("the kiosk is not in its unit's cgroup (so not under its IPAddressDeny=, DevicePolicy=, MemoryMax=):\n%s", cg)
 	}
+	if sec := section(out, "kiosk-secret"); !strings.Contains(sec, "cmdlines-with-secret: 0") {
+		t.Errorf("another local user can read the screen's secret in a process's command line:\n%s", sec)
+	}
 	if !strings.Contains(section(out, "kiosk-policy"), "konsult.json") {
 		t.Errorf("no Chromium policy /etc/chromium/policies/managed/konsult.json:\n%s", section(out, "kiosk-policy"))
 	}
