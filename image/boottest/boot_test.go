@@ -584,6 +584,11 @@ func (c *consoleLog) Write(p []byte) (int, error) {
 			break
 		}
 		l := strings.TrimRight(c.part[:i], "\r")
+		// The kernel and systemd share the console: a report line can
+		// arrive behind their text on the same line.
+		if at := strings.Index(l, "@@ "); at > 0 {
+			l = l[at:]
+		}
 		if _, ok := c.lines[l]; !ok && strings.HasPrefix(l, "@@") {
 			c.lines[l] = time.Now()
 		}
