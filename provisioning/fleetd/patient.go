@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -50,6 +51,14 @@ type PatientWebConfig struct {
 	// server at that origin (https://clinic.example) and still POST
 	// /join/token here.
 	AllowOrigin string `toml:"allow_origin"`
+	// TrustedProxies are the reverse proxies (addresses or CIDR prefixes)
+	// in front of fleetd. Wrong links are counted per patient address; a
+	// request from one of these is counted by the X-Forwarded-For address
+	// the proxy appended, else every patient behind the proxy would share
+	// one count, and one guesser would lock them all out.
+	TrustedProxies []string `toml:"trusted_proxies"`
+
+	proxies []netip.Prefix
 }
 
 func (c *Config) checkPatientWeb() error {
@@ -73,6 +82,18 @@ func (c *Config) checkPatientWeb() error {
 	if err != nil || (u.Scheme != "wss" && !(u.Scheme == "ws" && isLoopbackHost(u.Hostname()))) || u.Host == "" {
 		return fmt.Errorf("[patient_web] livekit_url %q: wss://HOST (ws:// only to a loopback host)", p.LiveKitURL)
 	}
+	p.proxies = nil
+	for _, tp := range p.TrustedProxies {
+		pf, err := netip.ParsePrefix(tp)
+		if err != nil {
+			a, aerr := netip.ParseAddr(tp)
+			if aerr != nil {
+				return fmt.Errorf("[patient_web] trusted_proxies %q: an IP address or a prefix such as 10.0.0.0/8", tp)
+			}
+			pf = netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen())
+		}
+		p.proxies = append(p.proxies, pf.Masked())
+	}
 	if p.AllowOrigin != "" {
 		o, err := url.Parse(p.AllowOrigin)
 		if err != nil || o.Scheme != "https" || o.Host == "" || o.Path != "" {
@@ -80,6 +101,49 @@ func (c *Config) checkPatientWeb() error {
 		}
 	}
 	return nil
+}
+
+// clientKey is what wrong links are counted by: the patient's address, as
+// the nearest proxy that is not trusted saw it, and for IPv6 its /64 (one
+// home or phone holds a whole /64, and could take a new address per guess).
+func clientKey(r *http.Request, trusted []netip.Prefix) string {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	addr := ap.Addr().Unmap()
+	isTrusted := func(a netip.Addr) bool {
+		for _, p := range trusted {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	if isTrusted(addr) {
+		// Right to left: each trusted proxy appended who it heard from;
+		// the first address no trusted proxy stands for is the client.
+		// Anything further left is the client's own say, and not believed.
+		var hops []string
+		for _, v := range r.Header.Values("X-Forwarded-For") {
+			hops = append(hops, strings.Split(v, ",")...)
+		}
+		for i := len(hops) - 1; i >= 0; i-- {
+			a, err := netip.ParseAddr(strings.TrimSpace(hops[i]))
+			if err != nil {
+				break
+			}
+			addr = a.Unmap()
+			if !isTrusted(addr) {
+				break
+			}
+		}
+	}
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.String()
+	}
+	return addr.String()
 }
 
 func isLoopbackHost(h string) bool {
@@ -121,46 +185,61 @@ func patientIdentity(consultation string) string {
 
 // badSecrets limits wrong links per client address: after badLimit in
 // badWindow, the address is refused until the window passes.
-type badSecrets struct {
-	mu sync.Mutex
-	m  map[string][]time.Time
-}
+type badSecrets = counter
 
 const (
 	badLimit  = 5
 	badWindow = time.Minute
 )
 
-func (b *badSecrets) blocked(addr string, now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.prune(addr, now)) >= badLimit
+// counter counts events per key over a sliding window: a key with limit
+// events (badLimit when 0) in window (badWindow when 0) is blocked until
+// the oldest leaves it.
+type counter struct {
+	mu     sync.Mutex
+	m      map[string][]time.Time
+	limit  int
+	window time.Duration
 }
 
-func (b *badSecrets) add(addr string, now time.Time) {
+func (b *counter) blocked(key string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	limit := b.limit
+	if limit == 0 {
+		limit = badLimit
+	}
+	return len(b.prune(key, now)) >= limit
+}
+
+func (b *counter) add(key string, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.m == nil {
 		b.m = map[string][]time.Time{}
 	}
-	if len(b.m) > 100000 { // a flood from many addresses: forget, keep memory bounded
+	if len(b.m) > 100000 { // a flood from many keys: forget, keep memory bounded
 		b.m = map[string][]time.Time{}
 	}
-	b.m[addr] = append(b.prune(addr, now), now)
+	b.m[key] = append(b.prune(key, now), now)
 }
 
-func (b *badSecrets) prune(addr string, now time.Time) []time.Time {
-	ts := b.m[addr]
+func (b *counter) prune(key string, now time.Time) []time.Time {
+	window := b.window
+	if window == 0 {
+		window = badWindow
+	}
+	ts := b.m[key]
 	i := 0
-	for i < len(ts) && now.Sub(ts[i]) > badWindow {
+	for i < len(ts) && now.Sub(ts[i]) > window {
 		i++
 	}
 	ts = ts[i:]
 	if len(ts) == 0 {
-		delete(b.m, addr)
+		delete(b.m, key)
 		return nil
 	}
-	b.m[addr] = ts
+	b.m[key] = ts
 	return ts
 }
 
@@ -341,11 +420,7 @@ func (s *Service) PatientHandler() http.Handler {
 			writeJSON(w, http.StatusBadRequest, JoinAnswer{Error: JoinUnknown})
 			return
 		}
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		ans, code := s.JoinToken(r.Context(), host, req.ID, req.Secret)
+		ans, code := s.JoinToken(r.Context(), clientKey(r, pw.proxies), req.ID, req.Secret)
 		writeJSON(w, code, ans)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

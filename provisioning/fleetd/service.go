@@ -42,6 +42,7 @@ type Service struct {
 
 	patientAddr atomic.Value // string: where the patient web listens
 	bad         badSecrets   // wrong patient links per address
+	asks        counter      // token requests per unit
 	lkHTTP      *http.Client // to ask LiveKit who is in a room
 
 	auditUp    chan struct{} // closed once the audit store listens
@@ -51,6 +52,12 @@ type Service struct {
 // workers answer token requests side by side: each waits for its PUBACK,
 // and one slow answer must not hold up the next unit's.
 const workers = 32
+
+// tokenAsksPerMinute bounds one unit's token requests. A unit prefetches
+// one token while idle and renews it before it expires (every few
+// minutes), and asks again on a JOIN or a reconnect; 20 a minute is far
+// above that and far below a minting loop.
+const tokenAsksPerMinute = 20
 
 // New opens fleetd's database, CA and fleet signing key.
 func New(cfg *Config, log *slog.Logger) (*Service, error) {
@@ -70,7 +77,7 @@ func New(cfg *Config, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
-		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{},
+		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{}, asks: counter{limit: tokenAsksPerMinute, window: time.Minute},
 		lkHTTP: &http.Client{Timeout: 10 * time.Second}, changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
 }
 
@@ -214,6 +221,13 @@ func (s *Service) Issue(ctx context.Context, unit string, payload []byte) ([]byt
 	if err := s.ledger.check(unit, pub); err != nil {
 		return fleet.RefuseToken(req.Nonce, err.Error()), err
 	}
+	// Counted only once the request is the unit's own: nobody else can
+	// spend a unit's allowance. A unit asks a few times an hour (prefetch,
+	// renewal, a join); a stolen card minting tokens in a loop is stopped.
+	if s.asks.blocked(unit, now) {
+		return fleet.RefuseToken(req.Nonce, ErrTooManyAsks.Error()), ErrTooManyAsks
+	}
+	s.asks.add(unit, now)
 	room, err := s.roomFor(ctx, unit, req.Consultation, now)
 	if err != nil {
 		return fleet.RefuseToken(req.Nonce, err.Error()), err
@@ -243,6 +257,8 @@ var (
 	ErrNoStanding = errors.New("no standing meeting for this unit")
 	ErrNotDue     = errors.New("that consultation is not due now")
 	ErrNotYours   = errors.New("no such consultation for this unit")
+	// ErrTooManyAsks: more than tokenAsksPerMinute requests in a minute.
+	ErrTooManyAsks = fmt.Errorf("more than %d token requests in a minute: wait a minute", tokenAsksPerMinute)
 )
 
 // roomFor is the room a unit may enter for consultation id at now.
