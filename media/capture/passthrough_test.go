@@ -449,3 +449,44 @@ func TestPassThroughSelfView(t *testing.T) {
 		t.Fatalf("%d units reached the self-view after the close", n-shut)
 	}
 }
+
+// Issue 15, pass-through: a far end's PLI while the unit is private is
+// answered by the slate's IDR (with its SPS and PPS) within SlateInterval,
+// and no camera unit is sent, though the camera is asked for a keyframe.
+func TestPassThroughPLIWhilePrivateGetsTheSlateIDR(t *testing.T) {
+	fake := &v4l2m2m.FakeCamera{Card: "HD Pro Webcam C920", Sizes: []v4l2m2m.Size{{Width: ptW, Height: ptH}}, Interval: time.Second / ptFPS, ForceKeyFrame: true, BitRate: true}
+	fake.Source = newCameraCoder(t, ptW, ptH).code
+	c := startPassThrough(t, fake)
+	c.expectSlate(t) // the gate starts shut
+	c.g.Set(ptOpen)
+	c.expectCameraFromIDR(t)
+	c.g.Set(gate.State{})
+	for { // at most the unit read as the gate shut is still sent
+		if bytes.Equal(c.next(t), c.slate[0]) {
+			break
+		}
+	}
+	for i := 1; i < capture.SlatesPerClose; i++ {
+		if u := c.next(t); !bytes.Equal(u, c.slate[i]) {
+			t.Fatalf("after close, unit %d is not the slate", i)
+		}
+	}
+	c.quiet(t, 600*time.Millisecond)
+	admitted := c.capt.Counters.VideoFrames.Load()
+	for i := range 3 {
+		asked := time.Now()
+		if err := c.r.Controller().(codec.KeyFrameController).ForceKeyFrame(); err != nil {
+			t.Fatal(err)
+		}
+		u := c.next(t)
+		if !bytes.Equal(u, c.slate[0]) {
+			t.Fatalf("PLI %d while private: sent NAL types %v, not the slate's IDR", i, nalTypes(u))
+		}
+		if d := time.Since(asked); d > capture.SlateInterval+200*time.Millisecond {
+			t.Fatalf("PLI %d while private: the slate's IDR %s later", i, d.Round(time.Millisecond))
+		}
+	}
+	if n := c.capt.Counters.VideoFrames.Load(); n != admitted {
+		t.Fatalf("%d camera units admitted while private", n-admitted)
+	}
+}
