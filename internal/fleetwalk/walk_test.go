@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -130,6 +131,93 @@ func TestFleetManagerFirstDay(t *testing.T) {
 		}
 		return ""
 	})
+
+	// 7. The retired unit reset for re-use: a new code from the fleet
+	// manager, the installer's reset and enrolment (docs/INSTALL.md
+	// "Factory reset"), and step 4 again for the new id.
+	old := w.id
+	w.block("README.md", "walk-reset")
+	code = regexp.MustCompile(`[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}`).FindString(w.output)
+	if code == "" {
+		t.Fatalf("fleetctl enrol code printed no claim code:\n%s", w.output)
+	}
+	shown = w.unit.reset(code, old)
+	w.id = w.until(30*time.Second, "the reset unit waits in fleetctl enrol list with the new code", []string{"fleetctl", "enrol", "list"}, func(out string) string {
+		for _, line := range strings.Split(out, "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == shown && strings.Contains(line, code) && strings.Contains(line, "pending") {
+				return f[0]
+			}
+		}
+		return ""
+	})
+	w.block("README.md", "walk-approve")
+	w.unit.until(30*time.Second, "roomctl status: the reset unit enrolled and fleet connected", func(out string) string {
+		if strings.Contains(out, "enrolled") && strings.Contains(out, "connected,") && !strings.Contains(out, "not connected") && !strings.Contains(out, "REVOKED") {
+			return "ok"
+		}
+		return ""
+	})
+	out := w.until(30*time.Second, "status: the new id online with clinic-north v2", []string{"fleetctl", "status"}, func(out string) string {
+		if l := w.unitLine(out); strings.Contains(l, " yes ") && strings.Contains(l, "clinic-north v2") {
+			return out
+		}
+		return ""
+	})
+	w.id = old
+	if l := w.unitLine(out); !strings.Contains(l, "revoked") {
+		t.Fatalf("after the reset, fleetctl status no longer names the old id %s revoked:\n%s", old, out)
+	}
+}
+
+// reset runs docs/INSTALL.md's factory-reset block on the unit, as the
+// installer types it (sudo dropped, the unit's socket, the new claim code),
+// and returns the new device id roomctl status shows.
+func (u *simUnit) reset(code, old string) string {
+	u.t.Helper()
+	roomctl := filepath.Join(binDir, "roomctl") + " --socket " + u.sock + " "
+	var id string
+	for _, line := range commands(docBlock(u.t, "docs/INSTALL.md", "unit-reset")) {
+		line = strings.ReplaceAll(strings.TrimPrefix(line, "sudo "), "7K2M-QX9P-4RTV-HB3D", code)
+		u.t.Logf("unit$ %s", line)
+		time.Sleep(humanPause)
+		rest, ok := strings.CutPrefix(line, "roomctl ")
+		if !ok {
+			u.t.Fatalf("docs/INSTALL.md unit-reset: %q is not a roomctl command", line)
+		}
+		switch {
+		case rest == "status":
+			id = u.until(30*time.Second, "roomctl status: waiting_for_approval and a new device id", func(out string) string {
+				if !strings.Contains(out, "waiting_for_approval") {
+					return ""
+				}
+				if got := regexp.MustCompile(`ku-[a-z2-7]{20}`).FindString(out); got != old {
+					return got
+				}
+				return ""
+			})
+		case strings.HasPrefix(rest, "factory-reset"):
+			if out, err := tryShell(u.identityDir+"/..", nil, roomctl+rest); err != nil {
+				u.t.Fatalf("%s: %v\n%s", line, err, out)
+			}
+		default:
+			// While roomd restarts, the installer tries again.
+			deadline := time.Now().Add(30 * time.Second)
+			for {
+				out, err := tryShell(u.identityDir+"/..", nil, roomctl+rest)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					u.t.Fatalf("%s: %v\n%s", line, err, out)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+	}
+	if id == "" {
+		u.t.Fatal("docs/INSTALL.md unit-reset never runs roomctl status: the installer cannot read the new id")
+	}
+	return id
 }
 
 // block runs a doc block's command lines in order, checking each the way
@@ -354,13 +442,33 @@ func startUnit(t *testing.T, w *walk, caDir, code string) *simUnit {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "roomd"), "--sim", "--config", cfg, "--socket", u.sock, "--http", "off")
-	cmd.Stdout, cmd.Stderr = u.logs, u.logs
-	if err := cmd.Start(); err != nil {
+	start := func() (*exec.Cmd, error) {
+		cmd := exec.CommandContext(ctx, filepath.Join(binDir, "roomd"), "--sim", "--config", cfg, "--socket", u.sock, "--http", "off")
+		cmd.Stdout, cmd.Stderr = u.logs, u.logs
+		return cmd, cmd.Start()
+	}
+	cmd, err := start()
+	if err != nil {
 		t.Fatal(err)
 	}
+	// As the shipped roomd.service (Restart=always): roomd exits 75 after a
+	// factory reset or the fleet's reboot, and systemd starts it again.
 	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
+	go func() {
+		defer close(done)
+		for {
+			err := cmd.Wait()
+			var exit *exec.ExitError
+			if ctx.Err() != nil || !errors.As(err, &exit) || exit.ExitCode() != 75 {
+				return
+			}
+			fmt.Fprintf(u.logs, "fleetwalk: roomd exited 75; started again as systemd would\n")
+			if cmd, err = start(); err != nil {
+				fmt.Fprintf(u.logs, "fleetwalk: restart roomd: %v\n", err)
+				return
+			}
+		}
+	}()
 	t.Cleanup(func() {
 		cancel()
 		<-done
