@@ -174,3 +174,30 @@ func TestNoAnswerNamesTheACL(t *testing.T) {
 		}
 	}
 }
+
+// Issue 18, item 1: without a CA folder fleetctl cannot tell the units'
+// key before publishing, so a push signed by another key is refused by
+// every unit (unknown_key) and yet stays the retained config that units
+// connecting later get and refuse too. Push must say so, not only "fix the
+// config".
+func TestPushNoUnitCouldVerifySaysItStaysRetained(t *testing.T) {
+	f := startFleet(t, map[string][]string{"room-12": nil})
+	f.startUnit("room-12", nil)
+	cfg := writeConfig(t, "[call]\nmax_length = \"1h\"\n")
+	other, _ := keys(t) // a keygen --out ~/fleet the units never pinned
+	out, _, err := f.fleetctl("push", "--key", filepath.Join(other, "fleet.key"), "--device", "room-12", "--version", "1", cfg)
+	if r := row(t, out, "room-12"); r[1] != "rejected: unknown_key" {
+		t.Fatalf("push row %q\n%s", r, out)
+	}
+	if v := retainedVersion(t, f.b, link.Topics{}.DeviceConfig("room-12")); v != 1 {
+		t.Fatalf("retained version %d: the test expects the refused config retained", v)
+	}
+	if err == nil {
+		t.Fatal("push that every unit refused exited 0")
+	}
+	for _, want := range []string{"retained", "units that connect later", "unknown_key", "fleet.key"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("push error %q does not mention %q", err, want)
+		}
+	}
+}

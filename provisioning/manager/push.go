@@ -121,9 +121,12 @@ func Push(ctx context.Context, b Broker, log *slog.Logger, o PushOptions) ([]Pus
 // the fleet manager does about the config changes that: it does not count.
 func PushOutcome(p fleet.ConfigPayload, results []PushResult) error {
 	counts := map[string]int{}
-	bad := 0
+	bad, unknownKey := 0, 0
 	for _, r := range results {
 		counts[r.Result]++
+		if r.Result == ResRejected && r.Reason == string(fleet.ReasonUnknownKey) {
+			unknownKey++
+		}
 		if r.Result != ResApplied && r.Result != ResDeferred && r.Result != ResRevoked {
 			bad++
 		}
@@ -141,9 +144,19 @@ func PushOutcome(p fleet.ConfigPayload, results []PushResult) error {
 		parts = append(parts, fmt.Sprintf("%d revoked, not counted", counts[ResRevoked]))
 	}
 	msg := fmt.Sprintf("version %d for %s: %d of %d units did not apply it (%s)", p.Version, p.Target, bad, len(results), strings.Join(parts, ", "))
-	if counts[ResOffline]+counts[ResNeverSeen]+counts[ResNoAnswer] > 0 {
+	switch {
+	case counts[ResRejected] > 0:
+		// The refused envelope replaced the retained config: a unit that
+		// connects later gets it, not the one before, and refuses it too.
+		msg += "; the refused config stays retained on the broker, so units that connect later get it and refuse it too"
+		if unknownKey > 0 {
+			msg += fmt.Sprintf(": %d refused its signature (unknown_key), so push a higher version signed with the key the units trust (the fleet.key in the CA folder that enrolled them, --ca-dir)", unknownKey)
+		} else {
+			msg += ": see the reasons above, fix the config and push a higher version"
+		}
+	case counts[ResOffline]+counts[ResNeverSeen]+counts[ResNoAnswer] > 0:
 		msg += "; the config stays retained, so units that are away apply it when they connect: check with fleetctl status"
-	} else {
+	default:
 		msg += ": see the reasons above, fix the config and push a higher version"
 	}
 	return errors.New(msg)
