@@ -60,3 +60,47 @@ func TestConfigErrorNamesKeyAndLineNotValue(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigValidationErrorRepeatsNoValue (issue 14, finding 5): a value
+// that parses but is not one the key takes is refused by naming the key
+// and what it takes, never by quoting the value: a secret pasted on the
+// wrong line (`log.level = "<the api secret>"`) must not reach the journal
+// or the fleet's rejection reason.
+func TestConfigValidationErrorRepeatsNoValue(t *testing.T) {
+	const secret = "truesecretvalue"
+	for _, c := range []struct{ section, key string }{
+		{"unit", "network_apply"},
+		{"unit", "board"},
+		{"log", "level"},
+		{"log", "format"},
+		{"conference", "connector"},
+		{"conference", "video_codec"},
+		{"conference", "video_passthrough"},
+		{"display", "language"},
+	} {
+		t.Run(c.section+"."+c.key, func(t *testing.T) {
+			text := fmt.Sprintf("[%s]\n%s = %q\n", c.section, c.key, secret)
+			if c.key == "connector" { // e2ee_key_file's check quoted the connector too
+				text += "e2ee_key_file = \"/etc/konsult/e2ee.key\"\n"
+			}
+			p := filepath.Join(t.TempDir(), "roomd.toml")
+			if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Load(p)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, c.section+"."+c.key) {
+				t.Errorf("does not name %s.%s: %s", c.section, c.key, msg)
+			}
+			for i := 0; i+6 <= len(secret); i++ {
+				if strings.Contains(msg, secret[i:i+6]) {
+					t.Fatalf("quotes the value (%q): %s", secret[i:i+6], msg)
+				}
+			}
+			t.Log(msg)
+		})
+	}
+}

@@ -22,7 +22,7 @@ func (c *Config) validateE2EE() error {
 		return nil
 	}
 	if c.Conference.Connector != "livekit" {
-		return fmt.Errorf("conference.e2ee_key_file needs conference.connector = \"livekit\": the %q connector cannot encrypt end to end, and the call is not sent in the clear instead", c.Conference.Connector)
+		return errors.New("conference.e2ee_key_file needs conference.connector = \"livekit\": the other connectors cannot encrypt end to end, and the call is not sent in the clear instead")
 	}
 	if !filepath.IsAbs(f) {
 		return fmt.Errorf("conference.e2ee_key_file must be an absolute path, e.g. /etc/konsult/e2ee.key")

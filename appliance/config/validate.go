@@ -65,7 +65,8 @@ func (c *Config) Validate() error {
 func (c *Config) validatePins() error {
 	profile, err := board.Lookup(c.Unit.Board)
 	if err != nil {
-		return fmt.Errorf("unit.board: %w", err)
+		// Not err: it quotes the value (see oneOf).
+		return fmt.Errorf("unit.board is not a board roomd knows: use one of %s", strings.Join(board.Names(), ", "))
 	}
 	overrides := make(map[board.Role]string, len(c.Pins))
 	for k, v := range c.Pins {
@@ -132,13 +133,20 @@ func intRange(key string, v, min, max int) error {
 	return nil
 }
 
+// oneOf refuses a value that is not one of valid, naming the key and the
+// choices but not the value: a secret put on the wrong line must not be
+// repeated into the journal or a fleet rejection (issue 14).
 func oneOf(key, v string, valid ...string) error {
 	for _, ok := range valid {
 		if v == ok {
 			return nil
 		}
 	}
-	return fmt.Errorf("%s = %q: use one of %s", key, v, strings.Join(valid, ", "))
+	choices := make([]string, len(valid))
+	for i, ok := range valid {
+		choices[i] = strconv.Quote(ok)
+	}
+	return fmt.Errorf("%s is not a value it takes: use one of %s", key, strings.Join(choices, ", "))
 }
 
 func floatRange(name string, v, min, max float64) error {
