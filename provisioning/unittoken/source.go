@@ -6,6 +6,7 @@
 package unittoken
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"errors"
@@ -109,8 +110,12 @@ func (s *Source) Fetch(ctx context.Context, consultation string) (fleet.TokenGra
 			return g, err
 		}
 		s.mu.Lock()
+		if old, ok := s.cached[consultation]; ok {
+			clear(old.E2EEKey)
+		}
 		s.cached[consultation] = g
 		s.mu.Unlock()
+		g.E2EEKey = bytes.Clone(g.E2EEKey)
 		return g, nil
 	case <-t.C:
 		return fleet.TokenGrant{}, fmt.Errorf("fleetd did not answer the token request within %s", answerTimeout)
@@ -150,9 +155,31 @@ func (s *Source) Grant(ctx context.Context) (fleet.TokenGrant, error) {
 		return fleet.TokenGrant{}, ErrNothingDue
 	}
 	if g, ok := s.Cached(want); ok {
+		g.E2EEKey = bytes.Clone(g.E2EEKey) // the cache may wipe its own
 		return g, nil
 	}
 	return s.Fetch(ctx, want)
+}
+
+// forget drops, and wipes the key material of, every cached grant but
+// keep's, and keep's too once it has expired: a consultation's K stays in
+// memory while JOIN could still enter it (a rejoin after a drop needs it)
+// and not after. Go gives no guarantee that no copy is left elsewhere; this
+// removes the one the unit keeps on purpose.
+func (s *Source) forget(keep string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.init()
+	now := s.Now()
+	n := 0
+	for id, g := range s.cached {
+		if id != keep || !now.Before(g.Expires) {
+			clear(g.E2EEKey)
+			delete(s.cached, id)
+			n++
+		}
+	}
+	return n
 }
 
 // Kick makes Run look at Want again now (the schedule changed).
@@ -175,7 +202,9 @@ func (s *Source) Run(ctx context.Context) {
 	s.mu.Unlock()
 	for {
 		wait := time.Minute
-		if want := s.Want(); want != "" {
+		want := s.Want()
+		s.forget(want)
+		if want != "" {
 			g, ok := s.Cached(want)
 			if !ok || g.Expires.Sub(s.Now()) < s.Refresh {
 				if _, err := s.Fetch(ctx, want); err != nil {
