@@ -68,8 +68,12 @@ type Press struct {
 	LastRoomStampAge time.Duration
 }
 
-// OK says whether the press met the requirement.
+// OK says whether the press met the requirement. A MUTE press is judged by
+// its sound only: the picture goes on.
 func (p Press) OK() bool {
+	if p.Mute {
+		return p.AudioPrivate < Silent
+	}
 	return p.Converged >= 0 && p.Converged <= Bound && p.LateRoom == 0 && p.StampAfterPress == 0 && (p.NoStamp == 0 || !p.Stamped) &&
 		p.AudioPrivate < Silent
 }
@@ -96,6 +100,9 @@ const Audible = 0.05
 const AudioSettle = time.Second
 
 func (p Press) String() string {
+	if p.Mute {
+		return fmt.Sprintf("%s: audio energy %.3f before, up to %.3f while muted", p.Phase, p.AudioBefore, p.AudioPrivate)
+	}
 	c := "never"
 	if p.Converged >= 0 {
 		c = p.Converged.Round(time.Millisecond).String()
@@ -113,10 +120,16 @@ type Phase struct {
 	N       int  // presses (Presses(N) is used)
 	Cut     bool // all UDP dropped for CutFor from each press on
 	Stamped bool // the unit stamps its camera frames: check every stamp
+	// Mute presses MUTE instead of PRIVACY (the gate shuts audio only):
+	// only the far end's sound is judged, from AudioSettle after the press.
+	Mute bool
 }
 
 func (ph Phase) String() string {
 	s := fmt.Sprintf("%d %% loss", ph.Loss)
+	if ph.Mute {
+		s = "MUTE, " + s
+	}
 	if ph.Cut {
 		s = "300 ms cut at the press, " + s
 	}
@@ -160,7 +173,7 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 			restored = net.CutFor(CutFor) // nft takes some ms: the cut is in place before the press
 		}
 		p.At = time.Now()
-		g.Set(gate.State{})
+		g.Set(gate.State{Video: ph.Mute})
 		p.Shut = time.Now()
 		for time.Since(p.At) < Private {
 			time.Sleep(50 * time.Millisecond)
@@ -190,6 +203,9 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 // Judge fills in what the far end showed for p from its presented frames.
 func Judge(frames []farend.FrameSample, p Press) Press {
 	p.Converged, p.LastRoomStampAge = -1, -1
+	if p.Mute {
+		return p // the picture goes on: nothing to judge in it
+	}
 	shut := p.Shut
 	if shut.IsZero() {
 		shut = p.At
@@ -241,6 +257,9 @@ func Judge(frames []farend.FrameSample, p Press) Press {
 func Summary(ps []Press) (p50, maxd time.Duration, never int) {
 	var ds []time.Duration
 	for _, p := range ps {
+		if p.Mute {
+			continue
+		}
 		if p.Converged < 0 {
 			never++
 			continue
@@ -277,6 +296,26 @@ func Check(t *testing.T, label string, ps []Press) {
 			loud++
 		}
 	}
-	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; far-end audio energy up to %.3f open, %.4f private (%d presses with sound while private)",
-		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad, audioBefore, audioPrivate, loud)
+	if len(ps) > 0 && ps[0].Mute {
+		t.Logf("%s: %d presses, failed %d; far-end audio energy up to %.3f open, %.4f muted (%d presses with sound while muted)",
+			label, len(ps), bad, audioBefore, audioPrivate, loud)
+		return
+	}
+	// The last room frame the far end showed (the stamp check): how long
+	// before the press it was captured, over the presses.
+	var ages []time.Duration
+	unread := 0
+	for _, p := range ps {
+		if p.LastRoomStampAge < 0 {
+			unread++
+			continue
+		}
+		ages = append(ages, p.LastRoomStampAge)
+	}
+	stamps := "no stamps"
+	if len(ages) > 0 {
+		stamps = fmt.Sprintf("last room frame shown captured %s to %s before the press", slices.Min(ages).Round(time.Millisecond), slices.Max(ages).Round(time.Millisecond))
+	}
+	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; %s (%d unreadable); far-end audio energy up to %.3f open, %.4f private (%d presses with sound while private)",
+		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad, stamps, unread, audioBefore, audioPrivate, loud)
 }

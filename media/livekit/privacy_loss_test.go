@@ -67,6 +67,8 @@ func stampedUnit(t *testing.T, lk *farend.LiveKit, room, connector string) *gate
 //     for 300 ms from the press: for every press the far end is on the slate
 //     within 1 s and stays on it, and every room frame it shows after the
 //     press was captured before the press (the capture stamps);
+//   - MUTE presses at 5 % loss, with and without the cut: the far end hears
+//     nothing from 1 s after the press (concealment extends silence);
 //   - a far end that subscribes while the unit is private (LiveKit asks the
 //     unit for a keyframe for it) sees the slate and never the room.
 //
@@ -109,6 +111,9 @@ func privacySlateUnderLoss(t *testing.T, connector string) {
 			// the cut; KONSULT_SLATE_PRESSES=20 makes it 20 of each.
 			{Loss: 0, N: 2, Stamped: true}, {Loss: 2, N: 2, Stamped: true},
 			{Loss: 5, N: 10, Stamped: true}, {Loss: 5, N: 10, Cut: true, Stamped: true},
+			// MUTE at 5 % loss, and with the silence's first packets cut:
+			// loss concealment must extend silence, not the room's sound.
+			{Loss: 5, N: 4, Mute: true}, {Loss: 5, N: 4, Cut: true, Mute: true},
 		} {
 			slatesoak.Check(t, connector+": "+ph.String(), slatesoak.Run(t, fe, g, net, ph))
 		}
