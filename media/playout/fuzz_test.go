@@ -8,12 +8,12 @@ import (
 )
 
 // FuzzDepacketize feeds random RTP payload sequences, as a hostile far end
-// can send them through the SFU, into H.264 and VP8 reassembly: it never
+// can send them through the SFU, into H.264, VP8 and VP9 reassembly: it never
 // panics, never holds more than the frame cap for an unfinished frame, and
 // never hands out a frame over it. The cap is small here so that short
 // inputs reach it.
 //
-// Input: a codec byte, a cap byte, then records of [2-byte length][flags]
+// Input: a codec byte (0 H.264, 1 VP8, 2 VP9, modulo 3), a cap byte, then records of [2-byte length][flags]
 // [repeat][payload]; flags bit 0 is the marker, bit 1 a new timestamp, bit 2
 // a sequence jump; repeat sends the payload that many more times (a few
 // bytes of input become a flood).
@@ -37,11 +37,14 @@ func FuzzDepacketize(f *testing.F) {
 	// VP8: a keyframe header in two packets, then a start flood.
 	f.Add(cat([]byte{1, 8}, rec([]byte{0x10, 0x50, 0, 0, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0}, 2, 0), rec([]byte{0x00, 7, 7}, 1, 0),
 		rec(append([]byte{0x10}, make([]byte, 300)...), 2, 100)))
+	// VP9: a frame's begin (B) and end (E) packets, then begins without an end.
+	f.Add(cat([]byte{2, 8}, rec([]byte{0x08, 1, 2, 3}, 2, 0), rec([]byte{0x04, 4}, 1, 0),
+		rec(append([]byte{0x08}, make([]byte, 300)...), 2, 100)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) < 2 {
 			return
 		}
-		codec := []string{"H264", "VP8"}[data[0]&1]
+		codec := []string{"H264", "VP8", "VP9"}[int(data[0])%3]
 		limit := 256 + int(data[1])*64 // 256 B to 16 KiB
 		ra, err := newReassembler(codec, limit)
 		if err != nil {
