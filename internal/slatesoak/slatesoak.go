@@ -313,7 +313,10 @@ func Check(t *testing.T, label string, ps []Press) {
 		ages = append(ages, p.LastRoomStampAge)
 	}
 	stamps := "no stamps"
-	if len(ages) > 0 {
+	switch {
+	case len(ps) > 0 && !ps[0].Stamped:
+		stamps, unread = "frames not stamped", 0
+	case len(ages) > 0:
 		stamps = fmt.Sprintf("last room frame shown captured %s to %s before the press", slices.Min(ages).Round(time.Millisecond), slices.Max(ages).Round(time.Millisecond))
 	}
 	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; %s (%d unreadable); far-end audio energy up to %.3f open, %.4f private (%d presses with sound while private)",
