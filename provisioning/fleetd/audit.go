@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/konsult/konsult/provisioning/audit"
@@ -18,8 +19,8 @@ import (
 // (provisioning/audit), as it arrived, and the unit's last reported
 // high-water mark, for fleetctl audit verify. It verifies nothing on the
 // way in: a record that does not verify is kept too, so verify can name
-// it. Records are kept until someone deletes them from the database; the
-// unit's own log is the one that is pruned.
+// it. Records are kept for [retention] audit (PruneAudit), and only as far
+// back as what remains still verifies.
 //
 // It listens on a connection of its own with a persistent session
 // (client id konsult/fleetd/audit-store): the broker queues the records a
@@ -173,3 +174,91 @@ func (s *Store) AuditUnits(ctx context.Context) ([]string, error) {
 
 // DatabasePath is the SQLite file fleetd keeps (fleetctl audit reads it).
 func (s *Service) DatabasePath() string { return s.cfg.Database }
+
+// PruneAudit deletes audit records that arrived before cutoff, keeping
+// every chain verifiable: in a unit's current chain only records up to
+// the newest of its own checkpoints whose pruned records all arrived
+// before cutoff (that checkpoint, still kept, accounts for them, as the
+// unit's own pruning does); a chain the unit has left (a newer one has
+// arrived since) goes whole once its newest record arrived before cutoff.
+// It returns how many records went.
+func (s *Store) PruneAudit(ctx context.Context, cutoff time.Time) (int64, error) {
+	units, err := s.AuditUnits(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, unit := range units {
+		chains, err := s.AuditChains(ctx, unit)
+		if err != nil {
+			return n, err
+		}
+		for i, chain := range chains {
+			var m int64
+			if i < len(chains)-1 {
+				m, err = s.pruneLeftChain(ctx, unit, chain, cutoff)
+			} else {
+				m, err = s.pruneChainFront(ctx, unit, chain, cutoff)
+			}
+			n += m
+			if err != nil {
+				return n, fmt.Errorf("prune audit records of %s: %w", unit, err)
+			}
+		}
+	}
+	return n, nil
+}
+
+func (s *Store) pruneLeftChain(ctx context.Context, unit, chain string, cutoff time.Time) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM audit_records WHERE unit = ? AND chain = ?
+		AND (SELECT MAX(received_at) FROM audit_records WHERE unit = ? AND chain = ?) < ?`, unit, chain, unit, chain, cutoff.UnixMilli())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+func (s *Store) pruneChainFront(ctx context.Context, unit, chain string, cutoff time.Time) (int64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT line FROM audit_records WHERE unit = ? AND chain = ? AND line LIKE ? ORDER BY seq DESC`,
+		unit, chain, `%"`+audit.KindCheckpoint+`"%`)
+	if err != nil {
+		return 0, err
+	}
+	var through []uint64 // the checkpoints' pruned_through, newest first
+	for rows.Next() {
+		var l string
+		if err := rows.Scan(&l); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		r, err := audit.Parse([]byte(l))
+		if err != nil || r.Kind != audit.KindCheckpoint {
+			continue
+		}
+		if p, err := strconv.ParseUint(r.Fields["pruned_through"], 10, 64); err == nil && p < r.Seq {
+			through = append(through, p)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, p := range through {
+		var newest sql.NullInt64
+		if err := s.db.QueryRowContext(ctx, `SELECT MAX(received_at) FROM audit_records WHERE unit = ? AND chain = ? AND seq <= ?`,
+			unit, chain, int64(p)).Scan(&newest); err != nil {
+			return 0, err
+		}
+		if !newest.Valid {
+			return 0, nil // already gone as far as this checkpoint reaches
+		}
+		if newest.Int64 < cutoff.UnixMilli() {
+			res, err := s.db.ExecContext(ctx, `DELETE FROM audit_records WHERE unit = ? AND chain = ? AND seq <= ?`, unit, chain, int64(p))
+			if err != nil {
+				return 0, err
+			}
+			return res.RowsAffected()
+		}
+	}
+	return 0, nil
+}

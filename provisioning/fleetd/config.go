@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,6 +51,7 @@ type Config struct {
 	Consultations ConsultationsConfig   `toml:"consultations"`
 	Units         map[string]UnitConfig `toml:"units"`
 	PatientWeb    PatientWebConfig      `toml:"patient_web"`
+	Retention     RetentionConfig       `toml:"retention"`
 
 	dir string
 }
@@ -83,6 +85,26 @@ type ConsultationsConfig struct {
 	Skew Duration `toml:"skew"`
 }
 
+// RetentionConfig bounds what fleetd keeps (docs/PRIVACY.md).
+type RetentionConfig struct {
+	// Audit is how long the units' audit records are kept after they
+	// arrived (default DefaultAuditRetention). Older records go only as far
+	// as a unit's own checkpoint accounts for them, so what stays still
+	// verifies; a chain a unit has left (a factory reset started a new
+	// one) goes whole once all of it is older.
+	Audit Duration `toml:"audit"`
+	// Records is how long the log of tokens issued, patient joins and
+	// ended consultations is kept (default DefaultRecordRetention).
+	Records Duration `toml:"records"`
+}
+
+// Retention defaults: a year of audit records (a DPO's yearly review, and
+// far past the unit's own 90 days); 90 days of the token and join log.
+const (
+	DefaultAuditRetention  = 365 * 24 * time.Hour
+	DefaultRecordRetention = 90 * 24 * time.Hour
+)
+
 // UnitConfig is per unit.
 type UnitConfig struct {
 	// StandingRoom is the room the unit enters when no consultation is
@@ -90,12 +112,21 @@ type UnitConfig struct {
 	StandingRoom string `toml:"standing_room"`
 }
 
-// Duration is a time.Duration written "10m" in TOML.
+// Duration is a time.Duration written "10m" (or "365d") in TOML.
 type Duration struct{ time.Duration }
 
-// UnmarshalText parses a Go duration.
+// UnmarshalText parses a Go duration, or a whole number of days ("90d").
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
+	s := string(b)
+	if days, ok := strings.CutSuffix(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 36500 {
+			return fmt.Errorf("duration %q: a whole number of days (90d) or a Go duration (36h)", s)
+		}
+		d.Duration = time.Duration(n) * 24 * time.Hour
+		return nil
+	}
+	v, err := time.ParseDuration(s)
 	if err != nil {
 		return err
 	}
@@ -173,6 +204,15 @@ func (c *Config) check() error {
 	}
 	if c.LiveKit.TokenTTL.Duration < 30*time.Second || c.LiveKit.TokenTTL.Duration > MaxTokenTTL {
 		return fmt.Errorf("[livekit] token_ttl %s: between 30s and %s", c.LiveKit.TokenTTL.Duration, MaxTokenTTL)
+	}
+	if c.Retention.Audit.Duration == 0 {
+		c.Retention.Audit.Duration = DefaultAuditRetention
+	}
+	if c.Retention.Records.Duration == 0 {
+		c.Retention.Records.Duration = DefaultRecordRetention
+	}
+	if c.Retention.Audit.Duration < 24*time.Hour || c.Retention.Records.Duration < 24*time.Hour {
+		return fmt.Errorf("[retention] audit %s, records %s: at least 1d each", c.Retention.Audit.Duration, c.Retention.Records.Duration)
 	}
 	if c.Consultations.Lead.Duration == 0 {
 		c.Consultations.Lead.Duration = DefaultLead

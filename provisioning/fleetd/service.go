@@ -287,13 +287,22 @@ func (s *Service) roomFor(ctx context.Context, unit, id string, now time.Time) (
 }
 
 // purgeLoop deletes consultations' key material once their window (and
-// the units' clock skew) is over, every republish interval.
+// the units' clock skew) is over, and what is past [retention], every
+// republish interval.
 func (s *Service) purgeLoop(ctx context.Context) {
 	t := time.NewTicker(republish)
 	defer t.Stop()
 	for {
 		if _, err := s.store.PurgeKeys(ctx, s.Now().Add(-s.cfg.Consultations.Skew.Duration)); err != nil && ctx.Err() == nil {
 			s.log.Warn("fleetd: consultation keys not purged; trying again", "err", err)
+		}
+		if n, err := s.store.PruneAudit(ctx, s.Now().Add(-s.cfg.Retention.Audit.Duration)); err != nil && ctx.Err() == nil {
+			s.log.Warn("fleetd: audit records not pruned; trying again", "err", err)
+		} else if n > 0 {
+			s.log.Info("fleetd: audit records past retention deleted", "records", n, "retention", s.cfg.Retention.Audit.Duration.String())
+		}
+		if _, err := s.store.PruneRecords(ctx, s.Now().Add(-s.cfg.Retention.Records.Duration)); err != nil && ctx.Err() == nil {
+			s.log.Warn("fleetd: token and join log not pruned; trying again", "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -356,6 +356,26 @@ func (s *Store) PurgeKeys(ctx context.Context, cutoff time.Time) (int64, error) 
 	return res.RowsAffected()
 }
 
+// PruneRecords deletes the token and patient-join log entries issued
+// before cutoff, and consultations that ended before it (their key
+// material went at their end).
+func (s *Store) PruneRecords(ctx context.Context, cutoff time.Time) (int64, error) {
+	var n int64
+	for _, q := range []string{
+		"DELETE FROM tokens_issued WHERE issued_at < ?",
+		"DELETE FROM patient_joins WHERE issued_at < ?",
+		"DELETE FROM consultations WHERE ends_at < ?",
+	} {
+		res, err := s.db.ExecContext(ctx, q, cutoff.Unix()) // these tables keep Unix seconds
+		if err != nil {
+			return n, fmt.Errorf("prune records: %w", err)
+		}
+		m, _ := res.RowsAffected()
+		n += m
+	}
+	return n, nil
+}
+
 // RecordPatientJoin logs a patient token issued (never the token or the
 // secret).
 func (s *Store) RecordPatientJoin(ctx context.Context, consultation, identity string, issued, expires time.Time) error {
