@@ -3,6 +3,8 @@ package fleetd
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -19,9 +21,16 @@ import (
 func TestUnitTokenRequestsAreRateLimited(t *testing.T) {
 	r := newRig(t, nil)
 	u1, u2 := r.unit("room-1"), r.unit("room-2")
+	// A second Service on the rig's database and CA, not running: its
+	// clock can be moved without racing the running one's loops.
+	svc, err := New(r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
 	now := time.Now()
-	r.svc.Now = func() time.Time { return now }
-	c2, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-2", Start: now, End: now.Add(30 * time.Minute)})
+	svc.Now = func() time.Time { return now }
+	c2, err := svc.Add(context.Background(), AddRequest{Unit: "room-2", Start: now, End: now.Add(30 * time.Minute)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +43,7 @@ func TestUnitTokenRequestsAreRateLimited(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return r.svc.Issue(context.Background(), u.name, req)
+		return svc.Issue(context.Background(), u.name, req)
 	}
 	for i := range tokenAsksPerMinute {
 		if resp, err := ask(u1); err != nil || !strings.Contains(string(resp), "sealed") {
