@@ -7,6 +7,11 @@
 // events in the shapes of provisioning/fleet's contract.go (the wire types
 // live with the protocol), which fleetctl reads.
 //
+// Fleet (fleet.go) sits in front of the Agent: it fixes who the unit is
+// to its fleet from the unit's own config (device id, groups, an enrolled
+// identity, the pinned fleet keys, --sim's demo broker) and starts the
+// Agent once the unit has its identity, enrolling it first if it must.
+//
 // The direction of imports: cmd/roomd → appliance/agent → appliance,
 // appliance/config and provisioning/*; nothing here imports cmd/ or
 // appliance/unit (the Unit it configures implements agent.Unit).

@@ -10,6 +10,7 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -329,4 +330,39 @@ func (c *Config) StateDir(simulate bool) string {
 		return filepath.Join(filepath.Dir(c.API.Socket), "sim-fleet")
 	}
 	return "/var/lib/konsult/fleet"
+}
+
+// NetworkDir is where roomd renders [network]'s profiles for the root
+// helper (unit.network_dir); a simulated unit, next to its API socket.
+func (c *Config) NetworkDir(simulate bool) string {
+	if c.Unit.NetworkDir != "" {
+		return c.Unit.NetworkDir
+	}
+	if simulate {
+		return filepath.Join(filepath.Dir(c.API.Socket), "sim-network")
+	}
+	return "/var/lib/konsult/network"
+}
+
+// NetworkViaHelper says whether [network] is handed to the root helper
+// (konsult-network.service) rather than only rendered: unit.network_apply
+// "helper", or by default on a real unit.
+func (c *Config) NetworkViaHelper(simulate bool) bool {
+	return c.Unit.NetworkApply == "helper" || c.Unit.NetworkApply == "" && !simulate
+}
+
+// ScreenRoom is the room name the unit's screen shows: display.room_name,
+// or the conference's room.
+func (c *Config) ScreenRoom() string {
+	if c.Display.Room != "" {
+		return c.Display.Room
+	}
+	return c.Conference.Room
+}
+
+// LogLevel is log.level (validated; info if it is empty).
+func (c *Config) LogLevel() slog.Level {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(c.Log.Level))
+	return l
 }

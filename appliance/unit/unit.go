@@ -218,9 +218,8 @@ func (u *Unit) networkIdentity(c *config.Config) network.Identity {
 }
 
 func (u *Unit) setLevel(cfg *config.Config) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(cfg.Log.Level)); err == nil {
-		u.d.Level.Set(lvl)
+	if cfg.Log.Level != "" {
+		u.d.Level.Set(cfg.LogLevel())
 	}
 }
 

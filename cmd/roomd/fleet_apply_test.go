@@ -270,7 +270,7 @@ func TestSimDemoFleet(t *testing.T) {
 	u := startUnit(t, "")
 	var s status
 	u.eventually("demo fleet connected", func(st status) bool { s = st; return st.Fleet != nil && st.Fleet.Connected })
-	if s.Fleet.Device != demoDevice || len(s.Fleet.Groups) != 1 || s.Fleet.Groups[0] != demoGroup ||
+	if s.Fleet.Device != "sim-unit" || len(s.Fleet.Groups) != 1 || s.Fleet.Groups[0] != "demo" ||
 		!strings.HasPrefix(s.Fleet.Broker, "tcp://127.0.0.1:") || s.Fleet.DemoKey == "" {
 		t.Fatalf("demo fleet status = %+v", s.Fleet)
 	}
@@ -279,7 +279,7 @@ func TestSimDemoFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	env, err := fleet.SignConfig(priv, fleet.ConfigPayload{Version: 1, IssuedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour),
-		Target: fleet.Target{Group: demoGroup}, Config: "[pins]\nmute = \"GPIO20\"\n"})
+		Target: fleet.Target{Group: "demo"}, Config: "[pins]\nmute = \"GPIO20\"\n"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,7 +289,7 @@ func TestSimDemoFleet(t *testing.T) {
 		t.Fatalf("connect to the demo broker: %v", tok.Error())
 	}
 	defer c.Disconnect(100)
-	if tok := c.Publish(link.Topics{}.GroupConfig(demoGroup), 1, true, env.Marshal()); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+	if tok := c.Publish(link.Topics{}.GroupConfig("demo"), 1, true, env.Marshal()); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("publish: %v", tok.Error())
 	}
 	u.eventually("demo config applied", func(st status) bool {

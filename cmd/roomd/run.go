@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"periph.io/x/conn/v3/gpio/gpioreg"
 	"periph.io/x/host/v3"
 
+	"github.com/konsult/konsult/appliance/agent"
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/appliance/unit"
@@ -108,12 +108,15 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, stderr, level)
-	fl, err := setupFleet(cfg, f.simulate, log, stdout)
+	fl, err := agent.OpenFleet(agent.FleetOptions{Local: cfg, Simulate: f.simulate, Version: Version, Logger: log})
 	if err != nil {
 		return err
 	}
-	defer fl.close()
-	d := &daemon{log: log, fl: fl, simulate: f.simulate, restart: make(chan struct{}, 1)}
+	defer fl.Close()
+	if demo := fl.Demo(); demo != nil {
+		fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", demo.URL(), demo.KeyFile, demo.Settings)
+	}
+	d := &daemon{log: log, simulate: f.simulate, restart: make(chan struct{}, 1)}
 	scr, err := openScreen(cfg, log, func() { d.u.SelfKeyframe() })
 	if err != nil {
 		return err
@@ -122,23 +125,15 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	d.u = unit.New(unit.Deps{
 		Log: log, Level: level, Local: local, Simulate: f.simulate, Version: Version,
 		GPIO:     openGPIO,
-		Identity: fl.identity(),
-		Network: &network.Applier{Dir: networkDir(cfg, f.simulate),
-			Helper: cfg.Unit.NetworkApply == "helper" || cfg.Unit.NetworkApply == "" && !f.simulate},
-		Fleet:   d.fleetStatus(),
-		Reset:   &unit.ResetPlan{IdentityDir: cfg.IdentityDir(f.simulate), StateDir: cfg.StateDir(f.simulate)},
-		Display: scr.display(), DisplayURL: scr.origin(),
-		TokenRequests: fl.tokenRequests(),
+		Identity: fl.Identity(),
+		Network:  &network.Applier{Dir: cfg.NetworkDir(f.simulate), Helper: cfg.NetworkViaHelper(f.simulate)},
+		Fleet:    fl.Status,
+		Reset:    &unit.ResetPlan{IdentityDir: cfg.IdentityDir(f.simulate), StateDir: cfg.StateDir(f.simulate)},
+		Display:  scr.display(), DisplayURL: scr.origin(),
+		TokenRequests: fl.TokenRequests(),
 	})
 	defer d.u.Close()
-	if fl == nil || fl.needsEnrolment() {
-		// Without the fleet, or while it waits for it, the unit works on
-		// its own config.
-		err = d.u.Apply(cfg)
-	} else {
-		_, err = fl.newAgent(d.u, d.reboot)
-	}
-	if err != nil {
+	if err := fl.Start(d.u, d.u.Appliance(), d.reboot, cfg); err != nil {
 		return err
 	}
 	// The API runs on the config roomd started with (api changes take
@@ -157,7 +152,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	agentCtx, stopAgent := context.WithCancel(context.Background())
-	agentDone := d.startFleet(agentCtx, cfg)
+	agentDone := fl.Run(agentCtx)
 
 	addrs := make([]string, len(listeners))
 	for i, l := range listeners {
@@ -173,7 +168,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		go feedWatchdog(ctx, p, d.u.Alive, sdNotify, log)
 	}
 
-	result, agentEnded := d.wait(ctx, agentDone)
+	result, agentEnded := d.wait(ctx, agentDone, fl == nil)
 	log.Info("stopping: closing the shutter and leaving any call")
 	_ = sdNotify("STOPPING=1")
 	stopAgent()
@@ -198,21 +193,12 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return result
 }
 
-// daemon is one run of roomd: the unit, its fleet and why it stops.
+// daemon is one run of roomd: the unit and why it stops.
 type daemon struct {
 	log      *slog.Logger
 	u        *unit.Unit
-	fl       *fleetSetup // nil: the fleet is off
 	simulate bool
 	restart  chan struct{} // the fleet's reboot command on a real unit
-}
-
-// fleetStatus is the fleet part of the status; nil with the fleet off.
-func (d *daemon) fleetStatus() func() any {
-	if d.fl == nil {
-		return nil
-	}
-	return func() any { return d.fl.status(d.u) }
 }
 
 // reboot is the fleet's reboot command: a simulated unit restarts in-process,
@@ -231,48 +217,12 @@ func (d *daemon) reboot() {
 	}
 }
 
-// startFleet runs the fleet agent (after enrolment, if the unit still
-// needs it) until ctx ends; the channel gets its end (closed at once with
-// the fleet off).
-func (d *daemon) startFleet(ctx context.Context, local *config.Config) <-chan error {
-	done := make(chan error, 1)
-	fl := d.fl
-	if fl == nil {
-		close(done)
-		return done
-	}
-	go func() {
-		a := fl.agent.Load()
-		if a == nil {
-			if err := fl.prov.Run(ctx, Version); err != nil {
-				done <- err
-				return
-			}
-			err := fl.adoptIdentity(local)
-			if err == nil {
-				a, err = fl.newAgent(d.u, d.reboot)
-			}
-			if err != nil {
-				done <- err
-				return
-			}
-		}
-		if fl.prov != nil {
-			fl.prov.SetRefresh(a.RefreshReported)
-			go fl.prov.Watch(ctx, a.Connected, time.Minute)
-			go d.u.RunTokens(ctx)
-		}
-		done <- a.Run(ctx)
-	}()
-	return done
-}
-
 // wait returns why roomd stops: a signal (nil), the fleet's restart or a
 // factory reset. A factory reset (buttons or API) must end roomd in every
 // configuration: with the fleet off and after the agent has stopped too, so
 // the agent's end only stops watching the agent.
-func (d *daemon) wait(ctx context.Context, agentDone <-chan error) (result error, agentEnded bool) {
-	agentC, agentEnded := agentDone, d.fl == nil
+func (d *daemon) wait(ctx context.Context, agentDone <-chan error, fleetOff bool) (result error, agentEnded bool) {
+	agentC, agentEnded := agentDone, fleetOff
 	for {
 		select {
 		case <-ctx.Done():
@@ -319,22 +269,9 @@ func openGPIO() (func(string) gpio.PinIO, error) {
 	return gpioreg.ByName, nil
 }
 
-// networkDir is where roomd renders [network]'s profiles for the helper.
-func networkDir(c *config.Config, simulate bool) string {
-	if c.Unit.NetworkDir != "" {
-		return c.Unit.NetworkDir
-	}
-	if simulate {
-		return filepath.Join(filepath.Dir(c.API.Socket), "sim-network")
-	}
-	return "/var/lib/konsult/network"
-}
-
 // newLogger logs at level, which a fleet config can change while roomd runs.
 func newLogger(cfg *config.Config, w io.Writer, level *slog.LevelVar) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
-	level.Set(lvl)
+	level.Set(cfg.LogLevel())
 	opts := &slog.HandlerOptions{Level: level}
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))

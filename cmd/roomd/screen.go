@@ -18,11 +18,7 @@ func openScreen(cfg *config.Config, log *slog.Logger, selfKeyframe func()) (*scr
 	if !cfg.Display.Enabled {
 		return nil, nil
 	}
-	room := cfg.Display.Room
-	if room == "" {
-		room = cfg.Conference.Room
-	}
-	s, err := screen.Open(screen.Options{Listen: cfg.Display.Listen, URLFile: cfg.Display.URLFile, Room: room,
+	s, err := screen.Open(screen.Options{Listen: cfg.Display.Listen, URLFile: cfg.Display.URLFile, Room: cfg.ScreenRoom(),
 		Language: cfg.Display.Language, SelfKeyframe: selfKeyframe, Log: log})
 	if err != nil {
 		return nil, err
