@@ -153,30 +153,42 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	agentCtx, stopAgent := context.WithCancel(context.Background())
 	agentDone := fl.Run(agentCtx)
-
-	addrs := make([]string, len(listeners))
-	for i, l := range listeners {
-		addrs[i] = l.Addr().String()
-	}
-	log.Info("ready", "version", Version, "board", d.u.BoardName(), "sim", f.simulate,
-		"api", strings.Join(addrs, ","), "fleet", fl != nil, "startup", time.Since(start).Round(time.Microsecond).String())
-	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", d.u.BoardName(), strings.Join(addrs, " "))
-	if err := sdNotify("READY=1"); err != nil {
-		log.Warn("could not tell systemd that roomd is ready", "err", err)
-	}
-	if p := watchdogPeriod(); p > 0 {
-		go feedWatchdog(ctx, p, d.u.Alive, sdNotify, log)
-	}
+	d.ready(ctx, start, listeners, fl != nil, stdout)
 
 	result, agentEnded := d.wait(ctx, agentDone, fl == nil)
-	log.Info("stopping: closing the shutter and leaving any call")
+	d.log.Info("stopping: closing the shutter and leaving any call")
 	_ = sdNotify("STOPPING=1")
 	stopAgent()
 	if !agentEnded {
 		if err := <-agentDone; err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn("fleet agent", "err", err)
+			d.log.Warn("fleet agent", "err", err)
 		}
 	}
+	return d.stop(result, srv)
+}
+
+// ready says roomd is up: in its log, on stdout, to systemd; and starts
+// feeding systemd's watchdog if it asks for one.
+func (d *daemon) ready(ctx context.Context, start time.Time, listeners []net.Listener, fleetOn bool, stdout io.Writer) {
+	addrs := make([]string, len(listeners))
+	for i, l := range listeners {
+		addrs[i] = l.Addr().String()
+	}
+	d.log.Info("ready", "version", Version, "board", d.u.BoardName(), "sim", d.simulate,
+		"api", strings.Join(addrs, ","), "fleet", fleetOn, "startup", time.Since(start).Round(time.Microsecond).String())
+	fmt.Fprintf(stdout, "roomd ready: board=%s api=%s\n", d.u.BoardName(), strings.Join(addrs, " "))
+	if err := sdNotify("READY=1"); err != nil {
+		d.log.Warn("could not tell systemd that roomd is ready", "err", err)
+	}
+	if p := watchdogPeriod(); p > 0 {
+		go feedWatchdog(ctx, p, d.u.Alive, sdNotify, d.log)
+	}
+}
+
+// stop closes the unit (the gate shut, the shutter closed: invariant 4)
+// after the agent has stopped, then the local API; a factory reset wipes
+// only once all of it is closed, so nothing writes the state back.
+func (d *daemon) stop(result error, srv *localapi.Server) error {
 	runErr := d.u.Close()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -188,7 +200,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err := d.u.Wipe(); err != nil {
 			return err
 		}
-		log.Info("factory reset: wiped")
+		d.log.Info("factory reset: wiped")
 	}
 	return result
 }
