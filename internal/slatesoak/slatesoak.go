@@ -63,6 +63,11 @@ type Press struct {
 	// the press; AudioPrivate the highest it reported from AudioSettle
 	// after the press until the reopen (the room's sound, or silence).
 	AudioBefore, AudioPrivate float64
+	// AudioPrivatePage is AudioPrivate from reports that also show a
+	// frame presented at least AudioSettle after the press (page time): a
+	// report the test received late does not count there. Reported, not
+	// judged: it tells a late report from sound the page played late.
+	AudioPrivatePage float64
 	// LastRoomStamp is the capture stamp of the last room frame shown
 	// before the slate held, as ms before the press (-1: unreadable).
 	LastRoomStampAge time.Duration
@@ -101,14 +106,14 @@ const AudioSettle = time.Second
 
 func (p Press) String() string {
 	if p.Mute {
-		return fmt.Sprintf("%s: audio energy %.3f before, up to %.3f while muted", p.Phase, p.AudioBefore, p.AudioPrivate)
+		return fmt.Sprintf("%s: audio energy %.3f before, up to %.3f while muted (%.3f by page time)", p.Phase, p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage)
 	}
 	c := "never"
 	if p.Converged >= 0 {
 		c = p.Converged.Round(time.Millisecond).String()
 	}
-	return fmt.Sprintf("%s: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press; audio energy %.3f before, up to %.3f while private",
-		p.Phase, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond), p.AudioBefore, p.AudioPrivate)
+	return fmt.Sprintf("%s: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press; audio energy %.3f before, up to %.3f while private (%.3f by page time)",
+		p.Phase, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond), p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage)
 }
 
 // CutFor is the total outage at the press (the 300 ms).
@@ -183,6 +188,9 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 			}
 			if s := fe.Stats(); s.ReceivedAt.Sub(p.At) > settle {
 				p.AudioPrivate = max(p.AudioPrivate, s.AudioEnergy)
+				if s.LastFrameAt.Sub(p.At) > settle {
+					p.AudioPrivatePage = max(p.AudioPrivatePage, s.AudioEnergy)
+				}
 			}
 		}
 		p.Reopen = time.Now()
