@@ -140,6 +140,13 @@ func (l *Link) setDown(gen uint64, err error) {
 		l.lastErr = err
 		if !l.closed && !l.up {
 			l.log.Warn("fleet link not up", "err", err)
+			// A try that failed before the link was up is news too: why
+			// the unit cannot get on (a revoked certificate, a packet
+			// over the limit) must reach States' reader, not only the log.
+			if gen == l.gen {
+				l.notify(ConnState{Up: false, At: time.Now(), Err: err})
+			}
+			return
 		}
 	}
 	if l.closed || gen != l.gen || !l.up {
