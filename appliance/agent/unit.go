@@ -2,8 +2,10 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 // Unit is the running unit the agent hands configs to (appliance/unit's
@@ -25,6 +27,11 @@ func (o *Options) withUnit() {
 	u, base, demo := o.Unit, o.Connection, o.DemoBroker
 	enrolled := o.Identity != nil
 	o.Validate = func(eff []byte) error {
+		if enrolled {
+			if err := refuseEnrolledTLS(eff); err != nil {
+				return err
+			}
+		}
 		_, err := u.Config(eff)
 		return err
 	}
@@ -42,6 +49,25 @@ func (o *Options) withUnit() {
 		}
 		return u.Apply(c)
 	}
+}
+
+// refuseEnrolledTLS refuses a fleet config that names certificate files
+// for an enrolled unit. Such a unit always speaks with the key,
+// certificate and CA enrolment installed (connectionUnder ignores these
+// keys), so taking the config would report "applied" for keys that do
+// nothing.
+func refuseEnrolledTLS(eff []byte) error {
+	tree, err := fleet.ParseTOML(eff)
+	if err != nil {
+		return nil // the schema check that follows names it
+	}
+	f, _ := tree["fleet"].(map[string]any)
+	for _, k := range []string{"ca_file", "cert_file", "key_file"} {
+		if _, ok := f[k]; ok {
+			return fmt.Errorf("fleet.%s: an enrolled unit uses the CA and certificate its enrolment installed: remove it from the fleet config", k)
+		}
+	}
+	return nil
 }
 
 // connectionUnder is how the unit reaches its fleet under a config's

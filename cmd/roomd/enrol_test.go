@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -451,5 +452,28 @@ func TestEnrolCodeRightAfterStart(t *testing.T) {
 		}
 		u.within(30*time.Second, fmt.Sprintf("unit %d sends its request", i), func(s status) bool { return enrolment(s).Phase == enrol.PhaseWaiting })
 		u.shutdown()
+	}
+}
+
+// An enrolled unit speaks with the key, certificate and CA its enrolment
+// installed; a fleet config naming other certificate files would change
+// nothing, so the unit refuses it as schema rather than report it applied,
+// and stays online with its own certificate.
+func TestEnrolledUnitRefusesFleetCertificateFiles(t *testing.T) {
+	f := newEnrolFleet(t)
+	u, id, _ := f.enrolUnit(t, "", "ward-3")
+	for i, k := range []string{"ca_file", "cert_file", "key_file"} {
+		cfg := filepath.Join(t.TempDir(), k+".toml")
+		if err := os.WriteFile(cfg, []byte("[fleet]\n"+k+" = \"/nonexistent/x.pem\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := f.try("push", "--key", filepath.Join(f.caDir, "fleet.key"), "--device", id, "--version", strconv.Itoa(i+1), "--wait", "20s", cfg)
+		if err == nil || !strings.Contains(out, "rejected") || !strings.Contains(out, "fleet."+k) || !strings.Contains(out, "enrolment installed") {
+			t.Fatalf("push of fleet.%s to an enrolled unit:\n%s", k, out)
+		}
+	}
+	s := u.within(10*time.Second, "still online with its own certificate", func(s status) bool { return s.Fleet.Connected })
+	if s.Fleet.Generation != 0 {
+		t.Fatalf("generation %d after refused configs, want 0", s.Fleet.Generation)
 	}
 }
