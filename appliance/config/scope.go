@@ -46,7 +46,8 @@ const (
 //	[audit]                 local      the audit log is opened once at start
 //	fleet.broker, ca_file,
 //	  cert_file, key_file,
-//	  confirm_timeout       live       the agent reconnects on the new connection (ConnectionFor)
+//	  confirm_timeout       live       the agent reconnects on the new connection (ConnectionFor);
+//	                                   an enrolled unit refuses the three files (agent refuseEnrolledTLS)
 //	fleet.enabled           local      whether there is a fleet at all is decided at start
 //	fleet.device_id, groups,
 //	  fleet_key, state_dir  local      the unit's identity and trust
