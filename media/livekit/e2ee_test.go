@@ -14,36 +14,18 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/internal/syncbuf"
 	"github.com/konsult/konsult/media/capture"
 	"github.com/konsult/konsult/media/e2ee"
 	"github.com/konsult/konsult/media/gate"
 	"github.com/konsult/konsult/media/livekit"
 	"github.com/konsult/konsult/media/playout"
 )
-
-// syncBuf collects everything the unit logs, for the key scan.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func e2eeMaterial(seed byte) []byte {
 	k := make([]byte, 32)
@@ -100,7 +82,7 @@ func TestE2EECall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuf{}
+	logs := &syncbuf.Buffer{} // everything the unit logs, for the key scan
 	var errs []string
 	for _, codec := range []string{"H264", "VP8"} {
 		t.Run(codec, func(t *testing.T) {
