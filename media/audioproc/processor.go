@@ -23,7 +23,10 @@ type Config struct {
 	// 200 ms if zero (faster to converge than 300 ms: 35 dB against 30 dB
 	// at the far end 10 s into a call, TestFarEndEchoCancelled).
 	Tail time.Duration
-	Log  *slog.Logger
+	// NoTrack turns the delay tracker off (track.go): the echo's delay is
+	// then only what the filter learns. Only to measure what it does.
+	NoTrack bool
+	Log     *slog.Logger
 }
 
 // Enabled reports whether any stage is on: with none, the unit needs no
@@ -31,8 +34,9 @@ type Config struct {
 func (c Config) Enabled() bool { return c.EchoCancel || c.NoiseSuppress || c.GainControl }
 
 const (
-	// refCapacity bounds the speaker history kept for the canceller: 1 s.
-	refCapacity = time.Second
+	// refCapacity bounds the speaker history kept for the canceller: 2 s
+	// (the tracker looks up to trackWin + trackHi back).
+	refCapacity = 2 * time.Second
 	// refLead is how far behind the newest speaker sample the reference
 	// for a microphone frame starts: room for the two devices' jitter and
 	// for the speaker falling behind (a loaded machine), so the reference
@@ -64,6 +68,10 @@ type Processor struct {
 	mu       sync.Mutex // the canceller and the capture side's state
 	s        *speex
 	align    aligner   // the reference's position for the next microphone frame
+	trk      tracker   // the echo's delay, re-estimated (track.go)
+	refSnap  []float32 // the reference around the tracker's window, copied
+	trkIn    float64   // microphone power before and after the canceller, ~100 ms
+	trkOut   float64
 	in       []float32 // microphone samples short of a whole frame
 	out      []float32 // processed samples not yet handed back
 	rframe   []float32
@@ -95,6 +103,7 @@ func New(cfg Config) (*Processor, error) {
 	p := &Processor{cfg: cfg, log: cfg.Log, frame: frame, rframe: make([]float32, frame), lastPeak: -1,
 		align: newAligner(samples(refLead, cfg.Rate), 0, samples(refLead+cfg.Tail/2, cfg.Rate))}
 	p.ref = make([]float32, samples(refCapacity, cfg.Rate))
+	p.trk = newTracker(cfg.Rate)
 	s, err := newSpeex(frame, samples(cfg.Tail, cfg.Rate), cfg.Rate, cfg.EchoCancel, cfg.NoiseSuppress, cfg.GainControl)
 	if err != nil {
 		return nil, fmt.Errorf("audio processing: %w", err)
@@ -134,6 +143,7 @@ func (p *Processor) reference() {
 	start, moved := p.align.next(p.written, p.frame, len(p.ref))
 	if moved {
 		p.refDrop++
+		p.trk.forget()
 		p.s.reset() //nolint:errcheck // a failed preprocessor is made again at the next reset
 	}
 	n := int64(len(p.ref))
@@ -194,10 +204,20 @@ func (p *Processor) frameOnce(f []float32) {
 		p.reference()
 	}
 	ein := power(f)
+	if p.cfg.EchoCancel {
+		p.trk.add(f)
+	}
 	p.s.process(f, p.rframe)
 	p.frames++
 	if !p.cfg.EchoCancel {
 		return
+	}
+	// The last ~100 ms's echo in and out: the tracker moves the reference
+	// only while the canceller has lost the echo.
+	p.trkIn += 0.1 * (ein - p.trkIn)
+	p.trkOut += 0.1 * (power(f) - p.trkOut)
+	if p.frames%trackEvery == 0 && !p.cfg.NoTrack {
+		p.track(p.trkOut > p.trkIn/4) // under 6 dB
 	}
 	// ERLE over frames where the far end plays: what the microphone heard
 	// over what is left. With the room talking too it reads low (a bound).
@@ -213,6 +233,50 @@ func (p *Processor) frameOnce(f []float32) {
 			p.delay.Store(int64((time.Duration(k)*time.Second/time.Duration(p.cfg.Rate) + refLead) / time.Millisecond))
 		}
 	}
+}
+
+// track runs the tracker over a copy of the reference around its window
+// (the speaker's callback never waits on the estimate) and moves the
+// reference's position as it says.
+func (p *Processor) track(lost bool) {
+	t := &p.trk
+	if t.n < int64(len(t.mic)) {
+		return
+	}
+	margin := int64(4 * t.blk)
+	p.refMu.Lock()
+	end := p.align.cursor
+	first := end - int64(t.win) - int64(t.hi) - margin
+	oldest, written := p.written-int64(len(p.ref)), p.written
+	// Lags before 0 need the reference after the paired one: as far as it
+	// has been written.
+	t.lo = max(samples(trackLo*time.Millisecond, p.cfg.Rate), -int(written-end-margin)/t.blk*t.blk)
+	last := end - int64(t.lo) + margin
+	if t.lo > t.hi/2 || first < 0 || first < oldest || last > written {
+		p.refMu.Unlock()
+		return // not all of it at hand: no estimate this time
+	}
+	p.refSnap = p.refSnap[:0]
+	n := int64(len(p.ref))
+	for j := first; j < last; j++ {
+		p.refSnap = append(p.refSnap, p.ref[j%n])
+	}
+	p.refMu.Unlock()
+	snap := p.refSnap
+	refAt := func(j int64) (float32, bool) {
+		if j < first || j >= last {
+			return 0, false
+		}
+		return snap[j-first], true
+	}
+	shift := t.step(refAt, end, lost)
+	if shift == 0 {
+		return
+	}
+	p.refMu.Lock()
+	p.align.cursor -= int64(shift)
+	p.refMu.Unlock()
+	p.log.Debug("audio processing: the echo's delay moved (a gap in a device's stream): reference moved with it", "ms", shift*1000/p.cfg.Rate)
 }
 
 func power(x []float32) float64 {
@@ -238,6 +302,8 @@ func (p *Processor) Reset() {
 	clear(p.out)
 	p.in, p.out = p.in[:0], p.out[:0]
 	p.align.restart()
+	p.trk.forget()
+	clear(p.trk.mic)
 	if p.s != nil {
 		if err := p.s.reset(); err != nil {
 			p.log.Warn("audio processing: reset failed: noise suppression and gain control off", "err", err)
@@ -258,6 +324,7 @@ func (p *Processor) Skip(n int) {
 	if p.align.started {
 		p.align.cursor += int64(n)
 	}
+	p.trk.discontinue()
 }
 
 // Close releases the canceller; Process passes audio through after.
@@ -297,6 +364,10 @@ type Stats struct {
 	Frames    uint64 `json:"frames"`
 	Realigned uint64 `json:"realigned"`
 	Resets    uint64 `json:"resets"`
+	// DelayShifts: the echo's delay moved (a gap in the speaker's or the
+	// microphone's stream) and the reference moved with it, the filter
+	// kept (track.go).
+	DelayShifts uint64 `json:"delay_shifts"`
 }
 
 // Stats reports the processor's state; safe from any goroutine.
@@ -311,7 +382,7 @@ func (p *Processor) Stats() Stats {
 	}
 	s.DelayMs = int(p.delay.Load())
 	p.mu.Lock()
-	s.Frames, s.Resets = p.frames, p.resets
+	s.Frames, s.Resets, s.DelayShifts = p.frames, p.resets, p.trk.shifts
 	p.mu.Unlock()
 	p.refMu.Lock()
 	s.Realigned = p.refDrop
