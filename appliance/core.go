@@ -107,6 +107,8 @@ type (
 		seq uint64
 		on  bool
 	}
+	// inDue says whether a consultation is due now (JOIN would enter it).
+	inDue struct{ on bool }
 )
 
 // Effects the core asks the loop to carry out, in order.
@@ -143,6 +145,11 @@ var (
 	// an RGB LED blue tells it apart from busy (white); a single LED blinks
 	// slowly, which while idle means nothing else.
 	ledIdentify = led.State{Pattern: led.SlowBlink, Color: led.Blue}
+	// ledDue: idle, and a consultation is due (from its lead before the
+	// start until its end): press JOIN. A short green flash every 2 s is
+	// unlike every other pattern, on a single LED too, so it cannot be
+	// taken for LIVE, a call, a fault or a reset.
+	ledDue = led.State{Pattern: led.Beacon, Color: led.Green}
 	// Factory reset (PRIVACY + JOIN held): slow green while counting, fast
 	// green for the last seconds, solid green while wiping. Green means
 	// nothing else, so a countdown cannot be mistaken for LIVE or busy.
@@ -171,6 +178,8 @@ func LEDName(s led.State) string {
 		return "fault"
 	case ledIdentify:
 		return "identify"
+	case ledDue:
+		return "consultation_due"
 	case ledResetHold:
 		return "factory_reset_countdown"
 	case ledResetFinal:
@@ -210,6 +219,7 @@ type core struct {
 	hadFar  bool
 
 	identify    bool // the fleet asked the unit to show itself
+	due         bool // a consultation is due: JOIN would enter it
 	identifySeq uint64
 
 	// Factory reset: buttons held down, the running hold (0 = none), its
@@ -257,6 +267,8 @@ func (c *core) handle(in any) []any {
 		c.onShutterFault(in)
 	case inMediaFault:
 		c.onMediaFault(in)
+	case inDue:
+		c.due = in.on
 	case inIdentify:
 		if in.on {
 			c.identify, c.identifySeq = true, in.seq
@@ -596,6 +608,8 @@ func (c *core) settle() {
 	case c.identify && c.state == Idle:
 		// Only while idle: identify never hides LIVE, a call or a fault.
 		l = ledIdentify
+	case c.due && c.state == Idle:
+		l = ledDue
 	default:
 		l = ledOff
 	}

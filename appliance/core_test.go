@@ -114,6 +114,9 @@ func (w *world) check(in any) {
 	if w.led == "identify" && c.state != Idle {
 		w.t.Fatalf("after %#v: identify pattern shown in state %s", in, c.state)
 	}
+	if w.led == "consultation_due" && (c.state != Idle || !c.due || c.identify) {
+		w.t.Fatalf("after %#v: consultation-due pattern in state %s (due %v, identify %v)", in, c.state, c.due, c.identify)
+	}
 	if len(w.liveCalls) > 1 {
 		w.t.Fatalf("after %#v: %d calls joined and not left", in, len(w.liveCalls))
 	}
@@ -346,6 +349,9 @@ func TestInvariantsUnderRandomEvents(t *testing.T) {
 				}
 			case 10:
 				w.send(inIdentify{seq: rapid.Uint64Range(1, 3).Draw(rt, "identifySeq"), on: rapid.Bool().Draw(rt, "identifyOn")})
+				if rapid.Bool().Draw(rt, "dueChange") {
+					w.send(inDue{on: rapid.Bool().Draw(rt, "due")})
+				}
 				if rapid.Bool().Draw(rt, "reset") {
 					w.send(inHeld{button: rapid.SampledFrom([]string{"privacy", "join", "mute"}).Draw(rt, "held"), down: rapid.Bool().Draw(rt, "down")})
 					if rapid.Bool().Draw(rt, "tick") {

@@ -236,6 +236,16 @@ func (m *Machine) Identify(ctx context.Context, d time.Duration) error {
 	return nil
 }
 
+// ConsultationDue says whether a consultation is due now (JOIN would enter
+// it). While idle the LED then shows that it is time to press JOIN; it
+// never hides LIVE, a call, a fault or an identify.
+func (m *Machine) ConsultationDue(ctx context.Context, on bool) error {
+	if err := m.post(ctx, inDue{on: on}); err != nil {
+		return fmt.Errorf("consultation due: %w", err)
+	}
+	return nil
+}
+
 // DeviceLost reports that the camera or microphone disappeared (cleared=false)
 // or came back (cleared=true).
 func (m *Machine) DeviceLost(ctx context.Context, device, detail string, cleared bool) error {

@@ -45,6 +45,8 @@ type consult struct {
 	// or pendingErr why it has none it may use (e2ee.go).
 	pending    joinKey
 	pendingErr error
+
+	dueKick chan struct{} // the schedule changed: showDue looks again now
 }
 
 // newConsult is nil unless the unit enrols and roomd carries its token
@@ -53,7 +55,7 @@ func newConsult(u *Unit) *consult {
 	if u.d.Identity == nil || u.d.TokenRequests == nil {
 		return nil
 	}
-	c := &consult{u: u, now: time.Now}
+	c := &consult{u: u, now: time.Now, dueKick: make(chan struct{}, 1)}
 	c.tokens = &unittoken.Source{Key: u.d.Identity.Signer(), Device: u.d.Identity.ID(), Publish: u.d.TokenRequests,
 		Want: c.want, Log: u.d.Log}
 	return c
@@ -187,6 +189,10 @@ func (c *consult) onSchedule(payload []byte) {
 	c.mu.Unlock()
 	c.u.d.Log.Info("consultation schedule", "consultations", len(s.Slots))
 	c.tokens.Kick()
+	select {
+	case c.dueKick <- struct{}{}:
+	default:
+	}
 }
 
 // next is the first consultation that has not ended.
@@ -217,7 +223,38 @@ func (u *Unit) OnSchedule(payload []byte, _ bool) {
 // unit that does not get its tokens from fleetd).
 func (u *Unit) RunTokens(ctx context.Context) {
 	if u.consult != nil {
+		go u.consult.showDue(ctx)
 		u.consult.tokens.Run(ctx)
+	}
+}
+
+// dueEvery is how often showDue looks at the schedule: a consultation's
+// due window opens and closes by the clock, not only when the schedule
+// changes.
+const dueEvery = 5 * time.Second
+
+// showDue tells the running machine whether a booked consultation is due
+// now, so its LED can say so while idle (the screen shows it from the
+// status). A machine started by a config change is told at the next look.
+func (c *consult) showDue(ctx context.Context) {
+	t := time.NewTicker(dueEvery)
+	defer t.Stop()
+	var told *appliance.Machine
+	var was bool
+	for {
+		w := c.want()
+		due := w != "" && w != fleet.StandingMeeting
+		if m, err := c.u.machine(); err == nil && (m != told || due != was) {
+			if m.ConsultationDue(ctx, due) == nil {
+				told, was = m, due
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.dueKick:
+		}
 	}
 }
 

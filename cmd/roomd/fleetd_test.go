@@ -112,6 +112,8 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 	if !st.Consultation.Start.Equal(a.Start) {
 		t.Fatalf("status shows %+v, booked %s", st.Consultation, a.Start)
 	}
+	// And the LED says it is time to press JOIN.
+	u.within(10*time.Second, "the LED shows the consultation due", func(s status) bool { return s.LED == "consultation_due" })
 	u.press("join")
 	u.waitFor("in_call", 20*time.Second, isState(appliance.InCall))
 	if !inRoom(t, lk, a.Room, id, 10*time.Second) {
@@ -130,7 +132,7 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 	u.waitFor("nothing due", 20*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "nothing_due" })
 	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
 	// Not a fault: the unit says so and goes back to idle, shutter closed.
-	if s := u.status(); s.Notice != "no consultation now" || s.LastError != "" || s.LED == "fault" || s.Sim.Shutter.Position != "closed" {
+	if s := u.status(); s.Notice != "no consultation now" || s.LastError != "" || s.LED != "off" || s.Sim.Shutter.Position != "closed" {
 		t.Fatalf("JOIN with nothing due: notice %q error %q LED %s shutter %s", s.Notice, s.LastError, s.LED, s.Sim.Shutter.Position)
 	}
 	if inRoom(t, lk, a.Room, id, time.Second) {

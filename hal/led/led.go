@@ -25,6 +25,7 @@ const (
 	SlowBlink         // 1 Hz, 50% duty
 	FastBlink         // 4 Hz, 50% duty
 	Pulse             // breathing via PWM; blink fallback (see package doc) when the pin has no PWM
+	Beacon            // a 100 ms flash every 2 s: waiting, and unlike every other pattern
 )
 
 func (p Pattern) String() string {
@@ -39,6 +40,8 @@ func (p Pattern) String() string {
 		return "fast_blink"
 	case Pulse:
 		return "pulse"
+	case Beacon:
+		return "beacon"
 	}
 	return fmt.Sprintf("pattern(%d)", int(p))
 }
@@ -214,6 +217,8 @@ func (l *LED) stepsFor(p Pattern) []step {
 		return []step{{on, 500 * time.Millisecond}, {off, 500 * time.Millisecond}}
 	case FastBlink:
 		return []step{{on, 125 * time.Millisecond}, {off, 125 * time.Millisecond}}
+	case Beacon:
+		return []step{{on, 100 * time.Millisecond}, {off, 1900 * time.Millisecond}}
 	case Pulse:
 		if !l.pwm {
 			ms := time.Millisecond

@@ -132,6 +132,28 @@ func TestFastBlinkTiming(t *testing.T) {
 	checkIntervals(t, ds, 125*time.Millisecond, 125*time.Millisecond, 125*time.Millisecond, 125*time.Millisecond)
 }
 
+// Beacon is a short flash every 2 s: on 100 ms, off 1.9 s, then on again.
+func TestBeaconTiming(t *testing.T) {
+	t.Parallel()
+	l, p := newSingle(t)
+	start := time.Now()
+	if err := l.Set(State{Pattern: Beacon}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Read() != gpio.High {
+		t.Fatal("beacon must start with its flash")
+	}
+	time.Sleep(2150 * time.Millisecond)
+	ds, ls := intervals(p, start)
+	checkIntervals(t, ds, 100*time.Millisecond, 1900*time.Millisecond)
+	if ls[0] != gpio.High || ls[1] != gpio.Low || ls[2] != gpio.High {
+		t.Errorf("levels %v, want High, Low, High", ls)
+	}
+	if Beacon.String() != "beacon" {
+		t.Errorf("Beacon.String() = %q", Beacon.String())
+	}
+}
+
 func TestPatternChangeCancelsOldTimer(t *testing.T) {
 	t.Parallel()
 	l, p := newSingle(t)
