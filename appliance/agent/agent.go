@@ -106,7 +106,10 @@ type Options struct {
 	// CallE2EE says whether a call just joined is end-to-end encrypted:
 	// "true", "false" or "unknown" (nil: unknown), for the audit log.
 	CallE2EE func() string
-	Logger   *slog.Logger
+	// Update, if set, is the unit's update folder and reboot policy for
+	// the update command (update.go); nil: the command fails.
+	Update *UpdateOptions
+	Logger *slog.Logger
 }
 
 // Identity is the unit's enrolled identity as the agent sees it.
@@ -142,6 +145,7 @@ type Agent struct {
 	lastRollback  *fleet.Rollback
 	up            bool
 	isDeferred    bool
+	upd           updateRecord
 
 	refresh chan struct{} // RefreshReported asks Run to publish
 
@@ -192,6 +196,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.loadAudit()
 	a.auditSent = a.aud.sent
+	a.loadUpdate()
 	return a, nil
 }
 
@@ -303,6 +308,17 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.publishState()
 	a.auditIdentity(nil)
 	a.shipAudit()
+	var updateC <-chan time.Time
+	if a.opts.Update != nil {
+		poll := a.opts.Update.Poll
+		if poll <= 0 {
+			poll = DefaultUpdatePoll
+		}
+		t := time.NewTicker(poll)
+		defer t.Stop()
+		updateC = t.C
+		a.checkUpdate()
+	}
 
 	for {
 		var confirmC <-chan time.Time
@@ -331,6 +347,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.publishReported()
 		case <-auditC:
 			a.shipAudit()
+		case <-updateC:
+			a.checkUpdate()
 		case ev, ok := <-events:
 			if !ok {
 				events = nil

@@ -30,6 +30,10 @@ func (a *Agent) handleCommand(ctx context.Context, m link.Message) {
 		a.privacyReport(ctx, &res)
 		return
 	}
+	if c.Name == fleet.CommandUpdate {
+		a.updateCommand(&res, c.Parsed.Update)
+		return
+	}
 	checks, err := a.run(ctx, c)
 	for _, ch := range checks {
 		res.Checks = append(res.Checks, fleet.DoctorCheck{Name: ch.Name, OK: ch.OK, Detail: a.redact.text(ch.Detail), Fix: a.redact.text(ch.Fix)})
@@ -61,7 +65,7 @@ func peekCommand(env []byte) fleet.CommandResult {
 		return out
 	}
 	switch p.Name {
-	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate, fleet.CommandDoctor, fleet.CommandPrivacyReport:
+	case fleet.CommandJoin, fleet.CommandLeave, fleet.CommandIdentify, fleet.CommandReboot, fleet.CommandReportNow, fleet.CommandCertificate, fleet.CommandDoctor, fleet.CommandPrivacyReport, fleet.CommandUpdate:
 		out.Name = p.Name
 	}
 	if len(p.Nonce) == 32 && isLowerHex(p.Nonce) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"time"
@@ -76,6 +77,8 @@ type Fleet struct {
 	// nil for a unit given its certificate by hand or the --sim demo.
 	prov  *enrol.Unit
 	audit *audit.Log // the unit's audit log, opened with the agent
+	// updateDir is update.dir: konsult-update's request and state.
+	updateDir string
 
 	// Set by Start, before anything reads them.
 	unit   Host
@@ -103,7 +106,8 @@ func OpenFleet(o FleetOptions) (*Fleet, error) {
 		return nil, nil
 	}
 	s := &Fleet{device: f.DeviceID, groups: f.Groups, stateDir: local.StateDir(o.Simulate),
-		identityDir: local.IdentityDir(o.Simulate), local: local, version: o.Version, log: o.Logger}
+		identityDir: local.IdentityDir(o.Simulate), local: local, version: o.Version, log: o.Logger,
+		updateDir: local.UpdateDir(o.Simulate)}
 	keyFile := f.FleetKey
 	if f.Enrols() {
 		prov, err := enrol.OpenUnit(enrol.UnitOptions{
@@ -292,6 +296,7 @@ func (s *Fleet) newAgent() (*Agent, error) {
 		Identity:   id,
 		Reboot:     s.reboot,
 		Version:    s.version,
+		Update:     s.updateOptions(),
 		Logger:     s.log,
 	})
 	if err != nil {
@@ -299,6 +304,27 @@ func (s *Fleet) newAgent() (*Agent, error) {
 	}
 	s.agent.Store(a)
 	return a, nil
+}
+
+// updateOptions is the update command's folder and policy: the window
+// is read from the running config each time (update.reboot_window is live).
+func (s *Fleet) updateOptions() *UpdateOptions {
+	return &UpdateOptions{
+		Dir: s.updateDir,
+		RunningVersion: func() string {
+			b, err := os.ReadFile(ImageVersionFile)
+			if err != nil {
+				return ""
+			}
+			return string(b)
+		},
+		Window: func() string {
+			if c := s.unit.Running(); c != nil {
+				return c.Update.RebootWindow
+			}
+			return s.local.Update.RebootWindow
+		},
+	}
 }
 
 func (s *Fleet) demoURL() string {

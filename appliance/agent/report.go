@@ -29,6 +29,9 @@ func (a *Agent) onApplianceEvent(ev appliance.Event) {
 			eff, done := a.deferred, a.deferredFor
 			a.activate(eff, done)
 		}
+		if !a.busy() {
+			a.checkUpdate() // a deferred update, or a reboot that waited for the call
+		}
 	case "call":
 		switch ev.Detail {
 		case "joined":
@@ -122,6 +125,7 @@ func (a *Agent) Reported() fleet.ReportedDoc {
 		d.Identity = a.opts.Identity.Report()
 	}
 	d.Audit = a.auditReport()
+	d.Update = a.updateReport()
 	a.mu.Lock()
 	d.Deferred = a.isDeferred
 	if a.lastRejection != nil {

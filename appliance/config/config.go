@@ -157,6 +157,8 @@ type Config struct {
 		Retention Duration `toml:"retention"`
 		MaxBytes  int64    `toml:"max_bytes"`
 	} `toml:"audit"`
+	// Update is the unit's side of system updates (docs/UPDATES.md).
+	Update Update `toml:"update"`
 }
 
 // Fleet is the [fleet] section: how the unit reaches its fleet. The

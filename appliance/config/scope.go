@@ -54,6 +54,8 @@ const (
 //	fleet.identity_dir,
 //	  enrol_*, claim_*      local      enrolment: the unit's own identity, read at start
 //	fleet.renew_before      local      read at start by the enrolled identity
+//	update.dir              local      where the root helper konsult-update reads requests: the unit's own layout
+//	update.reboot_window    live       the agent reads it from the running config when an update waits to reboot
 var scopes = []struct {
 	key   string
 	scope Scope
@@ -99,6 +101,8 @@ var scopes = []struct {
 	// The report reads the running config; the audit log is opened at start.
 	{"privacy", Live},
 	{"audit", LocalOnly},
+	{"update.dir", LocalOnly},
+	{"update.reboot_window", Live},
 }
 
 // ScopeOf is key's scope ("fleet.broker", or a section classified whole,

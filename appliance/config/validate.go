@@ -53,6 +53,7 @@ func (c *Config) Validate() error {
 		loopbackAddr("display.listen", c.Display.Listen),
 		pos("fleet.confirm_timeout", c.Fleet.ConfirmTimeout, time.Second, time.Hour),
 		c.Fleet.validate(),
+		c.Update.validate(),
 		c.validateE2EE(),
 		c.validatePins(),
 	)

@@ -46,14 +46,19 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("cmd: %w", err)
 	}
-	if *wait == 0 {
+	return answers(env, "cmd", p, out, *wait, *asJSON)
+}
+
+// answers prints the units' answers to a command the way cmd does (a
+// table, or JSON) and is cmd's exit status.
+func answers(env *cmdEnv, cmd string, p fleet.CommandPayload, out []manager.CmdResult, wait time.Duration, asJSON bool) error {
+	if wait == 0 {
 		fmt.Fprintf(env.stderr, "sent %s to %s; not waiting for answers\n", p.Name, p.Target)
 		return nil
 	}
-
-	if *asJSON {
+	if asJSON {
 		if err := writeJSON(env.stdout, out); err != nil {
-			return fmt.Errorf("cmd: %w", err)
+			return fmt.Errorf("%s: %w", cmd, err)
 		}
 	} else if len(out) > 0 {
 		rows := make([][]string, 0, len(out))
@@ -62,7 +67,7 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 			rows = append(rows, []string{r.Unit, res, clock(r.At), detail})
 		}
 		if err := table(env.stdout, []string{"UNIT", "RESULT", "AT", "DETAIL"}, rows); err != nil {
-			return fmt.Errorf("cmd: %w", err)
+			return fmt.Errorf("%s: %w", cmd, err)
 		}
 		if p.Name == fleet.CommandDoctor {
 			printDoctor(env.stdout, out)
@@ -101,7 +106,7 @@ func printDoctor(w io.Writer, out []manager.CmdResult) {
 func describeCmdResult(r manager.CmdResult, p fleet.CommandPayload) (result, detail string) {
 	switch r.Result {
 	case manager.ResDone:
-		return "done", ""
+		return "done", oneLine(r.Message)
 	case manager.ResRefused:
 		return "refused: " + r.Reason, oneLine(r.Message)
 	case manager.ResOffline:

@@ -38,6 +38,7 @@ func subcommands() []subcommand {
 		{"consult", "add --unit ID --at 2026-12-02T10:30 [--for 30m] | list [--unit ID] [--all] | cancel ID | import [--unit ID] FILE.ics", "book, list and cancel consultations in fleetd (one-button join); import a booking calendar", consultCmd, consultNotes},
 		{"audit", "verify --unit ID [--db FILE] | verify --file FILE [--unit ID] | export --unit ID [--out FILE]", "verify a unit's signed audit chain as fleetd holds it (or a log file): the first edited, deleted, reordered or inserted record, and gaps", auditCmd, auditNotes},
 		{"privacy-report", "(--unit ID | --group NAME | --all) [--html] [--out FILE] [--wait 15s]", "the privacy report of units, as each makes it from the config it runs on (Markdown or one print-ready HTML page)", privacyReportCmd, privacyNotes},
+		{"update", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) --url https://… --version V --sha256 HEX [--downgrade] [--reboot now|window] [--expires 30m] [--wait 10s] [--json]", "send a signed system update (RAUC bundle) to units, then print each unit's answer", updateCmd, updateNotes},
 		{"cmd", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/localapi"
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 const usage = `usage: roomctl [--socket PATH | --http URL] COMMAND [ARGS]
@@ -176,6 +177,7 @@ type statusView struct {
 			RenewErr string    `json:"last_renewal_error"`
 			Revoked  bool      `json:"revoked"`
 		} `json:"enrolment"`
+		Update *fleet.UpdateReport `json:"update"`
 	} `json:"fleet"`
 }
 
@@ -269,6 +271,9 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 				row("REVOKED", "the fleet revoked this unit's certificate")
 			}
 		}
+		if u := f.Update; u != nil {
+			updateRows(row, u)
+		}
 	}
 	if s.Sim != nil {
 		row("sim shutter", s.Sim.Shutter.Position)
@@ -288,6 +293,37 @@ func status(ctx context.Context, c *localapi.Client, w io.Writer, jsonOut bool) 
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Role, p.Line, h, p.Level)
 	}
 	return tw.Flush()
+}
+
+// updateRows shows where the unit's system updates stand.
+func updateRows(row func(k, v string), u *fleet.UpdateReport) {
+	if u.BootedSlot != "" {
+		row("system", fmt.Sprintf("slot %s, version %s", u.BootedSlot, u.BootedVersion))
+	}
+	if len(u.Slots) > 0 {
+		var parts []string
+		for _, s := range []string{"A", "B"} {
+			if v, ok := u.Slots[s]; ok {
+				parts = append(parts, s+" "+v)
+			}
+		}
+		row("slots", strings.Join(parts, ", "))
+	}
+	if u.Phase != "" && u.Phase != "idle" {
+		row("update", fmt.Sprintf("%s %s", u.Phase, u.PendingVersion))
+	}
+	if u.Deferred {
+		row("update", "version "+u.Requested+" waits for the call to end")
+	}
+	if u.RebootWaiting != "" {
+		row("update reboot", "waits for "+u.RebootWaiting)
+	}
+	if u.LastFailure != "" {
+		row("update failed", u.LastFailure)
+	}
+	if rb := u.RolledBack; rb != nil {
+		row("ROLLED BACK", fmt.Sprintf("update to %s (slot %s): %s", rb.Version, rb.Slot, rb.Reason))
+	}
 }
 
 func yesNo(b bool) string {

@@ -58,7 +58,54 @@ type ReportedDoc struct {
 	// Audit is the unit's audit log (provisioning/audit) as the fleet
 	// needs it to find gaps (absent for a unit that keeps none).
 	Audit *AuditReport `json:"audit,omitempty"`
-	At    time.Time    `json:"at"`
+	// Update is where the unit's system updates stand (absent for a unit
+	// that does not update over the air).
+	Update *UpdateReport `json:"update,omitempty"`
+	At     time.Time     `json:"at"`
+}
+
+// UpdateReport is the unit's system update state: what konsult-update
+// wrote in its state file (docs/UPDATES.md) and what roomd holds back.
+type UpdateReport struct {
+	// Phase is konsult-update's: idle, downloading, installing, installed
+	// (waits for its reboot), rebooting.
+	Phase         string `json:"phase,omitempty"`
+	BootedSlot    string `json:"booted_slot,omitempty"`
+	BootedVersion string `json:"booted_version,omitempty"`
+	// Slots maps each root slot (A, B) to the version it holds, where known.
+	Slots          map[string]string `json:"slots,omitempty"`
+	PendingVersion string            `json:"pending_version,omitempty"`
+	PendingSlot    string            `json:"pending_slot,omitempty"`
+	// Requested is the version of the last update command taken; Deferred
+	// is set while it waits for the call to end before its request is
+	// written, RebootWaiting while it is installed and its reboot waits
+	// for the unit to be idle or for the maintenance window.
+	Requested     string `json:"requested,omitempty"`
+	Deferred      bool   `json:"deferred,omitempty"`
+	RebootWaiting string `json:"reboot_waiting,omitempty"`
+	LastFailure   string `json:"last_failure,omitempty"`
+	LastFailureAt string `json:"last_failure_at,omitempty"`
+	LastGood      string `json:"last_good_version,omitempty"`
+	// RolledBack is the last update the unit undid by itself.
+	RolledBack *UpdateRollback `json:"rolled_back,omitempty"`
+}
+
+// UpdateRollback is the data of EventUpdateRolledBack and
+// UpdateReport.RolledBack.
+type UpdateRollback struct {
+	Version string `json:"version"`
+	Slot    string `json:"slot,omitempty"` // the slot that failed
+	Reason  string `json:"reason"`
+	At      string `json:"at,omitempty"` // as konsult-update wrote it (RFC 3339, UTC)
+}
+
+// UpdateEvent is the data of EventUpdateRequested and EventUpdateInstalled.
+type UpdateEvent struct {
+	Version string `json:"version"`
+	Slot    string `json:"slot,omitempty"`
+	Reboot  string `json:"reboot,omitempty"` // now, window
+	// Deferred (requested only): the request waited for a call to end.
+	Deferred bool `json:"deferred,omitempty"`
 }
 
 // AuditReport is the high-water mark of the unit's audit log.
@@ -152,6 +199,16 @@ const (
 	EventButton = "button"
 	// EventState: the call state changed. Data: State.
 	EventState = "state"
+	// EventUpdateRequested: the unit handed a verified update command to
+	// its root update helper (at once when idle, after the call when it
+	// came during one). Data: UpdateEvent.
+	EventUpdateRequested = "update_requested"
+	// EventUpdateInstalled: the unit came up on an updated slot and marked
+	// it good. Data: UpdateEvent.
+	EventUpdateInstalled = "update_installed"
+	// EventUpdateRolledBack: an update did not come up healthy and the
+	// unit is back on its previous slot. Data: UpdateRollback.
+	EventUpdateRolledBack = "update_rolled_back"
 )
 
 // Started is the data of EventStarted: which config the unit came up on.

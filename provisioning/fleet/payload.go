@@ -130,6 +130,7 @@ type CommandPayload struct {
 type CommandArgs struct {
 	Seconds     int    // identify: how long to blink
 	Certificate string // certificate: the renewed certificate, PEM
+	Update      UpdateArgs
 }
 
 // MaxCertificateArg bounds the certificate command's PEM.
@@ -155,8 +156,20 @@ func ValidateCommand(name string, args map[string]json.RawMessage) (CommandArgs,
 			!strings.HasPrefix(strings.TrimSpace(out.Certificate), "-----BEGIN CERTIFICATE-----") {
 			return out, fmt.Errorf("certificate's argument must be one PEM certificate of at most %d bytes", MaxCertificateArg)
 		}
+	case CommandUpdate:
+		for _, k := range []string{"url", "version", "sha256", "downgrade", "reboot"} {
+			allowed[k] = true
+		}
+		for k := range args {
+			if !allowed[k] {
+				return out, fmt.Errorf("command %s takes no argument %q", name, k)
+			}
+		}
+		u, err := validateUpdate(args)
+		out.Update = u
+		return out, err
 	default:
-		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now, doctor, privacy-report or certificate", name)
+		return out, fmt.Errorf("unknown command %q: use join, leave, identify, reboot, report-now, doctor, privacy-report, update or certificate", name)
 	}
 	for k := range args {
 		if !allowed[k] {

@@ -132,7 +132,9 @@ func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelo
 		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
 			continue
 		}
-		r.Result, r.Reason, r.Message, r.At, r.Checks, r.Report = ResDone, "", "", ev.At, d.Checks, d.Report
+		// A done answer may say how it was carried out (update: deferred
+		// until the call ends, or requested).
+		r.Result, r.Reason, r.Message, r.At, r.Checks, r.Report = ResDone, "", d.Message, ev.At, d.Checks, d.Report
 		if ev.Type == fleet.EventCommandRefused {
 			r.Result, r.Reason, r.Message = ResRefused, d.Reason, d.Message
 		}
