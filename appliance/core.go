@@ -439,7 +439,12 @@ func (c *core) leave(why string) {
 		c.effs = append(c.effs, effLeave{call: c.call})
 		c.leaving++
 		on, _ := callE2EE(c.call)
-		c.emit(Event{Type: "call", Detail: "left", Meeting: c.call.ID(), Reason: why, E2EE: &on})
+		ev := Event{Type: "call", Detail: "left", Meeting: c.call.ID(), Reason: why, E2EE: &on}
+		if dc, ok := c.call.(DecryptCounter); ok && on {
+			n := dc.E2EEDecryptFailures()
+			ev.DecryptFailures = &n
+		}
+		c.emit(ev)
 		c.call = nil
 	}
 	c.state = Leaving

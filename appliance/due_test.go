@@ -41,3 +41,33 @@ func TestConsultationDueShowsOnTheLEDWhileIdle(t *testing.T) {
 		t.Fatalf("nothing due: LED %s", w.led)
 	}
 }
+
+type encryptedCall struct {
+	*fakeCall
+	failures uint64
+}
+
+func (c encryptedCall) E2EE() bool                  { return true }
+func (c encryptedCall) SafetyCode() string          { return "1978 4840" }
+func (c encryptedCall) E2EEDecryptFailures() uint64 { return c.failures }
+
+// The call's end says, for an end-to-end encrypted call, how many far-end
+// frames did not decrypt: per call, in the event stream the fleet and the
+// audit follow.
+func TestCallLeftCountsDecryptFailures(t *testing.T) {
+	w := newWorld(t)
+	w.send(inAction{act: ActJoin})
+	call := encryptedCall{fakeCall: newFakeCall("m-e2ee"), failures: 17}
+	w.send(inJoinDone{attempt: w.joinAttempt, call: call})
+	w.finishShutter(true)
+	effs := w.send(inAction{act: ActLeave})
+	var left *Event
+	for _, e := range effs {
+		if ev, ok := e.(effEvent); ok && ev.ev.Type == "call" && ev.ev.Detail == "left" {
+			left = &ev.ev
+		}
+	}
+	if left == nil || left.E2EE == nil || !*left.E2EE || left.DecryptFailures == nil || *left.DecryptFailures != 17 {
+		t.Fatalf("call left event: %+v", left)
+	}
+}

@@ -25,4 +25,8 @@ type Event struct {
 	// E2EE says whether the call was encrypted end to end (type call,
 	// detail joined and left): the privacy report's per-call record.
 	E2EE *bool `json:"e2ee,omitempty"`
+	// DecryptFailures is how many far-end frames of an end-to-end
+	// encrypted call were dropped because they did not decrypt (type call,
+	// detail left): a far end with the wrong key shows here, per call.
+	DecryptFailures *uint64 `json:"e2ee_decrypt_failures,omitempty"`
 }

@@ -63,6 +63,13 @@ type Encrypted interface {
 	SafetyCode() string
 }
 
+// DecryptCounter is an end-to-end encrypted Call that counts the far-end
+// frames it dropped because they did not decrypt (a far end with the
+// wrong key, or a tampered stream).
+type DecryptCounter interface {
+	E2EEDecryptFailures() uint64
+}
+
 // callE2EE is what a call says of its end-to-end encryption.
 func callE2EE(c Call) (on bool, code string) {
 	if e, ok := c.(Encrypted); ok && e.E2EE() {

@@ -75,6 +75,15 @@ type e2eeCall struct {
 	code string
 }
 
+// E2EEDecryptFailures is how many far-end frames of the call did not
+// decrypt (appliance.DecryptCounter).
+func (c e2eeCall) E2EEDecryptFailures() uint64 {
+	if p := c.Playout(); p != nil {
+		return p.Stats().E2EEDecryptFailures
+	}
+	return 0
+}
+
 func (c e2eeCall) SafetyCode() string {
 	if !c.E2EE() {
 		return ""

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
@@ -204,7 +205,20 @@ func TestStandaloneKeyFile(t *testing.T) {
 		t.Fatalf("status e2ee %v code %q", st.E2EE, st.SafetyCode)
 	}
 	raw := rawStatus(t, u)
+	// Someone in the room with another key: their frames do not decrypt,
+	// and the call's end says how many were dropped.
+	wrong := bytes.Repeat([]byte{0x5a}, len(material))
+	farend.StartFarEnd(t, lk, "standalone-e2ee", "intruder", farend.Publish(), farend.E2EE(wrong))
+	u.within(30*time.Second, "the intruder's frames counted as not decrypting", func(s status) bool {
+		return s.Remote != nil && s.Remote.E2EEDecryptFailures > 0
+	})
 	u.press("leave")
+	evs := u.waitFor("call left", 10*time.Second, func(e appliance.Event) bool { return e.Type == "call" && e.Detail == "left" })
+	left := evs[len(evs)-1]
+	if left.E2EE == nil || !*left.E2EE || left.DecryptFailures == nil || *left.DecryptFailures == 0 {
+		t.Fatalf("the call's end does not say frames failed to decrypt: %+v", left)
+	}
+	t.Logf("call left: %d far-end frames did not decrypt", *left.DecryptFailures)
 	u.waitFor("idle", 10*time.Second, isState(appliance.Idle))
 	scanForKey(t, material, map[string]string{"roomd's log": u.logs.String(), "stdout": u.stdout.String(), "status": raw})
 }
