@@ -41,12 +41,27 @@ type Source struct {
 	ChecksAt time.Time
 	// Audit is the audit log's high-water mark, if known.
 	Audit *fleet.AuditReport
+	// Calls are the calls the unit's audit log holds (call_joined
+	// records), oldest first; nil: the log was not read.
+	Calls []CallRecord
 	// JournaldFiles are the journald drop-ins to read the log retention
 	// from (DefaultJournald if nil).
 	JournaldFiles []string
 	// Now stamps the report.
 	Now time.Time
 }
+
+// CallRecord is one call as the audit log has it: when it was joined, its
+// pseudonymous meeting id, and whether it was end-to-end encrypted
+// ("true", "false" or "unknown").
+type CallRecord struct {
+	At      time.Time
+	Meeting string
+	E2EE    string
+}
+
+// recentCalls is how many of the latest calls the report lists one by one.
+const recentCalls = 20
 
 // DefaultJournald is where the image installs journald's retention.
 var DefaultJournald = []string{"/etc/systemd/journald.conf.d/konsult.conf"}
@@ -457,7 +472,44 @@ func auditFlow(src Source) Flow {
 	if a := src.Audit; a != nil {
 		f.Items = append(f.Items, Item{"chain in force", a.Chain + ": " + itoa(a.Head) + " records written, " + itoa(a.Sent) + " handed to the fleet link", false})
 	}
+	if src.Calls != nil {
+		f.Items = append(f.Items, callItems(src.Calls)...)
+	}
 	return f
+}
+
+// callItems says which past calls were end-to-end encrypted, from the
+// audit log: a count, then the latest calls one by one. A call that was
+// not encrypted end to end is flagged.
+func callItems(calls []CallRecord) []Item {
+	var on, off, unknown uint64
+	for _, c := range calls {
+		switch c.E2EE {
+		case "true":
+			on++
+		case "false":
+			off++
+		default:
+			unknown++
+		}
+	}
+	summary := itoa(uint64(len(calls))) + " in the audit log: " + itoa(on) + " end-to-end encrypted, " + itoa(off) + " encrypted hop by hop only (the media server could decrypt them)"
+	if unknown > 0 {
+		summary += ", " + itoa(unknown) + " not recorded"
+	}
+	if len(calls) > 0 {
+		summary += "; since " + calls[0].At.UTC().Format("2006-01-02 15:04 UTC")
+	}
+	items := []Item{{"past calls", summary, off > 0}}
+	start := max(0, len(calls)-recentCalls)
+	for _, c := range calls[start:] {
+		what := map[string]string{"true": "end-to-end encrypted", "false": "not end-to-end encrypted"}[c.E2EE]
+		if what == "" {
+			what = "encryption not recorded"
+		}
+		items = append(items, Item{"call " + c.At.UTC().Format("2006-01-02 15:04 UTC"), "meeting " + c.Meeting + ": " + what, c.E2EE == "false"})
+	}
+	return items
 }
 
 func formatDays(d time.Duration) string {

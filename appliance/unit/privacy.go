@@ -3,9 +3,11 @@ package unit
 import (
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"time"
 
 	"github.com/konsult/konsult/appliance/report"
+	"github.com/konsult/konsult/provisioning/audit"
 	"github.com/konsult/konsult/provisioning/fleet"
 )
 
@@ -26,5 +28,28 @@ func (u *Unit) PrivacyReport(ctx context.Context) any {
 			src.Unit, src.Generation, src.Pending, src.Deferred, src.Audit = rep.Device, rep.Generation, rep.Pending, rep.Deferred, rep.Audit
 		}
 	}
+	if cfg := src.Config; cfg != nil {
+		src.Calls = pastCalls(filepath.Join(cfg.StateDir(false), "audit", audit.LogFile))
+	}
 	return report.Build(src)
+}
+
+// pastCalls are the calls the unit's audit log holds (nil if it cannot be
+// read: a unit without one, or a line being written this instant).
+func pastCalls(path string) []report.CallRecord {
+	recs, err := audit.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	calls := []report.CallRecord{}
+	for _, r := range recs {
+		if r.Kind == audit.KindCallJoined {
+			e := r.Fields["e2ee"]
+			if e == "" {
+				e = "unknown"
+			}
+			calls = append(calls, report.CallRecord{At: r.Time, Meeting: r.Fields["meeting"], E2EE: e})
+		}
+	}
+	return calls
 }

@@ -1,0 +1,55 @@
+package unit
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/konsult/konsult/appliance/config"
+	"github.com/konsult/konsult/appliance/report"
+	"github.com/konsult/konsult/provisioning/audit"
+	"github.com/konsult/konsult/provisioning/identity"
+)
+
+// The privacy report says which past calls were end-to-end encrypted, read
+// from the unit's own audit log: a count, each recent call, and a flag on
+// one that was not.
+func TestPrivacyReportListsPastCallsFromTheAuditLog(t *testing.T) {
+	dir := t.TempDir()
+	k, _, err := identity.LoadOrCreateKey(filepath.Join(dir, "identity"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := audit.Open(audit.Options{Dir: filepath.Join(dir, "audit"), Signer: k.Signer()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ meeting, e2ee string }{{"m-1", "true"}, {"m-2", "false"}, {"m-3", "true"}} {
+		if _, err := l.Append(audit.KindCallJoined, map[string]string{"meeting": c.meeting, "e2ee": c.e2ee}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Append(audit.KindCallLeft, map[string]string{"meeting": c.meeting, "e2ee": c.e2ee, "reason": "leave"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	calls := pastCalls(filepath.Join(dir, "audit", audit.LogFile))
+	if len(calls) != 3 || calls[1].Meeting != "m-2" || calls[1].E2EE != "false" {
+		t.Fatalf("calls from the audit log: %+v", calls)
+	}
+	c, err := config.Local{}.Effective(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := report.Build(report.Source{Config: c, Calls: calls, Now: time.Now(), JournaldFiles: []string{filepath.Join(dir, "none.conf")}})
+	md := r.Markdown()
+	for _, want := range []string{"3 in the audit log: 2 end-to-end encrypted, 1 encrypted hop by hop only", "meeting m-2: not end-to-end encrypted", "meeting m-3: end-to-end encrypted"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if pastCalls(filepath.Join(dir, "nothing", audit.LogFile)) != nil {
+		t.Error("a unit without an audit log reports calls")
+	}
+}
