@@ -139,6 +139,7 @@ type Agent struct {
 	deferred    []byte // an effective config stored but waiting for the call to end
 	deferredFor fleet.ConfigApplied
 	confirm     *time.Timer // running while a config awaits confirmation
+	updSeen     string      // konsult-update's state as last reported (update.go)
 
 	mu            sync.Mutex // guards what Reported and Connected read
 	lastRejection *fleet.Rejection

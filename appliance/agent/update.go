@@ -331,7 +331,12 @@ func (a *Agent) checkUpdate() {
 		a.log.Warn("update: konsult-update's state is unreadable", "err", err)
 		return
 	}
+	// The fleet follows an update through the reported document: publish
+	// it again whenever konsult-update's state moves on.
 	changed := false
+	if seen := stateDigest(st); seen != a.updSeen {
+		a.updSeen, changed = seen, a.updSeen != "" || len(st) > 0
+	}
 	if at := st["rolled_back_at"]; at != "" && at != rec.ReportedRollback {
 		rb := fleet.UpdateRollback{Version: st["rolled_back_version"], Slot: otherSlot(st["booted_slot"]), Reason: a.redact.text(st["rolled_back_reason"]), At: at}
 		a.log.Warn("update rolled back", "version", rb.Version, "reason", rb.Reason)
@@ -364,6 +369,16 @@ func (a *Agent) checkUpdate() {
 		a.setUpdate(rec)
 		a.publishReported()
 	}
+}
+
+// stateDigest is the part of the state the reported document shows.
+func stateDigest(st map[string]string) string {
+	var b strings.Builder
+	for _, k := range []string{"phase", "booted_slot", "booted_version", "pending_version", "pending_slot", "from_slot", "from_version",
+		"last_failure", "last_failure_at", "last_good_version", "rolled_back_version", "rolled_back_at"} {
+		b.WriteString(k + "=" + st[k] + "\n")
+	}
+	return b.String()
 }
 
 // mayReboot says whether an installed update may reboot the unit now.

@@ -231,3 +231,24 @@ func TestUpdateRolledBackReportedOnce(t *testing.T) {
 		t.Fatalf("update_rolled_back sent %d times, want once", n)
 	}
 }
+
+// The fleet sees an update's progress: the reported document follows
+// konsult-update's state file without any command.
+func TestUpdateProgressReported(t *testing.T) {
+	u, dir := updateUnit(t, "", time.Now())
+	u.start()
+	eventually(t, 5*time.Second, "connected", u.agent.Connected)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, phase := range []string{"downloading", "installing", "installed"} {
+		st := "phase=" + phase + "\npending_version=2026.1203.1\nbooted_slot=A\nbooted_version=2026.1201.1\n"
+		if err := os.WriteFile(filepath.Join(dir, "state"), []byte(st), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 3*time.Second, "reported phase "+phase, func() bool {
+			r := u.Reported(unitID).Update
+			return r != nil && r.Phase == phase && r.PendingVersion == "2026.1203.1" && r.BootedVersion == "2026.1201.1"
+		})
+	}
+}
