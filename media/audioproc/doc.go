@@ -52,7 +52,11 @@
 // the reference at lags -30 to 300 ms, and when the lag has moved twice in
 // a row, the canceller has lost the echo (under 6 dB) and the old lag no
 // longer matches, the reference moves by the new lag found to the sample:
-// the filter's room stays valid (Stats.DelayShifts).
+// the filter's room stays valid (Stats.DelayShifts). A first estimate
+// beyond the filter's reach (a speaker buffer longer than refLead assumes:
+// the lab's 200 ms dmix) moves the reference to put the echo 10 ms into
+// it, and the aligner's window with it (TestEchoBeyondTheFilterFound: 47
+// dB with a 250 ms echo, 0.4 dB without).
 //
 // The privacy gate stays before the processor: capture calls Process only
 // with chunks the gate admitted, while holding the gate, and Reset on every

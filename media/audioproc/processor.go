@@ -103,7 +103,7 @@ func New(cfg Config) (*Processor, error) {
 	p := &Processor{cfg: cfg, log: cfg.Log, frame: frame, rframe: make([]float32, frame), lastPeak: -1,
 		align: newAligner(samples(refLead, cfg.Rate), 0, samples(refLead+cfg.Tail/2, cfg.Rate))}
 	p.ref = make([]float32, samples(refCapacity, cfg.Rate))
-	p.trk = newTracker(cfg.Rate)
+	p.trk = newTracker(cfg.Rate, samples(cfg.Tail, cfg.Rate))
 	s, err := newSpeex(frame, samples(cfg.Tail, cfg.Rate), cfg.Rate, cfg.EchoCancel, cfg.NoiseSuppress, cfg.GainControl)
 	if err != nil {
 		return nil, fmt.Errorf("audio processing: %w", err)
@@ -275,6 +275,14 @@ func (p *Processor) track(lost bool) {
 	}
 	p.refMu.Lock()
 	p.align.cursor -= int64(shift)
+	// A gap restores the aligner's gap (written - cursor); a device
+	// buffer longer than assumed gives it a new one: the aligner's window
+	// (and where it would realign) moves there, so it keeps the delay.
+	if gap := p.written - p.align.cursor; gap < p.align.lo || gap > p.align.hi {
+		below, above := p.align.lead-p.align.lo, p.align.hi-p.align.lead
+		p.align.lead, p.align.lo, p.align.hi = gap, gap-below, gap+above
+		p.align.outSince = time.Time{}
+	}
 	p.refMu.Unlock()
 	p.log.Debug("audio processing: the echo's delay moved (a gap in a device's stream): reference moved with it", "ms", shift*1000/p.cfg.Rate)
 }

@@ -26,6 +26,8 @@ type tracker struct {
 	pending int // blocks: a coarse lag seen once, away from lag0
 	hasPend bool
 	shifts  uint64
+	reach   int // the largest lag the filter models well (its tail less a margin)
+	target  int // where a first estimate beyond reach puts the echo
 }
 
 const (
@@ -37,9 +39,10 @@ const (
 	trackFloor = 1e-6 // microphone power (-60 dBFS) under which there is no echo to match
 )
 
-func newTracker(rate int) tracker {
+func newTracker(rate, tail int) tracker {
 	blk := rate / 1000
-	return tracker{blk: blk, win: trackWin * blk, lo: trackLo * blk, hi: trackHi * blk, mic: make([]float32, trackWin*blk)}
+	return tracker{blk: blk, win: trackWin * blk, lo: trackLo * blk, hi: trackHi * blk, mic: make([]float32, trackWin*blk),
+		reach: tail - 50*blk, target: 10 * blk}
 }
 
 // discontinue forgets the microphone history: the pairing changed.
@@ -212,9 +215,19 @@ func (t *tracker) step(refAt func(j int64) (float32, bool), end int64, lost bool
 		// The first clear lag: what the filter is learning. Confirmed by a
 		// second estimate at the same place.
 		if t.hasPend && iabs(lag-t.pending) <= t.blk {
-			if fine, ok := t.estimate(mic, refAt, end, false, lag); ok {
-				t.lag0, t.known, t.hasPend = fine, true, false
+			fine, ok := t.estimate(mic, refAt, end, false, lag)
+			if !ok {
+				return 0
 			}
+			if fine < 0 || fine > t.reach {
+				// Beyond what the filter models (a device's buffer longer
+				// than refLead assumes): the reference moves to put the
+				// echo target into the filter, then the lag is learnt.
+				t.shifts++
+				t.discontinue()
+				return fine - t.target
+			}
+			t.lag0, t.known, t.hasPend = fine, true, false
 			return 0
 		}
 		t.pending, t.hasPend = lag, true

@@ -11,6 +11,10 @@ import (
 // microphone loses gap of what it heard (an overrun: sooner). It returns
 // the ERLE (dB) over the last half and the processor's stats.
 func gapRoom(t *testing.T, d, gapEvery, gap time.Duration, micGap, noTrack bool) (float64, Stats) {
+	return gapRoomAt(t, 60*time.Millisecond, d, gapEvery, gap, micGap, noTrack)
+}
+
+func gapRoomAt(t *testing.T, pathDelay, d, gapEvery, gap time.Duration, micGap, noTrack bool) (float64, Stats) {
 	t.Helper()
 	p, err := New(Config{EchoCancel: true, NoTrack: noTrack})
 	if err != nil {
@@ -18,7 +22,7 @@ func gapRoom(t *testing.T, d, gapEvery, gap time.Duration, micGap, noTrack bool)
 	}
 	defer p.Close()
 	const rate, chunk = 48000, 960
-	delay := 60 * rate / 1000 // the path's own delay, samples
+	delay := int(pathDelay.Seconds() * rate) // the path's own delay, samples
 	far := newSpeechLike(3)
 	n := int(d.Seconds() * rate)
 	sig := make([]float32, n)
@@ -109,5 +113,17 @@ func TestTrackerStillWithoutGaps(t *testing.T) {
 	t.Logf("no gaps: ERLE %.1f dB; delay shifts %d, realigned %d", erle, st.DelayShifts, st.Realigned)
 	if st.DelayShifts != 0 || erle < 25 {
 		t.Errorf("no gaps: %d delay shifts, ERLE %.1f dB; want 0 and ≥ 25", st.DelayShifts, erle)
+	}
+}
+
+// An echo later than the filter reaches (refLead 40 ms + 200 ms tail: a
+// speaker's buffer of 250 ms, as the lab's dmix at 200 ms) is found: the
+// first estimate puts it into the filter.
+func TestEchoBeyondTheFilterFound(t *testing.T) {
+	erle, st := gapRoomAt(t, 250*time.Millisecond, 20*time.Second, time.Hour, 0, false, false)
+	fixed, _ := gapRoomAt(t, 250*time.Millisecond, 20*time.Second, time.Hour, 0, false, true)
+	t.Logf("echo 250 ms after the tap: ERLE %.1f dB over the last 10 s (tracker off: %.1f dB); delay shifts %d, realigned %d, delay %d ms", erle, fixed, st.DelayShifts, st.Realigned, st.DelayMs)
+	if erle < 25 || st.Realigned != 0 {
+		t.Errorf("echo beyond the filter: ERLE %.1f dB, realigned %d; want ≥ 25 dB and no realignment", erle, st.Realigned)
 	}
 }
