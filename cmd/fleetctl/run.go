@@ -39,6 +39,7 @@ func subcommands() []subcommand {
 		{"audit", "verify --unit ID [--db FILE] | verify --file FILE [--unit ID] | export --unit ID [--out FILE]", "verify a unit's signed audit chain as fleetd holds it (or a log file): the first edited, deleted, reordered or inserted record, and gaps", auditCmd, auditNotes},
 		{"privacy-report", "(--unit ID | --group NAME | --all) [--html] [--out FILE] [--wait 15s]", "the privacy report of units, as each makes it from the config it runs on (Markdown or one print-ready HTML page)", privacyReportCmd, privacyNotes},
 		{"update", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) --url https://… --version V --sha256 HEX [--downgrade] [--reboot now|window] [--expires 30m] [--wait 10s] [--json]", "send a signed system update (RAUC bundle) to units, then print each unit's answer", updateCmd, updateNotes},
+		{"rollout", "[--key FILE] --group G --version V --bundle https://… --sha256 HEX [--reboot now|window] [--waves 1,5%,25%,100%] [--threshold 10%] [--wave-timeout 30m] [--state FILE] | --resume --state FILE | status --state FILE", "update a group in waves that stop on their own when units fail or roll back", rolloutCmd, rolloutNotes},
 		{"cmd", "[--key FILE] [--ca-dir DIR] (--device ID | --group NAME) [--seconds N] [--expires 5m] [--wait 10s] [--json] NAME", "sign and send a command, then wait for the units' results", sendCommand, cmdNotes},
 	}
 }
