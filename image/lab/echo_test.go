@@ -36,6 +36,7 @@ const (
 	// delivering 0.08-1.7 s of audio per second and the speaker's mix
 	// itself dropping out (2 cores shared with other jobs). benchEcho
 	// fails on that as an invalid measure, never as a figure.
+	// KONSULT_LAB_ECHO=only runs the echo bench alone, right after boot.
 	envEcho     = "KONSULT_LAB_ECHO"
 	signalLevel = 0.3             // the far end's peak RMS, as cmd/roomd's echo test
 	echoSettle  = 8 * time.Second // the canceller converges; judge the talk after
@@ -230,6 +231,9 @@ func benchEcho(t *testing.T, agent *agentClient, step func(string)) {
 	t.Logf("labbench -echo in the guest:\n%s", out)
 	var res struct {
 		ERLE     float64 `json:"erle_db"`
+		NoTrack  float64 `json:"erle_notrack_db"`
+		Spread   float64 `json:"delay_spread_ms"`
+		Dropped  uint64  `json:"mic_driver_dropped"`
 		EchoDB   float64 `json:"echo_dbfs"`
 		LeftDB   float64 `json:"left_dbfs"`
 		PlayedDB float64 `json:"played_dbfs"`
@@ -243,6 +247,7 @@ func benchEcho(t *testing.T, agent *agentClient, step func(string)) {
 			DelayMs   int     `json:"delay_ms"`
 			ERLE      float64 `json:"erle_db"`
 			Realigned uint64  `json:"realigned"`
+			Shifts    uint64  `json:"delay_shifts"`
 			Frames    uint64  `json:"frames"`
 		} `json:"proc"`
 		Error string `json:"error"`
@@ -261,6 +266,8 @@ func benchEcho(t *testing.T, agent *agentClient, step func(string)) {
 	t.Logf("BENCH ECHO through snd-aloop, no call (labbench -echo): far end played at %.1f dBFS, echo in the mic %.1f dBFS, left after the canceller %.1f dBFS: ERLE %.1f dB (want ≥ %.0f) over %.0f %% of the window's chunks; canceller's own view %.1f dB, delay %d ms, realigned %d over %d frames; mic %.1f s of audio in %.1f s (%.0f %% of real time, %d samples skipped), speaker %d samples",
 		res.PlayedDB, res.EchoDB, res.LeftDB, res.ERLE, wantERLE, 100*res.EchoFrac, res.Proc.ERLE, res.Proc.DelayMs, res.Proc.Realigned, res.Proc.Frames,
 		res.MicSec, res.WallSec, 100*res.RealTime, res.Skipped, res.Played)
+	t.Logf("BENCH ECHO the same recording with the delay tracker off: ERLE %.1f dB; the echo's delay per second spread over %.0f ms; tracker moved the reference %d times; microphone driver dropped %d chunks",
+		res.NoTrack, res.Spread, res.Proc.Shifts, res.Dropped)
 	if res.Error != "" {
 		t.Errorf("echo bench: %s (%s)", res.Error, lastBytes(out, 1500))
 		return

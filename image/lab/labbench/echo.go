@@ -42,6 +42,9 @@ type echoResult struct {
 	// ERLE (dB) over the window: the echo's energy in the microphone over
 	// what the canceller left, on chunks that carried echo.
 	ERLE float64 `json:"erle_db"`
+	// ERLENoTrack: the same recording through the canceller with its delay
+	// tracker off (audioproc.Config.NoTrack), recorded mode only.
+	ERLENoTrack float64 `json:"erle_notrack_db"`
 	// EchoDB is the echo's level in the microphone (dBFS, mean power over
 	// the window's echo chunks); PlayedDB the far end's as played.
 	EchoDB    float64         `json:"echo_dbfs"`
@@ -62,9 +65,24 @@ type echoResult struct {
 	// Per second since the far end started: the microphone's and the
 	// speaker mix's level (dBFS) and the microphone's seconds of audio.
 	MicBySec    []float64 `json:"mic_dbfs_by_s,omitempty"`
+	LeftBySec   []float64 `json:"left_dbfs_by_s,omitempty"` // after the canceller
 	MixBySec    []float64 `json:"mix_dbfs_by_s,omitempty"`
 	MicSecBySec []float64 `json:"mic_s_by_s,omitempty"`
-	Error       string    `json:"error,omitempty"`
+	// DelayBySec is the echo's delay per second of microphone audio (ms,
+	// from the cross-correlation of the two recordings' 1 ms envelopes):
+	// the sample lag between the speaker's mix and the microphone, which
+	// stays put unless one of the devices' streams has a gap. Its spread
+	// is the largest minus the smallest.
+	DelayBySec  []float64 `json:"delay_ms_by_s,omitempty"`
+	DelaySpread float64   `json:"delay_spread_ms"`
+	// Repeated: microphone chunks identical to the one before (not
+	// silence): the reader got the device's buffer after it was refilled
+	// (pion/mediadevices issue 500), a chunk twice and another never.
+	Repeated int `json:"mic_chunks_repeated"`
+	// DriverDropped: chunks the microphone driver dropped for a late reader
+	// (capture.MicrophoneChunksDropped).
+	DriverDropped uint64 `json:"mic_driver_dropped"`
+	Error         string `json:"error,omitempty"`
 }
 
 // chunkEnergy is one microphone chunk through the canceller.
@@ -145,10 +163,13 @@ func (m *meter) replay() {
 		case e.skip > 0:
 			m.p.Skip(e.skip)
 		default:
-			in := power(e.pcm)
-			_ = m.p.Process(e.pcm, e.rate)
+			// A copy: the recording stays as the microphone gave it, for
+			// the next replay and the delay estimate.
+			pcm := append([]float32(nil), e.pcm...)
+			in := power(pcm)
+			_ = m.p.Process(pcm, e.rate)
 			if !m.started.IsZero() {
-				m.chunks = append(m.chunks, chunkEnergy{at: e.at.Sub(m.started), n: len(e.pcm), in: in, out: power(e.pcm)})
+				m.chunks = append(m.chunks, chunkEnergy{at: e.at.Sub(m.started), n: len(pcm), in: in, out: power(pcm)})
 			}
 		}
 	}
@@ -381,12 +402,19 @@ func echo(mic, speaker string, settle, window time.Duration, offline bool) echoR
 	res.Played = st.SamplesPlayed
 	res.Proc = proc.Stats()
 	res.StaleDrop = c.Counters.StaleDropped.Load()
+	res.DriverDropped = capture.MicrophoneChunksDropped()
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if offline {
 		m.replay()
 		res.Proc = proc.Stats()
+		if p2, err := audioproc.New(audioproc.Config{EchoCancel: true, Rate: playout.SampleRate, NoTrack: true, Log: slog.Default()}); err == nil {
+			m2 := &meter{p: p2, started: m.started, events: m.events}
+			m2.replay()
+			p2.Close()
+			res.ERLENoTrack, _, _, _ = erleOf(m2.chunks, settle, window)
+		}
 		secs := int(settle/time.Second + window/time.Second + 2)
 		mic, mix, micN, mixN := make([]float64, secs), make([]float64, secs), make([]float64, secs), make([]float64, secs)
 		for _, e := range m.events {
@@ -402,6 +430,18 @@ func echo(mic, speaker string, settle, window time.Duration, offline bool) echoR
 				micN[k] += float64(len(e.pcm))
 			}
 		}
+		res.DelayBySec, res.DelaySpread = delays(m.events)
+		res.Repeated = repeated(m.events)
+		left, leftN := make([]float64, secs), make([]float64, secs)
+		for _, ch := range m.chunks {
+			if k := int(ch.at / time.Second); k >= 0 && k < secs {
+				left[k] += ch.out * float64(ch.n)
+				leftN[k] += float64(ch.n)
+			}
+		}
+		for k := range left {
+			res.LeftBySec = append(res.LeftBySec, math.Round(db(left[k]/max(leftN[k], 1))))
+		}
 		for k := range mic {
 			res.MicBySec = append(res.MicBySec, math.Round(db(mic[k]/max(micN[k], 1))))
 			res.MixBySec = append(res.MixBySec, math.Round(db(mix[k]/max(mixN[k], 1))))
@@ -416,9 +456,24 @@ func echo(mic, speaker string, settle, window time.Duration, offline bool) echoR
 	}
 	res.Skipped = m.skipped
 	res.Chunks = m.nchunks
+	var all int
+	res.ERLE, res.EchoDB, res.LeftDB, all = erleOf(m.chunks, settle, window)
+	if all < 0 {
+		res.Error = fmt.Sprintf("no echo in the microphone over the window (%d chunks): the loopback echo path is not working", -all-1)
+		return res
+	}
+	res.EchoFrac = float64(all) / 1e6
+	res.PlayedDB = math.Round(10*res.PlayedDB) / 10
+	return res
+}
+
+// erleOf is the ERLE over the window's chunks with echo, the echo's and
+// what was left's level, and the fraction of the window's chunks with echo
+// (in millionths; negative, -chunks-1, with no echo at all).
+func erleOf(chunks []chunkEnergy, settle, window time.Duration) (erle, echoDB, leftDB float64, frac int) {
 	var in, out float64
 	var all, withEcho, ns int
-	for _, ch := range m.chunks {
+	for _, ch := range chunks {
 		if ch.at < settle || ch.at >= settle+window {
 			continue
 		}
@@ -431,16 +486,138 @@ func echo(mic, speaker string, settle, window time.Duration, offline bool) echoR
 		out += ch.out * float64(ch.n)
 		ns += ch.n
 	}
-	if all > 0 {
-		res.EchoFrac = float64(withEcho) / float64(all)
-	}
 	if withEcho == 0 {
-		res.Error = fmt.Sprintf("no echo in the microphone over the window (%d chunks): the loopback echo path is not working", all)
-		return res
+		return 0, 0, 0, -all - 1
 	}
-	res.ERLE = math.Round(10*(db(in)-db(out))) / 10
-	res.EchoDB = math.Round(10*db(in/float64(ns))) / 10
-	res.LeftDB = math.Round(10*db(out/float64(ns))) / 10
-	res.PlayedDB = math.Round(10*res.PlayedDB) / 10
-	return res
+	erle = math.Round(10*(db(in)-db(out))) / 10
+	echoDB = math.Round(10*db(in/float64(ns))) / 10
+	leftDB = math.Round(10*db(out/float64(ns))) / 10
+	return erle, echoDB, leftDB, withEcho * 1e6 / all
+}
+
+// repeated counts microphone chunks equal to the one before, silence
+// aside.
+func repeated(events []event) int {
+	var prev []float32
+	n := 0
+	for _, e := range events {
+		if e.render || e.skip > 0 {
+			continue
+		}
+		if len(prev) == len(e.pcm) && power(e.pcm) > 1e-8 {
+			same := true
+			for i := range prev {
+				if prev[i] != e.pcm[i] {
+					same = false
+					break
+				}
+			}
+			if same {
+				n++
+			}
+		}
+		prev = e.pcm
+	}
+	return n
+}
+
+// envelope is the mean absolute value of each block of b samples.
+func envelope(x []float32, b int) []float64 {
+	out := make([]float64, len(x)/b)
+	for i := range out {
+		var s float64
+		for _, v := range x[i*b : (i+1)*b] {
+			s += math.Abs(float64(v))
+		}
+		out[i] = s / float64(b)
+	}
+	return out
+}
+
+// delays estimates the echo's delay in each second of microphone audio:
+// the lag (in 1 ms envelope blocks) at which the speaker's mix best
+// matches it, searched from 0 to 400 ms after the position the microphone
+// would have on the mix's clock with no gap in either stream. It returns
+// the delays in ms (-1 where the second has no echo to match) and their
+// spread.
+func delays(events []event) ([]float64, float64) {
+	const blk = playout.SampleRate / 1000 // 1 ms
+	var mic, ref []float32
+	// base: the mix's samples written when the first microphone chunk after
+	// the speaker's start arrived, less the microphone's before it.
+	base, started, haveBase := 0, false, false
+	for _, e := range events {
+		switch {
+		case e.render:
+			ref = append(ref, e.pcm...)
+			started = true
+		case e.skip > 0:
+			mic = append(mic, make([]float32, e.skip)...)
+		default:
+			if !haveBase && started {
+				base, haveBase = len(ref)-len(mic), true
+			}
+			mic = append(mic, e.pcm...)
+		}
+	}
+	if !haveBase {
+		return nil, 0
+	}
+	me, re := envelope(mic, blk), envelope(ref, blk)
+	b0 := base / blk // may be negative: the microphone started first
+	// The microphone's first chunk arrived a chunk after its first sample
+	// was captured: search from 200 ms before the nominal position.
+	const lo, hi, win = -200, 600, 1000
+	var out []float64
+	minD, maxD := math.Inf(1), math.Inf(-1)
+	for w := 0; (w+1)*win <= len(me); w++ {
+		seg := me[w*win : (w+1)*win]
+		var mean, e2 float64
+		for _, v := range seg {
+			mean += v
+		}
+		mean /= win
+		for _, v := range seg {
+			e2 += (v - mean) * (v - mean)
+		}
+		if mean < 1e-3 {
+			out = append(out, -1)
+			continue
+		}
+		if b0+w*win-hi < 0 || b0+w*win-lo+win > len(re) {
+			out = append(out, -1) // not every lag can be tried
+			continue
+		}
+		best, bestLag := math.Inf(-1), 0
+		for lag := lo; lag <= hi; lag++ {
+			st := b0 + w*win - lag
+			r := re[st : st+win]
+			var rm, r2, c float64
+			for _, v := range r {
+				rm += v
+			}
+			rm /= win
+			for i, v := range r {
+				c += (seg[i] - mean) * (v - rm)
+				r2 += (v - rm) * (v - rm)
+			}
+			if r2 == 0 || e2 == 0 {
+				continue
+			}
+			if cc := c / math.Sqrt(r2*e2); cc > best {
+				best, bestLag = cc, lag
+			}
+		}
+		if best < 0.3 { // nothing that matches: gaps or no echo
+			out = append(out, -1)
+			continue
+		}
+		d := float64(bestLag)
+		out = append(out, d)
+		minD, maxD = math.Min(minD, d), math.Max(maxD, d)
+	}
+	if math.IsInf(minD, 1) {
+		return out, 0
+	}
+	return out, maxD - minD
 }
