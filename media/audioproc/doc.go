@@ -49,7 +49,7 @@
 // (0.4-1.1 dB ERLE after one 30 ms gap, TestEchoFollowsDeviceGaps). So the
 // delay is re-estimated while the canceller runs (tracker, track.go):
 // every 100 ms, the 1 ms envelopes of the microphone's last 250 ms against
-// the reference at lags -30 to 300 ms, and when the lag has moved twice in
+// the reference at lags -30 to 400 ms, and when the lag has moved twice in
 // a row, the canceller has lost the echo (under 6 dB) and the old lag no
 // longer matches, the reference moves by the new lag found to the sample:
 // the filter's room stays valid (Stats.DelayShifts). A first estimate

@@ -252,7 +252,7 @@ func (p *Processor) track(lost bool) {
 	// has been written.
 	t.lo = max(samples(trackLo*time.Millisecond, p.cfg.Rate), -int(written-end-margin)/t.blk*t.blk)
 	last := end - int64(t.lo) + margin
-	if t.lo > t.hi/2 || first < 0 || first < oldest || last > written {
+	if t.lo > t.hi-100*t.blk || first < 0 || first < oldest || last > written {
 		p.refMu.Unlock()
 		return // not all of it at hand: no estimate this time
 	}

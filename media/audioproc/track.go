@@ -34,7 +34,7 @@ const (
 	trackWin   = 250  // ms of microphone compared
 	trackEvery = 10   // frames (10 ms) between estimates
 	trackLo    = -30  // ms: an echo sooner than the paired reference (a microphone gap)
-	trackHi    = 300  // ms: later (a speaker underrun, and the room's own delay)
+	trackHi    = 400  // ms: later (a speaker underrun, and the room's own delay)
 	trackMinR  = 0.5  // normalized correlation of the envelopes for an estimate
 	trackFloor = 1e-6 // microphone power (-60 dBFS) under which there is no echo to match
 )
