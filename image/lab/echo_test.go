@@ -18,25 +18,20 @@ import (
 // The lab's echo path is snd-aloop itself: roomd plays the far end into the
 // loopback's playback side (hw:Loopback,0,0, through a dmix: "default" for
 // playback in the guest's /etc/asound.conf) and captures the microphone from
-// its capture side (hw:Loopback,1,0, through a dsnoop), so the speaker's
+// its capture side (hw:Loopback,1,0, through a plug), so the speaker's
 // sound goes through two real ALSA devices, with their periods, buffers and
 // timer, back into the microphone at full level. The far end talks (a known
 // signal) and measures what comes back from the unit in its own band.
 const (
-	// envEcho runs the echo bench (benchEcho) and the echo calls. They are
-	// not in make lab yet: in the guest the unit's microphone hands over
-	// only 8-40 % of real time in a call (the far end gets 19-82 of 250
-	// Opus packets in 5 s), so the echo measured at the far end is mostly
-	// the gaps, with the canceller or without, and proves nothing;
-	// echoBack fails on it. The call is not the only cause: labbench -echo,
-	// with no call at all, measured the same microphone code at 18-23 % of
-	// real time with the canceller in line (SpeexDSP under TCG: the
-	// canceller realigned 11-12 times and never converged) and at 62-75 %
-	// with the canceller run over a recording, the guest's microphone
-	// delivering 0.08-1.7 s of audio per second and the speaker's mix
-	// itself dropping out (2 cores shared with other jobs). benchEcho
-	// fails on that as an invalid measure, never as a figure.
-	// KONSULT_LAB_ECHO=only runs the echo bench alone, right after boot.
+	// envEcho runs the echo bench (benchEcho) and the echo calls; "only"
+	// runs the bench alone, right after boot (about 2 minutes). Not in
+	// make lab yet: since the microphone's gaps are gone (roomd's own
+	// ALSA driver, no dsnoop: the mic at 100-101 % of real time, the
+	// echo's delay steady) the bench gives 11.0-15.4 dB, not the 20 dB
+	// wanted (docs/PERFORMANCE.md). The echo calls run SpeexDSP in line,
+	// which the guest's CPU under TCG cannot carry in a call (the far end
+	// got 32 of 250 Opus packets with aec on, 244 off): echoBack fails on
+	// that as an invalid measure, never as a figure.
 	envEcho     = "KONSULT_LAB_ECHO"
 	signalLevel = 0.3             // the far end's peak RMS, as cmd/roomd's echo test
 	echoSettle  = 8 * time.Second // the canceller converges; judge the talk after
@@ -221,7 +216,7 @@ func echoConfig(cfg string, aec bool) []byte {
 // labbench -echo plays a known far end through roomd's own speaker code
 // (media/playout on the dmix) with its exact mix as the canceller's
 // reference, captures it back through roomd's own microphone code
-// (media/capture on the dsnoop, gate open, media/audioproc behind it) and
+// (media/capture on the plug over hw:Loopback,1,0, gate open, media/audioproc behind it) and
 // compares each chunk's energy before and after the canceller, once it
 // has converged. The microphone must keep real time, or the figure would
 // be of the gaps.

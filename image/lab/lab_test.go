@@ -427,16 +427,18 @@ func buildInitramfs(t *testing.T, p parts, work, out string, caPEM []byte, url s
 	if err := r.tree("/usr/share/alsa", "/usr/share/alsa"); err != nil {
 		t.Logf("no ALSA configuration: %v", err)
 	}
-	// snd-aloop's capture side takes any channel count, and miniaudio then
-	// reports none that mediadevices can decode: a dsnoop over the
-	// loopback's capture side fixes the format like a real USB mic's.
-	// The speaker is the loopback's playback side through a dmix of the
-	// same format (snd-aloop needs both sides to agree), plug converting
-	// miniaudio's float: what it plays comes back in the microphone. The
-	// dsnoop's 20 ms periods are mediadevices' own chunk (with 10 ms ones
-	// the microphone handed over about 4 chunks a second under TCG), and
-	// its 200 ms buffer rides out the guest's scheduling (80 ms: a third
-	// of the chunks the 200 ms buffer gives reached the far end).
+	// The microphone is snd-aloop's capture side through a plug that fixes
+	// the format (mono S16 48 kHz; roomd's driver offers mono for a device
+	// that takes any channel count), straight on hw:Loopback,1,0 with
+	// roomd's 25-period capture buffer: a dsnoop in between lost 15-25 %
+	// of the audio under TCG (mic at 75-85 % of real time), so the echo
+	// came back with gaps. The speaker is the loopback's playback side
+	// through a dmix of the same format (snd-aloop needs both sides to
+	// agree), plug converting miniaudio's float: what it plays comes back
+	// in the microphone. The dmix's buffer is 100 ms: with 200 ms the
+	// speaker's refills after underruns moved the echo by up to 200 ms and
+	// the mix ran so far ahead of the microphone that the canceller's
+	// aligner realigned (ERLE 3.3 and 11.0 dB, against 12.6-15.4 dB).
 	r.bytes("/etc/asound.conf", []byte(`pcm.labmic {
   type plug
   slave { pcm "hw:Loopback,1,0" channels 1 rate 48000 format S16_LE }
@@ -444,7 +446,7 @@ func buildInitramfs(t *testing.T, p parts, work, out string, caPEM []byte, url s
 pcm.labspk {
   type dmix
   ipc_key 5979
-  slave { pcm "hw:Loopback,0,0" channels 1 rate 48000 format S16_LE period_size 480 buffer_size 9600 }
+  slave { pcm "hw:Loopback,0,0" channels 1 rate 48000 format S16_LE period_size 480 buffer_size 4800 }
 }
 pcm.labspkplug { type plug slave.pcm "labspk" }
 pcm.!default {
@@ -519,7 +521,7 @@ identity = %q
 api_key = %q
 api_secret = %q
 camera = "video0"            # mediadevices labels V4L2 cameras by node name
-microphone = "64656661756c74" # "default" (the dsnoop in /etc/asound.conf); mediadevices labels ALSA ids in hex
+microphone = "64656661756c74" # "default" (the plug on hw:Loopback,1,0 in /etc/asound.conf); ALSA ids in hex
 speaker = "default"           # ALSA's default playback: the dmix onto hw:Loopback,0,0 in /etc/asound.conf
 width = 640
 height = 360

@@ -33,7 +33,7 @@ import (
 // decoded from Opus as a call's would be, with its exact mix tapped as the
 // canceller's reference (audioproc.Tap, as appliance/unit wires it), and
 // roomd's own microphone (media/capture through mediadevices' ALSA driver
-// on the dsnoop over hw:Loopback,1,0, the privacy gate open, the canceller
+// on a plug over hw:Loopback,1,0, the privacy gate open, the canceller
 // behind it) hears it back through snd-aloop. The canceller is wrapped
 // only to read each chunk's energy before and after it.
 
