@@ -27,7 +27,8 @@ const (
 	// runs the bench alone, right after boot (about 2 minutes). Not in
 	// make lab yet: since the microphone's gaps are gone (roomd's own
 	// ALSA driver, no dsnoop: the mic at 100-101 % of real time, the
-	// echo's delay steady) the bench gives 11.0-15.4 dB, not the 20 dB
+	// echo's delay steady) the bench gives 9.6-15.4 dB over its window
+	// (38-44 dB between the speaker's underruns under TCG), not the 20 dB
 	// wanted (docs/PERFORMANCE.md). The echo calls run SpeexDSP in line,
 	// which the guest's CPU under TCG cannot carry in a call (the far end
 	// got 32 of 250 Opus packets with aec on, 244 off): echoBack fails on
