@@ -39,14 +39,20 @@ func sendCommand(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := bs.resolve("cmd"); err != nil {
+	return sendSigned(ctx, env, bs, "cmd", e, p, *wait, *asJSON)
+}
+
+// sendSigned publishes a signed command through the broker settings and
+// prints the units' answers (answers); cmd and update share it.
+func sendSigned(ctx context.Context, env *cmdEnv, bs *brokerSettings, cmd string, e fleet.Envelope, p fleet.CommandPayload, wait time.Duration, asJSON bool) error {
+	if err := bs.resolve(cmd); err != nil {
 		return err
 	}
-	out, err := manager.SendCommand(ctx, bs.broker(), env.log, e, p, *wait, newProgress(env.stderr, time.Now()))
+	out, err := manager.SendCommand(ctx, bs.broker(), env.log, e, p, wait, newProgress(env.stderr, time.Now()))
 	if err != nil {
-		return fmt.Errorf("cmd: %w", err)
+		return fmt.Errorf("%s: %w", cmd, err)
 	}
-	return answers(env, "cmd", p, out, *wait, *asJSON)
+	return answers(env, cmd, p, out, wait, asJSON)
 }
 
 // answers prints the units' answers to a command the way cmd does (a

@@ -65,12 +65,5 @@ func updateCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	if err != nil {
 		return fmt.Errorf("update: %w", err)
 	}
-	if err := bs.resolve("update"); err != nil {
-		return err
-	}
-	out, err := manager.SendCommand(ctx, bs.broker(), env.log, e, p, *wait, newProgress(env.stderr, time.Now()))
-	if err != nil {
-		return fmt.Errorf("update: %w", err)
-	}
-	return answers(env, "update", p, out, *wait, *asJSON)
+	return sendSigned(ctx, env, bs, "update", e, p, *wait, *asJSON)
 }
