@@ -25,8 +25,13 @@ setup:
 ## test: set up, then the whole suite with the race detector; real parts are required.
 ## The far-end echo judgments run again without it (internal/raceflag: under -race
 ## the audio runs several times slower than on any unit).
+## media/livekit runs alone after the rest: its calls are judged at a real
+## Chromium far end through a real LiveKit, and on a 2-core machine another
+## package's test binary beside it starved them past their 1 s bounds (CI at
+## 9374ef2: the WHIP slate and the encrypted MUTE; both pass alone).
 test: setup
-	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -race -count=1 -timeout 20m ./...
+	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/media/livekit$$')
+	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -race -count=1 -timeout 20m ./media/livekit
 	KONSULT_REQUIRE_REAL_PARTS=1 $(GO) test -count=1 -timeout 10m -run 'TestFarEndEchoCancelled|TestFarEndDoubleTalk|TestRoomdCancelsTheRoomsEcho' ./media/livekit ./cmd/roomd
 
 ## bench: the benchmarks, printed as a table (raw output in .cache/bench.txt); ~3 min

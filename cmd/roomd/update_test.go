@@ -165,7 +165,17 @@ func TestFleetUpdateRollbackShown(t *testing.T) {
 	if up == nil || up.RolledBack == nil || up.RolledBack.Version != "2026.1203.1" || up.BootedVersion != "2026.1201.1" || up.LastFailure == "" {
 		t.Fatalf("status update = %+v", up)
 	}
-	if r := f.Reported(fleetDevice).Update; r == nil || r.RolledBack == nil {
-		t.Fatalf("reported update = %+v", r)
+	// The event and the retained reported document are two publishes; the
+	// event can arrive first.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := f.Reported(fleetDevice).Update
+		if r != nil && r.RolledBack != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("reported update = %+v", r)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
