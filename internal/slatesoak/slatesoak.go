@@ -68,6 +68,10 @@ type Press struct {
 	// report the test received late does not count there. Reported, not
 	// judged: it tells a late report from sound the page played late.
 	AudioPrivatePage float64
+	// SentLoud counts the frames of room sound the unit coded while shut
+	// (Sent.loud), of SentAll frames it coded then (-1: not recorded). Judged: the unit must send
+	// no room sound while muted or private, whatever the far end plays.
+	SentLoud, SentAll int
 	// LastRoomStamp is the capture stamp of the last room frame shown
 	// before the slate held, as ms before the press (-1: unreadable).
 	LastRoomStampAge time.Duration
@@ -76,6 +80,9 @@ type Press struct {
 // OK says whether the press met the requirement. A MUTE press is judged by
 // its sound only: the picture goes on.
 func (p Press) OK() bool {
+	if p.SentLoud > 0 {
+		return false
+	}
 	if p.Mute {
 		return p.AudioPrivate < Silent
 	}
@@ -106,14 +113,23 @@ const AudioSettle = time.Second
 
 func (p Press) String() string {
 	if p.Mute {
-		return fmt.Sprintf("%s: audio energy %.3f before, up to %.3f while muted (%.3f by page time)", p.Phase, p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage)
+		return fmt.Sprintf("%s: audio energy %.3f before, up to %.3f while muted (%.3f by page time); %s", p.Phase, p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage, p.sent())
 	}
 	c := "never"
 	if p.Converged >= 0 {
 		c = p.Converged.Round(time.Millisecond).String()
 	}
-	return fmt.Sprintf("%s: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press; audio energy %.3f before, up to %.3f while private (%.3f by page time)",
-		p.Phase, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond), p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage)
+	return fmt.Sprintf("%s: slate held after %s; room frames after the press %d (later than %s: %d; stamped at/after the press: %d; unreadable: %d); last room frame captured %s before the press; audio energy %.3f before, up to %.3f while private (%.3f by page time); %s",
+		p.Phase, c, p.RoomAfter, Bound, p.LateRoom, p.StampAfterPress, p.NoStamp, p.LastRoomStampAge.Round(time.Millisecond), p.AudioBefore, p.AudioPrivate, p.AudioPrivatePage, p.sent())
+}
+
+// sent says what the unit coded while shut: with only silence sent, sound
+// at the far end is what it played late from before the press.
+func (p Press) sent() string {
+	if p.SentAll < 0 {
+		return "the unit's coded frames not recorded"
+	}
+	return fmt.Sprintf("the unit coded %d of %d Opus frames with room sound while shut (after its first %d)", p.SentLoud, p.SentAll, SentPipeline)
 }
 
 // CutFor is the total outage at the press (the 300 ms).
@@ -144,7 +160,10 @@ func (ph Phase) String() string {
 // Run makes the phase's presses: each opens the gate, waits for the room at
 // the far end, presses (gate shut: the debounced PRIVACY), keeps the unit
 // private for Private, and judges what the far end showed.
-func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Phase) []Press {
+//
+// sent, if not nil, is the unit's SendTransform recorder: each press is
+// then also judged by what the unit coded while shut.
+func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Phase, sent *Sent) []Press {
 	t.Helper()
 	net.Loss(ph.Loss)
 	cut := ph.Cut
@@ -204,6 +223,7 @@ func Run(t *testing.T, fe *farend.FarEnd, g *gate.Gate, net *lossynet.Net, ph Ph
 	frames := fe.Frames()
 	for i := range out {
 		out[i] = Judge(frames, out[i])
+		out[i].SentLoud, out[i].SentAll = sent.loud(out[i].Shut, out[i].Reopen)
 	}
 	return out
 }
@@ -298,15 +318,21 @@ func Check(t *testing.T, label string, ps []Press) {
 		audioBefore = max(audioBefore, p.AudioBefore)
 		audioPrivate = max(audioPrivate, p.AudioPrivate)
 	}
-	loud := 0
+	loud, sentLoud, sentAll := 0, 0, 0
 	for _, p := range ps {
 		if p.AudioPrivate >= Silent {
 			loud++
 		}
+		sentLoud += max(p.SentLoud, 0)
+		sentAll += max(p.SentAll, 0)
+	}
+	sent := fmt.Sprintf("the unit coded %d of %d Opus frames with room sound while shut", sentLoud, sentAll)
+	if len(ps) > 0 && ps[0].SentAll < 0 {
+		sent = "the unit's coded frames not recorded"
 	}
 	if len(ps) > 0 && ps[0].Mute {
-		t.Logf("%s: %d presses, failed %d; far-end audio energy up to %.3f open, %.4f muted (%d presses with sound while muted)",
-			label, len(ps), bad, audioBefore, audioPrivate, loud)
+		t.Logf("%s: %d presses, failed %d; far-end audio energy up to %.3f open, %.4f muted (%d presses with sound while muted); %s",
+			label, len(ps), bad, audioBefore, audioPrivate, loud, sent)
 		return
 	}
 	// The last room frame the far end showed (the stamp check): how long
@@ -327,6 +353,6 @@ func Check(t *testing.T, label string, ps []Press) {
 	case len(ages) > 0:
 		stamps = fmt.Sprintf("last room frame shown captured %s to %s before the press", slices.Min(ages).Round(time.Millisecond), slices.Max(ages).Round(time.Millisecond))
 	}
-	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; %s (%d unreadable); far-end audio energy up to %.3f open, %.4f private (%d presses with sound while private)",
-		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad, stamps, unread, audioBefore, audioPrivate, loud)
+	t.Logf("%s: %d presses, press → slate held at the far end p50 %s max %s, never %d, failed %d; %s (%d unreadable); far-end audio energy up to %.3f open, %.4f private (%d presses with sound while private); %s",
+		label, len(ps), p50.Round(time.Millisecond), maxd.Round(time.Millisecond), never, bad, stamps, unread, audioBefore, audioPrivate, loud, sent)
 }

@@ -44,7 +44,8 @@ func passThroughSlateUnderLoss(t *testing.T, connector string) {
 		g := gate.New()
 		room := "pt-loss-" + connector
 		cfg := livekit.Config{URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second}
-		m := livekit.Media{Width: w, Height: h, FPS: ptFPS, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000, Microphone: capture.TestDevice,
+		sent := &slatesoak.Sent{}
+		m := livekit.Media{Width: w, Height: h, FPS: ptFPS, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000, Microphone: capture.TestDevice, SendTransform: sent.Transform,
 			PassThrough: encoder.PassThroughConfig{Mode: "auto", Width: w, Height: h, FPS: ptFPS}}
 		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 		var conn interface {
@@ -95,7 +96,7 @@ func passThroughSlateUnderLoss(t *testing.T, connector string) {
 			_ = leave(ctx)
 		})
 		for _, ph := range []slatesoak.Phase{{Loss: 5, N: 6}, {Loss: 5, N: 6, Cut: true}} {
-			slatesoak.Check(t, "pass-through "+connector+": "+ph.String(), slatesoak.Run(t, fe, g, net, ph))
+			slatesoak.Check(t, "pass-through "+connector+": "+ph.String(), slatesoak.Run(t, fe, g, net, ph, sent))
 		}
 
 		g.Set(gate.State{})

@@ -17,13 +17,14 @@ import (
 )
 
 // stampedUnit joins the room as the unit over connector ("whip" or "rtc"),
-// stamping every camera frame with its capture time, gate open.
-func stampedUnit(t *testing.T, lk *farend.LiveKit, room, connector string) *gate.Gate {
+// stamping every camera frame with its capture time, gate open; sent
+// records every Opus frame it codes.
+func stampedUnit(t *testing.T, lk *farend.LiveKit, room, connector string, sent *slatesoak.Sent) *gate.Gate {
 	t.Helper()
 	g := gate.New()
 	cfg := livekit.Config{URL: lk.URL, Room: room, Identity: "unit-1", APIKey: lk.APIKey, APISecret: lk.APISecret, DisconnectGrace: 15 * time.Second}
 	m := livekit.Media{Width: 640, Height: 480, FPS: 30, VideoCodec: "auto", VideoBitRate: 1_000_000, AudioBitRate: 32_000,
-		Camera: capture.TestDevice, Microphone: capture.TestDevice, Stamp: true}
+		Camera: capture.TestDevice, Microphone: capture.TestDevice, Stamp: true, SendTransform: sent.Transform}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -93,7 +94,8 @@ func privacySlateUnderLoss(t *testing.T, connector string) {
 		cancel()
 
 		joined := time.Now()
-		g := stampedUnit(t, lk, room, connector)
+		sent := &slatesoak.Sent{}
+		g := stampedUnit(t, lk, room, connector, sent)
 		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
 		s, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.FramesPresented > 0 && !s.FirstFramePageAt.IsZero() })
 		cancel()
@@ -115,7 +117,7 @@ func privacySlateUnderLoss(t *testing.T, connector string) {
 			// loss concealment must extend silence, not the room's sound.
 			{Loss: 5, N: 4, Mute: true}, {Loss: 5, N: 4, Cut: true, Mute: true},
 		} {
-			slatesoak.Check(t, connector+": "+ph.String(), slatesoak.Run(t, fe, g, net, ph))
+			slatesoak.Check(t, connector+": "+ph.String(), slatesoak.Run(t, fe, g, net, ph, sent))
 		}
 
 		// A far end that subscribes while the unit is private, at 5 % loss.
