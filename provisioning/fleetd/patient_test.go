@@ -394,6 +394,10 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 	if vw.Frames != 0 || !strings.Contains(vw.Text, "cannot be decrypted") {
 		t.Errorf("wrong key: %d frames decoded, text %q", vw.Frames, vw.Text)
 	}
+	// It leaves: a page that cannot decrypt someone's tracks says so, and
+	// the pages below are to decrypt everyone in the room.
+	pw.Eval(`document.getElementById('leave').click(), true`, nil)
+	state(t, pw, "left", 10*time.Second)
 
 	// Camera and microphone denied: the message, then a listen-only join
 	// that sees the room.
@@ -462,6 +466,67 @@ func TestPatientPagesEndToEnd(t *testing.T) {
 		if strings.Contains(r.log.String(), s) {
 			t.Fatal("a secret or key is in fleetd's log")
 		}
+	}
+}
+
+// The indicator covers audio too: with the room's picture decrypting, a
+// track of sound that cannot be decrypted makes the page say so, and one
+// announced in clear makes it warn. (livekit-client encrypts all of one
+// participant's tracks with one key, so the sound comes from a second
+// publisher; the page holds every remote track to the same rule.)
+func TestPatientPageIndicatorCoversAudio(t *testing.T) {
+	clientDir(t)
+	lk := farend.StartLiveKit(t)
+	var room string
+	r := newPatientRig(t, lk, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
+			if q.Method == http.MethodPost && q.URL.Path == "/join/token" {
+				body, _ := io.ReadAll(q.Body)
+				if strings.Contains(string(body), `"c-room"`) {
+					writeJSON(w, 200, JoinAnswer{Token: lk.Token("room-picture", room, true, true, 10*time.Minute), URL: lk.WSURL})
+					return
+				}
+				q.Body = io.NopCloser(strings.NewReader(string(body)))
+			}
+			h.ServeHTTP(w, q)
+		})
+	})
+	now := time.Now()
+	a, id, sec, k := r.book(t, now.Add(5*time.Minute), now.Add(35*time.Minute))
+	room = a.Room
+	join := func(frag, lang string) *screentest.Browser {
+		p := r.page(t, frag, lang, false)
+		state(t, p, "notice", 20*time.Second)
+		p.Eval(`document.getElementById('continue').click(), true`, nil)
+		state(t, p, "prejoin", 20*time.Second)
+		p.Eval(`document.getElementById('join').click(), true`, nil)
+		return p
+	}
+	pa := join(id+"."+sec+"."+k, "en")
+	join("c-room.x."+k, "en") // stands in for the unit: picture and sound under K
+	waitView(t, pa, "the patient decrypts the room", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
+
+	// Sound under another key: the picture still decodes, the page no
+	// longer says encrypted end to end.
+	wrong := make([]byte, 32)
+	_, _ = rand.Read(wrong)
+	fw := farend.StartFarEnd(t, lk, room, "sound-wrong-key", farend.PublishSignal(farend.Signal{Level: 0.3}), farend.E2EE(wrong))
+	t0 := time.Now()
+	vw := waitView(t, pa, "sound that cannot be decrypted", 40*time.Second, func(v pageView) bool { return v.E2EE == "cannot_decrypt" })
+	t.Logf("cannot_decrypt %s after the sound's publisher started", time.Since(t0).Round(time.Millisecond))
+	if vw.Frames == 0 || !strings.Contains(vw.Text, "picture or sound") || strings.Contains(vw.Text, "Encrypted end to end") {
+		t.Errorf("undecryptable sound: %d video frames decoded, text %q", vw.Frames, vw.Text)
+	}
+	fw.Close()
+	waitView(t, pa, "back to encrypted once it left", 40*time.Second, func(v pageView) bool { return v.E2EE == "ok" })
+
+	// Sound in clear: the page warns.
+	farend.StartFarEnd(t, lk, room, "sound-in-clear", farend.PublishSignal(farend.Signal{Level: 0.3}))
+	t0 = time.Now()
+	vc := waitView(t, pa, "sound in clear", 40*time.Second, func(v pageView) bool { return v.E2EE == "clear" })
+	t.Logf("clear %s after the clear sound's publisher started", time.Since(t0).Round(time.Millisecond))
+	if strings.Contains(vc.Text, "Encrypted end to end") || !strings.Contains(vc.Text, "not encrypted end to end") {
+		t.Errorf("sound in clear: %q", vc.Text)
 	}
 }
 

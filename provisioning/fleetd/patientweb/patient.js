@@ -14,6 +14,7 @@
     lang: "en", clinic: "", code: "", err: "", start: null,
     room: null, stream: null, meterStop: null,
     e2ee: "checking", decryptErrors: 0, framesDecoded: 0,
+    tracks: {}, errAt: {}, // per remote track: what it decoded; per participant: its last decryption error
     muted: false, camOff: false, tStart: performance.now(), tInCall: 0,
   };
   window.konsult = st; // read-only view for tests; holds no secret
@@ -172,7 +173,7 @@
       if (track.kind === "audio") { const a = track.attach(); a.hidden = true; document.body.appendChild(a); }
     });
     room.on(LK.RoomEvent.TrackUnsubscribed, (track) => { track.detach().forEach((el) => { if (el.tagName === "AUDIO") el.remove(); }); });
-    room.on(LK.RoomEvent.EncryptionError, () => { st.decryptErrors++; checkE2EE(); });
+    room.on(LK.RoomEvent.EncryptionError, (e, p) => { st.decryptErrors++; st.errAt[p ? p.identity : ""] = performance.now(); checkE2EE(); });
     room.on(LK.RoomEvent.Disconnected, () => { if (document.body.dataset.state !== "left") { show("left"); render(); } });
     await room.setE2EEEnabled(true);
     try {
@@ -193,30 +194,63 @@
     setInterval(checkE2EE, 500);
   }
 
-  // "Encrypted end to end" only once a remote video frame was decoded
-  // from a publication announced encrypted: livekit-client's worker drops
-  // what it cannot decrypt, so a decoded frame means decryption works.
-  // Any remote video announced in clear makes the whole call "clear".
+  // "Encrypted end to end" only while every remote track in the room (the
+  // unit's video and its audio, and anyone else's) is announced encrypted
+  // and is decrypting: livekit-client's worker drops what it cannot
+  // decrypt, so a track decrypts if something was decoded from it (video
+  // frames; audio samples that are not concealment) and its sender had no
+  // decryption error in the last errWindow. Any track announced in clear
+  // makes the call "clear"; one that has had packets for graceMs and
+  // decoded nothing, or whose sender keeps failing, "cannot_decrypt".
+  const errWindow = 3000, graceMs = 4000;
+  async function decodedOf(pub) {
+    let decoded = 0, packets = 0;
+    const stats = await pub.track.receiver.getStats();
+    stats.forEach((s) => {
+      if (s.type !== "inbound-rtp") return;
+      packets += s.packetsReceived || 0;
+      if (pub.kind === "video") decoded += s.framesDecoded || 0;
+      else decoded += Math.max(0, (s.totalSamplesReceived || 0) - (s.concealedSamples || 0));
+    });
+    return { decoded, packets };
+  }
+
+  let checking = false;
   async function checkE2EE() {
     const room = st.room;
-    if (!room) return;
-    let decoded = 0, encrypted = 0, clear = 0;
-    for (const p of room.remoteParticipants.values()) {
-      for (const pub of p.trackPublications.values()) {
-        if (pub.kind !== "video") continue;
-        if (pub.isEncrypted) encrypted++; else clear++;
-        if (!pub.isEncrypted || !pub.track || !pub.track.receiver) continue;
-        const stats = await pub.track.receiver.getStats();
-        stats.forEach((s) => { if (s.type === "inbound-rtp" && s.framesDecoded) decoded += s.framesDecoded; });
+    if (!room || checking) return;
+    checking = true;
+    try {
+      const now = performance.now();
+      let clear = 0, ok = 0, failing = 0, pending = 0, frames = 0;
+      const seen = {};
+      for (const p of room.remoteParticipants.values()) {
+        const erring = now - (st.errAt[p.identity] ?? -Infinity) < errWindow;
+        for (const pub of p.trackPublications.values()) {
+          if (!pub.isEncrypted) { clear++; continue; }
+          if (!pub.isSubscribed || !pub.track || !pub.track.receiver) { pending++; continue; }
+          const d = await decodedOf(pub);
+          const tr = st.tracks[pub.trackSid] || { kind: pub.kind, from: p.identity, since: now, decoded: 0 };
+          tr.decoded = d.decoded; tr.packets = d.packets;
+          if (!(tr.packets > 0)) tr.since = now; // the grace runs from the first packet
+          st.tracks[pub.trackSid] = tr; seen[pub.trackSid] = true;
+          if (pub.kind === "video") frames += d.decoded;
+          if (d.decoded > 0 && !erring) ok++;
+          else if (erring || now - tr.since > graceMs) failing++;
+          else pending++;
+        }
       }
+      for (const sid of Object.keys(st.tracks)) if (!seen[sid]) delete st.tracks[sid];
+      st.framesDecoded = frames;
+      let next = "checking";
+      if (clear > 0) next = "clear"; // anyone in clear: the call is not end to end
+      else if (failing > 0) next = "cannot_decrypt";
+      else if (ok > 0 && pending === 0) next = "ok";
+      if (next === "ok" && !st.code) st.code = await safetyCode(b64url(link.k));
+      if (next !== st.e2ee) { st.e2ee = next; render(); }
+    } finally {
+      checking = false;
     }
-    st.framesDecoded = decoded;
-    let next = "checking";
-    if (clear > 0) next = "clear"; // anyone in clear: the call is not end to end
-    else if (decoded > 0) next = "ok";
-    else if (st.decryptErrors > 0) next = "cannot_decrypt";
-    if (next === "ok" && !st.code) st.code = await safetyCode(b64url(link.k));
-    if (next !== st.e2ee) { st.e2ee = next; render(); }
   }
 
   // --- wiring ---
