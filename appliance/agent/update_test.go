@@ -98,6 +98,10 @@ func TestUpdateCommandRefusesBadArguments(t *testing.T) {
 	}{
 		{"http", func(m map[string]any) { m["url"] = "http://updates.clinic.example/b.raucb" }, "schema", "https"},
 		{"credentials", func(m map[string]any) { m["url"] = "https://user:pw@updates.clinic.example/b.raucb" }, "schema", "user name or password"},
+		{"presigned query", func(m map[string]any) {
+			m["url"] = "https://bucket.example/b.raucb?X-Amz-Signature=0123abcd&X-Amz-Credential=AKIA"
+		}, "schema", "query or fragment"},
+		{"fragment", func(m map[string]any) { m["url"] = "https://updates.clinic.example/b.raucb#t=1" }, "schema", "query or fragment"},
 		{"newline", func(m map[string]any) { m["url"] = "https://u.example/b\nreboot=only" }, "schema", "control characters"},
 		{"short hash", func(m map[string]any) { m["sha256"] = bundleSum[:63] }, "schema", "64 lowercase hex"},
 		{"upper hash", func(m map[string]any) { m["sha256"] = strings.ToUpper(bundleSum) }, "schema", "64 lowercase hex"},
@@ -115,7 +119,7 @@ func TestUpdateCommandRefusesBadArguments(t *testing.T) {
 		if typ != fleet.EventCommandRefused || res.Reason != c.reason || !strings.Contains(res.Message, c.msg) {
 			t.Errorf("%s: answer %s %q %q, want refused %s containing %q", c.name, typ, res.Reason, res.Message, c.reason, c.msg)
 		}
-		if strings.Contains(res.Message, "pw@") || strings.Contains(res.Message, "updates.clinic") {
+		if strings.Contains(res.Message, "pw@") || strings.Contains(res.Message, "updates.clinic") || strings.Contains(res.Message, "0123abcd") {
 			t.Errorf("%s: the refusal quotes the url: %q", c.name, res.Message)
 		}
 	}

@@ -126,6 +126,12 @@ func TestFleetUpdateCommand(t *testing.T) {
 		"--version", "2026.1205.1", "--sha256", updateSum); err == nil || !strings.Contains(out, "https") {
 		t.Fatalf("fleetctl update with http://: %v\n%s", err, out)
 	}
+	// A presigned URL's token would be kept in clear on the unit: refused
+	// before signing, without quoting it.
+	if out, err := f.fleetctl("update", "--key", f.key, "--device", fleetDevice, "--url", "https://bucket.example/k.raucb?X-Amz-Signature=0123abcd",
+		"--version", "2026.1205.1", "--sha256", updateSum); err == nil || !strings.Contains(out, "query") || strings.Contains(out, "0123abcd") {
+		t.Fatalf("fleetctl update with a presigned query: %v\n%s", err, out)
+	}
 	// ...and so does the unit, for a command signed without fleetctl.
 	good := map[string]string{"url": "https://updates.clinic.example/k.raucb", "version": "2026.1205.1", "sha256": updateSum}
 	bad := map[string]string{"url": "http://updates.clinic.example/k.raucb", "version": good["version"], "sha256": good["sha256"]}

@@ -121,6 +121,13 @@ func checkUpdateURL(s string) error {
 	if u.User != nil {
 		return errors.New("update's url must not carry a user name or password: use a URL the unit can fetch without them")
 	}
+	// A query is where presigned URLs carry their token (S3's
+	// X-Amz-Signature): the URL is kept in the unit's request and state
+	// files and shown in its status, so a token there would sit in clear.
+	// A bundle needs no secret URL: its hash and signature make it safe.
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(s, "#") {
+		return errors.New("update's url must not have a query or fragment (a presigned token would be kept in clear on the unit): serve the bundle at a plain https path")
+	}
 	return nil
 }
 
