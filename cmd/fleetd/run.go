@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/fleetd"
 )
 
@@ -20,7 +19,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", defaultConfig, "fleetd's TOML config (docs/FLEETD.md)")
 	check := fs.Bool("check", false, "check the config, open the database (running its migrations) and exit")
 	verbose := fs.Bool("v", false, "log every token and schedule, not only trouble")
-	schedKey := fs.Bool("schedule-key", false, "print the fleet config line that authorises fleetd's schedule key on the units (making the key if it has none) and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -44,12 +42,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer svc.Close()
-	if *schedKey {
-		pub := svc.ScheduleKey()
-		fmt.Fprintf(stdout, "# fleetd schedule key %s (%s): put this in the units' fleet config and push it\n%s\n",
-			fleet.KeyID(pub), cfg.ScheduleKey, fleetd.ScheduleKeysLine(pub))
-		return nil
-	}
 	if *check {
 		if err := svc.CheckPatientWeb(); err != nil {
 			return err

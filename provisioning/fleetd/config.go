@@ -31,15 +31,10 @@ type Config struct {
 	// Database is the SQLite file (one file: a backup is a copy).
 	Database string `toml:"database"`
 	// CADir is the fleet CA folder (fleetctl ca init): fleetd reads its
-	// ledger (which units are enrolled, which revoked), and with renew on
-	// signs renewals with its CA key and delivers them as commands signed
-	// with its fleet.key. Without renew fleetd never reads fleet.key.
+	// ledger (which units are enrolled, which revoked) and its fleet.key
+	// (to sign schedules and renewal commands), and signs renewals with
+	// its CA key.
 	CADir string `toml:"ca_dir"`
-	// ScheduleKey is fleetd's own key for signing the units' schedules,
-	// made on first start (default schedule.key beside the database).
-	// Units take schedules under it once a fleet config lists its public
-	// key in fleet.schedule_keys; it can sign nothing else they accept.
-	ScheduleKey string `toml:"schedule_key"`
 	// Socket is the local socket fleetctl's consult verbs talk to.
 	Socket string `toml:"socket"`
 	// SocketMode is its permission bits (default 0660: the service's group
@@ -168,7 +163,7 @@ func (c *Config) abs(p *string) {
 }
 
 func (c *Config) check() error {
-	for _, p := range []*string{&c.Database, &c.CADir, &c.ScheduleKey, &c.Socket, &c.Broker.CA, &c.Broker.Cert, &c.Broker.CertKey, &c.LiveKit.APISecretFile} {
+	for _, p := range []*string{&c.Database, &c.CADir, &c.Socket, &c.Broker.CA, &c.Broker.Cert, &c.Broker.CertKey, &c.LiveKit.APISecretFile} {
 		c.abs(p)
 	}
 	if c.Database == "" {
@@ -176,9 +171,6 @@ func (c *Config) check() error {
 	}
 	if c.CADir == "" {
 		return errors.New("ca_dir is not set: the fleet CA folder from fleetctl ca init")
-	}
-	if c.ScheduleKey == "" {
-		c.ScheduleKey = filepath.Join(filepath.Dir(c.Database), "schedule.key")
 	}
 	if c.SocketMode == 0 {
 		c.SocketMode = 0o660

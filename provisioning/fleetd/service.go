@@ -22,14 +22,9 @@ import (
 
 // Service is a running fleetd.
 type Service struct {
-	cfg   *Config
-	store *Store
-	ca    *ca.CA
-	// schedKey signs the units' schedules: fleetd's own key, which a
-	// unit accepts for nothing else.
-	schedKey ed25519.PrivateKey
-	// fleetKey signs renewal commands; nil unless renew is on (the only
-	// thing fleetd still needs the fleet key for).
+	cfg      *Config
+	store    *Store
+	ca       *ca.CA
 	fleetKey ed25519.PrivateKey
 	log      *slog.Logger
 	topics   link.Topics
@@ -64,49 +59,26 @@ const workers = 32
 // above that and far below a minting loop.
 const tokenAsksPerMinute = 20
 
-// New opens fleetd's database, CA and schedule key (making the key on
-// first start), and the fleet signing key only if renew is on.
+// New opens fleetd's database, CA and fleet signing key.
 func New(cfg *Config, log *slog.Logger) (*Service, error) {
 	c, err := ca.Open(cfg.CADir)
 	if err != nil {
 		return nil, err
 	}
-	var key ed25519.PrivateKey
-	if cfg.Renew {
-		key, err = fleet.LoadPrivateKey(filepath.Join(cfg.CADir, "fleet.key"))
-		if err != nil {
-			return nil, fmt.Errorf("renew = true delivers renewals as commands signed with the fleet key: %w", err)
-		}
-		log.Warn("fleetd: renew = true: this server holds the fleet key, which can configure every unit; run fleetctl renew --watch on the manager's machine instead to keep it off (docs/FLEETD.md)")
+	key, err := fleet.LoadPrivateKey(filepath.Join(cfg.CADir, "fleet.key"))
+	if err != nil {
+		return nil, fmt.Errorf("fleet signing key: %w", err)
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Database), 0o700); err != nil {
 		return nil, fmt.Errorf("database folder: %w", err)
-	}
-	sk, created, err := fleet.LoadOrCreateScheduleKey(cfg.ScheduleKey)
-	if err != nil {
-		return nil, err
-	}
-	if created {
-		pub := sk.Public().(ed25519.PublicKey)
-		log.Warn("fleetd: made a new schedule key: units take its schedules once a fleet config authorises it",
-			"key_id", fleet.KeyID(pub), "path", cfg.ScheduleKey, "config", ScheduleKeysLine(pub))
 	}
 	st, err := OpenStore(cfg.Database)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, store: st, ca: c, schedKey: sk, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
+	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
 		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{}, asks: counter{limit: tokenAsksPerMinute, window: time.Minute},
 		lkHTTP: &http.Client{Timeout: 10 * time.Second}, changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
-}
-
-// ScheduleKey is the public half of the key fleetd signs schedules with.
-func (s *Service) ScheduleKey() ed25519.PublicKey { return s.schedKey.Public().(ed25519.PublicKey) }
-
-// ScheduleKeysLine is the fleet config line that authorises pub on the
-// units.
-func ScheduleKeysLine(pub ed25519.PublicKey) string {
-	return fmt.Sprintf("[fleet] schedule_keys = [%q]", fleet.ScheduleKeyLine(pub))
 }
 
 // Store is the service's database.
