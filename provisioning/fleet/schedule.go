@@ -2,15 +2,8 @@ package fleet
 
 import (
 	"crypto/ed25519"
-	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
 )
 
@@ -60,14 +53,10 @@ func SignSchedule(priv ed25519.PrivateKey, p SchedulePayload) (Envelope, error) 
 	return Sign(priv, DomainSchedule, b), nil
 }
 
-// VerifySchedule checks a schedule envelope: signed by one of the unit's
-// schedule keys (SetScheduleKeys), or while it has none by a pinned fleet
-// key (the migration: ScheduleUnderFleetKey); for this unit. With schedule
-// keys set, one signed by the fleet key is refused (wrong_role): fleetd
-// holds no fleet key, so such a schedule did not come from it. It does not
-// order it against the one the unit holds.
+// VerifySchedule checks a schedule envelope: signed by a trusted fleet key,
+// for this unit. It does not order it against the one the unit holds.
 func (v *Verifier) VerifySchedule(envelope []byte) (*SchedulePayload, error) {
-	body, err := v.openSchedule(envelope)
+	_, body, err := v.open(envelope, DomainSchedule, KindSchedule)
 	if err != nil {
 		return nil, err
 	}
@@ -87,29 +76,6 @@ func (v *Verifier) VerifySchedule(envelope []byte) (*SchedulePayload, error) {
 		}
 	}
 	return &p, nil
-}
-
-func (v *Verifier) openSchedule(envelope []byte) ([]byte, error) {
-	sk := v.scheduleKeys()
-	if len(sk) == 0 {
-		_, body, err := v.open(envelope, DomainSchedule, KindSchedule)
-		return body, err
-	}
-	env, err := ParseEnvelope(envelope)
-	if err != nil {
-		return nil, err
-	}
-	pub, ok := sk[env.KeyID]
-	if !ok {
-		if _, fk := v.keys[env.KeyID]; fk {
-			return nil, newError(ReasonWrongRole, "schedule signed by fleet key %s, but this unit takes schedules only from its schedule keys %s (fleet.schedule_keys): fleetd signs them with its own key",
-				env.KeyID, strings.Join(sortedIDs(sk), ", "))
-		}
-		return nil, newError(ReasonUnknownKey, "schedule signed by key %s but this unit takes schedules from %s: add fleetd's schedule key to fleet.schedule_keys in the fleet config",
-			env.KeyID, strings.Join(sortedIDs(sk), ", "))
-	}
-	_, body, err := openUnder(env, pub, DomainSchedule, KindSchedule)
-	return body, err
 }
 
 // Due returns the slot JOIN enters at now: the one from lead before its
@@ -141,64 +107,4 @@ func (p *SchedulePayload) Next(now time.Time) (Slot, bool) {
 		}
 	}
 	return best, found
-}
-
-// fleetd's schedule key: an Ed25519 key of its own, made on its first start
-// and kept in a file like fleet.key (one base64 seed line, mode 0600). It
-// is authorised on the units by its public key in fleet.schedule_keys, in
-// a config signed with the fleet key. Whoever holds it can only publish
-// schedules: a unit refuses a config or command signed by it.
-
-// FormatSchedulePrivateKey returns the schedule.key text for priv.
-func FormatSchedulePrivateKey(priv ed25519.PrivateKey) []byte {
-	pub := priv.Public().(ed25519.PublicKey)
-	return fmt.Appendf(nil, "# konsult fleetd SCHEDULE signing key (Ed25519 seed), key id %s: signs schedules only; keep secret, mode 0600\n%s\n",
-		KeyID(pub), base64.StdEncoding.EncodeToString(priv.Seed()))
-}
-
-// ScheduleKeyLine is pub as it goes into fleet.schedule_keys.
-func ScheduleKeyLine(pub ed25519.PublicKey) string { return base64.StdEncoding.EncodeToString(pub) }
-
-// ParseScheduleKey parses one fleet.schedule_keys entry: base64 (std,
-// padded) of a raw 32-byte Ed25519 public key.
-func ParseScheduleKey(s string) (ed25519.PublicKey, error) {
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil || len(raw) != ed25519.PublicKeySize {
-		return nil, errors.New("not a base64 32-byte Ed25519 public key: copy the line fleetd -schedule-key prints")
-	}
-	return ed25519.PublicKey(raw), nil
-}
-
-// LoadOrCreateScheduleKey reads the schedule key at path, or makes one
-// there (mode 0600, its folder 0700) if there is none; created says which.
-// Like LoadPrivateKey it refuses a file others can read.
-func LoadOrCreateScheduleKey(path string) (priv ed25519.PrivateKey, created bool, err error) {
-	priv, err = LoadPrivateKey(path)
-	if err == nil {
-		return priv, false, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	_, priv, err = ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	if _, err := f.Write(FormatSchedulePrivateKey(priv)); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return nil, false, fmt.Errorf("schedule key: %w", err)
-	}
-	return priv, true, nil
 }
