@@ -24,10 +24,10 @@ import (
 // 480 Hz test tone at least 30 dB down, while the encrypted silence keeps
 // arriving (the unit codes it as 3-byte Opus frames: 1 clear TOC byte, 2
 // encrypted) and the worker decrypts it without an error. The picture goes on while muted: at least
-// 25 frames in the 3.4 s and a third of the same window unmuted just
+// 10 frames in the 3.4 s and a fifth of the same window unmuted just
 // before (on this loaded machine the encrypted H.264 picture dips for up
 // to ~1 s whether or not anything is pressed: unmuted windows with no
-// press at all went down to 22 frames, muted ones to 27).
+// press at all went down to 22 frames, muted ones to 24).
 // After the unmute the room again.
 func TestE2EEMute(t *testing.T) {
 	if testing.Short() {
@@ -178,7 +178,10 @@ func TestE2EEMute(t *testing.T) {
 			if m1.AudioPacketsReceived-m0.AudioPacketsReceived < 50 {
 				t.Errorf("only %d audio packets while muted: the silence does not arrive", m1.AudioPacketsReceived-m0.AudioPacketsReceived)
 			}
-			if frames < 25 || frames*3 < control {
+			// A MUTE that stopped the picture leaves a handful of frames at
+			// most; a starved far end alone went down to 24 (beside an image
+			// build, "fps 0" for the last second of the window).
+			if frames < 10 || frames*5 < control {
 				t.Errorf("the picture stalled while muted: %d frames decoded, %d in the same window unmuted", frames, control)
 			}
 			if m1.E2EEErrors != 0 {
