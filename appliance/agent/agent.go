@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/provisioning/audit"
 	"github.com/konsult/konsult/provisioning/configstore"
@@ -274,7 +275,34 @@ func (a *Agent) connectionFor(effective []byte) (Connection, error) {
 	if c.ConfirmTimeout <= 0 {
 		c.ConfirmTimeout = DefaultConfirmTimeout
 	}
+	a.trustScheduleKeys(effective)
 	return c, nil
+}
+
+// trustScheduleKeys tells the verifier the fleet.schedule_keys of the
+// config about to run, so that a config or command signed by one (fleetd's
+// key, which signs schedules only) is refused as wrong_role, naming the
+// key's role, rather than as a key the unit never heard of.
+func (a *Agent) trustScheduleKeys(effective []byte) {
+	var doc struct {
+		Fleet struct {
+			ScheduleKeys []string `toml:"schedule_keys"`
+		} `toml:"fleet"`
+	}
+	var keys []ed25519.PublicKey
+	_, err := toml.Decode(string(effective), &doc)
+	for i := 0; err == nil && i < len(doc.Fleet.ScheduleKeys); i++ {
+		var k ed25519.PublicKey
+		if k, err = fleet.ParseScheduleKey(doc.Fleet.ScheduleKeys[i]); err == nil {
+			keys = append(keys, k)
+		}
+	}
+	if err == nil {
+		err = a.verifier.SetScheduleKeys(keys)
+	}
+	if err != nil {
+		a.log.Warn("fleet.schedule_keys not taken", "err", err)
+	}
 }
 
 // Run connects to the fleet and acts on it until ctx ends, then closes the

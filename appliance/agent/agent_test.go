@@ -374,3 +374,23 @@ func TestSecretsNeverLeave(t *testing.T) {
 		}
 	}
 }
+
+// fleetd's schedule key, once the fleet authorises it for schedules, still
+// cannot configure the unit: a config signed with it (what an intruder on
+// fleetd's server could send) is refused as the wrong role, and nothing
+// of it runs.
+func TestScheduleKeyCannotConfigureTheUnit(t *testing.T) {
+	u := newUnit(t)
+	u.start()
+	_, sched, _ := ed25519.GenerateKey(rand.Reader)
+	line := fleet.ScheduleKeyLine(sched.Public().(ed25519.PublicKey))
+	u.push(cfg{version: 5, target: dev, toml: fmt.Sprintf("[log]\nlevel = \"warn\"\n[fleet]\nschedule_keys = [%q]\n", line)})
+	u.nextApplied(5 * time.Second)
+
+	u.push(cfg{version: 6, target: dev, toml: "[log]\nlevel = \"debug\"\n", priv: sched})
+	r := fleettest.Data[fleet.Rejection](t, u.WaitEvent(fleet.EventConfigRejected, 5*time.Second))
+	if r.Reason != string(fleet.ReasonWrongRole) || !strings.Contains(r.Message, "schedule") {
+		t.Fatalf("config signed with the schedule key: %+v, want %s naming the schedule key", r, fleet.ReasonWrongRole)
+	}
+	u.noApplied(200 * time.Millisecond)
+}

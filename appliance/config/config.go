@@ -7,6 +7,7 @@
 package config
 
 import (
+	"crypto/ed25519"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -175,6 +176,13 @@ type Fleet struct {
 	FleetKey       string   `toml:"fleet_key"`
 	StateDir       string   `toml:"state_dir"`
 	ConfirmTimeout Duration `toml:"confirm_timeout"`
+	// ScheduleKeys are the public keys (base64 Ed25519, as fleetd
+	// -schedule-key prints them) the unit takes its consultation schedules
+	// from: fleetd's own key, which signs nothing else the unit accepts.
+	// Set by a fleet config, so the fleet key authorises it. Empty: the
+	// schedules are taken under the fleet key (units from before schedule
+	// keys), and doctor says so.
+	ScheduleKeys []string `toml:"schedule_keys"`
 	// Enrolment (README.md "Enrolment"): with enrol_cert set and cert_file
 	// not, the unit makes its own key and enrols with a claim code.
 	IdentityDir string `toml:"identity_dir"`
@@ -187,6 +195,19 @@ type Fleet struct {
 	ClaimCode   string   `toml:"claim_code"`
 	ClaimFile   string   `toml:"claim_file"`
 	RenewBefore Duration `toml:"renew_before"`
+}
+
+// ScheduleKeyList parses fleet.schedule_keys.
+func (f *Fleet) ScheduleKeyList() ([]ed25519.PublicKey, error) {
+	var keys []ed25519.PublicKey
+	for i, s := range f.ScheduleKeys {
+		k, err := fleet.ParseScheduleKey(s)
+		if err != nil {
+			return nil, fmt.Errorf("fleet.schedule_keys[%d]: %w", i, err)
+		}
+		keys = append(keys, k)
+	}
+	return keys, nil
 }
 
 // Enrols says whether the unit enrols itself rather than being given its

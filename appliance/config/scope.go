@@ -48,6 +48,8 @@ const (
 //	  cert_file, key_file,
 //	  confirm_timeout       live       the agent reconnects on the new connection (ConnectionFor);
 //	                                   an enrolled unit refuses the three files (agent refuseEnrolledTLS)
+//	fleet.schedule_keys     live       fleetd's schedule key, authorised by the fleet key's signature on the config;
+//	                                   the unit reads it from the running config at each schedule
 //	fleet.enabled           local      whether there is a fleet at all is decided at start
 //	fleet.device_id, groups,
 //	  fleet_key, state_dir  local      the unit's identity and trust
@@ -77,6 +79,9 @@ var scopes = []struct {
 	{"fleet.cert_file", Live},
 	{"fleet.key_file", Live},
 	{"fleet.confirm_timeout", Live},
+	// Authorised by the fleet key's signature on the config that sets it;
+	// the unit reads it from the running config at each schedule.
+	{"fleet.schedule_keys", Live},
 	{"unit.network_dir", LocalOnly},
 	{"unit.network_apply", LocalOnly},
 	{"unit.board", Live},

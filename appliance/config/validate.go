@@ -105,6 +105,9 @@ func (f *Fleet) validate() error {
 			errs = append(errs, errors.New("fleet.device_id must be empty on a unit that enrols: its id is derived from its own key"))
 		}
 	}
+	if _, err := f.ScheduleKeyList(); err != nil {
+		errs = append(errs, err)
+	}
 	if f.RenewBefore.Duration < 0 {
 		errs = append(errs, errors.New("fleet.renew_before must not be negative"))
 	}

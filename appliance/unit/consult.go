@@ -2,12 +2,16 @@ package unit
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/konsult/konsult/appliance"
+	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/unittoken"
@@ -37,10 +41,17 @@ type consult struct {
 	// nobody).
 	active atomic.Bool
 
-	mu       sync.Mutex
-	sched    *fleet.SchedulePayload
-	ver      *fleet.Verifier
-	endTimer *time.Timer // ends the call at the consultation's end (call.end_with_consultation)
+	mu    sync.Mutex
+	sched *fleet.SchedulePayload
+	ver   *fleet.Verifier
+	// held is the envelope of sched, last the last one received (taken
+	// or not), and keysFor the fleet.schedule_keys they were checked
+	// under: when the running config changes them, both are checked again
+	// (recheck), so a schedule refused before fleetd's key was authorised
+	// is taken once it is, and one the new keys do not cover is dropped.
+	held, last []byte
+	keysFor    string
+	endTimer   *time.Timer // ends the call at the consultation's end (call.end_with_consultation)
 	// pending is the end-to-end key of the token last handed to a join,
 	// or pendingErr why it has none it may use (e2ee.go).
 	pending    joinKey
@@ -160,34 +171,99 @@ func (c *consult) endCall() {
 }
 
 // onSchedule takes a schedule from the unit's schedule topic: verified
-// against the pinned fleet keys, and kept only if newer than the one held
-// (a replayed older one must not bring back a cancelled consultation).
+// against the schedule keys of the running config (fleet.schedule_keys)
+// and the pinned fleet keys, and kept only if newer than
+// the one held (a replayed older one must not bring back a cancelled
+// consultation).
 func (c *consult) onSchedule(payload []byte) {
+	cfg := c.u.Running() // not under c.mu: the unit's lock is held while it re-opens
 	c.mu.Lock()
+	c.last = append([]byte(nil), payload...)
+	taken := c.takeLocked(cfg, payload)
+	c.mu.Unlock()
+	if taken {
+		c.changed()
+	}
+}
+
+// verifierLocked is the schedule verifier under cfg's schedule keys.
+func (c *consult) verifierLocked(cfg *config.Config) (*fleet.Verifier, error) {
 	if c.ver == nil {
 		keys, err := c.u.d.Identity.FleetKeys()
 		if err == nil {
 			c.ver, err = fleet.NewVerifier(fleet.Identity{Device: c.u.d.Identity.ID()}, keys...)
 		}
 		if err != nil {
-			c.mu.Unlock()
-			c.u.d.Log.Warn("consultation schedule: no fleet key to check it with", "err", err)
-			return
+			return nil, fmt.Errorf("no fleet key to check it with: %w", err)
 		}
 	}
-	s, err := c.ver.VerifySchedule(payload)
+	var sk []ed25519.PublicKey
+	c.keysFor = ""
+	if cfg != nil {
+		var err error
+		if sk, err = cfg.Fleet.ScheduleKeyList(); err != nil {
+			return nil, err
+		}
+		c.keysFor = strings.Join(cfg.Fleet.ScheduleKeys, ",")
+	}
+	if err := c.ver.SetScheduleKeys(sk); err != nil {
+		return nil, fmt.Errorf("fleet.schedule_keys: %w", err)
+	}
+	return c.ver, nil
+}
+
+func (c *consult) takeLocked(cfg *config.Config, payload []byte) bool {
+	v, err := c.verifierLocked(cfg)
 	if err != nil {
-		c.mu.Unlock()
 		c.u.d.Log.Warn("consultation schedule refused", "err", err)
-		return
+		return false
+	}
+	s, err := v.VerifySchedule(payload)
+	if err != nil {
+		c.u.d.Log.Warn("consultation schedule refused", "err", err)
+		return false
 	}
 	if c.sched != nil && !s.IssuedAt.After(c.sched.IssuedAt) {
+		return false
+	}
+	c.sched, c.held = s, append([]byte(nil), payload...)
+	c.u.d.Log.Info("consultation schedule", "consultations", len(s.Slots), "under_fleet_key", v.ScheduleUnderFleetKey())
+	return true
+}
+
+// recheck checks the held and the last schedule again if the running
+// config's schedule keys changed since they were checked.
+func (c *consult) recheck() {
+	cfg := c.u.Running()
+	if cfg == nil {
+		return
+	}
+	c.mu.Lock()
+	if strings.Join(cfg.Fleet.ScheduleKeys, ",") == c.keysFor || (c.held == nil && c.last == nil) {
 		c.mu.Unlock()
 		return
 	}
-	c.sched = s
+	changed := false
+	if c.held != nil {
+		v, err := c.verifierLocked(cfg)
+		if err == nil {
+			_, err = v.VerifySchedule(c.held)
+		}
+		if err != nil {
+			c.u.d.Log.Warn("consultation schedule dropped: the new schedule keys do not cover it", "err", err)
+			c.sched, c.held, changed = nil, nil, true
+		}
+	}
+	if c.last != nil && c.takeLocked(cfg, c.last) {
+		changed = true
+	}
 	c.mu.Unlock()
-	c.u.d.Log.Info("consultation schedule", "consultations", len(s.Slots))
+	if changed {
+		c.changed()
+	}
+}
+
+func (c *consult) changed() {
 	c.tokens.Kick()
 	select {
 	case c.dueKick <- struct{}{}:
@@ -242,6 +318,7 @@ func (c *consult) showDue(ctx context.Context) {
 	var told *appliance.Machine
 	var was bool
 	for {
+		c.recheck()
 		w := c.want()
 		due := w != "" && w != fleet.StandingMeeting
 		if m, err := c.u.machine(); err == nil && (m != told || due != was) {
@@ -289,10 +366,41 @@ func (u *Unit) fleetTokens(apiSecret, token string) func(context.Context) (strin
 	return u.consult.token
 }
 
-// secretCheck is doctor's warning for a fleet unit that still holds the
+// secretCheck is doctor's checks of a fleet unit's consultation trust:
+// the conference secret it should not hold (apiSecretCheck) and the key
+// its schedules are taken under (scheduleKeyCheck).
+func (p *parts) secretCheck() []localapi.Check {
+	return append(p.apiSecretCheck(), p.scheduleKeyCheck()...)
+}
+
+// scheduleKeyCheck says, for a unit that gets its tokens from fleetd,
+// whether fleetd may sign its schedules with a key of its own, or must
+// hold the fleet key to do so (no fleet.schedule_keys).
+func (p *parts) scheduleKeyCheck() []localapi.Check {
+	if !p.fleetUnit || p.tokens == nil {
+		return nil
+	}
+	keys, err := p.cfg.Fleet.ScheduleKeyList()
+	if err == nil && len(keys) == 0 {
+		return []localapi.Check{{Name: "schedule key", OK: false,
+			Detail: "no fleet.schedule_keys: consultation schedules are taken under the fleet key only, so fleetd must hold the fleet key, which can configure every unit",
+			Fix:    "run fleetd -schedule-key on the fleet server and follow its two steps (docs/FLEETD.md)"}}
+	}
+	if err != nil {
+		return []localapi.Check{{Name: "schedule key", OK: false, Detail: err.Error(), Fix: "push a fleet config with the line fleetd -schedule-key prints"}}
+	}
+	ids := make([]string, len(keys))
+	for i, k := range keys {
+		ids[i] = fleet.KeyID(k)
+	}
+	return []localapi.Check{{Name: "schedule key", OK: true,
+		Detail: "consultation schedules under fleetd's schedule key " + strings.Join(ids, ", ") + ", which can sign no config or command (or the fleet key)"}}
+}
+
+// apiSecretCheck is doctor's warning for a fleet unit that still holds the
 // conference's API secret: one stolen SD card would mint tokens for every
 // room, admin included. fleetd issues tokens instead.
-func (p *parts) secretCheck() []localapi.Check {
+func (p *parts) apiSecretCheck() []localapi.Check {
 	if !p.fleetUnit || p.cfg.Conference.APISecret == "" {
 		return nil
 	}
@@ -305,6 +413,9 @@ func (p *parts) secretCheck() []localapi.Check {
 type consultStatus struct {
 	fleet.Slot
 	Due bool `json:"due"`
+	// UnderFleetKey says the unit has no fleet.schedule_keys, so its
+	// schedules can only come signed with the fleet key (doctor says so).
+	UnderFleetKey bool `json:"under_fleet_key,omitempty"`
 }
 
 func (u *Unit) consultStatus() *consultStatus {
@@ -316,5 +427,7 @@ func (u *Unit) consultStatus() *consultStatus {
 		return nil
 	}
 	now := u.consult.now()
-	return &consultStatus{Slot: s, Due: !now.Before(s.Start.Add(-ConsultLead)) && now.Before(s.End)}
+	cfg := u.Running()
+	return &consultStatus{Slot: s, Due: !now.Before(s.Start.Add(-ConsultLead)) && now.Before(s.End),
+		UnderFleetKey: cfg != nil && len(cfg.Fleet.ScheduleKeys) == 0}
 }

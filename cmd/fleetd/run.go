@@ -19,6 +19,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfgPath := fs.String("config", defaultConfig, "fleetd's TOML config (docs/FLEETD.md)")
 	check := fs.Bool("check", false, "check the config, open the database (running its migrations) and exit")
 	verbose := fs.Bool("v", false, "log every token and schedule, not only trouble")
+	schedKey := fs.Bool("schedule-key", false, "print the fleet config line that authorises fleetd's schedule key on the units (making the key if it has none) and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -36,6 +37,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := fleetd.LoadConfig(*cfgPath)
 	if err != nil {
 		return err
+	}
+	if *schedKey {
+		return fleetd.WriteScheduleKeySteps(cfg, stdout)
 	}
 	svc, err := fleetd.New(cfg, log)
 	if err != nil {

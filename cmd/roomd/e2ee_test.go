@@ -29,7 +29,7 @@ import (
 func TestConsultationEndToEndEncrypted(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk)+displayConfig(""))
+	u, id, _ := f.enrolUnit(t, f.scheduleKeys(t)+fleetConference(lk)+displayConfig(""))
 	url, _ := displayURL(t, u)
 	sc := screentest.Start(t, url, 1280, 720)
 	svc := startFleetd(t, f, lk, "")
@@ -134,7 +134,7 @@ func TestConsultationE2EEImpossibleRefused(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
 	conf := strings.Replace(fleetConference(lk), `connector = "livekit"`, `connector = "livekit-whip"`, 1)
-	u, id, _ := f.enrolUnit(t, conf)
+	u, id, _ := f.enrolUnit(t, f.scheduleKeys(t)+conf)
 	svc := startFleetd(t, f, lk, "")
 	ctx := context.Background()
 	now := time.Now()

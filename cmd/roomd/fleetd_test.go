@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,11 +14,14 @@ import (
 
 	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/internal/farend"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/fleetd"
 )
 
 // startFleetd runs the fleet service beside f's broker, with the
-// certificate fleetctl ca init made for it, as its server would.
+// certificate fleetctl ca init made for it, as its server would, and
+// signing schedules with its own key as the shipped fleetd.toml has it
+// (units take them once given f.scheduleKeys).
 func startFleetd(t testing.TB, f *enrolFleet, lk *farend.LiveKit, extra string) *fleetd.Service {
 	t.Helper()
 	dir := t.TempDir()
@@ -25,6 +29,7 @@ func startFleetd(t testing.TB, f *enrolFleet, lk *farend.LiveKit, extra string) 
 	conf := fmt.Sprintf(`%s
 database = %q
 ca_dir = %q
+schedule_key = %q
 [broker]
 url = %q
 ca = %q
@@ -33,7 +38,7 @@ cert_key = %q
 [livekit]
 api_key = %q
 api_secret = %q
-`, extra, filepath.Join(dir, "fleetd.db"), f.caDir, f.b.SharedURL(), f.b.CAFile(),
+`, extra, filepath.Join(dir, "fleetd.db"), f.caDir, f.scheduleKeyFile(), f.b.SharedURL(), f.b.CAFile(),
 		filepath.Join(f.caDir, "fleetd", "fleetd.crt"), filepath.Join(f.caDir, "fleetd", "fleetd.key"), lk.APIKey, lk.APISecret)
 	path := filepath.Join(dir, "fleetd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
@@ -57,6 +62,22 @@ api_secret = %q
 		t.Fatal("fleetd did not connect")
 	}
 	return svc
+}
+
+// scheduleKeyFile is where startFleetd keeps fleetd's schedule key.
+func (f *enrolFleet) scheduleKeyFile() string { return filepath.Join(f.caDir, "fleetd-schedule.key") }
+
+// scheduleKeys is the line of a unit's [fleet] table that authorises
+// fleetd's schedule key (what fleetd -schedule-key prints), making the key
+// as fleetd would if it has not started yet. It goes first in enrolUnit's
+// extra, which lands in [fleet].
+func (f *enrolFleet) scheduleKeys(t testing.TB) string {
+	t.Helper()
+	priv, _, err := fleet.LoadOrCreateScheduleKey(f.scheduleKeyFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fleetd.ScheduleKeysLine(priv.Public().(ed25519.PublicKey)) + "\n"
 }
 
 // fleetConference is a unit's [conference] with no credential: its tokens
@@ -84,7 +105,7 @@ func inRoom(t *testing.T, lk *farend.LiveKit, room, who string, d time.Duration)
 func TestConsultationJoinedByOnePress(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk))
+	u, id, _ := f.enrolUnit(t, f.scheduleKeys(t)+fleetConference(lk))
 	svc := startFleetd(t, f, lk, "")
 	ctx := context.Background()
 
@@ -147,7 +168,7 @@ func TestConsultationJoinedByOnePress(t *testing.T) {
 func BenchmarkJoinFleetdToken(b *testing.B) {
 	lk := farend.StartLiveKit(b)
 	f := newEnrolFleet(b)
-	fu, id, _ := f.enrolUnit(b, fleetConference(lk))
+	fu, id, _ := f.enrolUnit(b, f.scheduleKeys(b)+fleetConference(lk))
 	svc := startFleetd(b, f, lk, "")
 	now := time.Now()
 	a, err := svc.Add(context.Background(), fleetd.AddRequest{Unit: id, Start: now, End: now.Add(2 * time.Hour)})
@@ -225,7 +246,7 @@ func TestFleetdRenewsAsUnitsAsk(t *testing.T) {
 func TestConsultationEndEndsTheCall(t *testing.T) {
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk)+"\n[call]\nend_with_consultation = true\n")
+	u, id, _ := f.enrolUnit(t, f.scheduleKeys(t)+fleetConference(lk)+"\n[call]\nend_with_consultation = true\n")
 	svc := startFleetd(t, f, lk, "")
 	ctx := context.Background()
 	now := time.Now()

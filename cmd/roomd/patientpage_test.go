@@ -65,7 +65,7 @@ func TestPatientPageWithTheUnit(t *testing.T) {
 	}
 	lk := farend.StartLiveKit(t)
 	f := newEnrolFleet(t)
-	u, id, _ := f.enrolUnit(t, fleetConference(lk)+displayConfig(""))
+	u, id, _ := f.enrolUnit(t, f.scheduleKeys(t)+fleetConference(lk)+displayConfig(""))
 	screenURL, _ := displayURL(t, u)
 	screen := screentest.Start(t, screenURL, 1280, 720)
 	cert, key := loopbackCert(t, t.TempDir())

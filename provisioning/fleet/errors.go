@@ -22,6 +22,7 @@ const (
 	ReasonReplayed     Reason = "replayed"      // a command nonce the unit has already seen
 	ReasonTooMany      Reason = "too_many"      // the replay guard is full of unexpired nonces
 	ReasonInternal     Reason = "internal"      // the unit could not record the nonce; nothing was run
+	ReasonWrongRole    Reason = "wrong_role"    // signed by a key the unit knows, but for another role (a schedule key on a config)
 )
 
 // Error is a refusal. Its message names the problem and the fix and never

@@ -2,8 +2,15 @@ package fleet
 
 import (
 	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -53,10 +60,15 @@ func SignSchedule(priv ed25519.PrivateKey, p SchedulePayload) (Envelope, error) 
 	return Sign(priv, DomainSchedule, b), nil
 }
 
-// VerifySchedule checks a schedule envelope: signed by a trusted fleet key,
-// for this unit. It does not order it against the one the unit holds.
+// VerifySchedule checks a schedule envelope: signed by one of the unit's
+// schedule keys (SetScheduleKeys) or by a pinned fleet key, for this unit.
+// The fleet key stays good for schedules: whoever holds it can already
+// push a config naming any schedule key, so refusing it would add no
+// protection, and it lets a fleet move fleetd to its own key in either
+// order without a window in which schedules are lost (docs/FLEETD.md). It
+// does not order it against the one the unit holds.
 func (v *Verifier) VerifySchedule(envelope []byte) (*SchedulePayload, error) {
-	_, body, err := v.open(envelope, DomainSchedule, KindSchedule)
+	body, err := v.openSchedule(envelope)
 	if err != nil {
 		return nil, err
 	}
@@ -76,6 +88,28 @@ func (v *Verifier) VerifySchedule(envelope []byte) (*SchedulePayload, error) {
 		}
 	}
 	return &p, nil
+}
+
+func (v *Verifier) openSchedule(envelope []byte) ([]byte, error) {
+	sk := v.scheduleKeys()
+	env, err := ParseEnvelope(envelope)
+	if err != nil {
+		return nil, err
+	}
+	if pub, ok := sk[env.KeyID]; ok {
+		_, body, err := openUnder(env, pub, DomainSchedule, KindSchedule)
+		return body, err
+	}
+	if _, fk := v.keys[env.KeyID]; fk || len(sk) == 0 {
+		_, body, err := v.open(envelope, DomainSchedule, KindSchedule)
+		if len(sk) == 0 && ReasonOf(err) == ReasonUnknownKey {
+			return nil, newError(ReasonUnknownKey, "schedule signed by key %s, which is not the fleet key (%s) and no fleet.schedule_keys are set: if fleetd signs with its own schedule_key, push the line fleetd -schedule-key prints in the fleet config",
+				env.KeyID, strings.Join(sortedIDs(v.keys), ", "))
+		}
+		return body, err
+	}
+	return nil, newError(ReasonUnknownKey, "schedule signed by key %s, but this unit takes schedules from the fleet key and its schedule keys %s: add fleetd's schedule key to fleet.schedule_keys in the fleet config (fleetd -schedule-key prints the line)",
+		env.KeyID, strings.Join(sortedIDs(sk), ", "))
 }
 
 // Due returns the slot JOIN enters at now: the one from lead before its
@@ -107,4 +141,64 @@ func (p *SchedulePayload) Next(now time.Time) (Slot, bool) {
 		}
 	}
 	return best, found
+}
+
+// fleetd's schedule key: an Ed25519 key of its own, made on its first start
+// and kept in a file like fleet.key (one base64 seed line, mode 0600). It
+// is authorised on the units by its public key in fleet.schedule_keys, in
+// a config signed with the fleet key. Whoever holds it can only publish
+// schedules: a unit refuses a config or command signed by it.
+
+// FormatSchedulePrivateKey returns the schedule.key text for priv.
+func FormatSchedulePrivateKey(priv ed25519.PrivateKey) []byte {
+	pub := priv.Public().(ed25519.PublicKey)
+	return fmt.Appendf(nil, "# konsult fleetd SCHEDULE signing key (Ed25519 seed), key id %s: signs schedules only; keep secret, mode 0600\n%s\n",
+		KeyID(pub), base64.StdEncoding.EncodeToString(priv.Seed()))
+}
+
+// ScheduleKeyLine is pub as it goes into fleet.schedule_keys.
+func ScheduleKeyLine(pub ed25519.PublicKey) string { return base64.StdEncoding.EncodeToString(pub) }
+
+// ParseScheduleKey parses one fleet.schedule_keys entry: base64 (std,
+// padded) of a raw 32-byte Ed25519 public key.
+func ParseScheduleKey(s string) (ed25519.PublicKey, error) {
+	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil || len(raw) != ed25519.PublicKeySize {
+		return nil, errors.New("not a base64 32-byte Ed25519 public key: copy the line fleetd -schedule-key prints")
+	}
+	return ed25519.PublicKey(raw), nil
+}
+
+// LoadOrCreateScheduleKey reads the schedule key at path, or makes one
+// there (mode 0600, its folder 0700) if there is none; created says which.
+// Like LoadPrivateKey it refuses a file others can read.
+func LoadOrCreateScheduleKey(path string) (priv ed25519.PrivateKey, created bool, err error) {
+	priv, err = LoadPrivateKey(path)
+	if err == nil {
+		return priv, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	_, priv, err = ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	if _, err := f.Write(FormatSchedulePrivateKey(priv)); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return nil, false, fmt.Errorf("schedule key: %w", err)
+	}
+	return priv, true, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,6 +59,9 @@ func (id Identity) addresses(t Target) bool {
 type Verifier struct {
 	id   Identity
 	keys map[string]ed25519.PublicKey // by KeyID
+	// sched are the schedule keys (SetScheduleKeys): they sign
+	// consultation schedules and nothing else.
+	sched atomic.Pointer[map[string]ed25519.PublicKey]
 
 	// Now is the unit's clock; tests replace it.
 	Now func() time.Time
@@ -182,9 +186,19 @@ func (v *Verifier) open(envelope []byte, d Domain, kind string) (Envelope, []byt
 	}
 	pub, ok := v.keys[env.KeyID]
 	if !ok {
+		if _, sk := v.scheduleKeys()[env.KeyID]; sk {
+			return env, nil, newError(ReasonWrongRole, "signed by schedule key %s: a schedule key (fleetd's) signs consultation schedules only, never a %s: sign it with the fleet key",
+				env.KeyID, kind)
+		}
 		return env, nil, newError(ReasonUnknownKey, "signed by key %s but this unit trusts %s: sign with the fleet's key, or if the fleet key was rotated install the new fleet.pub on the unit",
-			env.KeyID, strings.Join(v.keyIDs(), ", "))
+			env.KeyID, strings.Join(sortedIDs(v.keys), ", "))
 	}
+	return openUnder(env, pub, d, kind)
+}
+
+// openUnder checks env's signature by pub under domain d and its payload's
+// kind.
+func openUnder(env Envelope, pub ed25519.PublicKey, d Domain, kind string) (Envelope, []byte, error) {
 	if !env.Verify(pub, d) {
 		return env, nil, newError(ReasonBadSignature, "signature by key %s does not match the payload: it was altered after signing or is not a %s; publish the output of fleetctl unchanged",
 			env.KeyID, kind)
@@ -200,6 +214,41 @@ func (v *Verifier) open(envelope []byte, d Domain, kind string) (Envelope, []byt
 			k.Kind, kind)
 	}
 	return env, env.Payload, nil
+}
+
+// SetScheduleKeys replaces the keys the unit takes consultation schedules
+// from (fleet.schedule_keys), beside the fleet key, which always may sign
+// one (VerifySchedule says why). A
+// schedule key is never also accepted on a config or command: one signed
+// by it is refused with ReasonWrongRole. A key that is also a fleet key is
+// refused: it would carry the fleet key's power to wherever it is kept.
+// Safe to call while other goroutines verify.
+func (v *Verifier) SetScheduleKeys(keys []ed25519.PublicKey) error {
+	m := make(map[string]ed25519.PublicKey, len(keys))
+	for _, k := range keys {
+		if len(k) != ed25519.PublicKeySize {
+			return fmt.Errorf("schedule key is %d bytes, want %d", len(k), ed25519.PublicKeySize)
+		}
+		id := KeyID(k)
+		if _, fk := v.keys[id]; fk {
+			return fmt.Errorf("schedule key %s is a fleet key: give fleetd its own key (its schedule.key, shown by fleetd -schedule-key), never the fleet's", id)
+		}
+		m[id] = k
+	}
+	v.sched.Store(&m)
+	return nil
+}
+
+// ScheduleUnderFleetKey says whether no schedule key is set, so that
+// fleetd must sign schedules with the fleet key, which it then holds
+// (doctor says so).
+func (v *Verifier) ScheduleUnderFleetKey() bool { return len(v.scheduleKeys()) == 0 }
+
+func (v *Verifier) scheduleKeys() map[string]ed25519.PublicKey {
+	if m := v.sched.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 func (v *Verifier) checkAddressTime(t Target, issued, expires time.Time) error {
@@ -223,9 +272,9 @@ func (v *Verifier) checkAddressTime(t Target, issued, expires time.Time) error {
 	return nil
 }
 
-func (v *Verifier) keyIDs() []string {
-	ids := make([]string, 0, len(v.keys))
-	for id := range v.keys {
+func sortedIDs(keys map[string]ed25519.PublicKey) []string {
+	ids := make([]string, 0, len(keys))
+	for id := range keys {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)

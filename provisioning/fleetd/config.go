@@ -31,10 +31,17 @@ type Config struct {
 	// Database is the SQLite file (one file: a backup is a copy).
 	Database string `toml:"database"`
 	// CADir is the fleet CA folder (fleetctl ca init): fleetd reads its
-	// ledger (which units are enrolled, which revoked) and its fleet.key
-	// (to sign schedules and renewal commands), and signs renewals with
-	// its CA key.
+	// ledger (which units are enrolled, which revoked), and with renew on
+	// signs renewals with its CA key and delivers them as commands signed
+	// with its fleet.key. Without renew fleetd never reads fleet.key.
 	CADir string `toml:"ca_dir"`
+	// ScheduleKey is fleetd's own key for signing the units' schedules,
+	// made on first start. Units take schedules under it once a fleet
+	// config lists its public key in fleet.schedule_keys; it can sign
+	// nothing else they accept. Unset, fleetd signs schedules with the
+	// fleet key (as before schedule keys: an upgraded fleetd keeps its old
+	// config file, and its units have no schedule_keys yet).
+	ScheduleKey string `toml:"schedule_key"`
 	// Socket is the local socket fleetctl's consult verbs talk to.
 	Socket string `toml:"socket"`
 	// SocketMode is its permission bits (default 0660: the service's group
@@ -162,8 +169,14 @@ func (c *Config) abs(p *string) {
 	}
 }
 
+// DefaultScheduleKey is where fleetd -schedule-key makes the key when
+// schedule_key is not set: beside the database.
+func (c *Config) DefaultScheduleKey() string {
+	return filepath.Join(filepath.Dir(c.Database), "schedule.key")
+}
+
 func (c *Config) check() error {
-	for _, p := range []*string{&c.Database, &c.CADir, &c.Socket, &c.Broker.CA, &c.Broker.Cert, &c.Broker.CertKey, &c.LiveKit.APISecretFile} {
+	for _, p := range []*string{&c.Database, &c.CADir, &c.ScheduleKey, &c.Socket, &c.Broker.CA, &c.Broker.Cert, &c.Broker.CertKey, &c.LiveKit.APISecretFile} {
 		c.abs(p)
 	}
 	if c.Database == "" {

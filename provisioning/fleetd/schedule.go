@@ -88,7 +88,7 @@ func (s *Service) PublishSchedules(ctx context.Context, fc *manager.Client) erro
 		if same {
 			continue
 		}
-		env, err := fleet.SignSchedule(s.fleetKey, fleet.SchedulePayload{Device: u, IssuedAt: now.UTC(), Slots: slots})
+		env, err := fleet.SignSchedule(s.schedKey, fleet.SchedulePayload{Device: u, IssuedAt: now.UTC(), Slots: slots})
 		if err != nil {
 			return err
 		}

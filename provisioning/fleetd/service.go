@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -22,9 +23,14 @@ import (
 
 // Service is a running fleetd.
 type Service struct {
-	cfg      *Config
-	store    *Store
-	ca       *ca.CA
+	cfg   *Config
+	store *Store
+	ca    *ca.CA
+	// schedKey signs the units' schedules: fleetd's own key, which a
+	// unit accepts for nothing else, or the fleet key (no schedule_key).
+	schedKey ed25519.PrivateKey
+	// fleetKey signs renewal commands; nil unless renew is on (the only
+	// thing fleetd still needs the fleet key for).
 	fleetKey ed25519.PrivateKey
 	log      *slog.Logger
 	topics   link.Topics
@@ -59,26 +65,64 @@ const workers = 32
 // above that and far below a minting loop.
 const tokenAsksPerMinute = 20
 
-// New opens fleetd's database, CA and fleet signing key.
+// New opens fleetd's database and CA, its schedule key if schedule_key is
+// set (making the key on first start), and the fleet signing key if renew
+// is on or there is no schedule key (then schedules are signed with it, as
+// before schedule keys).
 func New(cfg *Config, log *slog.Logger) (*Service, error) {
 	c, err := ca.Open(cfg.CADir)
 	if err != nil {
 		return nil, err
 	}
-	key, err := fleet.LoadPrivateKey(filepath.Join(cfg.CADir, "fleet.key"))
-	if err != nil {
-		return nil, fmt.Errorf("fleet signing key: %w", err)
+	var key ed25519.PrivateKey
+	if cfg.Renew || cfg.ScheduleKey == "" {
+		key, err = fleet.LoadPrivateKey(filepath.Join(cfg.CADir, "fleet.key"))
+		if err != nil {
+			why := "renew = true delivers renewals as commands signed with the fleet key"
+			if cfg.ScheduleKey == "" {
+				why = "without schedule_key fleetd signs the units' schedules with the fleet key (set schedule_key to give it its own: docs/FLEETD.md)"
+			}
+			return nil, fmt.Errorf("%s: %w", why, err)
+		}
+	}
+	if cfg.Renew {
+		log.Warn("fleetd: renew = true: this server holds the fleet key, which can configure every unit; run fleetctl renew --watch on the manager's machine instead to keep it off (docs/FLEETD.md)")
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Database), 0o700); err != nil {
 		return nil, fmt.Errorf("database folder: %w", err)
+	}
+	sk := key
+	if cfg.ScheduleKey == "" {
+		log.Warn("fleetd: no schedule_key: schedules are signed with the fleet key, which can configure every unit; fleetd -schedule-key makes fleetd's own key and prints the two lines to set (docs/FLEETD.md)")
+	} else {
+		var created bool
+		sk, created, err = fleet.LoadOrCreateScheduleKey(cfg.ScheduleKey)
+		if err != nil {
+			return nil, err
+		}
+		if created {
+			pub := sk.Public().(ed25519.PublicKey)
+			log.Warn("fleetd: made a new schedule key: units take its schedules once a fleet config authorises it",
+				"key_id", fleet.KeyID(pub), "path", cfg.ScheduleKey, "config", ScheduleKeysLine(pub))
+		}
 	}
 	st, err := OpenStore(cfg.Database)
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, store: st, ca: c, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
+	return &Service{cfg: cfg, store: st, ca: c, schedKey: sk, fleetKey: key, log: log, topics: link.Topics{Prefix: cfg.Broker.Prefix},
 		Now: time.Now, ledger: ledgerCache{ca: c}, published: map[string]string{}, asks: counter{limit: tokenAsksPerMinute, window: time.Minute},
 		lkHTTP: &http.Client{Timeout: 10 * time.Second}, changed: make(chan struct{}, 1), ready: make(chan struct{}), auditUp: make(chan struct{})}, nil
+}
+
+// ScheduleKey is the public half of the key fleetd signs schedules with:
+// its schedule_key, or the fleet key without one.
+func (s *Service) ScheduleKey() ed25519.PublicKey { return s.schedKey.Public().(ed25519.PublicKey) }
+
+// ScheduleKeysLine is the line of a fleet config's [fleet] table that
+// authorises pub on the units.
+func ScheduleKeysLine(pub ed25519.PublicKey) string {
+	return fmt.Sprintf("schedule_keys = [%q]", fleet.ScheduleKeyLine(pub))
 }
 
 // Store is the service's database.
@@ -374,3 +418,27 @@ func (s *Service) PatientAddr() string {
 
 // CADir is the fleet CA folder fleetd uses.
 func (s *Service) CADir() string { return s.cfg.CADir }
+
+// WriteScheduleKeySteps (fleetd -schedule-key) makes fleetd's schedule key if it has none and prints
+// the two steps that move a fleet onto it, in the order that loses no
+// schedule: the units first (they take the fleet key's schedules
+// meanwhile), then fleetd.
+func WriteScheduleKeySteps(cfg *Config, stdout io.Writer) error {
+	path := cfg.ScheduleKey
+	if path == "" {
+		path = cfg.DefaultScheduleKey()
+	}
+	priv, _, err := fleet.LoadOrCreateScheduleKey(path)
+	if err != nil {
+		return err
+	}
+	pub := priv.Public().(ed25519.PublicKey)
+	fmt.Fprintf(stdout, "# fleetd's schedule key %s, kept in %s\n", fleet.KeyID(pub), path)
+	fmt.Fprintf(stdout, "# 1. add this line to the [fleet] table of the units' fleet config, and push it:\n%s\n", ScheduleKeysLine(pub))
+	if cfg.ScheduleKey == "" {
+		fmt.Fprintf(stdout, "# 2. then set this at the top of fleetd.toml and restart fleetd:\nschedule_key = %q\n", path)
+	} else {
+		fmt.Fprintf(stdout, "# fleetd.toml's schedule_key names it: fleetd signs schedules with it\n")
+	}
+	return nil
+}
