@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -150,5 +151,42 @@ func TestRolloutThresholdStopsAndResumes(t *testing.T) {
 		if n := ups[id].count(); n != want {
 			t.Errorf("%s got the update %d times, want %d", id, n, want)
 		}
+	}
+}
+
+// A wave goes out at once: fleetctl sends a wave's commands on one broker
+// connection and waits for the whole wave together, instead of a
+// connection, a view of the whole fleet and up to 15 s of waiting per unit
+// (a thousand-unit wave took hours that way). Counted from Mosquitto's
+// own connection log.
+func TestRolloutWaveSentOnOneConnection(t *testing.T) {
+	var ids []string
+	units := map[string][]string{}
+	for i := 1; i <= 8; i++ {
+		id := fmt.Sprintf("room-%d", i)
+		ids = append(ids, id)
+		units[id] = []string{"ward"}
+	}
+	f := startFleet(t, units)
+	ups := map[string]*fakeUpdater{}
+	for _, id := range ids {
+		ups[id] = &fakeUpdater{}
+		f.startUnit(id, []string{"ward"}, withUpdater(t, ups[id], always(true)))
+	}
+	before := strings.Count(f.b.Log(), "as konsult/fleetctl/")
+	state := filepath.Join(t.TempDir(), "rollout.json")
+	out, err := f.rollout(rolloutArgs(state, "--waves", "1,100%")...)
+	if err != nil || !strings.Contains(out, "done: every unit reports the version good") {
+		t.Fatalf("rollout: %v", err)
+	}
+	for _, id := range ids {
+		if n := ups[id].count(); n != 1 {
+			t.Errorf("%s got the update %d times, want 1", id, n)
+		}
+	}
+	// The first view, then per wave one connection to send and one to
+	// watch: 5. One per unit would be 11.
+	if n := strings.Count(f.b.Log(), "as konsult/fleetctl/") - before; n > 5 {
+		t.Errorf("fleetctl connected %d times for 2 waves of 8 units; want at most 5 (one send and one watch a wave)", n)
 	}
 }

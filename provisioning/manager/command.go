@@ -39,14 +39,25 @@ type CmdResult struct {
 // The units are the target device, or those whose reported document lists
 // the target group. With wait 0 it returns nil results after publishing.
 func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelope, p fleet.CommandPayload, wait time.Duration, prog Progress) ([]CmdResult, error) {
+	return SendCommands(ctx, b, log, []SignedCommand{{Envelope: e, Payload: p}}, wait, prog)
+}
+
+// SignedCommand is one command for SendCommands.
+type SignedCommand struct {
+	Envelope fleet.Envelope
+	Payload  fleet.CommandPayload
+}
+
+// SendCommands is SendCommand for many commands at once (a rollout wave:
+// one per unit), on one connection and one view of the fleet, waiting for
+// every addressed unit together: a wave of a thousand units costs one
+// wait, not a thousand. Each unit's answer is matched to the nonce of the
+// command addressed to it. The results follow the commands' order.
+func SendCommands(ctx context.Context, b Broker, log *slog.Logger, cmds []SignedCommand, wait time.Duration, prog Progress) ([]CmdResult, error) {
 	if prog == nil {
 		prog = noProgress{}
 	}
 	t := link.Topics{Prefix: b.Prefix}
-	topic := t.DeviceCmd(p.Target.Device)
-	if p.Target.Group != "" {
-		topic = t.GroupCmd(p.Target.Group)
-	}
 	fc, err := Dial(ctx, b, log, t.AllDevices(link.DeviceStatus), t.AllDevices(link.DeviceReported), t.AllDevices(link.DeviceEvents))
 	if err != nil {
 		return nil, err
@@ -58,22 +69,37 @@ func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelo
 	}
 
 	results := map[string]*CmdResult{}
+	nonce := map[string]string{} // the nonce of the command each unit was sent
 	var order []string
-	for _, u := range view.Sorted() {
-		if p.Target.Device == u.ID || (p.Target.Group != "" && u.InGroup(p.Target.Group)) {
-			order = append(order, u.ID)
+	for _, c := range cmds {
+		p := c.Payload
+		var ids []string
+		for _, u := range view.Sorted() {
+			if p.Target.Device == u.ID || (p.Target.Group != "" && u.InGroup(p.Target.Group)) {
+				ids = append(ids, u.ID)
+			}
+		}
+		if p.Target.Device != "" && len(ids) == 0 {
+			ids = append(ids, p.Target.Device)
+		}
+		for _, id := range ids {
+			if results[id] == nil {
+				order = append(order, id)
+				results[id] = &CmdResult{Unit: id}
+				presence(results[id], view.Unit(id))
+			}
+			nonce[id] = p.Nonce
 		}
 	}
-	if p.Target.Device != "" && len(order) == 0 {
-		order = append(order, p.Target.Device)
-	}
-	for _, id := range order {
-		results[id] = &CmdResult{Unit: id}
-		presence(results[id], view.Unit(id))
-	}
 	published := time.Now()
-	if err := fc.Publish(ctx, topic, false, e.Marshal()); err != nil {
-		return nil, err
+	for _, c := range cmds {
+		topic := t.DeviceCmd(c.Payload.Target.Device)
+		if c.Payload.Target.Group != "" {
+			topic = t.GroupCmd(c.Payload.Target.Group)
+		}
+		if err := fc.Publish(ctx, topic, false, c.Envelope.Marshal()); err != nil {
+			return nil, err
+		}
 	}
 	if wait == 0 {
 		return nil, nil
@@ -129,7 +155,7 @@ func SendCommand(ctx context.Context, b Broker, log *slog.Logger, e fleet.Envelo
 		}
 		// A unit that could not read the command at all cannot name its
 		// nonce; a refusal without one counts if it came after the send.
-		if d.Nonce != p.Nonce && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
+		if d.Nonce != nonce[ev.Unit] && (d.Nonce != "" || ev.Type != fleet.EventCommandRefused || ev.At.Before(published.Add(-fleet.DefaultSkew))) {
 			continue
 		}
 		// A done answer may say how it was carried out (update: deferred

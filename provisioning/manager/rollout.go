@@ -181,9 +181,11 @@ func (r *Rollout) allGood(idx []int) bool {
 	return true
 }
 
-// send gives every unit of the wave that is not good the signed command
-// (again, on a resumed wave).
+// send gives every unit of the wave that is not good its signed command
+// (again, on a resumed wave), all at once on one connection.
 func (r *Rollout) send(ctx context.Context, b Broker, log *slog.Logger, idx []int, o RolloutOptions) error {
+	var cmds []SignedCommand
+	byUnit := map[string]*RolloutUnit{}
 	for _, i := range idx {
 		u := &r.Units[i]
 		if u.Result == RollGood {
@@ -193,27 +195,41 @@ func (r *Rollout) send(ctx context.Context, b Broker, log *slog.Logger, idx []in
 		if err != nil {
 			return fmt.Errorf("rollout: %w", err)
 		}
-		u.Sent, u.Result, u.Detail = o.Now().UTC(), RollSent, ""
-		res, err := SendCommand(ctx, b, log, e, p, 15*time.Second, nil)
-		if err != nil {
-			return fmt.Errorf("rollout: %w", err)
+		cmds = append(cmds, SignedCommand{Envelope: e, Payload: p})
+		byUnit[u.Unit] = u
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	sent := o.Now().UTC()
+	for _, u := range byUnit {
+		u.Sent, u.Result, u.Detail = sent, RollSent, ""
+	}
+	// Saved before the send: a rollout killed mid-wave resumes knowing
+	// these units may have the command.
+	if err := o.Save(r); err != nil {
+		return err
+	}
+	res, err := SendCommands(ctx, b, log, cmds, 15*time.Second, nil)
+	if err != nil {
+		return fmt.Errorf("rollout: %w", err)
+	}
+	for _, c := range res {
+		u := byUnit[c.Unit]
+		if u == nil {
+			continue
 		}
-		for _, c := range res {
-			switch c.Result {
-			case ResRefused:
-				u.Result, u.Detail, u.At = RollFailed, "refused: "+c.Reason+": "+c.Message, c.At
-			case ResDone:
-				u.Detail = c.Message
-			default: // offline units find it in their session
-				u.Detail = strings.ReplaceAll(c.Result, "_", " ")
-			}
+		switch c.Result {
+		case ResRefused:
+			u.Result, u.Detail, u.At = RollFailed, "refused: "+c.Reason+": "+c.Message, c.At
+		case ResDone:
+			u.Detail = c.Message
+		default: // offline units find it in their session
+			u.Detail = strings.ReplaceAll(c.Result, "_", " ")
 		}
 		o.Progress(*u)
-		if err := o.Save(r); err != nil {
-			return err
-		}
 	}
-	return nil
+	return o.Save(r)
 }
 
 // watch follows the wave's reported documents until each unit is good or
