@@ -123,13 +123,13 @@ func TestStatusShowsCertificatesDue(t *testing.T) {
 	f.startUnit("room-13", nil, withIdentity(fleet.IdentityReport{Serial: "3", NotAfter: time.Now().Add(-time.Hour), LastRenewalError: "certificate is for another unit"}))
 
 	out := statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "certificate expired", "asks for renewal")
-	if r := row(t, out, "room-11"); !strings.Contains(r[7], "certificate expires "+clock(due)) || !strings.Contains(r[7], "fleetctl renew") {
+	if r := row(t, out, "room-11"); !strings.Contains(r[8], "certificate expires "+clock(due)) || !strings.Contains(r[8], "fleetctl renew") {
 		t.Errorf("a unit asking for renewal: %q", r)
 	}
 	if r := row(t, out, "room-12"); strings.Contains(strings.Join(r, " "), "certificate") {
 		t.Errorf("a unit with 80 days left has a note: %q", r)
 	}
-	if r := row(t, out, "room-13"); !strings.Contains(r[7], "certificate expired") || !strings.Contains(r[7], "last renewal not installed: certificate is for another unit") {
+	if r := row(t, out, "room-13"); !strings.Contains(r[8], "certificate expired") || !strings.Contains(r[8], "last renewal not installed: certificate is for another unit") {
 		t.Errorf("a unit whose certificate ran out: %q", r)
 	}
 }

@@ -137,7 +137,7 @@ func TestPushToAGroup(t *testing.T) {
 	if r := row(t, out, "room-11"); r[1] != "yes" || r[2] != "idle" || r[4] != "clinic-a v1" || r[5] != "1.4.0" {
 		t.Errorf("status room-11: %q\n%s", r, out)
 	}
-	if r := row(t, out, "room-12"); r[4] != "-" || r[5] != "1.3.9" || !strings.Contains(r[7], "refused group clinic-a v1 (schema)") {
+	if r := row(t, out, "room-12"); r[4] != "-" || r[5] != "1.3.9" || !strings.Contains(r[8], "refused group clinic-a v1 (schema)") {
 		t.Errorf("status room-12: %q\n%s", r, out)
 	}
 	if r := row(t, out, "room-13"); r[1] != "no" || r[2] != "-" {
@@ -169,7 +169,7 @@ func TestPushDuringACall(t *testing.T) {
 		t.Fatal("the unit applied a non-urgent config during a call")
 	}
 	out = statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "waits for the call")
-	if r := row(t, out, "room-12"); r[2] != "in_call" || r[4] != "device v1" || !strings.Contains(r[7], "newest config waits for the call to end") {
+	if r := row(t, out, "room-12"); r[2] != "in_call" || r[4] != "device v1" || !strings.Contains(r[8], "newest config waits for the call to end") {
 		t.Errorf("status during the call: %q", r)
 	}
 
@@ -345,7 +345,7 @@ func TestPushRolledBack(t *testing.T) {
 		t.Fatalf("row %q", r)
 	}
 	out = statusWhen(t, func() (string, string, error) { return f.fleetctl("status") }, "device v2", "last known good")
-	if r := row(t, out, "room-12"); r[4] != "device v2" || !strings.Contains(r[7], "runs its last known good config since") {
+	if r := row(t, out, "room-12"); r[4] != "device v2" || !strings.Contains(r[8], "runs its last known good config since") {
 		t.Errorf("status after the rollback: %q", r)
 	}
 }

@@ -139,6 +139,23 @@ func TestRolloutThresholdStopsAndResumes(t *testing.T) {
 	if err != nil || !strings.Contains(st, "wave 1  [####################] 1/1 good") || !strings.Contains(st, "3/4 good, 1 failed") {
 		t.Fatalf("rollout status after the stop: %v\n%s", err, st)
 	}
+	// fleetctl status shows each unit's system and the rollback.
+	sout, serr, err := f.fleetctl("status")
+	if err != nil {
+		t.Fatalf("fleetctl status: %v %s", err, serr)
+	}
+	for _, l := range strings.Split(sout, "\n") {
+		switch {
+		case strings.HasPrefix(l, "room-3 "):
+			if !strings.Contains(l, "2026.1201.1 (A)") || !strings.Contains(l, "rolled back update 2026.1203.1: roomd is not running") {
+				t.Errorf("fleetctl status for the unit that rolled back: %q", l)
+			}
+		case strings.HasPrefix(l, "room-"):
+			if !strings.Contains(l, "2026.1203.1 (B)") || strings.Contains(l, "rolled back") {
+				t.Errorf("fleetctl status for a unit that took the update: %q", l)
+			}
+		}
+	}
 	out, err = f.rollout("--resume", "--state", state)
 	if err != nil || !strings.Contains(out, "done: every unit reports the version good") {
 		t.Fatalf("resumed rollout: %v", err)

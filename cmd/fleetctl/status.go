@@ -61,10 +61,10 @@ func status(ctx context.Context, env *cmdEnv, args []string) error {
 			online++
 		}
 		rows = append(rows, []string{
-			s.Unit, yesNo(s.Online), dash(s.State), generationCell(s), manager.VersionsLabel(s), dash(s.Software), clock(s.LastSeen), strings.Join(manager.Notes(s, now(), clock), "; "),
+			s.Unit, yesNo(s.Online), dash(s.State), generationCell(s), manager.VersionsLabel(s), dash(s.Software), systemCell(s), clock(s.LastSeen), strings.Join(manager.Notes(s, now(), clock), "; "),
 		})
 	}
-	if err := table(env.stdout, []string{"UNIT", "ONLINE", "STATE", "GEN", "CONFIG VERSIONS", "SOFTWARE", "LAST SEEN", "NOTES"}, rows); err != nil {
+	if err := table(env.stdout, []string{"UNIT", "ONLINE", "STATE", "GEN", "CONFIG VERSIONS", "SOFTWARE", "SYSTEM", "LAST SEEN", "NOTES"}, rows); err != nil {
 		return fmt.Errorf("status: %w", err)
 	}
 	fmt.Fprintf(env.stderr, "%d units, %d online\n", len(units), online)
@@ -83,6 +83,19 @@ func dash(s string) string {
 		return "-"
 	}
 	return oneLine(s)
+}
+
+// systemCell is the system version the unit booted and its slot (what a
+// rollout changes), "-" for a unit without A/B updates.
+func systemCell(s manager.UnitStatus) string {
+	u := s.Update
+	if u == nil || u.BootedVersion == "" {
+		return "-"
+	}
+	if u.BootedSlot == "" {
+		return oneLine(u.BootedVersion)
+	}
+	return oneLine(u.BootedVersion + " (" + u.BootedSlot + ")")
 }
 
 func generationCell(s manager.UnitStatus) string {

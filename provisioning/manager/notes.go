@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/konsult/konsult/provisioning/fleet"
 )
 
 // VersionsLabel lists the config versions a unit runs in merge order: its
@@ -71,6 +73,7 @@ func Notes(s UnitStatus, now time.Time, clock func(time.Time) string) []string {
 	if rb := s.LastRollback; rb != nil && rb.ToGeneration == s.ConfigGeneration {
 		notes = append(notes, fmt.Sprintf("runs its last known good config since %s: %s", clock(rb.At), (rb.Reason)))
 	}
+	notes = append(notes, updateNotes(s.Update)...)
 	// Certificates last 90 days: a unit nobody renews drops off the fleet
 	// on that day, so say so while there is time.
 	if c := s.Certificate; c != nil && !c.NotAfter.IsZero() {
@@ -103,4 +106,32 @@ func RevokedNote(at time.Time, reason string, clock func(time.Time) string) stri
 		s += " (" + reason + ")"
 	}
 	return s + ": it cannot connect once the broker has the new CRL"
+}
+
+// updateNotes says where a unit's system update stands when there is
+// something to know: one under way, installed and waiting for its reboot,
+// one the unit undid, a failure since the last good one.
+func updateNotes(u *fleet.UpdateReport) []string {
+	if u == nil {
+		return nil
+	}
+	var notes []string
+	switch {
+	case u.Deferred:
+		notes = append(notes, fmt.Sprintf("update %s waits for the call to end", u.Requested))
+	case u.RebootWaiting != "":
+		notes = append(notes, fmt.Sprintf("update %s installed, reboot waits (%s)", u.PendingVersion, u.RebootWaiting))
+	case u.Phase != "" && u.Phase != "idle":
+		v := u.PendingVersion
+		if v == "" {
+			v = u.Requested
+		}
+		notes = append(notes, fmt.Sprintf("update %s: %s", v, u.Phase))
+	}
+	if rb := u.RolledBack; rb != nil && rb.Version != u.BootedVersion {
+		notes = append(notes, fmt.Sprintf("rolled back update %s: %s", rb.Version, rb.Reason))
+	} else if u.LastFailure != "" && u.Requested != "" && u.Requested != u.BootedVersion {
+		notes = append(notes, "last update failed: "+u.LastFailure)
+	}
+	return notes
 }

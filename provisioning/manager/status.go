@@ -33,6 +33,8 @@ type UnitStatus struct {
 	// Revoked is set when the CA's ledger marks the unit revoked: it will
 	// not connect again.
 	Revoked *RevokedInfo `json:"revoked,omitempty"`
+	// Update is where the unit's system update stands, as it reports it.
+	Update *fleet.UpdateReport `json:"update,omitempty"`
 }
 
 // RevokedInfo is when and why the CA revoked a unit.
@@ -98,6 +100,7 @@ func StatusOf(u *Unit) UnitStatus {
 		}
 		s.Pending, s.Deferred, s.LastRejection, s.LastRollback = r.Pending, r.Deferred, r.LastRejection, r.LastRollback
 		s.Certificate = r.Identity
+		s.Update = r.Update
 		// The reported document is the unit's own account of its config;
 		// status may lag behind it or be the broker's last will.
 		s.ConfigGeneration = r.Generation
