@@ -152,6 +152,7 @@ type Agent struct {
 	refresh chan struct{} // RefreshReported asks Run to publish
 
 	aud       auditState // owned by Run
+	rec       recorder   // writes the audit log (recorder.go)
 	auditSent uint64     // guarded by mu: aud.sent for Reported
 }
 
@@ -192,6 +193,7 @@ func New(opts Options) (*Agent, error) {
 		redact:   newRedactor(),
 		refresh:  make(chan struct{}, 1),
 	}
+	a.rec = recorder{log: opts.Audit, logger: a.log, callE2EE: opts.CallE2EE}
 	if err := a.boot(); err != nil {
 		store.Close()
 		return nil, err

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/konsult/konsult/appliance"
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/internal/atomicfile"
 	"github.com/konsult/konsult/provisioning/audit"
@@ -18,11 +17,13 @@ import (
 	"github.com/konsult/konsult/provisioning/link"
 )
 
-// The unit's audit log (provisioning/audit) is written here, from the
-// same facts the fleet events come from, and shipped to the fleet on the
-// unit's audit topic: what the agent decides about configs and commands,
-// what the appliance reports (calls, privacy, mute, faults, the factory
-// reset), and the identity's enrolment, renewal and revocation.
+// The unit's audit log (provisioning/audit) is written by the agent's
+// recorder (recorder.go; with the fleet off, by Standalone's), from the
+// same facts the fleet events come from, and shipped from here to the
+// fleet on the unit's audit topic: what the agent decides about configs
+// and commands, what the appliance reports (calls, privacy, mute, faults,
+// the factory reset), and the identity's enrolment, renewal and
+// revocation.
 //
 // Shipping: the log is the queue of record. The agent hands every record
 // after the last one it handed over (sentFile) to the link, which keeps
@@ -41,8 +42,6 @@ type auditState struct {
 	sent    uint64
 	serial  string // the certificate serial last recorded
 	revoked bool
-	e2ee    string // what the call being recorded said of its encryption
-
 }
 
 func (a *Agent) auditDir() string { return filepath.Join(a.opts.StateDir, "audit") }
@@ -71,92 +70,6 @@ func (a *Agent) loadAudit() {
 	}
 }
 
-// record appends to the audit log; a failure is logged, never fatal.
-func (a *Agent) record(kind string, fields map[string]string) {
-	if a.opts.Audit == nil {
-		return
-	}
-	if _, err := a.opts.Audit.Append(kind, fields); err != nil {
-		a.log.Error("audit record not written", "kind", kind, "err", err)
-	}
-}
-
-// auditFleetEvent records what a fleet event says, for the kinds the
-// audit log keeps.
-func (a *Agent) auditFleetEvent(typ string, data any) {
-	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
-	switch d := data.(type) {
-	case fleet.Started:
-		a.record(audit.KindStarted, map[string]string{"version": d.Version, "generation": u(d.Generation)})
-	case fleet.ConfigApplied:
-		if typ == fleet.EventConfigApplied {
-			a.record(audit.KindConfigApplied, map[string]string{"target": d.Target, "version": u(d.Version), "generation": u(d.Generation)})
-		}
-	case *fleet.Rejection:
-		a.record(audit.KindConfigRejected, map[string]string{"target": d.Target, "version": u(d.Version), "reason": d.Reason})
-	case fleet.Rejection:
-		a.record(audit.KindConfigRejected, map[string]string{"target": d.Target, "version": u(d.Version), "reason": d.Reason})
-	case fleet.Rollback:
-		a.record(audit.KindConfigRolledBack, map[string]string{"from_generation": u(d.FromGeneration), "to_generation": u(d.ToGeneration), "reason": d.Reason})
-	case *fleet.Rollback:
-		a.record(audit.KindConfigRolledBack, map[string]string{"from_generation": u(d.FromGeneration), "to_generation": u(d.ToGeneration), "reason": d.Reason})
-	case fleet.CommandResult:
-		res := "done"
-		if typ == fleet.EventCommandRefused {
-			res = "refused"
-		}
-		a.record(audit.KindCommand, map[string]string{"name": d.Name, "result": res, "reason": d.Reason})
-	case fleet.Call:
-		if typ == fleet.EventCallJoined {
-			a.record(audit.KindCallJoined, map[string]string{"meeting": d.Meeting, "e2ee": a.callE2EE()})
-		} else {
-			a.record(audit.KindCallLeft, map[string]string{"meeting": d.Meeting, "e2ee": a.callE2EE(), "reason": d.Reason})
-		}
-	case fleet.Fault:
-		if typ == fleet.EventFaultCleared {
-			a.record(audit.KindFaultCleared, map[string]string{"source": d.Source})
-		} else {
-			a.record(audit.KindFault, map[string]string{"source": d.Source, "reason": d.Reason})
-		}
-	}
-}
-
-// callE2EE is whether the call just joined or left is end-to-end
-// encrypted: what the call said (its event's E2EE), else what the config
-// promises (Options.CallE2EE): "true", "false", "per_consultation" or
-// "unknown".
-func (a *Agent) callE2EE() string {
-	if a.aud.e2ee != "" {
-		return a.aud.e2ee
-	}
-	if a.opts.CallE2EE == nil {
-		return "unknown"
-	}
-	return a.opts.CallE2EE()
-}
-
-// auditAppliance records what the fleet events do not carry: privacy and
-// mute turning on and off (the appliance's privacy and mute events, one
-// per change), and a factory reset about to wipe the unit.
-func (a *Agent) auditAppliance(ev appliance.Event) {
-	if ev.Type == "call" {
-		// The call's own word on its encryption (appliance.Event.E2EE),
-		// for the call record that follows.
-		a.aud.e2ee = ""
-		if ev.E2EE != nil {
-			a.aud.e2ee = strconv.FormatBool(*ev.E2EE)
-		}
-	}
-	switch {
-	case ev.Type == "factory_reset" && ev.Detail == "wiping":
-		a.record(audit.KindFactoryReset, nil)
-	case ev.Type == "privacy":
-		a.record(map[bool]string{true: audit.KindPrivacyOn, false: audit.KindPrivacyOff}[ev.Detail == "on"], nil)
-	case ev.Type == "mute":
-		a.record(map[bool]string{true: audit.KindMuteOn, false: audit.KindMuteOff}[ev.Detail == "on"], nil)
-	}
-}
-
 // auditIdentity records enrolment (the first certificate this chain sees),
 // renewal (a new serial) and revocation (the broker refusing the
 // certificate as revoked).
@@ -171,12 +84,12 @@ func (a *Agent) auditIdentity(connErr error) {
 				kind = audit.KindEnrolled
 			}
 			a.aud.serial = rep.Serial
-			a.record(kind, map[string]string{"serial": rep.Serial, "not_after": rep.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
+			a.rec.record(kind, map[string]string{"serial": rep.Serial, "not_after": rep.NotAfter.UTC().Format("2006-01-02T15:04:05Z")})
 		}
 	}
 	if link.Revoked(connErr) && !a.aud.revoked {
 		a.aud.revoked = true
-		a.record(audit.KindRevoked, nil)
+		a.rec.record(audit.KindRevoked, nil)
 	}
 }
 
@@ -251,5 +164,5 @@ func (a *Agent) RecordUpdate(installed bool, version, slot, reason string) {
 	if installed {
 		kind = audit.KindUpdateInstalled
 	}
-	a.record(kind, map[string]string{"version": version, "slot": slot, "reason": reason})
+	a.rec.record(kind, map[string]string{"version": version, "slot": slot, "reason": reason})
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"encoding/json"
 	"net/url"
 	"sort"
 	"strconv"
@@ -44,6 +45,24 @@ func (r *redactor) add(toml string) {
 	if err != nil {
 		return
 	}
+	r.learn(tree)
+}
+
+// addConfig learns the secrets of a config as the unit runs it (its
+// local config, for Standalone): the same walk over its JSON form, whose
+// key names carry the same words (APISecret, Token...).
+func (r *redactor) addConfig(c any) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return
+	}
+	var tree map[string]any
+	if json.Unmarshal(b, &tree) == nil {
+		r.learn(tree)
+	}
+}
+
+func (r *redactor) learn(tree map[string]any) {
 	var found []string
 	walkSecrets(tree, false, &found)
 	r.mu.Lock()

@@ -20,7 +20,7 @@ func (a *Agent) RefreshReported() {
 
 func (a *Agent) onApplianceEvent(ev appliance.Event) {
 	t := a.redact.text
-	a.auditAppliance(ev)
+	a.rec.appliance(ev)
 	switch ev.Type {
 	case "state":
 		a.publish(fleet.EventState, fleet.State{State: string(ev.State)})
@@ -32,29 +32,10 @@ func (a *Agent) onApplianceEvent(ev appliance.Event) {
 		if !a.busy() {
 			a.checkUpdate() // a deferred update, or a reboot that waited for the call
 		}
-	case "call":
-		switch ev.Detail {
-		case "joined":
-			a.publish(fleet.EventCallJoined, fleet.Call{Meeting: ev.Meeting})
-		case "left":
-			a.publish(fleet.EventCallLeft, fleet.Call{Meeting: ev.Meeting, Reason: t(ev.Reason)})
-		case "leave":
-			a.publish(fleet.EventFault, fleet.Fault{Source: "call", Reason: t(ev.Reason)})
+	default:
+		if typ, data, ok := fleetEventOf(ev, t); ok {
+			a.publish(typ, data)
 		}
-	case "fault":
-		switch ev.Detail {
-		case "shutter":
-			a.publish(fleet.EventShutterFault, fleet.Fault{Source: "shutter", Reason: t(ev.Reason)})
-		case "camera":
-			a.publish(fleet.EventCameraLost, fleet.Fault{Source: "camera", Reason: t(ev.Reason)})
-		default:
-			a.publish(fleet.EventFault, fleet.Fault{Source: ev.Detail, Reason: t(ev.Reason)})
-		}
-	case "fault_cleared":
-		a.publish(fleet.EventFaultCleared, fleet.Fault{Source: ev.Detail, Reason: t(ev.Reason)})
-	case "button":
-		which, kind, _ := cutLast(ev.Detail, ":")
-		a.publish(fleet.EventButton, fleet.Button{Which: which, Kind: kind})
 	}
 }
 
@@ -69,7 +50,7 @@ func cutLast(s, sep string) (string, string, bool) {
 
 // publish queues an event; it reports whether it was queued.
 func (a *Agent) publish(typ string, data any) bool {
-	a.auditFleetEvent(typ, data)
+	a.rec.fleetEvent(typ, data)
 	if _, err := a.link.PublishEvent(link.Event{Type: typ, Data: data}); err != nil {
 		a.log.Warn("fleet event not queued", "type", typ, "err", err)
 		return false

@@ -159,3 +159,10 @@ func (c *Client) Events(ctx context.Context, fn func(appliance.Event) bool) erro
 func (c *Client) PrivacyReport(ctx context.Context, out any) error {
 	return c.do(ctx, http.MethodGet, "/v1/privacy-report", nil, out)
 }
+
+// AuditLog fetches the unit's audit log as it stands (socket only).
+func (c *Client) AuditLog(ctx context.Context) (AuditLog, error) {
+	var l AuditLog
+	err := c.do(ctx, http.MethodGet, "/v1/audit", nil, &l)
+	return l, err
+}

@@ -55,6 +55,21 @@ type Reporter interface {
 	PrivacyReport(ctx context.Context) any
 }
 
+// Auditor is a Unit that keeps an audit log (provisioning/audit); a Unit
+// that is not one answers 409. The log is served as it stands, and roomctl
+// verifies it itself: the API hands over the signed lines, it vouches for
+// nothing.
+type Auditor interface {
+	AuditLog() (AuditLog, error)
+}
+
+// AuditLog is the unit's audit log file: where it is, and its lines as on
+// disk, each a signed record.
+type AuditLog struct {
+	File  string   `json:"file"`
+	Lines []string `json:"lines"`
+}
+
 // Sim is the simulated board's fault and button injection.
 type Sim interface {
 	Press(ctx context.Context, button string, hold time.Duration) error
@@ -167,7 +182,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // unixOnly are the calls a local page never needs and must never make:
 // they enrol, wipe, or press the simulated buttons (pressing PRIVACY and
 // JOIN together is a factory reset). roomctl makes them on the socket.
-var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/fault", "/v1/privacy-report"}
+var unixOnly = []string{"/v1/enrol", "/v1/factory-reset", "/v1/press", "/v1/fault", "/v1/privacy-report", "/v1/audit"}
 
 // routes is the API's mux. Each listener gets its own, so the event-stream
 // cap of one listener (a flood over HTTP) leaves the other's alone.
@@ -190,7 +205,22 @@ func (s *Server) routes(unixSocket bool) http.Handler {
 	mux.HandleFunc("POST /v1/press", s.handlePress)
 	mux.HandleFunc("POST /v1/fault", s.handleFault)
 	mux.HandleFunc("GET /v1/privacy-report", s.handlePrivacyReport)
+	mux.HandleFunc("GET /v1/audit", s.handleAudit)
 	return mux
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.unit.(Auditor)
+	if !ok {
+		writeErr(w, http.StatusConflict, errors.New("this unit keeps no audit log"))
+		return
+	}
+	l, err := a.AuditLog()
+	if err != nil {
+		writeErr(w, http.StatusNotFound, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, l)
 }
 
 func (s *Server) handlePrivacyReport(w http.ResponseWriter, r *http.Request) {

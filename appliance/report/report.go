@@ -41,6 +41,9 @@ type Source struct {
 	ChecksAt time.Time
 	// Audit is the audit log's high-water mark, if known.
 	Audit *fleet.AuditReport
+	// AuditLocalOnly: the fleet is off, and the unit keeps its audit log
+	// for itself (agent.Standalone); nothing of it is sent.
+	AuditLocalOnly bool
 	// Calls are the calls the unit's audit log holds (call_joined
 	// records), oldest first; nil: the log was not read.
 	Calls []CallRecord
@@ -480,15 +483,23 @@ func auditFlow(src Source) Flow {
 	cfg := src.Config
 	ret := cfg.Audit.Retention.Duration
 	f := Flow{Name: "Audit log"}
+	where := "on the unit (" + cfg.StateDir(false) + "/audit), each record hash-chained to the one before and signed with the unit's own key; sent to the fleet service on the unit's audit topic"
+	if src.AuditLocalOnly {
+		where = "on the unit only (" + cfg.StateDir(false) + "/audit): the fleet is off and nothing of it is sent; each record hash-chained to the one before and signed with the unit's own key (the key it would enrol with, so the chain goes on if it joins a fleet)"
+	}
 	f.Items = []Item{
 		{"what", "security-relevant events: calls joined and left (pseudonymous meeting id, whether end-to-end encrypted), privacy and mute, configs applied/rejected/rolled back, commands, enrolment, renewal, revocation, factory reset, faults, updates; no names, no URLs with tokens, no far-end addresses", false},
-		{"where", "on the unit (" + cfg.StateDir(false) + "/audit), each record hash-chained to the one before and signed with the unit's own key; sent to the fleet service on the unit's audit topic", false},
+		{"where", where, false},
 		{"retention on the unit", formatDays(ret) + " or " + formatBytes(cfg.Audit.MaxBytes) + ", whichever comes first; pruning leaves a signed checkpoint so the rest still verifies", false},
-		{"verify", "fleetctl audit verify --unit ID (the fleet's copy) or --file (an export or the unit's file): names the first edited, deleted, reordered or inserted record and any gap", false},
+		{"verify", "roomctl audit verify on the unit (its own log); fleetctl audit verify --unit ID (the fleet's copy) or --file (an export or the unit's file): names the first edited, deleted, reordered or inserted record and any gap", false},
 		{"factory reset", "starts a new chain whose first record says a reset happened; the old identity is not carried over", false},
 	}
 	if a := src.Audit; a != nil {
-		f.Items = append(f.Items, Item{"chain in force", a.Chain + ": " + itoa(a.Head) + " records written, " + itoa(a.Sent) + " handed to the fleet link", false})
+		v := a.Chain + ": " + itoa(a.Head) + " records written, " + itoa(a.Sent) + " handed to the fleet link"
+		if src.AuditLocalOnly {
+			v = a.Chain + ": " + itoa(a.Head) + " records written, kept on the unit only"
+		}
+		f.Items = append(f.Items, Item{"chain in force", v, false})
 	}
 	if src.Calls != nil {
 		f.Items = append(f.Items, callItems(src.Calls)...)

@@ -3,9 +3,14 @@ package unit
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
+	"github.com/konsult/konsult/appliance/localapi"
 	"github.com/konsult/konsult/appliance/report"
 	"github.com/konsult/konsult/provisioning/audit"
 	"github.com/konsult/konsult/provisioning/fleet"
@@ -28,19 +33,58 @@ func (u *Unit) PrivacyReport(ctx context.Context) any {
 			src.Unit, src.Generation, src.Pending, src.Deferred, src.Audit = rep.Device, rep.Generation, rep.Pending, rep.Deferred, rep.Audit
 		}
 	}
-	if cfg := src.Config; cfg != nil {
-		src.Calls = pastCalls(filepath.Join(cfg.StateDir(false), "audit", audit.LogFile))
+	if path := u.auditFile(); path != "" {
+		var head *fleet.AuditReport
+		src.Calls, head = pastCalls(path)
+		if src.Audit == nil && head != nil {
+			// The fleet is off: the log is the only copy, nothing is sent.
+			src.Audit, src.AuditLocalOnly = head, true
+		}
 	}
 	return report.Build(src)
 }
 
-// pastCalls are the calls the unit's audit log holds (nil if it cannot be
-// read: a unit without one, or a line being written this instant).
-func pastCalls(path string) []report.CallRecord {
-	recs, err := audit.ReadFile(path)
-	if err != nil {
-		return nil
+// auditFile is the unit's audit log: where the agent (fleet on) or
+// agent.Standalone (fleet off) keeps it; "" before any config.
+func (u *Unit) auditFile() string {
+	cfg := u.Running()
+	if cfg == nil {
+		return ""
 	}
+	return filepath.Join(cfg.StateDir(u.d.Simulate), "audit", audit.LogFile)
+}
+
+// AuditLog implements localapi.Auditor: the log file as it stands, for
+// roomctl audit to verify. Only the unit's socket serves it: the file is
+// the unit's (mode 0600), and whoever may use the socket may read it.
+func (u *Unit) AuditLog() (localapi.AuditLog, error) {
+	path := u.auditFile()
+	if path == "" {
+		return localapi.AuditLog{}, errors.New("audit log: the unit has not started yet")
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return localapi.AuditLog{}, fmt.Errorf("audit log: %w", err)
+	}
+	l := localapi.AuditLog{File: path, Lines: []string{}}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) != "" {
+			l.Lines = append(l.Lines, line)
+		}
+	}
+	return l, nil
+}
+
+// pastCalls are the calls the unit's audit log holds, and its newest
+// record (nil, nil if it cannot be read: a unit without one, or a line
+// being written this instant).
+func pastCalls(path string) ([]report.CallRecord, *fleet.AuditReport) {
+	recs, err := audit.ReadFile(path)
+	if err != nil || len(recs) == 0 {
+		return nil, nil
+	}
+	last := recs[len(recs)-1]
+	head := &fleet.AuditReport{Chain: last.Chain, Head: last.Seq, HeadHash: last.Hash()}
 	calls := []report.CallRecord{}
 	for _, r := range recs {
 		if r.Kind == audit.KindCallJoined {
@@ -51,5 +95,5 @@ func pastCalls(path string) []report.CallRecord {
 			calls = append(calls, report.CallRecord{At: r.Time, Meeting: r.Fields["meeting"], E2EE: e})
 		}
 	}
-	return calls
+	return calls, head
 }

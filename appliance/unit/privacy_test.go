@@ -34,7 +34,10 @@ func TestPrivacyReportListsPastCallsFromTheAuditLog(t *testing.T) {
 		}
 	}
 	l.Close()
-	calls := pastCalls(filepath.Join(dir, "audit", audit.LogFile))
+	calls, head := pastCalls(filepath.Join(dir, "audit", audit.LogFile))
+	if head == nil || head.Head != 7 {
+		t.Fatalf("the log's head: %+v, want record 7 (chain start, 3 calls joined and left)", head)
+	}
 	if len(calls) != 3 || calls[1].Meeting != "m-2" || calls[1].E2EE != "false" {
 		t.Fatalf("calls from the audit log: %+v", calls)
 	}
@@ -49,7 +52,7 @@ func TestPrivacyReportListsPastCallsFromTheAuditLog(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if pastCalls(filepath.Join(dir, "nothing", audit.LogFile)) != nil {
+	if calls, head := pastCalls(filepath.Join(dir, "nothing", audit.LogFile)); calls != nil || head != nil {
 		t.Error("a unit without an audit log reports calls")
 	}
 }

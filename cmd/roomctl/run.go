@@ -33,6 +33,9 @@ Commands:
   privacy-report [--html] [--config FILE] [--out FILE]
                              the privacy report for the data protection officer (Markdown, or a
                              print-ready HTML page): from the running unit, or offline from a config file
+  audit verify|show [--file FILE] [--unit ID]
+                             check the unit's signed audit log (names the first edited, deleted,
+                             reordered or inserted record), or list it
   factory-reset --yes        wipe the unit's identity and fleet config and start again as a new unit
                              (also: hold PRIVACY and JOIN together for 10 s)
 `
@@ -105,6 +108,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	case "privacy-report":
 		return privacyReport(ctx, c, rest, stdout, jsonOut)
+	case "audit":
+		return auditCmd(ctx, c, rest, stdout, jsonOut)
 	case "factory-reset":
 		if len(rest) != 1 || rest[0] != "--yes" {
 			return errors.New("factory-reset wipes the unit's identity, fleet config and queued events: run roomctl factory-reset --yes")

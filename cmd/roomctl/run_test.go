@@ -14,8 +14,9 @@ import (
 	"github.com/konsult/konsult/internal/syncbuf"
 )
 
-// startRoomd builds and starts a real `roomd --sim` and returns its socket.
-func startRoomd(t *testing.T) string {
+// startRoomd builds and starts a real `roomd --sim` (with extra flags)
+// and returns its socket.
+func startRoomd(t *testing.T, extra ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "roomd")
@@ -23,7 +24,7 @@ func startRoomd(t *testing.T) string {
 		t.Fatalf("build roomd: %v\n%s", err, out)
 	}
 	sock := filepath.Join(dir, "roomd.sock")
-	cmd := exec.Command(bin, "--sim", "--socket", sock, "--http", "off")
+	cmd := exec.Command(bin, append([]string{"--sim", "--socket", sock, "--http", "off"}, extra...)...)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {

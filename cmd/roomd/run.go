@@ -108,11 +108,19 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	level := new(slog.LevelVar)
 	log := newLogger(cfg, stderr, level)
-	fl, err := agent.OpenFleet(agent.FleetOptions{Local: cfg, Simulate: f.simulate, Version: Version, Logger: log})
+	fo := agent.FleetOptions{Local: cfg, Simulate: f.simulate, Version: Version, Logger: log}
+	fl, err := agent.OpenFleet(fo)
 	if err != nil {
 		return err
 	}
 	defer fl.Close()
+	// With the fleet off the unit still keeps its audit log (nil with it
+	// on: the agent keeps it). Closed after the unit, deferred before it.
+	alone, err := agent.OpenStandalone(fl, fo)
+	if err != nil {
+		return err
+	}
+	defer alone.Close()
 	if demo := fl.Demo(); demo != nil {
 		fmt.Fprintf(stdout, "fleet demo: embedded broker %s; signing key %s\n  try: fleetctl --config %s status\n", demo.URL(), demo.KeyFile, demo.Settings)
 	}
@@ -133,7 +141,9 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		TokenRequests: fl.TokenRequests(),
 	})
 	defer d.u.Close()
-	if err := fl.Start(d.u, d.u.Appliance(), d.reboot, cfg); err != nil {
+	err = fl.Start(d.u, d.u.Appliance(), d.reboot, cfg)
+	alone.Begin(d.u, d.u.Appliance(), err)
+	if err != nil {
 		return err
 	}
 	// The API runs on the config roomd started with (api changes take
