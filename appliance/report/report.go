@@ -407,7 +407,7 @@ func walk(out *[]Field, prefix string, t reflect.Type) {
 }
 
 func telemetry(c *config.Config) Flow {
-	f := Flow{Name: "Fleet telemetry"}
+	f := Flow{Name: flowTelemetry}
 	broker := hostOf(c.Fleet.Broker)
 	switch {
 	case !c.Fleet.Enabled || c.Fleet.Broker == "" && c.Fleet.EnrolCert == "":
@@ -418,8 +418,8 @@ func telemetry(c *config.Config) Flow {
 	f.Items = []Item{
 		{"broker", broker, false},
 		{"transport", "MQTT over TLS with the unit's client certificate; the broker's ACL confines the unit to its own topics", false},
-		{"retention on the broker", "status and reported state: the latest value only (retained), replaced at each change; events and audit records: queued for their readers, up to 100,000 messages and 64 MiB a reader (mosquitto.conf max_queued_messages, max_queued_bytes), a disconnected reader's queue dropped after 30 days (persistent_client_expiration)", false},
-		{"retention at the fleet service", "audit records: kept by fleetd for its [retention] audit (365 days unless the fleet manager set another), pruned only as far as the unit's own checkpoints account for; its log of tokens issued for [retention] records (90 days by default); events are not stored by the fleet service (fleetctl watch shows them live)", false},
+		{labelBrokerKeeps, "status and reported state: the latest value only (retained), replaced at each change; events and audit records: queued for their readers, up to 100,000 messages and 64 MiB a reader (mosquitto.conf max_queued_messages, max_queued_bytes), a disconnected reader's queue dropped after 30 days (persistent_client_expiration): the shipped deploy/mosquitto/mosquitto.conf; fleetctl privacy-report --broker-config states the broker's own", false},
+		{labelFleetdKeeps, "audit records: kept by fleetd for its [retention] audit (365 days unless the fleet manager set another), pruned only as far as the unit's own checkpoints account for; its log of tokens issued for [retention] records (90 days by default); events are not stored by the fleet service (fleetctl watch shows them live); fleetctl privacy-report --fleetd-config states fleetd's own", false},
 		{"events", "state, call joined/left (pseudonymous meeting id), button, fault, config and command outcomes: never a name, token or far-end address (invariant 7)", false},
 		{"queue on the unit", "events and audit records wait on disk while the broker is away, at most 10,000 (link.DefaultMaxQueued); past that a new event is dropped and audit records stay in the audit log", false},
 	}

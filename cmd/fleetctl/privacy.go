@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/appliance/report"
+	"github.com/konsult/konsult/deploy/mosquitto"
 	"github.com/konsult/konsult/provisioning/fleet"
+	"github.com/konsult/konsult/provisioning/fleetd"
 	"github.com/konsult/konsult/provisioning/manager"
 )
 
@@ -19,6 +21,13 @@ roomctl privacy-report on the unit): fleetctl sends the signed
 privacy-report command and prints what the units answer. --all asks every
 unit fleetctl status lists, one after the other. A unit that does not
 answer within --wait is listed at the end.
+
+A unit cannot see the fleet manager's servers, so its report states what
+fleetd and the broker keep as shipped. --fleetd-config FILE (fleetd.toml:
+its [retention]) and --broker-config FILE (mosquitto.conf: persistence,
+retained messages, queue bounds, session expiry) restate those lines from
+the files the servers really run with; a file that does not read is an
+error before any unit is asked.
 `
 
 // privacyReportCmd is fleetctl privacy-report.
@@ -32,6 +41,8 @@ func privacyReportCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	html := fs.Bool("html", false, "one self-contained, print-ready HTML page (a printed page per unit) instead of Markdown")
 	out := fs.String("out", "", "write the report here instead of stdout")
 	wait := fs.Duration("wait", 15*time.Second, "how long to wait for each unit's report")
+	fleetdConf := fs.String("fleetd-config", "", "fleetd's config file (fleetd.toml): state the retention it really sets, not the shipped default")
+	brokerConf := fs.String("broker-config", "", "the broker's mosquitto.conf: state the persistence and queue bounds it really sets, not the shipped ones")
 	bs := addBrokerFlags(fs)
 	pos, err := parseFlags(fs, env, args)
 	if err != nil {
@@ -48,6 +59,11 @@ func privacyReportCmd(ctx context.Context, env *cmdEnv, args []string) error {
 	}
 	if n != 1 {
 		return errors.New("privacy-report: give exactly one of --unit ID, --group NAME or --all")
+	}
+	// The files first: a wrong one is reported before any unit is asked.
+	restate, err := serverRetention(*fleetdConf, *brokerConf)
+	if err != nil {
+		return fmt.Errorf("privacy-report: %w", err)
 	}
 	key, err := keyOrDefault(*keyPath, caDir)
 	if err != nil {
@@ -104,6 +120,7 @@ func privacyReportCmd(ctx context.Context, env *cmdEnv, args []string) error {
 			if rep.Unit == "" {
 				rep.Unit = r.Unit
 			}
+			restate(&rep)
 			reports = append(reports, rep)
 		}
 	}
@@ -128,4 +145,30 @@ func privacyReportCmd(ctx context.Context, env *cmdEnv, args []string) error {
 		return fmt.Errorf("privacy-report: no report from %s", strings.Join(missing, ", "))
 	}
 	return nil
+}
+
+// serverRetention reads what fleetd and the broker are configured to keep
+// (either file may be ""), and returns what restates it in a unit's report.
+func serverRetention(fleetdConf, brokerConf string) (func(*report.Report), error) {
+	var ret fleetd.RetentionConfig
+	var broker map[string]string
+	var err error
+	if fleetdConf != "" {
+		if ret, err = fleetd.ReadRetention(fleetdConf); err != nil {
+			return nil, err
+		}
+	}
+	if brokerConf != "" {
+		if broker, err = mosquitto.ReadRetention(brokerConf); err != nil {
+			return nil, err
+		}
+	}
+	return func(r *report.Report) {
+		if fleetdConf != "" {
+			r.SetFleetdRetention(fleetdConf, ret.Audit.Duration, ret.Records.Duration)
+		}
+		if broker != nil {
+			r.SetBrokerRetention(brokerConf, broker)
+		}
+	}, nil
 }
