@@ -73,6 +73,10 @@ type FarEndStats struct {
 	// track (a frame shown much later than the frames before it).
 	VideoFreezes int
 
+	// VideoJitterBuffer: the measured video track's jitter-buffer and
+	// decode counters (cumulative; see JitterBuffer.Since).
+	VideoJitterBuffer JitterBuffer
+
 	AudioFrom            string
 	AudioEnergy          float64 // RMS (0..1) over the last ~170 ms
 	AudioEnergyPeak      float64 // highest AudioEnergy seen so far
@@ -117,6 +121,7 @@ type pageReport struct {
 	Frames             [][3]float64 `json:"frames"`
 	Bands              *pageBands   `json:"bands"`
 	Freezes            int          `json:"freezes"`
+	JitterBuffer       JitterBuffer `json:"jitterBuffer"`
 	Errors             []string     `json:"errors"`
 	E2EE               bool         `json:"e2ee"`
 	E2EEErrors         int          `json:"e2eeErrors"`
@@ -140,6 +145,7 @@ type config struct {
 	signal       *Signal // PublishSignal
 	bands        bool    // MeasureBands
 	e2eeKey      []byte  // E2EE
+	lowLatency   bool    // LowLatency
 }
 
 // Option configures StartFarEnd.
@@ -304,7 +310,7 @@ func StartFarEnd(t testing.TB, lk *LiveKit, room, identity string, opts ...Optio
 		"report": "/report", "intervalMs": c.interval.Milliseconds(),
 		"stamp": c.stamps, "frames": c.frames, "publishStamp": c.publishStamp,
 		"signal": c.signal, "bands": c.bands, "band": SignalBand, "toneHz": ToneHz,
-		"e2eeKey": hex.EncodeToString(c.e2eeKey),
+		"e2eeKey": hex.EncodeToString(c.e2eeKey), "lowLatency": c.lowLatency,
 	})
 	page := strings.Replace(pageHTML, "__FAREND_CONFIG__", string(pageCfg), 1)
 
@@ -393,7 +399,7 @@ func (f *FarEnd) handleReport(w http.ResponseWriter, r *http.Request) {
 		Reports:    prev.Reports + 1,
 	}
 	s.StampFramesRead, s.StampFramesValid = p.StampRead, p.StampValid
-	s.VideoFreezes = p.Freezes
+	s.VideoFreezes, s.VideoJitterBuffer = p.Freezes, p.JitterBuffer
 	for _, fr := range p.Frames {
 		f.frames = append(f.frames, FrameSample{At: msTime(fr[0]), StdDev: fr[1], Uniform: fr[1] >= 0 && fr[1] < UniformStdDev, Stamp: int64(fr[2])})
 	}
