@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -86,6 +87,9 @@ type Fleet struct {
 	reboot func()
 
 	agent atomic.Pointer[Agent] // once it runs
+
+	mu    sync.Mutex
+	after *afterAgent // recordOn's, once the agent has stopped
 }
 
 // OpenFleet resolves the fleet from the unit's own config; nil means the
@@ -255,8 +259,52 @@ func (s *Fleet) run(ctx context.Context) error {
 		go s.prov.Watch(ctx, a.Connected, time.Minute)
 		go s.unit.RunTokens(ctx)
 	}
-	return a.Run(ctx)
+	err := a.Run(ctx)
+	if err != nil && ctx.Err() == nil {
+		s.recordOn(ctx)
+	}
+	return err
 }
+
+// recordOn keeps the audit log after the agent has stopped and the unit
+// runs on without its fleet: what the unit does then is recorded as with
+// the fleet off (Standalone), into the same log, until ctx ends or Close.
+// Nothing ships until the next start's agent sends the rest.
+func (s *Fleet) recordOn(ctx context.Context) {
+	if s.audit == nil || s.app == nil {
+		return
+	}
+	alone := &Standalone{log: s.audit, redact: newRedactor()}
+	alone.redact.addConfig(s.local)
+	alone.rec = recorder{log: s.audit, logger: s.log.With("component", "audit"),
+		callE2EE: func() string { return report.E2EE(s.unit.Running()) }}
+	events, cancel := s.app.Subscribe(4096)
+	stop, done := make(chan struct{}), make(chan struct{})
+	after := &afterAgent{stop: stop, done: done}
+	s.mu.Lock()
+	s.after = after
+	s.mu.Unlock()
+	go func() {
+		select {
+		case <-ctx.Done():
+			after.end()
+		case <-stop:
+		}
+	}()
+	go func() {
+		alone.loop(events, stop, done)
+		cancel()
+	}()
+	s.log.Warn("fleet agent stopped: the audit log is kept on the unit until roomd starts again")
+}
+
+// afterAgent is recordOn's recording, which Close ends.
+type afterAgent struct {
+	once       sync.Once
+	stop, done chan struct{}
+}
+
+func (a *afterAgent) end() { a.once.Do(func() { close(a.stop) }) }
 
 // newAgent makes the fleet agent, which brings the unit up on the stored
 // fleet config laid over the local settings.
@@ -378,6 +426,13 @@ func (s *Fleet) TokenRequests() func([]byte) error {
 func (s *Fleet) Close() {
 	if s == nil {
 		return
+	}
+	s.mu.Lock()
+	after := s.after
+	s.mu.Unlock()
+	if after != nil {
+		after.end()
+		<-after.done
 	}
 	if s.audit != nil {
 		s.audit.Close()

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -59,5 +60,37 @@ func TestStandaloneAuditAcrossFactoryReset(t *testing.T) {
 	}
 	if res := audit.Verify(after, ""); !res.OK() {
 		t.Fatalf("the new chain does not verify: %v", res.Problem)
+	}
+}
+
+// TestAuditGoesOnAfterTheAgentStops: the fleet agent stops (its queue
+// cannot be opened) and the unit runs on without its fleet; what it does
+// then is still recorded in its log, and the chain still verifies.
+func TestAuditGoesOnAfterTheAgentStops(t *testing.T) {
+	f := newFleetSide(t)
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state", "link"), []byte("not a folder"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	u := startUnit(t, f.unitConfig(filepath.Join(dir, "state"))+"identity_dir = "+quote(filepath.Join(dir, "identity"))+"\n")
+	u.logged(t, "fleet agent stopped", 1)
+	if err := u.api.Action(context.Background(), "mute"); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "state", "audit", audit.LogFile)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		recs, _ := audit.ReadFile(logPath)
+		if n := len(recs); n > 0 && recs[n-1].Kind == audit.KindMuteOn {
+			if res := audit.Verify(recs, ""); !res.OK() {
+				t.Fatalf("chain: %v", res.Problem)
+			}
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("mute after the agent stopped is not in the log: %+v", recs)
+		}
 	}
 }
