@@ -88,8 +88,9 @@ type Fleet struct {
 
 	agent atomic.Pointer[Agent] // once it runs
 
-	mu    sync.Mutex
-	after *afterAgent // recordOn's, once the agent has stopped
+	mu      sync.Mutex
+	after   *afterAgent // recordAlone's, while no agent keeps the log
+	waiting *afterAgent // the one while the unit waits for enrolment
 }
 
 // OpenFleet resolves the fleet from the unit's own config; nil means the
@@ -220,7 +221,18 @@ func (s *Fleet) Start(u Host, app Appliance, reboot func(), local *config.Config
 	}
 	s.unit, s.app, s.reboot = u, app, reboot
 	if s.prov != nil && !s.prov.Enrolled() {
-		return u.Apply(local)
+		if err := u.Apply(local); err != nil {
+			return err
+		}
+		// Waiting for enrolment: no agent yet, but the unit's key is made,
+		// so its log is kept all the same (from before roomd says it is
+		// ready); the agent takes it over once enrolled.
+		var err error
+		if s.audit, err = OpenAudit(s.stateDir, s.identityDir, s.prov.Signer(), s.local); err != nil {
+			return err
+		}
+		s.waiting = s.recordAlone(context.Background())
+		return nil
 	}
 	_, err := s.newAgent()
 	return err
@@ -246,6 +258,7 @@ func (s *Fleet) run(ctx context.Context) error {
 		if err := s.prov.Run(ctx, s.version); err != nil {
 			return err
 		}
+		s.waiting.stopAndWait() // the agent takes the log over
 		err := s.adoptIdentity()
 		if err == nil {
 			a, err = s.newAgent()
@@ -260,19 +273,20 @@ func (s *Fleet) run(ctx context.Context) error {
 		go s.unit.RunTokens(ctx)
 	}
 	err := a.Run(ctx)
-	if err != nil && ctx.Err() == nil {
-		s.recordOn(ctx)
+	if err != nil && ctx.Err() == nil && s.recordAlone(ctx) != nil {
+		s.log.Warn("fleet agent stopped: the audit log is kept on the unit until roomd starts again")
 	}
 	return err
 }
 
-// recordOn keeps the audit log after the agent has stopped and the unit
-// runs on without its fleet: what the unit does then is recorded as with
-// the fleet off (Standalone), into the same log, until ctx ends or Close.
-// Nothing ships until the next start's agent sends the rest.
-func (s *Fleet) recordOn(ctx context.Context) {
+// recordAlone keeps the audit log while no agent does: before enrolment,
+// and after the agent has stopped and the unit runs on without its fleet.
+// What the unit does is recorded as with the fleet off (Standalone), into
+// the same log, until ctx ends, stopAndWait or Close. Nothing ships until
+// an agent sends the rest. Nil without a log.
+func (s *Fleet) recordAlone(ctx context.Context) *afterAgent {
 	if s.audit == nil || s.app == nil {
-		return
+		return nil
 	}
 	alone := &Standalone{log: s.audit, redact: newRedactor()}
 	alone.redact.addConfig(s.local)
@@ -295,16 +309,24 @@ func (s *Fleet) recordOn(ctx context.Context) {
 		alone.loop(events, stop, done)
 		cancel()
 	}()
-	s.log.Warn("fleet agent stopped: the audit log is kept on the unit until roomd starts again")
+	return after
 }
 
-// afterAgent is recordOn's recording, which Close ends.
+// afterAgent is recordAlone's recording, which Close ends.
 type afterAgent struct {
 	once       sync.Once
 	stop, done chan struct{}
 }
 
 func (a *afterAgent) end() { a.once.Do(func() { close(a.stop) }) }
+
+// stopAndWait ends the recording once what it has is written (nil-safe).
+func (a *afterAgent) stopAndWait() {
+	if a != nil {
+		a.end()
+		<-a.done
+	}
+}
 
 // newAgent makes the fleet agent, which brings the unit up on the stored
 // fleet config laid over the local settings.
@@ -329,8 +351,10 @@ func (s *Fleet) newAgent() (*Agent, error) {
 		signer = s.prov.Signer()
 	}
 	var err error
-	if s.audit, err = OpenAudit(s.stateDir, s.identityDir, signer, s.local); err != nil {
-		return nil, err
+	if s.audit == nil { // open already if the unit waited for enrolment
+		if s.audit, err = OpenAudit(s.stateDir, s.identityDir, signer, s.local); err != nil {
+			return nil, err
+		}
 	}
 	a, err := New(Options{
 		Audit: s.audit, CallE2EE: func() string { return report.E2EE(u.Running()) }, PrivacyReport: u.PrivacyReport,
@@ -430,10 +454,7 @@ func (s *Fleet) Close() {
 	s.mu.Lock()
 	after := s.after
 	s.mu.Unlock()
-	if after != nil {
-		after.end()
-		<-after.done
-	}
+	after.stopAndWait()
 	if s.audit != nil {
 		s.audit.Close()
 	}

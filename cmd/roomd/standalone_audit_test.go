@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/konsult/konsult/provisioning/audit"
+	"github.com/konsult/konsult/provisioning/enrol"
 )
 
 // TestStandaloneAuditAcrossFactoryReset (issue 24): with the fleet off the
@@ -91,6 +92,32 @@ func TestAuditGoesOnAfterTheAgentStops(t *testing.T) {
 		}
 		if time.Now().After(end) {
 			t.Fatalf("mute after the agent stopped is not in the log: %+v", recs)
+		}
+	}
+}
+
+// TestAuditKeptWhileWaitingForEnrolment: a unit that waits for its claim
+// code has no agent yet; what it does meanwhile is in its log all the
+// same, under the key it enrols with.
+func TestAuditKeptWhileWaitingForEnrolment(t *testing.T) {
+	f := newEnrolFleet(t)
+	dir := t.TempDir()
+	u := startUnit(t, f.unitConfig(dir, ""))
+	u.within(20*time.Second, "waiting for a claim code", func(s status) bool { return enrolment(s).Phase == enrol.PhaseNeedCode })
+	if err := u.api.Action(context.Background(), "privacy"); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "state", "audit", audit.LogFile)
+	for end := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		recs, _ := audit.ReadFile(logPath)
+		if n := len(recs); n > 0 && recs[n-1].Kind == audit.KindPrivacyOn {
+			if res := audit.Verify(recs, u.status().Fleet.Enrolment.Device); !res.OK() {
+				t.Fatalf("chain: %v", res.Problem)
+			}
+			return
+		}
+		if time.Now().After(end) {
+			t.Fatalf("privacy while waiting for enrolment is not in the log: %+v", recs)
 		}
 	}
 }
