@@ -27,6 +27,7 @@ type Msg struct {
 	Retained bool
 	At       time.Time // when it arrived
 	sync     string    // set on the client's own sync marker
+	ack      func()    // a persistent session's PUBACK, sent once it is handled
 }
 
 // Client is the fleet manager's MQTT connection: a clean session (the
@@ -41,8 +42,13 @@ type Client struct {
 	syncTop string
 	log     *slog.Logger
 
-	mu     sync.Mutex
-	queue  []Msg
+	mu    sync.Mutex
+	queue []Msg
+	// handed is the ack of the message Next returned last, on a persistent
+	// session: sent when the caller comes back for the next one, so a
+	// message the caller had not finished when it stopped is sent again
+	// by the broker on the next connect rather than lost.
+	handed func()
 	queued int           // payload bytes in queue
 	wake   chan struct{} // a message was queued
 	first  chan error    // the first connect's outcome
@@ -137,6 +143,12 @@ func Dial(ctx context.Context, s Broker, log *slog.Logger, filters ...string) (*
 	o.SetClientID(id)
 	o.SetProtocolVersion(4)
 	o.SetCleanSession(s.Session == "")
+	// On a persistent session a message is acknowledged only once handled
+	// (Next): paho would otherwise acknowledge it as soon as it is queued
+	// here, and a process stopping with messages still queued would lose
+	// them for good (fleetd's audit store: records a unit sent just before
+	// fleetd stopped).
+	o.SetAutoAckDisabled(s.Session != "")
 	// In order: the sync marker must come after the retained messages the
 	// broker sent before it.
 	o.SetOrderMatters(true)
@@ -208,16 +220,19 @@ func (fc *Client) subscribe(c mqtt.Client) error {
 func (fc *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 	// What units and enrolling units write is capped here as well as by
 	// the broker (message_size_limit): fleetctl may face another broker.
+	// (A skipped message is acknowledged: it would be just as bad again.)
 	if len(m.Payload()) > maxMessage {
+		m.Ack()
 		fc.log.Warn("skipped an oversized message", "topic", m.Topic(), "bytes", len(m.Payload()), "max", maxMessage)
 		return
 	}
-	msg := Msg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), At: time.Now()}
+	msg := Msg{Topic: m.Topic(), Payload: m.Payload(), Retained: m.Retained(), At: time.Now(), ack: m.Ack}
 	if msg.Topic == fc.syncTop {
 		msg.sync = string(msg.Payload)
 	} else {
 		k, name, ok := fc.topics.Parse(msg.Topic)
 		if !ok {
+			m.Ack()
 			return
 		}
 		msg.Kind, msg.Unit = k, name
@@ -225,6 +240,7 @@ func (fc *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 	fc.mu.Lock()
 	if fc.queued+len(msg.Payload) > maxQueued {
 		fc.mu.Unlock()
+		m.Ack()
 		fc.log.Warn("skipped a message: fleetctl holds too much unread", "topic", msg.Topic, "max_bytes", maxQueued)
 		return
 	}
@@ -237,8 +253,17 @@ func (fc *Client) onMessage(_ mqtt.Client, m mqtt.Message) {
 	}
 }
 
-// Next returns the next message, waiting for one until ctx ends.
+// Next returns the next message, waiting for one until ctx ends. Asking
+// for it says the one before is handled: on a persistent session that is
+// when the broker is told it arrived.
 func (fc *Client) Next(ctx context.Context) (Msg, error) {
+	fc.mu.Lock()
+	done := fc.handed
+	fc.handed = nil
+	fc.mu.Unlock()
+	if done != nil {
+		done()
+	}
 	for {
 		fc.mu.Lock()
 		if len(fc.queue) > 0 {
@@ -246,6 +271,7 @@ func (fc *Client) Next(ctx context.Context) (Msg, error) {
 			fc.queued -= len(m.Payload)
 			fc.queue[0] = Msg{}
 			fc.queue = fc.queue[1:]
+			fc.handed = m.ack
 			fc.mu.Unlock()
 			return m, nil
 		}

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"runtime"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/konsult/konsult/internal/brokertest"
 	"github.com/konsult/konsult/provisioning/link"
 )
 
@@ -208,5 +211,63 @@ func TestHostileBrokerCannotMakeTheClientAllocate(t *testing.T) {
 	t.Logf("200 MB retained document: heap in use peaked %.1f MB above the start", grew)
 	if grew > 40 {
 		t.Errorf("heap grew by %.0f MB reading a packet the client refuses", grew)
+	}
+}
+
+func (m fakeMsg) Ack() {}
+
+// On a persistent session (fleetd's audit store) a message the process
+// had not handled when it stopped is not lost: the broker sends it again
+// on the next connect, because it was acknowledged only once handled.
+// Before, paho acknowledged each message as it was queued, and the ones
+// still queued at the stop were gone for good.
+func TestSessionKeepsWhatWasNotHandled(t *testing.T) {
+	b := brokertest.Start(t, brokertest.Options{Units: map[string][]string{"unit-a": nil}})
+	a := b.Admin()
+	br := Broker{URL: b.SharedURL(), CA: b.CAFile(), Cert: a.CertFile, CertKey: a.KeyFile, Prefix: link.DefaultPrefix, Client: "fleetd", Session: "test-store"}
+	tp := link.Topics{Prefix: link.DefaultPrefix}
+	dial := func() *Client {
+		fc, err := Dial(t.Context(), br, slog.New(slog.DiscardHandler), tp.AllDevices(link.DeviceAudit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fc
+	}
+	fc := dial() // the session and its subscription exist from here on
+	unit := b.UnitClient(t, "unit-a")
+	for i := range 10 {
+		if tok := unit.Publish(tp.Audit("unit-a"), 1, false, []byte(strconv.Itoa(i))); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("publish: %v", tok.Error())
+		}
+	}
+	// Handle the first three; the third is taken but not yet handled when
+	// the process stops.
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		m, err := fc.Next(ctx)
+		cancel()
+		if err != nil || string(m.Payload) != strconv.Itoa(i) {
+			t.Fatalf("message %d: %q %v", i, m.Payload, err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // what paho would have acknowledged by now
+	fc.Close()
+
+	fc = dial()
+	defer fc.Close()
+	var got []string
+	for len(got) < 8 {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		m, err := fc.Next(ctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		got = append(got, string(m.Payload))
+	}
+	// At least once: from the one not handled (2) to the last (9), in order.
+	want := []string{"2", "3", "4", "5", "6", "7", "8", "9"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("after the restart the session delivered %q, want %q", got, want)
 	}
 }
