@@ -38,6 +38,8 @@ type JitterBuffer struct {
 	Processing float64 `json:"processing"` // totalProcessingDelay (first packet → decoded)
 	Decode     float64 `json:"decode"`     // totalDecodeTime
 	Decoded    float64 `json:"decoded"`    // framesDecoded, for Decode
+	Received   float64 `json:"received"`   // framesReceived (complete frames assembled)
+	Dropped    float64 `json:"dropped"`    // framesDropped (received, never decoded)
 	// SetTarget is the receiver's jitterBufferTarget read back in ms with
 	// LowLatency (0 once it took effect); nil without the option or where
 	// the browser has no such setting.

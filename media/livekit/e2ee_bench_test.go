@@ -137,6 +137,12 @@ type g2gCall struct {
 	median    time.Duration
 	frames    int
 	jb        farend.JitterBufferInterval
+	// presented and stamp-read frames a second over the window: fewer
+	// valid stamps than painted frames means pictures whose stamp did
+	// not read back, fewer painted than 30 a second frames not shown.
+	presentedFPS, validShare float64
+	decodedFPS               float64 // frames out of the jitter buffer a second
+	receivedFPS, droppedFPS  float64 // frames assembled, and dropped undecoded, a second
 }
 
 func e2eeGlassToGlass(b *testing.B, lk *farend.LiveKit, codec string, rounds int) {
@@ -150,8 +156,8 @@ func e2eeGlassToGlass(b *testing.B, lk *farend.LiveKit, codec string, rounds int
 		}
 		for _, encrypted := range order {
 			c := g2gOneCall(b, lk, codec, material, key, encrypted, fmt.Sprintf("bench-g2g-%s-%d-%v", codec, r, encrypted))
-			b.Logf("%s round %d encrypted=%v: median %.1f ms over %d frames; jitter buffer %.1f ms/frame (target %.1f), processing %.1f ms, decode %.1f ms",
-				codec, r, encrypted, ms(c.median), c.frames, ms(c.jb.Delay), ms(c.jb.Target), ms(c.jb.Processing), ms(c.jb.Decode))
+			b.Logf("%s round %d encrypted=%v: median %.1f ms over %d frames (a second: %.1f received, %.1f dropped, %.1f decoded, %.1f painted; %.0f %% of stamps valid); jitter buffer %.1f ms/frame (target %.1f), processing %.1f ms, decode %.1f ms",
+				codec, r, encrypted, ms(c.median), c.frames, c.receivedFPS, c.droppedFPS, c.decodedFPS, c.presentedFPS, 100*c.validShare, ms(c.jb.Delay), ms(c.jb.Target), ms(c.jb.Processing), ms(c.jb.Decode))
 			calls = append(calls, c)
 		}
 	}
@@ -184,11 +190,19 @@ func g2gOneCall(b *testing.B, lk *farend.LiveKit, codec string, material []byte,
 			b.Fatalf("no more stamped frames: %v", err)
 		}
 	}
-	s1, ages := fe.Stats(), fe.StampLatencies()[n0:]
+	s1, ages, took := fe.Stats(), fe.StampLatencies()[n0:], time.Since(start)
 	if e := s1.E2EEErrors; e > 0 {
 		b.Fatalf("the far end could not decrypt %d frames", e)
 	}
-	return g2gCall{encrypted: encrypted, median: median(ages), frames: len(ages), jb: s1.VideoJitterBuffer.Since(s0.VideoJitterBuffer)}
+	c := g2gCall{encrypted: encrypted, median: median(ages), frames: len(ages), jb: s1.VideoJitterBuffer.Since(s0.VideoJitterBuffer),
+		presentedFPS: float64(s1.FramesPresented-s0.FramesPresented) / took.Seconds()}
+	c.decodedFPS = float64(c.jb.Frames) / took.Seconds()
+	c.receivedFPS = (s1.VideoJitterBuffer.Received - s0.VideoJitterBuffer.Received) / took.Seconds()
+	c.droppedFPS = (s1.VideoJitterBuffer.Dropped - s0.VideoJitterBuffer.Dropped) / took.Seconds()
+	if read := s1.StampFramesRead - s0.StampFramesRead; read > 0 {
+		c.validShare = float64(s1.StampFramesValid-s0.StampFramesValid) / float64(read)
+	}
+	return c
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
