@@ -31,6 +31,7 @@ func (u *Unit) PrivacyReport(ctx context.Context) any {
 		var rep fleet.ReportedDoc
 		if b, err := json.Marshal(u.d.Fleet()); err == nil && json.Unmarshal(b, &rep) == nil {
 			src.Unit, src.Generation, src.Pending, src.Deferred, src.Audit = rep.Device, rep.Generation, rep.Pending, rep.Deferred, rep.Audit
+			src.Update = updateSummary(rep.Update)
 		}
 	}
 	if path := u.auditFile(); path != "" {
@@ -42,6 +43,40 @@ func (u *Unit) PrivacyReport(ctx context.Context) any {
 		}
 	}
 	return report.Build(src)
+}
+
+// updateSummary is the update state in force, in a DPO's words: which
+// system runs from which slot, what is installed and waiting, what was
+// undone and why. "" for a unit that installs no system updates itself
+// (the report says so).
+func updateSummary(u *fleet.UpdateReport) string {
+	if u == nil || (u.BootedVersion == "" && u.Phase == "" && u.LastFailure == "") {
+		return ""
+	}
+	var parts []string
+	if u.BootedVersion != "" {
+		s := "signed A/B system updates (RAUC); runs system " + u.BootedVersion
+		if u.BootedSlot != "" {
+			s += " from slot " + u.BootedSlot
+		}
+		parts = append(parts, s)
+	}
+	if u.LastGood != "" && u.LastGood != u.BootedVersion {
+		parts = append(parts, "last marked good: "+u.LastGood)
+	}
+	if u.PendingVersion != "" {
+		parts = append(parts, "installed and waiting for its reboot: "+u.PendingVersion)
+	}
+	if u.Phase != "" && u.Phase != "idle" {
+		parts = append(parts, "update "+u.Phase)
+	}
+	if rb := u.RolledBack; rb != nil && rb.Version != "" {
+		parts = append(parts, fmt.Sprintf("rolled back %s by itself: %s", rb.Version, rb.Reason))
+	}
+	if u.LastFailure != "" {
+		parts = append(parts, "last failure: "+u.LastFailure)
+	}
+	return strings.Join(parts, "; ")
 }
 
 // auditFile is the unit's audit log: where the agent (fleet on) or

@@ -1,6 +1,7 @@
 package unit
 
 import (
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/konsult/konsult/appliance/config"
 	"github.com/konsult/konsult/appliance/report"
 	"github.com/konsult/konsult/provisioning/audit"
+	"github.com/konsult/konsult/provisioning/fleet"
 	"github.com/konsult/konsult/provisioning/identity"
 )
 
@@ -54,5 +56,30 @@ func TestPrivacyReportListsPastCallsFromTheAuditLog(t *testing.T) {
 	}
 	if calls, head := pastCalls(filepath.Join(dir, "nothing", audit.LogFile)); calls != nil || head != nil {
 		t.Error("a unit without an audit log reports calls")
+	}
+}
+
+// The report's update state is the one the unit reports, not "installs no
+// updates" on a unit that does (the report said that on every unit).
+func TestPrivacyReportStatesTheUpdateState(t *testing.T) {
+	c, err := config.Local{}.Effective(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep := fleet.ReportedDoc{Device: "ku-a", Update: &fleet.UpdateReport{Phase: "idle", BootedSlot: "B", BootedVersion: "2026.1203.1",
+		LastGood: "2026.1203.1", RolledBack: &fleet.UpdateRollback{Version: "2026.1204.1", Reason: "roomd is not running"}}}
+	u := &Unit{cfg: c, d: Deps{Version: "1.2.3", Fleet: func() any { return rep }}}
+	u.d.Log = slog.New(slog.DiscardHandler)
+	md := u.PrivacyReport(t.Context()).(report.Report).Markdown()
+	for _, want := range []string{"runs system 2026.1203.1 from slot B", "rolled back 2026.1204.1 by itself: roomd is not running"} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+	if strings.Contains(md, "installs no updates") {
+		t.Errorf("a unit with A/B updates is reported as installing none")
+	}
+	if updateSummary(nil) != "" {
+		t.Error("a unit without updates gets an update state")
 	}
 }
