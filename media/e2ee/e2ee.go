@@ -103,13 +103,33 @@ func SafetyCode(material []byte) string {
 
 // Encrypt encrypts one whole encoded frame. codec is "h264", "vp8" or
 // "opus". An empty frame (Opus DTX) is returned as it is, as the worker does.
+//
+// For H.264 it draws IVs until the ciphertext's slice header reads, to a
+// receiver's depacketizer, as the plaintext's does (slice.go says why).
 func (k *Key) Encrypt(codec string, frame []byte) ([]byte, error) {
-	var iv [ivLength]byte
-	if _, err := rand.Read(iv[:]); err != nil {
-		return nil, fmt.Errorf("e2ee: iv: %w", err)
+	var want [3]uint32
+	check := false
+	if codec == "h264" {
+		want, check = sliceHeaderStart(frame)
 	}
-	return k.encrypt(codec, frame, iv[:])
+	var iv [ivLength]byte
+	for try := 0; ; try++ {
+		if _, err := rand.Read(iv[:]); err != nil {
+			return nil, fmt.Errorf("e2ee: iv: %w", err)
+		}
+		out, err := k.encrypt(codec, frame, iv[:])
+		if err != nil || !check || try == maxIVTries-1 {
+			return out, err
+		}
+		if got, ok := sliceHeaderStart(out); ok && got == want {
+			return out, nil
+		}
+	}
 }
+
+// maxIVTries bounds Encrypt's draws; each succeeds about half the time, so
+// the bound is never reached in practice (2^-32).
+const maxIVTries = 32
 
 func (k *Key) encrypt(codec string, frame, iv []byte) ([]byte, error) {
 	if len(frame) == 0 {
