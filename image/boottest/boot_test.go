@@ -49,25 +49,10 @@ func TestImageBoots(t *testing.T) {
 		t.Skip("boots the image under QEMU (minutes): set KONSULT_BOOT_TEST=1, or run make image-test")
 	}
 	if os.Getenv("KONSULT_BOOT_NETNS") == "" {
-		reexecInLoopbackNetns(t)
+		reexecInLoopbackNetns(t, "TestImageBoots")
 		return
 	}
-	img := os.Getenv("KONSULT_IMAGE")
-	if img == "" {
-		img = "../../.cache/image/out/konsult-amd64.img"
-	}
-	img, _ = filepath.Abs(img)
-	if _, err := os.Stat(img); err != nil {
-		t.Fatalf("%v: build it with make image-amd64", err)
-	}
-	if _, err := os.Stat(ovmfCode); err != nil {
-		t.Fatalf("%v: the image boots by EFI (GRUB): apt-get install ovmf", err)
-	}
-	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk", "mcopy"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s not found: apt-get install qemu-system-x86 e2fsprogs fdisk mtools", tool)
-		}
-	}
+	img := imagePath(t)
 
 	broker := brokertest.Start(t, brokertest.Options{Units: map[string][]string{deviceID: {group}}})
 	_, port, _ := net.SplitHostPort(broker.Addr())
@@ -124,31 +109,13 @@ func TestImageBoots(t *testing.T) {
 	// Debian's kernel, no GL under TCG), at one of the screen's sizes, and
 	// QMP for its screendumps. 2 GB: Chromium beside roomd.
 	qmpSock := filepath.Join(dir, "qmp.sock")
-	// The disk boots as a PC's would: OVMF (EFI) runs the image's GRUB,
-	// which picks root slot A or B (docs/UPDATES.md).
 	vars := filepath.Join(dir, "efivars.fd")
 	run(t, "cp", ovmfVars, vars)
-	qemu := exec.Command("qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-cpu", "max",
-		"-m", "2048", "-smp", "2", "-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot",
-		"-vga", "none", "-device", "virtio-vga,xres=1280,yres=720",
-		"-qmp", "unix:"+qmpSock+",server=on,wait=off",
-		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,file="+vars,
-		"-drive", "file="+disk+",format=raw,if=virtio",
-		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
-	qemu.Stdout = io.MultiWriter(console, logFile)
-	qemu.Stderr = qemu.Stdout
 	start := time.Now()
-	if err := qemu.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	waited := make(chan struct{})
-	go func() { exited <- qemu.Wait(); close(waited) }()
-	defer func() {
-		_ = qemu.Process.Kill()
-		<-waited
-	}()
+	vm := startVM(t, disk, vars, io.MultiWriter(console, logFile), "-m", "2048",
+		"-vga", "none", "-device", "virtio-vga,xres=1280,yres=720", "-qmp", "unix:"+qmpSock+",server=on,wait=off")
+	defer vm.stop()
+	exited := vm.exited
 
 	mon, err := dialQMP(qmpSock, 30*time.Second)
 	if err != nil {
@@ -309,32 +276,94 @@ func checkLogNamespace(t *testing.T, before, after string) {
 	}
 }
 
-// reexecInLoopbackNetns runs this test again inside a new network namespace
-// with only lo up: the guest's user network can then reach the host's
-// loopback services and nothing else.
-func reexecInLoopbackNetns(t *testing.T) {
+// reexecInLoopbackNetns runs the test name again inside a new network
+// namespace with only lo up: the guest's user network can then reach the
+// host's loopback services and nothing else.
+func reexecInLoopbackNetns(t *testing.T, name string) {
 	if os.Geteuid() != 0 {
 		t.Fatal("the boot test needs root (a network namespace, loop-free image edits)")
 	}
+	timeout := "30m"
+	if d, ok := t.Deadline(); ok {
+		timeout = time.Until(d).Truncate(time.Second).String()
+	}
 	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh",
-		os.Args[0], "-test.run=^TestImageBoots$", "-test.v", "-test.timeout=30m")
+		os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.timeout="+timeout)
 	cmd.Env = append(os.Environ(), "KONSULT_BOOT_NETNS=1")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(&out, os.Stdout), io.MultiWriter(&out, os.Stderr)
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("boot test in a loopback-only network namespace: %v", err)
+		t.Fatalf("%s in a loopback-only network namespace: %v", name, err)
 	}
-	if !strings.Contains(out.String(), "--- PASS: TestImageBoots") {
-		t.Fatal("the boot test did not pass in its network namespace")
+	if !strings.Contains(out.String(), "--- PASS: "+name) {
+		t.Fatalf("%s did not pass in its network namespace", name)
 	}
 }
 
-// injectTestFiles writes the test's unit identity, config and reporting
-// service into the root filesystem of disk (partition 2), with debugfs on an
-// extracted copy: no loop device, no mount.
-// It writes claim into konsult-claim.txt on the boot partition (mtools)
-// and returns the size of the data partition.
-func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port, claim string) int64 {
+// imagePath is the amd64 image to boot (KONSULT_IMAGE), checked with the
+// tools the boot harness needs.
+func imagePath(t *testing.T) string {
+	t.Helper()
+	img := os.Getenv("KONSULT_IMAGE")
+	if img == "" {
+		img = "../../.cache/image/out/konsult-amd64.img"
+	}
+	img, _ = filepath.Abs(img)
+	if _, err := os.Stat(img); err != nil {
+		t.Fatalf("%v: build it with make image-amd64", err)
+	}
+	if _, err := os.Stat(ovmfCode); err != nil {
+		t.Fatalf("%v: the image boots by EFI (GRUB): apt-get install ovmf", err)
+	}
+	for _, tool := range []string{"qemu-system-x86_64", "debugfs", "sfdisk", "mcopy"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: apt-get install qemu-system-x86 e2fsprogs fdisk mtools", tool)
+		}
+	}
+	return img
+}
+
+// vm is one run of QEMU on the unit's disk, until the guest powers off or
+// reboots (-no-reboot: a reboot ends the run, so each boot is its own).
+type vm struct {
+	cmd    *exec.Cmd
+	start  time.Time
+	exited chan error // receives QEMU's exit once
+	waited chan struct{}
+}
+
+// startVM boots disk as a PC would: OVMF (EFI, its variables in vars) runs
+// the image's GRUB, which picks root slot A or B (docs/UPDATES.md). extra
+// adds QEMU's options: the memory (-m), a display, QMP.
+func startVM(t *testing.T, disk, vars string, out io.Writer, extra ...string) *vm {
+	t.Helper()
+	args := []string{"-accel", "tcg", "-M", "pc", "-cpu", "max", "-smp", "2",
+		"-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"}
+	args = append(args, extra...)
+	args = append(args,
+		"-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode,
+		"-drive", "if=pflash,format=raw,file="+vars,
+		"-drive", "file="+disk+",format=raw,if=virtio",
+		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0")
+	v := &vm{cmd: exec.Command("qemu-system-x86_64", args...), exited: make(chan error, 1), waited: make(chan struct{})}
+	v.cmd.Stdout, v.cmd.Stderr = out, out
+	v.start = time.Now()
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { v.exited <- v.cmd.Wait(); close(v.waited) }()
+	return v
+}
+
+// stop kills QEMU if it still runs and waits for it.
+func (v *vm) stop() {
+	_ = v.cmd.Process.Kill()
+	<-v.waited
+}
+
+// partitions is disk's partition table: each partition's offset and size
+// in bytes.
+func partitions(t *testing.T, disk string) (off, size []int64) {
 	t.Helper()
 	var layout struct {
 		PartitionTable struct {
@@ -355,35 +384,101 @@ func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port,
 	if sector == 0 {
 		sector = 512
 	}
-	off, size := pt.Partitions[1].Start*sector, pt.Partitions[1].Size*sector
-	root := filepath.Join(dir, "root.ext4")
-	copyRange(t, disk, root, off, size, false)
+	for _, p := range pt.Partitions {
+		off, size = append(off, p.Start*sector), append(size, p.Size*sector)
+	}
+	return off, size
+}
 
-	gid := groupID(t, string(output(t, "debugfs", "-R", "cat /etc/group", root)), "konsult")
-	files := filepath.Join(dir, "files")
-	_ = os.MkdirAll(files, 0o700)
-	put := func(name string, data []byte) string {
-		p := filepath.Join(files, name)
-		if err := os.WriteFile(p, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	read := func(p string) []byte {
-		d, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return d
-	}
-	here, _ := os.Getwd()
-	asset := func(name string) []byte { return read(filepath.Join(here, name)) }
-	pub, _, err := ed25519.GenerateKey(rand.Reader)
+// rootEdit collects debugfs commands that change a root filesystem image
+// without a loop device or a mount.
+type rootEdit struct {
+	t     *testing.T
+	files string // the host files the commands copy in
+	cmds  []string
+	gid   int // the image's konsult group
+}
+
+func newRootEdit(t *testing.T, dir, root string) *rootEdit {
+	t.Helper()
+	files, err := os.MkdirTemp(dir, "files")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &rootEdit{t: t, files: files, gid: groupID(t, string(output(t, "debugfs", "-R", "cat /etc/group", root)), "konsult")}
+}
+
+// put writes data into a host file for a later write command.
+func (e *rootEdit) put(name string, data []byte) string {
+	p := filepath.Join(e.files, name)
+	if err := os.WriteFile(p, data, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return p
+}
+
+// write replaces path in the image with data, with mode (debugfs's octal
+// with the file type, e.g. 0100644).
+func (e *rootEdit) write(path string, data []byte, mode string) {
+	e.cmds = append(e.cmds, "rm "+path, "write "+e.put(strings.ReplaceAll(strings.TrimPrefix(path, "/"), "/", "_"), data)+" "+path, "sif "+path+" mode "+mode)
+}
+
+// secret writes path readable by root and roomd's group only.
+func (e *rootEdit) secret(path string, data []byte) {
+	e.write(path, data, "0100640")
+	e.cmds = append(e.cmds, "sif "+path+" uid 0", fmt.Sprintf("sif %s gid %d", path, e.gid))
+}
+
+func (e *rootEdit) add(cmds ...string) { e.cmds = append(e.cmds, cmds...) }
+
+// apply runs the commands on root (an ext4 image file).
+func (e *rootEdit) apply(root string) {
+	e.t.Helper()
+	script := e.put("debugfs.cmds", []byte(strings.Join(e.cmds, "\n")+"\n"))
+	if out := output(e.t, "debugfs", "-w", "-f", script, root); bytes.Contains(out, []byte("rror")) {
+		e.t.Logf("debugfs said:\n%s", out)
+	}
+}
+
+// unitIdentity adds what enrolment and the lab would leave on a unit: its
+// config (roomd.toml, with the [fleet] section naming the host's broker
+// through the guest's proxy), its certificate, the fleet's public key, the
+// broker proxy, NTP from the host, and roomd on its simulated board.
+func unitIdentity(e *rootEdit, b *brokertest.Broker, port, config string, fleetPub ed25519.PublicKey) {
+	e.t.Helper()
 	id := b.Identity(deviceID)
-	config := fmt.Sprintf(`# Boot test: the unit's own config as enrolment would leave it.
+	read := func(p string) []byte {
+		d, err := os.ReadFile(p)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		return d
+	}
+	e.secret("/etc/konsult/roomd.toml", []byte(config))
+	e.add("mkdir /etc/konsult/test", "sif /etc/konsult/test mode 040750", fmt.Sprintf("sif /etc/konsult/test gid %d", e.gid))
+	for name, data := range map[string][]byte{
+		"ca.pem": read(b.CAFile()), "unit.pem": read(id.CertFile), "unit.key": read(id.KeyFile),
+		"fleet.pub": fleet.FormatPublicKey(fleetPub),
+	} {
+		e.secret("/etc/konsult/test/"+name, data)
+	}
+	asset := func(name string) []byte { return read(name) }
+	proxy := strings.ReplaceAll(string(asset("broker-proxy.service")), "@PORT@", port)
+	e.add("mkdir /etc/systemd/system/roomd.service.d", "mkdir /etc/systemd/timesyncd.conf.d",
+		// The image enables no socket unit of its own, so the directory may
+		// not exist (debugfs does not make it for symlink).
+		"mkdir /etc/systemd/system/sockets.target.wants")
+	e.write("/etc/systemd/system/roomd.service.d/boottest.conf", asset("roomd-boottest.conf"), "0100644")
+	e.write("/etc/systemd/timesyncd.conf.d/boottest.conf", asset("timesyncd-boottest.conf"), "0100644")
+	e.write("/etc/systemd/system/konsult-broker-proxy.socket", asset("broker-proxy.socket"), "0100644")
+	e.write("/etc/systemd/system/konsult-broker-proxy.service", []byte(proxy), "0100644")
+	e.add("symlink /etc/systemd/system/sockets.target.wants/konsult-broker-proxy.socket /etc/systemd/system/konsult-broker-proxy.socket")
+}
+
+// unitConfig is the unit's own config as enrolment would leave it; extra
+// is appended (more sections).
+func unitConfig(extra string) string {
+	return fmt.Sprintf(`# Boot test: the unit's own config as enrolment would leave it.
 [unit]
 board = "pi4"
 
@@ -399,70 +494,52 @@ state_dir = "/var/lib/konsult/fleet"
 # roomd runs --sim here, which would keep its identity (and the factory
 # reset's marker for konsult-reset.service) next to its socket in /run.
 identity_dir = "/var/lib/konsult/identity"
+`, deviceID, group) + extra
+}
 
+// injectTestFiles writes the test's unit identity, config and reporting
+// service into the root filesystem of disk (partition 2), with debugfs on an
+// extracted copy: no loop device, no mount.
+// It writes claim into konsult-claim.txt on the boot partition (mtools)
+// and returns the size of the data partition.
+func injectTestFiles(t *testing.T, disk, dir string, b *brokertest.Broker, port, claim string) int64 {
+	t.Helper()
+	offs, sizes := partitions(t, disk)
+	off, size := offs[1], sizes[1]
+	root := filepath.Join(dir, "root.ext4")
+	copyRange(t, disk, root, off, size, false)
+
+	pub, _, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newRootEdit(t, dir, root)
+	unitIdentity(e, b, port, unitConfig(`
 # The unit's screen, as the image ships it (image/build).
 [display]
 enabled = true
 listen = "127.0.0.1:8788"
 url_file = "/run/konsult/display.url"
 room_name = "Boot Room"
-`, deviceID, group)
-
-	secret := "0100640" // root:konsult, readable by roomd only
-	cmds := []string{
-		"rm /etc/konsult/roomd.toml",
-		"write " + put("roomd.toml", []byte(config)) + " /etc/konsult/roomd.toml",
-		"sif /etc/konsult/roomd.toml mode " + secret,
-		"mkdir /etc/konsult/test",
-		"sif /etc/konsult/test mode 040750",
-		fmt.Sprintf("sif /etc/konsult/test gid %d", gid),
+`), pub)
+	read := func(p string) []byte {
+		d, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
 	}
-	for name, data := range map[string][]byte{
-		"ca.pem": read(b.CAFile()), "unit.pem": read(id.CertFile), "unit.key": read(id.KeyFile),
-		"fleet.pub": fleet.FormatPublicKey(pub),
-	} {
-		p := "/etc/konsult/test/" + name
-		cmds = append(cmds, "write "+put(name, data)+" "+p, "sif "+p+" mode "+secret, "sif "+p+" uid 0")
-	}
-	for _, p := range []string{"/etc/konsult/roomd.toml", "/etc/konsult/test/ca.pem", "/etc/konsult/test/unit.pem", "/etc/konsult/test/unit.key", "/etc/konsult/test/fleet.pub"} {
-		cmds = append(cmds, fmt.Sprintf("sif %s gid %d", p, gid))
-	}
-	proxy := strings.ReplaceAll(string(asset("broker-proxy.service")), "@PORT@", port)
-	cmds = append(cmds,
-		"mkdir /etc/systemd/system/roomd.service.d",
-		"write "+put("roomd.conf", asset("roomd-boottest.conf"))+" /etc/systemd/system/roomd.service.d/boottest.conf",
-		"mkdir /etc/systemd/timesyncd.conf.d",
-		"write "+put("timesyncd.conf", asset("timesyncd-boottest.conf"))+" /etc/systemd/timesyncd.conf.d/boottest.conf",
-		"write "+put("proxy.socket", asset("broker-proxy.socket"))+" /etc/systemd/system/konsult-broker-proxy.socket",
-		"write "+put("proxy.service", []byte(proxy))+" /etc/systemd/system/konsult-broker-proxy.service",
-		// The image enables no socket unit of its own, so the directory may
-		// not exist (debugfs does not make it for symlink).
-		"mkdir /etc/systemd/system/sockets.target.wants",
-		"symlink /etc/systemd/system/sockets.target.wants/konsult-broker-proxy.socket /etc/systemd/system/konsult-broker-proxy.socket",
-		"write "+put("boottest.service", asset("boottest.service"))+" /etc/systemd/system/konsult-boottest.service",
-		"symlink /etc/systemd/system/multi-user.target.wants/konsult-boottest.service /etc/systemd/system/konsult-boottest.service",
-		"write "+put("report", asset("report.sh"))+" /usr/local/sbin/konsult-boottest-report",
-		"sif /usr/local/sbin/konsult-boottest-report mode 0100755",
-		// The stand-in display page, for as long as roomd does not serve it
-		// (its unit's condition skips it once roomd writes the URL file).
-		"write "+buildScreenStub(t, files)+" /usr/local/sbin/konsult-boottest-screen",
-		"sif /usr/local/sbin/konsult-boottest-screen mode 0100755",
-		"write "+put("screen.service", asset("screen-stub.service"))+" /etc/systemd/system/konsult-boottest-screen.service",
-		"mkdir /etc/systemd/system/roomd.service.wants",
-		"symlink /etc/systemd/system/roomd.service.wants/konsult-boottest-screen.service /etc/systemd/system/konsult-boottest-screen.service",
-		"mkdir /etc/systemd/system/konsult-kiosk.service.d",
-		"write "+put("kiosk.conf", asset("kiosk-boottest.conf"))+" /etc/systemd/system/konsult-kiosk.service.d/boottest.conf",
-	)
-	for _, p := range []string{"/etc/systemd/system/roomd.service.d/boottest.conf", "/etc/systemd/timesyncd.conf.d/boottest.conf",
-		"/etc/systemd/system/konsult-broker-proxy.socket", "/etc/systemd/system/konsult-broker-proxy.service",
-		"/etc/systemd/system/konsult-boottest.service", "/etc/systemd/system/konsult-boottest-screen.service",
-		"/etc/systemd/system/konsult-kiosk.service.d/boottest.conf"} {
-		cmds = append(cmds, "sif "+p+" mode 0100644")
-	}
-	script := put("debugfs.cmds", []byte(strings.Join(cmds, "\n")+"\n"))
-	if out := output(t, "debugfs", "-w", "-f", script, root); bytes.Contains(out, []byte("rror")) {
-		t.Logf("debugfs said:\n%s", out)
-	}
+	e.add("mkdir /etc/systemd/system/roomd.service.wants", "mkdir /etc/systemd/system/konsult-kiosk.service.d")
+	e.write("/etc/systemd/system/konsult-boottest.service", read("boottest.service"), "0100644")
+	e.add("symlink /etc/systemd/system/multi-user.target.wants/konsult-boottest.service /etc/systemd/system/konsult-boottest.service")
+	e.write("/usr/local/sbin/konsult-boottest-report", read("report.sh"), "0100755")
+	// The stand-in display page, for as long as roomd does not serve it
+	// (its unit's condition skips it once roomd writes the URL file).
+	e.write("/usr/local/sbin/konsult-boottest-screen", read(buildScreenStub(t, e.files)), "0100755")
+	e.write("/etc/systemd/system/konsult-boottest-screen.service", read("screen-stub.service"), "0100644")
+	e.add("symlink /etc/systemd/system/roomd.service.wants/konsult-boottest-screen.service /etc/systemd/system/konsult-boottest-screen.service")
+	e.write("/etc/systemd/system/konsult-kiosk.service.d/boottest.conf", read("kiosk-boottest.conf"), "0100644")
+	e.apply(root)
 	// Prove the edit took before spending minutes booting.
 	if got := output(t, "debugfs", "-R", "cat /etc/konsult/roomd.toml", root); !bytes.Contains(got, []byte(deviceID)) {
 		t.Fatalf("test config not in the image:\n%s", got)
@@ -475,9 +552,9 @@ room_name = "Boot Room"
 	}
 	copyRange(t, root, disk, off, size, true)
 
-	card := put("konsult-claim.txt", []byte("# Konsult enrolment claim code.\n"+claim+"\n"))
-	run(t, "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", disk, pt.Partitions[0].Start*sector), card, "::konsult-claim.txt")
-	return pt.Partitions[3].Size * sector
+	card := e.put("konsult-claim.txt", []byte("# Konsult enrolment claim code.\n"+claim+"\n"))
+	run(t, "mcopy", "-o", "-i", fmt.Sprintf("%s@@%d", disk, offs[0]), card, "::konsult-claim.txt")
+	return sizes[3]
 }
 
 // Debian's OVMF (package ovmf): the EFI firmware the image's GRUB runs on.
