@@ -110,11 +110,18 @@ func TestE2EECall(t *testing.T) {
 			// H.264 key frames whose PPS id read from ciphertext were dropped
 			// by Chromium's SPS/PPS tracker, and the picture stalled to the
 			// next one (14-26 fps on average; media/e2ee slice.go).
+			// H.264 is held to 25 (openh264 gives 28-30 even under -race, and
+			// the stalls gave 14-26), VP8 to the issue's 20 (libvpx under
+			// -race gave 22 in CI's dry run, clear or not).
+			want := 20.0
+			if codec == "H264" {
+				want = 25
+			}
 			n0, t0 := s.VideoFramesDecoded, time.Now()
 			time.Sleep(5 * time.Second)
 			s1 := patient.Stats()
-			if rate := float64(s1.VideoFramesDecoded-n0) / time.Since(t0).Seconds(); rate < 25 {
-				t.Errorf("the patient with the key decoded %.1f frames a second over 5 s, want >= 25 (the issue: 20; a clear call gets 30). %s", rate, s1)
+			if rate := float64(s1.VideoFramesDecoded-n0) / time.Since(t0).Seconds(); rate < want {
+				t.Errorf("the patient with the key decoded %.1f frames a second over 5 s, want >= %.0f. %s", rate, want, s1)
 			} else {
 				t.Logf("patient with the key: %.1f frames a second decoded over 5 s", rate)
 			}
