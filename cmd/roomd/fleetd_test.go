@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -175,7 +176,18 @@ func BenchmarkJoinFleetdToken(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	su := startUnit(b, connectorConfig("livekit", lk, "bench-secret", "")) // the same connector as fleetConference
+	// Every fleetd consultation is encrypted end to end with its own key:
+	// the secret unit is given one too (a key file), so that both joins
+	// are alike but for where the token comes from.
+	material, err := svc.Store().E2EEKey(context.Background(), a.ID)
+	if err != nil || len(material) != 32 {
+		b.Fatalf("fleetd holds no key for the consultation: %d bytes, %v", len(material), err)
+	}
+	keyFile := filepath.Join(b.TempDir(), "e2ee.key")
+	if err := os.WriteFile(keyFile, []byte(base64.RawURLEncoding.EncodeToString(material)+"\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	su := startUnit(b, connectorConfig("livekit", lk, "bench-secret", fmt.Sprintf("e2ee_key_file = %q", keyFile))) // the same connector as fleetConference
 	// The schedule and the first token reach the fleet unit.
 	for end := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if n, _ := svc.Store().TokensIssued(context.Background(), id); n > 0 {
@@ -187,7 +199,7 @@ func BenchmarkJoinFleetdToken(b *testing.B) {
 	}
 	measure := func(u *unitUnderTest, room string) time.Duration {
 		b.StopTimer()
-		fe := farend.StartFarEnd(b, lk, room, "patient", farend.ReportInterval(20*time.Millisecond))
+		fe := farend.StartFarEnd(b, lk, room, "patient", farend.ReportInterval(20*time.Millisecond), farend.E2EE(material))
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := fe.WaitFor(ctx, func(s farend.FarEndStats) bool { return s.Connected }); err != nil {
