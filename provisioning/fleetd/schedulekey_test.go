@@ -33,29 +33,8 @@ func TestFleetdSignsSchedulesWithAKeyThatCannotConfigure(t *testing.T) {
 	}
 	r.start()
 
-	// The unit's schedule, as it arrives on its own topic.
-	u := r.unit("room-1")
-	sched := make(chan []byte, 8)
-	tok := u.c.Subscribe(r.topics.Schedule("room-1"), 1, func(_ mqtt.Client, m mqtt.Message) { sched <- m.Payload() })
-	if tok.Wait(); tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
+	sched, a, verifier := bookedSchedule(t, r, fleetPub)
 	now := time.Now()
-	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: now.Add(time.Hour), End: now.Add(90 * time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.svc.Changed()
-	verifier := func(schedKeys ...ed25519.PublicKey) *fleet.Verifier {
-		v, err := fleet.NewVerifier(fleet.Identity{Device: "room-1"}, fleetPub...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.SetScheduleKeys(schedKeys); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
 	// Authorised: taken as before (the retained empty schedule may come
 	// first).
 	var env []byte
@@ -124,28 +103,7 @@ func TestFleetMovesToTheScheduleKeyWithoutLosingAConsultation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := r.unit("room-1")
-	sched := make(chan []byte, 8)
-	tok := u.c.Subscribe(r.topics.Schedule("room-1"), 1, func(_ mqtt.Client, m mqtt.Message) { sched <- m.Payload() })
-	if tok.Wait(); tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	now := time.Now()
-	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: now.Add(time.Hour), End: now.Add(90 * time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.svc.Changed()
-	verifier := func(schedKeys ...ed25519.PublicKey) *fleet.Verifier {
-		v, err := fleet.NewVerifier(fleet.Identity{Device: "room-1"}, fleetPub...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := v.SetScheduleKeys(schedKeys); err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
+	sched, a, verifier := bookedSchedule(t, r, fleetPub)
 	withConsultation := func(what string, v *fleet.Verifier) []byte {
 		t.Helper()
 		for {
@@ -194,4 +152,35 @@ func TestFleetMovesToTheScheduleKeyWithoutLosingAConsultation(t *testing.T) {
 	if fleet.ReasonOf(err) != fleet.ReasonUnknownKey || !strings.Contains(err.Error(), "fleetd -schedule-key") {
 		t.Fatalf("a unit never given the key: %v, want %s naming fleetd -schedule-key", err, fleet.ReasonUnknownKey)
 	}
+}
+
+// bookedSchedule books a consultation for room-1 an hour from now and
+// returns the schedules that reach room-1 on its own topic, the
+// consultation, and a verifier as room-1 holds one: pinned to fleetPub,
+// with the schedule keys given.
+func bookedSchedule(t *testing.T, r *rig, fleetPub []ed25519.PublicKey) (<-chan []byte, Added, func(...ed25519.PublicKey) *fleet.Verifier) {
+	t.Helper()
+	u := r.unit("room-1")
+	sched := make(chan []byte, 8)
+	tok := u.c.Subscribe(r.topics.Schedule("room-1"), 1, func(_ mqtt.Client, m mqtt.Message) { sched <- m.Payload() })
+	if tok.Wait(); tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	now := time.Now()
+	a, err := r.svc.Add(context.Background(), AddRequest{Unit: "room-1", Start: now.Add(time.Hour), End: now.Add(90 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.svc.Changed()
+	verifier := func(schedKeys ...ed25519.PublicKey) *fleet.Verifier {
+		v, err := fleet.NewVerifier(fleet.Identity{Device: "room-1"}, fleetPub...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.SetScheduleKeys(schedKeys); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	return sched, a, verifier
 }
