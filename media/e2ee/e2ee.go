@@ -107,21 +107,30 @@ func SafetyCode(material []byte) string {
 // For H.264 it draws IVs until the ciphertext's slice header reads, to a
 // receiver's depacketizer, as the plaintext's does (slice.go says why).
 func (k *Key) Encrypt(codec string, frame []byte) ([]byte, error) {
+	if len(frame) == 0 {
+		return frame, nil
+	}
+	header, body, nalu, err := split(codec, frame)
+	if err != nil {
+		return nil, err
+	}
+	// Only the slice header's first bytes are compared: header ends with
+	// the slice's NAL header and first byte, body goes on from there.
 	var want [3]uint32
 	check := false
-	if codec == "h264" {
-		want, check = sliceHeaderStart(frame)
+	if nalu {
+		want, check = sliceFields(append(header[len(header)-2:len(header):len(header)], body[:min(len(body), 11)]...))
 	}
 	var iv [ivLength]byte
 	for try := 0; ; try++ {
 		if _, err := rand.Read(iv[:]); err != nil {
 			return nil, fmt.Errorf("e2ee: iv: %w", err)
 		}
-		out, err := k.encrypt(codec, frame, iv[:])
-		if err != nil || !check || try == maxIVTries-1 {
-			return out, err
+		out := k.seal(header, body, iv[:], nalu)
+		if !check || try == maxIVTries-1 {
+			return out, nil
 		}
-		if got, ok := sliceHeaderStart(out); ok && got == want {
+		if got, ok := sliceFields(out[len(header)-2 : min(len(out), len(header)+11)]); ok && got == want {
 			return out, nil
 		}
 	}
@@ -135,27 +144,33 @@ func (k *Key) encrypt(codec string, frame, iv []byte) ([]byte, error) {
 	if len(frame) == 0 {
 		return frame, nil
 	}
-	var header, body []byte
-	nalu := false
+	header, body, nalu, err := split(codec, frame)
+	if err != nil {
+		return nil, err
+	}
+	return k.seal(header, body, iv, nalu), nil
+}
+
+// split is frame's clear header (the additional data) and the body to
+// encrypt; nalu says the body is H.264 (RBSP-escaped once sealed).
+func split(codec string, frame []byte) (header, body []byte, nalu bool, err error) {
 	switch codec {
 	case "opus":
-		header, body = frame[:1], frame[1:]
+		return frame[:1], frame[1:], false, nil
 	case "vp8":
-		n := vp8Header(frame)
-		if n > len(frame) {
-			n = len(frame)
-		}
-		header, body = frame[:n], frame[n:]
+		n := min(vp8Header(frame), len(frame))
+		return frame[:n], frame[n:], false, nil
 	case "h264":
 		h, rest, err := h264SendHeader(frame)
-		if err != nil {
-			return nil, err
-		}
-		header, body = h, rest
-		nalu = true
+		return h, rest, true, err
 	default:
-		return nil, fmt.Errorf("%w: %q", ErrCodec, codec)
+		return nil, nil, false, fmt.Errorf("%w: %q", ErrCodec, codec)
 	}
+}
+
+// seal encrypts body with header as additional data under iv, in
+// livekit-client's frame format.
+func (k *Key) seal(header, body, iv []byte, nalu bool) []byte {
 	sealed := make([]byte, 0, len(body)+tagLen+ivLength+trailer)
 	sealed = k.aead.Seal(sealed, iv, body, header)
 	sealed = append(sealed, iv...)
@@ -165,7 +180,7 @@ func (k *Key) encrypt(codec string, frame, iv []byte) ([]byte, error) {
 	}
 	out := make([]byte, 0, len(header)+len(sealed))
 	out = append(out, header...)
-	return append(out, sealed...), nil
+	return append(out, sealed...)
 }
 
 // Decrypt decrypts one whole frame encrypted by livekit-client or Encrypt.

@@ -15,28 +15,34 @@ package e2ee
 // values are those of the clear SPS/PPS, and the IV stays random and never
 // repeats.
 
-// sliceHeaderStart is first_mb_in_slice, slice_type and
-// pic_parameter_set_id of the first slice NAL unit in frame, read as
-// WebRTC does (RBSP unescaped); ok is false if they do not parse.
+// sliceFields is first_mb_in_slice, slice_type and pic_parameter_set_id
+// of the slice NAL unit starting at nal[0] (its header), read as WebRTC
+// does (RBSP unescaped); ok is false if they do not parse. 12 bytes hold
+// them for any picture a unit sends (first_mb below 2^15, slice_type
+// below 10, PPS id below 256).
+func sliceFields(nal []byte) (v [3]uint32, ok bool) {
+	if len(nal) < 2 {
+		return v, false
+	}
+	r := bitReader{b: parseRbsp(nal[1:min(len(nal), 13)])}
+	for k := range v {
+		if v[k], ok = r.ue(); !ok {
+			return v, false
+		}
+	}
+	return v, true
+}
+
+// sliceHeaderStart is sliceFields of the first slice NAL unit in frame.
 func sliceHeaderStart(frame []byte) (v [3]uint32, ok bool) {
 	starts, ends, found := naluIndices(frame)
 	if !found {
 		return v, false
 	}
 	for j, i := range starts {
-		if !isSlice(frame[i]) {
-			continue
+		if isSlice(frame[i]) {
+			return sliceFields(frame[i:ends[j]])
 		}
-		// 8 bytes hold the three values for any picture a unit sends
-		// (first_mb below 2^15, slice_type below 10, pps id below 256).
-		end := min(ends[j], i+1+12)
-		r := bitReader{b: parseRbsp(frame[i+1 : end])}
-		for k := range v {
-			if v[k], ok = r.ue(); !ok {
-				return v, false
-			}
-		}
-		return v, true
 	}
 	return v, false
 }
