@@ -475,6 +475,12 @@ func (c *core) onJoinDone(in inJoinDone) {
 		c.emit(Event{Type: "call", Detail: "nothing_due", Reason: c.notice})
 		return
 	}
+	if errors.Is(in.err, ErrRestarting) {
+		c.notice = ErrRestarting.Error()
+		c.leave(c.notice)
+		c.emit(Event{Type: "call", Detail: "restarting", Reason: c.notice})
+		return
+	}
 	if in.err != nil {
 		c.failCall(fmt.Sprintf("join failed: %v", in.err))
 		return

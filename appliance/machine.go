@@ -99,8 +99,22 @@ type Config struct {
 	// goroutine, when a hold completes (the gate is shut and the LED shows
 	// the reset by then).
 	FactoryReset func()
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// CallLock, if set, is held from the start of each join until that
+	// call is over (nil: no lock).
+	CallLock CallLock
+	Logger   *slog.Logger
+	Now      func() time.Time
+}
+
+// CallLock keeps the unit from being restarted under a call. The root
+// update helper takes it before an update's reboot: a join that starts
+// first defers the reboot, and one that starts after it is refused with
+// ErrRestarting (appliance/agent.RebootLock).
+type CallLock interface {
+	// Acquire returns once the lock is held, with the function that
+	// releases it, or an error: ErrRestarting when the unit is about to
+	// restart.
+	Acquire(ctx context.Context) (release func(), err error)
 }
 
 // JoinWith adapts a connector whose Join returns its own call type.
@@ -514,6 +528,16 @@ func (m *Machine) startJoin(attempt uint64) {
 	go func() {
 		defer m.joins.Done()
 		defer cancel()
+		if m.cfg.CallLock != nil {
+			release, err := m.cfg.CallLock.Acquire(ctx)
+			if err != nil {
+				_ = m.post(context.Background(), inJoinDone{attempt: attempt, err: err})
+				return
+			}
+			// Held until this goroutine ends: the join failed, was given
+			// up, or its call is over (Ended yielded or was closed).
+			defer release()
+		}
 		call, err := m.cfg.Conference.Join(ctx)
 		if err == nil && call != nil && ctx.Err() != nil {
 			// Connected just as the join was given up (LEAVE, shutdown):

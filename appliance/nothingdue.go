@@ -9,3 +9,10 @@ import "errors"
 // "call"/"nothing_due" event the screen shows, and the next JOIN tries
 // again.
 var ErrNothingDue = errors.New("no consultation now")
+
+// ErrRestarting is what a CallLock's Acquire returns when the unit is about
+// to restart into an installed update. Like ErrNothingDue it is a notice,
+// not a fault: the unit stays idle, says so in Status.Notice and in a
+// "call"/"restarting" event, and the screen asks to press JOIN again once
+// the unit is back.
+var ErrRestarting = errors.New("the unit is restarting to finish an update: press JOIN again in a minute or two")

@@ -59,6 +59,13 @@ type updateRecord struct {
 	// the reboot is asked for.
 	Wanted       string `json:"wanted,omitempty"`
 	WantedReboot string `json:"wanted_reboot,omitempty"`
+	// RequestID is the id of the install request for Wanted: the state's
+	// failed_request names it when konsult-update refuses that request.
+	RequestID string `json:"request_id,omitempty"`
+	// RebootID is the id of the last reboot=only request ("" none yet):
+	// the state's reboot_deferred names it when a call started before
+	// konsult-update could take the call lock, and roomd asks again.
+	RebootID string `json:"reboot_id,omitempty"`
 	// Reported* are the state file's stamps already turned into events.
 	ReportedRollback string `json:"reported_rollback,omitempty"`
 	ReportedGood     string `json:"reported_good,omitempty"`
@@ -252,7 +259,7 @@ func (a *Agent) updateCommand(res *fleet.CommandResult, u fleet.UpdateArgs) {
 		return
 	}
 	switch st["phase"] {
-	case "downloading", "installing", "rebooting":
+	case "downloading", "verifying", "installing", "rebooting":
 		fail(fmt.Sprintf("an update is already under way (%s %s): wait for it to finish", st["phase"], st["pending_version"]))
 		return
 	}
@@ -285,13 +292,15 @@ func (a *Agent) rebootWhen(mode string) string {
 // requestUpdate writes konsult-update's request (install only: the reboot
 // is asked for later, see checkUpdate) and records what was asked.
 func (a *Agent) requestUpdate(u fleet.UpdateArgs, deferred bool) error {
-	// version= is for konsult-update to check against the signed manifest.
-	body := fmt.Sprintf("url=%s\nsha256=%s\nversion=%s\n", u.URL, u.SHA256, u.Version)
+	// version= is for konsult-update to check against the signed manifest;
+	// id= comes back in the state if konsult-update refuses the request.
+	id := fleet.NewNonce()
+	body := fmt.Sprintf("url=%s\nsha256=%s\nversion=%s\nid=%s\n", u.URL, u.SHA256, u.Version, id)
 	if err := a.writeRequest(body); err != nil {
 		return err
 	}
 	rec := a.updateRec()
-	rec.Deferred, rec.Wanted, rec.WantedReboot = nil, u.Version, u.Reboot
+	rec.Deferred, rec.Wanted, rec.WantedReboot, rec.RequestID, rec.RebootID = nil, u.Version, u.Reboot, id, ""
 	a.setUpdate(rec)
 	a.log.Info("update requested", "version", u.Version, "reboot", u.Reboot, "deferred", deferred)
 	a.publish(fleet.EventUpdateRequested, fleet.UpdateEvent{Version: u.Version, Reboot: u.Reboot, Deferred: deferred})
@@ -344,7 +353,7 @@ func (a *Agent) checkUpdate() {
 		a.publish(fleet.EventUpdateRolledBack, rb)
 		rec.ReportedRollback, changed = at, true
 		if rec.Wanted == rb.Version {
-			rec.Wanted, rec.WantedReboot = "", ""
+			rec = rec.done()
 		}
 	}
 	if at := st["last_good_at"]; at != "" && at != rec.ReportedGood {
@@ -354,21 +363,38 @@ func (a *Agent) checkUpdate() {
 		a.publish(fleet.EventUpdateInstalled, ev)
 		rec.ReportedGood, changed = at, true
 		if rec.Wanted == ev.Version {
-			rec.Wanted, rec.WantedReboot = "", ""
+			rec = rec.done()
 		}
 	}
-	if rec.Wanted != "" && st["phase"] == "installed" && st["pending_version"] == rec.Wanted && a.mayReboot(rec.WantedReboot) {
-		if err := a.writeRequest("reboot=only\n"); err != nil {
+	if rec.Wanted != "" && rec.RequestID != "" && st["failed_request"] == rec.RequestID {
+		// Refused (its reason is the state's last_failure, reported as
+		// such): nothing is requested any more.
+		a.log.Warn("update: konsult-update refused the requested version", "version", rec.Wanted)
+		rec, changed = rec.done(), true
+	}
+	// Asked once, and again only if konsult-update found a call starting
+	// when it came to reboot (it then leaves the update installed).
+	ask := rec.RebootID == "" || st["reboot_deferred"] == rec.RebootID
+	if rec.Wanted != "" && ask && st["phase"] == "installed" && st["pending_version"] == rec.Wanted && a.mayReboot(rec.WantedReboot) {
+		id := fleet.NewNonce()
+		if err := a.writeRequest("reboot=only\nid=" + id + "\n"); err != nil {
 			a.log.Error("update: the reboot request was not written; it is tried again", "err", err)
 		} else {
-			a.log.Info("update installed: asked konsult-update to reboot into it", "version", rec.Wanted)
-			rec.Wanted, rec.WantedReboot, changed = "", "", true
+			a.log.Info("update installed: asked konsult-update to reboot into it", "version", rec.Wanted, "again", rec.RebootID != "")
+			rec.RebootID, changed = id, true
 		}
 	}
 	if changed {
 		a.setUpdate(rec)
 		a.publishReported()
 	}
+}
+
+// done is the record once its wanted update is over (good, rolled back or
+// refused).
+func (r updateRecord) done() updateRecord {
+	r.Wanted, r.WantedReboot, r.RequestID, r.RebootID = "", "", "", ""
+	return r
 }
 
 // stateDigest is the part of the state the reported document shows.

@@ -77,9 +77,9 @@ func TestUpdateCommandWritesRequestWhileIdle(t *testing.T) {
 	if typ != fleet.EventCommandDone || !strings.HasPrefix(res.Message, "requested") {
 		t.Fatalf("answer %s %+v, want command_done requested", typ, res)
 	}
-	want := "url=https://updates.clinic.example/konsult-2026.1203.1.raucb\nsha256=" + bundleSum + "\nversion=2026.1203.1\n"
-	if got := readFile(filepath.Join(dir, "request")); got != want {
-		t.Fatalf("request = %q, want %q", got, want)
+	want := "url=https://updates.clinic.example/konsult-2026.1203.1.raucb\nsha256=" + bundleSum + "\nversion=2026.1203.1\nid="
+	if got := readFile(filepath.Join(dir, "request")); !strings.HasPrefix(got, want) || requestID(got) == "" {
+		t.Fatalf("request = %q, want %q and an id", got, want)
 	}
 	u.WaitEvent(fleet.EventUpdateRequested, 2*time.Second)
 	if rep := u.agent.Reported().Update; rep == nil || rep.Requested != "2026.1203.1" {
@@ -203,8 +203,86 @@ func TestUpdateRebootNowWaitsForTheCall(t *testing.T) {
 	}
 	u.app.emit(appliance.Event{Type: "state", State: appliance.Idle})
 	eventually(t, 2*time.Second, "reboot=only requested after the call", func() bool {
-		return readFile(filepath.Join(dir, "request")) == "reboot=only\n"
+		return strings.HasPrefix(readFile(filepath.Join(dir, "request")), "reboot=only\nid=")
 	})
+}
+
+// requestID is the id= of a request roomd wrote.
+func requestID(req string) string {
+	for _, l := range strings.Split(req, "\n") {
+		if id, ok := strings.CutPrefix(l, "id="); ok {
+			return id
+		}
+	}
+	return ""
+}
+
+func writeState(t *testing.T, dir, st string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, "state"), []byte(st), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A call that started before konsult-update could take the call lock
+// deferred the reboot (reboot_deferred names roomd's reboot request): the
+// unit asks again once it is idle, and only then. A deferral that names
+// another request is not this unit's to answer.
+func TestUpdateRebootAskedAgainAfterADeferral(t *testing.T) {
+	u, dir := updateUnit(t, "", time.Now())
+	u.start()
+	if typ, res := sendUpdate(u, goodUpdate()); typ != fleet.EventCommandDone {
+		t.Fatalf("answer %s %+v", typ, res)
+	}
+	installed(t, dir, "2026.1203.1")
+	var first string
+	eventually(t, 2*time.Second, "the reboot asked for", func() bool {
+		first = requestID(readFile(filepath.Join(dir, "request")))
+		return first != ""
+	})
+	os.Remove(filepath.Join(dir, "request"))
+	base := "phase=installed\npending_version=2026.1203.1\npending_slot=B\nbooted_slot=A\nbooted_version=2026.1201.1\n"
+	writeState(t, dir, base+"reboot_deferred=0000\n")
+	time.Sleep(300 * time.Millisecond)
+	if got := readFile(filepath.Join(dir, "request")); got != "" {
+		t.Fatalf("a deferral of another request made the unit ask %q", got)
+	}
+	u.app.emit(appliance.Event{Type: "state", State: appliance.InCall})
+	writeState(t, dir, base+"reboot_deferred="+first+"\n")
+	time.Sleep(300 * time.Millisecond)
+	if got := readFile(filepath.Join(dir, "request")); got != "" {
+		t.Fatalf("during the call that deferred the reboot the unit asked %q", got)
+	}
+	u.app.emit(appliance.Event{Type: "state", State: appliance.Idle})
+	eventually(t, 2*time.Second, "the reboot asked for again after the call", func() bool {
+		id := requestID(readFile(filepath.Join(dir, "request")))
+		return id != "" && id != first
+	})
+}
+
+// konsult-update refused the install (failed_request names roomd's
+// request): the unit no longer shows that version as requested, and the
+// refusal's reason is the reported last failure.
+func TestUpdateRefusedIsNoLongerRequested(t *testing.T) {
+	u, dir := updateUnit(t, "", time.Now())
+	u.start()
+	if typ, res := sendUpdate(u, goodUpdate()); typ != fleet.EventCommandDone {
+		t.Fatalf("answer %s %+v", typ, res)
+	}
+	id := requestID(readFile(filepath.Join(dir, "request")))
+	if rep := u.agent.Reported().Update; rep == nil || rep.Requested != "2026.1203.1" {
+		t.Fatalf("reported update = %+v, want requested", rep)
+	}
+	os.Remove(filepath.Join(dir, "request"))
+	writeState(t, dir, "phase=idle\nbooted_slot=A\nbooted_version=2026.1201.1\npending_version=\n"+
+		"last_failure=the bundle's payload does not match its signature\nlast_failure_at=2026-12-03T09:00:00Z\nfailed_request="+id+"\n")
+	eventually(t, 3*time.Second, "the refused version no longer requested", func() bool {
+		r := u.Reported(unitID).Update
+		return r != nil && r.Requested == "" && strings.Contains(r.LastFailure, "does not match its signature")
+	})
+	if rep := u.agent.Reported().Update; rep.Requested != "" || rep.RebootWaiting != "" {
+		t.Fatalf("reported update after the refusal = %+v", rep)
+	}
 }
 
 func TestUpdateRolledBackReportedOnce(t *testing.T) {

@@ -343,7 +343,7 @@ var fieldPurpose = map[string]string{
 	"reported.last_rollback.versions":        "the versions undone",
 	"reported.last_rollback.at":              "when",
 	"reported.update":                        "the system update state, for the rollout's waves",
-	"reported.update.phase":                  "where the update helper is (idle, downloading, installing, installed, rebooting)",
+	"reported.update.phase":                  "where the update helper is (idle, downloading, verifying, installing, installed, rebooting)",
 	"reported.update.booted_slot":            "which root slot runs",
 	"reported.update.booted_version":         "the system version it runs",
 	"reported.update.slots":                  "the version in each root slot",

@@ -38,6 +38,9 @@ type texts struct {
 	NextAt     string
 	DueAt      string
 	NothingDue string
+	// Restarting answers a JOIN refused because the unit is restarting
+	// into an update.
+	Restarting string
 	// E2EE says the call is encrypted end to end ("%s" is the safety
 	// code); TodoE2EE is what to do when a join was refused because it
 	// could not be.
@@ -52,6 +55,7 @@ var allTexts = map[string]texts{
 		NextAt:      "Next consultation at %s",
 		DueAt:       "Consultation at %s: press JOIN to start",
 		NothingDue:  "No consultation now",
+		Restarting:  "Restarting to finish an update: press JOIN again in a minute or two",
 		Notice:      "This room has a video consultation unit. Its camera and microphone are on only while this screen shows LIVE. Nothing is recorded: no picture or sound is stored.",
 		PressJoin:   "Press JOIN to start",
 		Live:        "LIVE: camera and microphone on",
@@ -78,6 +82,7 @@ var allTexts = map[string]texts{
 		NextAt:      "Volgend consult om %s",
 		DueAt:       "Consult om %s: druk op JOIN om te beginnen",
 		NothingDue:  "Nu geen consult",
+		Restarting:  "Het apparaat start opnieuw om een update af te ronden: druk over een paar minuten opnieuw op JOIN",
 		Notice:      "In deze kamer staat een apparaat voor videoconsulten. De camera en de microfoon staan alleen aan zolang dit scherm LIVE toont. Er wordt niets opgenomen: beeld en geluid worden nergens bewaard.",
 		PressJoin:   "Druk op JOIN om te beginnen",
 		Live:        "LIVE: camera en microfoon aan",
@@ -104,6 +109,7 @@ var allTexts = map[string]texts{
 		NextAt:      "Próxima consulta a las %s",
 		DueAt:       "Consulta a las %s: pulse JOIN para empezar",
 		NothingDue:  "Ahora no hay ninguna consulta",
+		Restarting:  "El equipo se reinicia para terminar una actualización: pulse JOIN de nuevo en un par de minutos",
 		Notice:      "En esta sala hay un equipo de videoconsulta. La cámara y el micrófono solo están encendidos mientras esta pantalla muestra LIVE. No se graba nada: no se guarda ninguna imagen ni ningún sonido.",
 		PressJoin:   "Pulse JOIN para empezar",
 		Live:        "LIVE: cámara y micrófono encendidos",
@@ -130,6 +136,7 @@ var allTexts = map[string]texts{
 		NextAt:      "Neste konsultasjon kl. %s",
 		DueAt:       "Konsultasjon kl. %s: trykk JOIN for å starte",
 		NothingDue:  "Ingen konsultasjon nå",
+		Restarting:  "Enheten starter på nytt for å fullføre en oppdatering: trykk JOIN igjen om et par minutter",
 		Notice:      "I dette rommet står en enhet for videokonsultasjon. Kameraet og mikrofonen er bare på mens denne skjermen viser LIVE. Ingenting tas opp: verken bilde eller lyd blir lagret.",
 		PressJoin:   "Trykk JOIN for å starte",
 		Live:        "LIVE: kamera og mikrofon på",

@@ -117,6 +117,9 @@ func (s *Server) view(st appliance.Status, m *display.State) View {
 // (from DueLead before its start) or the next one, else "no consultation
 // now" after a JOIN that found none.
 func (s *Server) next(st appliance.Status, t texts) string {
+	if st.Notice == appliance.ErrRestarting.Error() {
+		return t.Restarting
+	}
 	if s.cfg.Next != nil {
 		if start, ok := s.cfg.Next(); ok {
 			at := start.Local().Format("15:04")

@@ -143,6 +143,7 @@ func (u *Unit) open(cfg *config.Config) (*parts, error) {
 		AloneGrace:    cfg.Call.LeaveWhenAlone.Duration,
 		ResetHold:     resetHold(cfg, onReset),
 		FactoryReset:  onReset,
+		CallLock:      u.d.CallLock,
 		Logger:        u.d.Log,
 	})
 	return p, nil

@@ -66,6 +66,9 @@ type Deps struct {
 	// over the fleet link; with Identity set, a conference config without
 	// api_secret or token then takes its tokens from fleetd (consult.go).
 	TokenRequests func([]byte) error
+	// CallLock is held from each join's start to its call's end, so an
+	// update's reboot cannot cut a call (agent.RebootLock); nil: none.
+	CallLock appliance.CallLock
 }
 
 // Local is the unit's own config file and the command-line flags, which

@@ -139,6 +139,7 @@ func runOnce(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Reset:    &unit.ResetPlan{IdentityDir: cfg.IdentityDir(f.simulate), StateDir: cfg.StateDir(f.simulate)},
 		Display:  scr.display(), DisplayURL: scr.origin(),
 		TokenRequests: fl.TokenRequests(),
+		CallLock:      agent.NewRebootLock(cfg.UpdateDir(f.simulate), log),
 	})
 	defer d.u.Close()
 	err = fl.Start(d.u, d.u.Appliance(), d.reboot, cfg)

@@ -90,9 +90,9 @@ func TestFleetUpdateCommand(t *testing.T) {
 	if err != nil || !strings.Contains(lineWith(out, fleetDevice), "done") || !strings.Contains(out, "requested") {
 		t.Fatalf("fleetctl update on an idle unit: %v\n%s", err, out)
 	}
-	want := "url=https://updates.clinic.example/konsult-2026.1203.1.raucb\nsha256=" + updateSum + "\nversion=2026.1203.1\n"
-	if b, _ := os.ReadFile(req); string(b) != want {
-		t.Fatalf("request = %q, want %q", b, want)
+	want := "url=https://updates.clinic.example/konsult-2026.1203.1.raucb\nsha256=" + updateSum + "\nversion=2026.1203.1\nid="
+	if b, _ := os.ReadFile(req); !strings.HasPrefix(string(b), want) {
+		t.Fatalf("request = %q, want %q and an id", b, want)
 	}
 	u.eventually("status shows the request", func(s status) bool {
 		return s.Fleet.Update != nil && s.Fleet.Update.Requested == "2026.1203.1"

@@ -165,7 +165,7 @@ func TestUpdate(t *testing.T) {
 	}{
 		{"another signer", "wrong-signer.raucb", bundles["wrong-signer"], v1 + ".5", false, "signature check failed"},
 		{"tampered (the command's hash is the bundle's before)", "tampered.raucb", bundles["small"], v1 + ".5", false, "sha256 does not match"},
-		{"tampered (the command's hash is the tampered file's)", "tampered.raucb", bundles["tampered"], v1 + ".5", false, "refused"},
+		{"tampered (the command's hash is the tampered file's)", "tampered.raucb", bundles["tampered"], v1 + ".5", false, "does not match its signature"},
 		{"older, not signed as a downgrade", "old.raucb", bundles["old"], v1, true, "not newer"},
 	}
 	for _, c := range refusals {
@@ -184,6 +184,12 @@ func TestUpdate(t *testing.T) {
 		}
 		if r.PendingVersion != "" || r.BootedVersion != v2 {
 			t.Errorf("%s: reported %+v after the refusal, want nothing pending, v2 booted", c.name, r)
+		}
+		if r.Slots["A"] != v1 {
+			t.Errorf("%s: after the refusal the fallback slot A no longer holds %s: slots %v", c.name, v1, r.Slots)
+		}
+		if r.Requested != "" {
+			t.Errorf("%s: the refused version is still shown as requested (%s)", c.name, r.Requested)
 		}
 	}
 
@@ -580,7 +586,7 @@ func stateTimes(st string) string {
 		}
 		return m[1]
 	}
-	return fmt.Sprintf("download %s s, install %s s", get("download_s"), get("install_s"))
+	return fmt.Sprintf("download %s s, payload check %s s, install %s s", get("download_s"), get("verify_s"), get("install_s"))
 }
 
 func indent(s string) string {
