@@ -98,11 +98,13 @@ update-key:
 
 ## image-test: boot the amd64 image under QEMU (TCG) in a loopback-only netns; root, ~5-10 min
 image-test: image-amd64
+	bash image/setup-host boottest
 	KONSULT_BOOT_TEST=1 KONSULT_IMAGE=$(CURDIR)/dist/konsult-amd64.img KONSULT_BOOT_RESULT=$(CURDIR)/dist/boottest.txt \
 	  $(GO) test -count=1 -timeout 40m -v -run TestImageBoots ./image/boottest/
 
 ## update-test: the QEMU update test (docs/UPDATES.md: v1 -> v2 marked good, bad bundles refused, v3 falls back); root, ~40 min; not in .ci/run
 update-test: image-amd64
+	bash image/setup-host boottest
 	KONSULT_UPDATE_TEST=1 KONSULT_IMAGE=$(CURDIR)/dist/konsult-amd64.img KONSULT_UPDATE_RESULT=$(CURDIR)/dist/updatetest.txt \
 	  $(GO) test -count=1 -timeout 90m -v -run '^TestUpdate$$' ./image/boottest/
 
