@@ -23,16 +23,15 @@ import (
 // timer, back into the microphone at full level. The far end talks (a known
 // signal) and measures what comes back from the unit in its own band.
 const (
-	// envEcho runs the echo bench (benchEcho) and the echo calls; "only"
-	// runs the bench alone, right after boot (about 2 minutes). Not in
-	// make lab yet: since the microphone's gaps are gone (roomd's own
-	// ALSA driver, no dsnoop: the mic at 100-101 % of real time, the
-	// echo's delay steady) the bench gives 9.6-15.4 dB over its window
-	// (38-44 dB between the speaker's underruns under TCG), not the 20 dB
-	// wanted (docs/PERFORMANCE.md). The echo calls run SpeexDSP in line,
-	// which the guest's CPU under TCG cannot carry in a call (the far end
-	// got 32 of 250 Opus packets with aec on, 244 off): echoBack fails on
-	// that as an invalid measure, never as a figure.
+	// envEcho adds the echo calls to the lab; "only" runs the echo bench
+	// alone, right after boot (about 2 minutes). The bench is in every lab
+	// run: on a quiet host it gives 45.5-46.6 dB over its window (5 runs,
+	// 2026-12-03); under TCG on a host loaded by other jobs the guest's
+	// speaker and microphone stall and it falls to 5-15 dB
+	// (docs/PERFORMANCE.md). The echo calls run SpeexDSP in line, which
+	// the guest's CPU under TCG cannot carry in a call (the far end got 32
+	// of 250 Opus packets with aec on, 244 off): echoBack fails on that as
+	// an invalid measure, never as a figure.
 	envEcho     = "KONSULT_LAB_ECHO"
 	signalLevel = 0.3             // the far end's peak RMS, as cmd/roomd's echo test
 	echoSettle  = 8 * time.Second // the canceller converges; judge the talk after
