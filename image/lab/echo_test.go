@@ -25,9 +25,9 @@ import (
 const (
 	// envEcho adds the echo calls to the lab; "only" runs the echo bench
 	// alone, right after boot (about 2 minutes). The bench is in every lab
-	// run: on a quiet host it gives 45.5-46.6 dB over its window (5 runs,
+	// run: on a quiet host it gives 45.5-46.6 dB over its window (6 runs,
 	// 2026-12-03); under TCG on a host loaded by other jobs the guest's
-	// speaker and microphone stall and it falls to 5-15 dB
+	// speaker and microphone stall and it falls to 0.1-15 dB
 	// (docs/PERFORMANCE.md). The echo calls run SpeexDSP in line, which
 	// the guest's CPU under TCG cannot carry in a call (the far end got 32
 	// of 250 Opus packets with aec on, 244 off): echoBack fails on that as

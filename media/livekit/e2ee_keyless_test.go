@@ -153,10 +153,10 @@ func decodeVP8(t *testing.T, frames [][]byte) (decoded, stamped, refused int) {
 //     parameter sets and a slice's first two bytes) open and authenticate
 //     only under the consultation's key, and match the picture's own bytes
 //     no more often than chance.
-//   - VP8: libvpx, given the frames as they came,
-//     reads the unit's capture stamp from none of them (it may take a few
-//     for pictures: VP8's frame header is in clear, the rest is noise); given the same frames decrypted, from
-//     nearly all (so the picture was there to be read).
+//   - VP8: libvpx, given the frames as they came, reads the unit's capture
+//     stamp from none of them (it may take a few for pictures: VP8's frame
+//     header is in clear, the rest is noise); given the same frames
+//     decrypted, from nearly all (so the picture was there to be read).
 //
 // Chromium without the key (TestE2EECall) reads no stamp either.
 func TestE2EEKeylessParticipantGetsOnlyCiphertext(t *testing.T) {
