@@ -106,9 +106,9 @@ image-test: image-amd64
 	  $(GO) test -count=1 -timeout 40m -v -run TestImageBoots ./image/boottest/
 
 ## update-test: the QEMU update test (docs/UPDATES.md: v1 -> v2 marked good, bad bundles refused, v3 falls back); root, ~40 min; not in .ci/run
-update-test: image-amd64
+update-test: setup image-amd64
 	bash image/setup-host boottest
-	KONSULT_UPDATE_TEST=1 KONSULT_IMAGE=$(CURDIR)/dist/konsult-amd64.img KONSULT_UPDATE_RESULT=$(CURDIR)/dist/updatetest.txt \
+	KONSULT_REQUIRE_REAL_PARTS=1 KONSULT_UPDATE_TEST=1 KONSULT_IMAGE=$(CURDIR)/dist/konsult-amd64.img KONSULT_UPDATE_RESULT=$(CURDIR)/dist/updatetest.txt \
 	  $(GO) test -count=1 -timeout 90m -v -run '^TestUpdate$$' ./image/boottest/
 
 clean:

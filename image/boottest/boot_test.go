@@ -287,7 +287,9 @@ func reexecInLoopbackNetns(t *testing.T, name string) {
 	if d, ok := t.Deadline(); ok {
 		timeout = time.Until(d).Truncate(time.Second).String()
 	}
-	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", `ip link set lo up && exec "$@"`, "sh",
+	// 10.0.2.2 on lo too: LiveKit advertises it (TestUpdate's call), and
+	// QEMU's user network hands the guest's packets for it to loopback.
+	cmd := exec.Command("unshare", "--net", "--", "sh", "-c", `ip link set lo up && ip addr add `+hostAlias+`/32 dev lo && exec "$@"`, "sh",
 		os.Args[0], "-test.run=^"+name+"$", "-test.v", "-test.timeout="+timeout)
 	cmd.Env = append(os.Environ(), "KONSULT_BOOT_NETNS=1")
 	var out bytes.Buffer

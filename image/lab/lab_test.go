@@ -5,21 +5,10 @@ package lab
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
-	"net"
 	"net/http"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,7 +143,7 @@ func runLab(t *testing.T) {
 	step("roomd, labbench and the guest agent built")
 
 	lk := farend.StartLiveKit(t, farend.AdvertiseIP(hostAlias))
-	caPEM, proxyPort := tlsFront(t, lk.URL)
+	caPEM, proxyPort := farend.TLSFront(t, lk.URL, hostAlias)
 	step(fmt.Sprintf("LiveKit on 127.0.0.1:%d, TLS front (test CA) on 127.0.0.1:%d = https://%s:%d in the guest", lk.HTTPPort, proxyPort, hostAlias, proxyPort))
 
 	initrd := filepath.Join(work, "initrd.cpio")
@@ -363,43 +352,6 @@ func runLab(t *testing.T) {
 }
 
 func ms(us int64) float64 { return float64(us) / 1000 }
-
-// tlsFront serves LiveKit's HTTP API over TLS with a certificate for
-// 10.0.2.2 from a throw-away CA the guest trusts (SSL_CERT_FILE). roomd
-// allows plain HTTP only to loopback, and the guest reaches the host over
-// QEMU's network, so the lab uses https like a clinic would: the production
-// rule is not loosened.
-func tlsFront(t *testing.T, upstream string) ([]byte, int) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caT := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "konsult lab CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caT, caT, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	leafT := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: hostAlias},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IPAddresses: []net.IP{net.ParseIP(hostAlias)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafT, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, _ := url.Parse(upstream)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: httputil.NewSingleHostReverseProxy(u), TLSConfig: &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER}, PrivateKey: key}}}}
-	go func() { _ = srv.ServeTLS(ln, "", "") }()
-	t.Cleanup(func() { srv.Close() })
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), ln.Addr().(*net.TCPAddr).Port
-}
 
 func buildInitramfs(t *testing.T, p parts, work, out string, caPEM []byte, url string, lk *farend.LiveKit) {
 	t.Helper()
