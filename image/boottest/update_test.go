@@ -435,10 +435,16 @@ func (u *updateUnit) joinCall(fe *farend.FarEnd, what string) {
 			u.t.Logf("%s: unit in the call and the patient sees it %.1f s after the join (try %d)", what, time.Since(t0).Seconds(), try)
 			return
 		}
-		if try == 3 {
-			u.t.Fatalf("%s: the unit is %q, not in the call, 3 min after each of %d joins; events: %s\n%s", what, state, try, u.m.Types(), tail(u.console.String(), 40))
+		var faults []string
+		for _, e := range u.m.Events() {
+			if e.At.After(t0.Add(-time.Second)) && (e.Type == fleet.EventFault || e.Type == fleet.EventCameraLost || e.Type == fleet.EventShutterFault) {
+				faults = append(faults, e.Type+" "+string(e.Data))
+			}
 		}
-		u.t.Logf("%s: try %d: the unit is %q 3 min after the join; joining again", what, try, state)
+		if try == 3 {
+			u.t.Fatalf("%s: the unit is %q, not in the call, 3 min after each of %d joins; faults since the last: %s; events: %s", what, state, try, faults, u.m.Types())
+		}
+		u.t.Logf("%s: try %d: the unit is %q 3 min after the join (faults: %s); joining again", what, try, state, faults)
 	}
 }
 
