@@ -560,8 +560,8 @@ type conferenceConfig struct {
 
 // section is the unit's [conference]: the unit publishes its simulated
 // board's test camera and microphone (the lab's connector: under TCG the
-// guest has no CPU to spare for decoding the patient too), at a size TCG
-// can encode.
+// guest has no CPU to spare for decoding the patient too). The test camera
+// has one size, 640x480; a low rate keeps TCG's encoder up.
 func (c conferenceConfig) section() string {
 	return fmt.Sprintf(`
 [conference]
@@ -571,10 +571,10 @@ room = %q
 identity = "unit-1"
 api_key = %q
 api_secret = %q
-width = 320
-height = 240
-fps = 15
-video_bitrate_kbps = 300
+width = 640
+height = 480
+fps = 10
+video_bitrate_kbps = 400
 
 [call]
 join_timeout = "90s"
