@@ -54,7 +54,9 @@ const (
 // TestUpdate drives a real over-the-air update on the amd64 image under
 // QEMU: the fleet's signed update command, roomd, konsult-update, RAUC and
 // GRUB's boot counting (docs/UPDATES.md). v1 boots on slot A; v2 (the same
-// build, a higher version) is installed into B, boots and is marked good;
+// build, a higher version), sent during a real call, waits for its end, and
+// its reboot waits for a second call; it is installed into B, boots and is
+// marked good;
 // bundles of another signer, a tampered one and an older version are
 // refused; v3, whose roomd cannot start, is installed into A, fails its
 // health check, and the unit falls back to v2 by itself and reports
