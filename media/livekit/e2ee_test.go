@@ -173,7 +173,7 @@ func TestE2EECall(t *testing.T) {
 			// A stamp is 30 bits of the capture time and a CRC-8, read from
 			// 16x16 blocks, H.264's macroblock size at 640 wide: a noise
 			// picture of flat macroblocks passes the CRC about once in 256
-			// fully decided reads (CI once, at d3c9fd3: 1 valid stamp from
+			// fully decided reads (CI once, at b1c9b8b: 1 valid stamp from
 			// 3 green noise frames). Such a stamp names a random time in a
 			// 12-day cycle; the unit's own picture names now, within the
 			// call's glass-to-glass delay. So a stamp counts as the unit's
