@@ -166,7 +166,7 @@ func TestUpdate(t *testing.T) {
 		}
 		return ""
 	})
-	u.leaveCall(fe, "the first call")
+	u.leaveCall("the first call")
 	r := u.waitReported("the deferred v2 requested once the call ended", 2*time.Minute, func(r *fleet.UpdateReport) bool {
 		return !r.Deferred && (r.Phase == "downloading" || r.Phase == "verifying" || r.Phase == "installing" || r.Phase == "installed")
 	})
@@ -183,7 +183,7 @@ func TestUpdate(t *testing.T) {
 		}
 		return ""
 	})
-	u.leaveCall(fe, "the second call")
+	u.leaveCall("the second call")
 	left := time.Now()
 	u.waitExit(5*time.Minute, "v2's reboot after the second call")
 	rebootAfterCall := time.Since(left)
@@ -451,7 +451,7 @@ func (u *updateUnit) joinCall(fe *farend.FarEnd, what string) {
 }
 
 // leaveCall sends the fleet's leave and waits for the unit to be idle.
-func (u *updateUnit) leaveCall(fe *farend.FarEnd, what string) {
+func (u *updateUnit) leaveCall(what string) {
 	u.t.Helper()
 	u.command(fleet.CommandLeave, nil, "")
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
